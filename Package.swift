@@ -1,0 +1,63 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "Tandem",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "tandem", targets: ["tandem"]),
+        .executable(name: "tandem-echo", targets: ["tandem-echo"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.5.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "5.1.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+    ],
+    targets: [
+        // libbpf from Debian's libbpf-dev, found through pkg-config.
+        .systemLibrary(name: "CLibBPF", path: "Sources/CLibBPF", pkgConfig: "libbpf",
+                       providers: [.apt(["libbpf-dev"])]),
+        // The map layouts shared with bpf/ plus thin C wrappers for libbpf calls that take
+        // LIBBPF_OPTS macros, which Swift cannot import.
+        .target(name: "CTandemShim", dependencies: ["CLibBPF"], path: "Sources/CTandemShim"),
+        // Pure model: addresses, services, selection, NAT, connection entries. No I/O.
+        .target(name: "TandemCore", path: "Sources/TandemCore"),
+        // Loads, attaches and drives the BPF datapath through libbpf.
+        .target(name: "TandemDatapath",
+                dependencies: ["TandemCore", "CTandemShim", "CLibBPF",
+                               .product(name: "Logging", package: "swift-log")],
+                path: "Sources/TandemDatapath"),
+        // LoxiLB-shaped REST API: wire models (shared with the CLI) and the Hummingbird server.
+        .target(name: "TandemAPI",
+                dependencies: ["TandemCore",
+                               .product(name: "Hummingbird", package: "hummingbird"),
+                               .product(name: "Logging", package: "swift-log")],
+                path: "Sources/TandemAPI"),
+        // The node daemon: config file, datapath, API, lifecycle.
+        .target(name: "TandemNode",
+                dependencies: ["TandemCore", "TandemDatapath", "TandemAPI",
+                               .product(name: "Yams", package: "Yams"),
+                               .product(name: "Logging", package: "swift-log"),
+                               .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+                path: "Sources/TandemNode"),
+        .executableTarget(name: "tandem",
+                          dependencies: ["TandemCore", "TandemAPI", "TandemNode",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          path: "Sources/tandem"),
+        // TCP/UDP echo server used as an endpoint in the test bed and tests.
+        .executableTarget(name: "tandem-echo",
+                          dependencies: [.product(name: "NIOCore", package: "swift-nio"),
+                                         .product(name: "NIOPosix", package: "swift-nio"),
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          path: "Sources/tandem-echo"),
+        .testTarget(name: "TandemCoreTests", dependencies: ["TandemCore", "TandemAPI", "TandemNode"],
+                    path: "Tests/TandemCoreTests"),
+        .testTarget(name: "TandemPrivilegedTests",
+                    dependencies: ["TandemCore", "TandemDatapath", "TandemAPI"],
+                    path: "Tests/TandemPrivilegedTests"),
+    ],
+    swiftLanguageModes: [.v6]
+)
