@@ -1,0 +1,36 @@
+# Tandem build, test and demo entry points. Every target does its own set-up.
+SHELL := /bin/bash
+ARCH := $(shell uname -m)
+BPF_CLANG ?= $(firstword $(wildcard /usr/bin/clang-14 /usr/bin/clang) clang)
+BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -mcpu=v3 -I bpf/include -I/usr/include/$(ARCH)-linux-gnu
+BPF_OBJS := bpf/obj/tandem_lb.o
+SWIFT ?= swift
+SWIFT_FLAGS ?=
+
+.PHONY: all deps bpf build test unit-test privileged-test demo bench clean
+
+all: build
+
+deps:
+	@bash scripts/deps.sh
+
+bpf: $(BPF_OBJS)
+
+bpf/obj/%.o: bpf/%.c bpf/include/tandem_maps.h
+	@mkdir -p bpf/obj
+	$(BPF_CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+build: bpf
+	$(SWIFT) build $(SWIFT_FLAGS)
+
+test: deps build
+	bash scripts/test.sh
+
+demo: deps build
+	bash testbed/demo.sh
+
+bench: deps build
+	bash bench/datapath.sh
+
+clean:
+	rm -rf bpf/obj .build

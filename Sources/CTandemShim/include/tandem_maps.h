@@ -1,0 +1,1 @@
+../../../bpf/include/tandem_maps.h

@@ -1,0 +1,27 @@
+#ifndef TANDEM_SHIM_H
+#define TANDEM_SHIM_H
+#include <stddef.h>
+#include <stdint.h>
+#include "tandem_maps.h"
+
+/* Wrappers for libbpf calls that take LIBBPF_OPTS structs, a macro Swift cannot import.
+ * All return 0 or a negative errno. */
+
+/* Adds a clsact qdisc if needed (reports whether it created one) and attaches prog_fd to the
+ * ingress hook of ifindex under Tandem's own handle and priority. */
+int tdm_tc_attach_ingress(int ifindex, int prog_fd, int *created_qdisc);
+
+/* Detaches Tandem's ingress filter; removes the clsact qdisc too when destroy_qdisc is set. */
+int tdm_tc_detach_ingress(int ifindex, int destroy_qdisc);
+
+/* Returns 1 when Tandem's filter is attached on ifindex, 0 when not, negative errno on error. */
+int tdm_tc_query_ingress(int ifindex);
+
+/* Runs prog_fd once over packet (BPF_PROG_TEST_RUN) and copies the resulting packet out. */
+int tdm_prog_test_run(int prog_fd, const void *packet, uint32_t packet_len, void *out, uint32_t *out_len,
+                      uint32_t *retval);
+
+/* Routes libbpf's messages: 0 silences them, 1 prints warnings, 2 prints debug too. */
+void tdm_set_libbpf_verbosity(int level);
+
+#endif

@@ -1,0 +1,109 @@
+/// The OpenAPI 3 description the daemon serves at /netlox/v1/openapi.json.
+public enum OpenAPIDocument {
+    public static let json = #"""
+{
+  "openapi": "3.0.3",
+  "info": {"title": "Tandem load balancer API", "version": "1.0.0",
+           "description": "LoxiLB-shaped REST API (/netlox/v1) of a Tandem node."},
+  "paths": {
+    "/netlox/v1/config/loadbalancer": {
+      "post": {
+        "summary": "Create a load-balancer service",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/LoadBalancerEntry"}}}},
+        "responses": {
+          "200": {"description": "Created", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
+          "400": {"description": "Invalid request; nothing changed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
+          "409": {"description": "The service exists already", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
+          "413": {"description": "Body too large", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}}
+        }
+      }
+    },
+    "/netlox/v1/config/loadbalancer/all": {
+      "get": {
+        "summary": "List services with endpoints and counters",
+        "responses": {"200": {"description": "Services", "content": {"application/json": {"schema": {
+          "type": "object", "properties": {"lbAttr": {"type": "array", "items": {"$ref": "#/components/schemas/LoadBalancerEntry"}}}}}}}}
+      }
+    },
+    "/netlox/v1/config/loadbalancer/externalipaddress/{ip}/port/{port}/protocol/{proto}": {
+      "delete": {
+        "summary": "Delete a service",
+        "parameters": [
+          {"name": "ip", "in": "path", "required": true, "schema": {"type": "string", "format": "ipv4"}},
+          {"name": "port", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 1, "maximum": 65535}},
+          {"name": "proto", "in": "path", "required": true, "schema": {"type": "string", "enum": ["tcp", "udp"]}}
+        ],
+        "responses": {
+          "200": {"description": "Deleted", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
+          "400": {"description": "Invalid path", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
+          "404": {"description": "No such service", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}}
+        }
+      }
+    },
+    "/netlox/v1/config/conntrack/all": {
+      "get": {
+        "summary": "List tracked connections",
+        "responses": {"200": {"description": "Connections", "content": {"application/json": {"schema": {
+          "type": "object", "properties": {"ctAttr": {"type": "array", "items": {"$ref": "#/components/schemas/Conntrack"}}}}}}}}
+      }
+    },
+    "/netlox/v1/status": {
+      "get": {"summary": "Datapath counters", "responses": {"200": {"description": "Counters",
+        "content": {"application/json": {"schema": {"type": "object", "additionalProperties": {"type": "integer"}}}}}}}
+    }
+  },
+  "components": {
+    "schemas": {
+      "Result": {"type": "object", "required": ["code", "message"],
+                 "properties": {"code": {"type": "integer"}, "message": {"type": "string"}}},
+      "ServiceArguments": {
+        "type": "object", "required": ["externalIP", "port", "protocol"],
+        "properties": {
+          "externalIP": {"type": "string", "format": "ipv4"},
+          "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+          "protocol": {"type": "string", "enum": ["tcp", "udp"]},
+          "sel": {"description": "0 rr, 1 hash (Maglev), 2 priority (weighted), 3 persist; or the name",
+                  "oneOf": [{"type": "integer"}, {"type": "string"}]},
+          "mode": {"description": "0 default, 1 onearm, 2 fullnat; or the name", "oneOf": [{"type": "integer"}, {"type": "string"}]},
+          "name": {"type": "string"},
+          "snatIP": {"type": "string", "format": "ipv4", "description": "fullnat source; default the externalIP"},
+          "persistTimeout": {"type": "integer", "minimum": 1},
+          "inactiveTimeOut": {"type": "integer"},
+          "block": {"type": "integer"},
+          "monitor": {"type": "boolean"},
+          "managed": {"type": "boolean"}
+        }
+      },
+      "Endpoint": {
+        "type": "object", "required": ["endpointIP", "targetPort"],
+        "properties": {
+          "endpointIP": {"type": "string", "format": "ipv4"},
+          "targetPort": {"type": "integer", "minimum": 1, "maximum": 65535},
+          "weight": {"type": "integer", "minimum": 1, "maximum": 255},
+          "state": {"type": "string"},
+          "counter": {"type": "string"}
+        }
+      },
+      "LoadBalancerEntry": {
+        "type": "object", "required": ["serviceArguments", "endpoints"],
+        "properties": {
+          "serviceArguments": {"$ref": "#/components/schemas/ServiceArguments"},
+          "endpoints": {"type": "array", "items": {"$ref": "#/components/schemas/Endpoint"}},
+          "counters": {"type": "object", "properties": {"packets": {"type": "integer"}, "bytes": {"type": "integer"},
+                       "newConnections": {"type": "integer"}, "activeConnections": {"type": "integer"}}}
+        }
+      },
+      "Conntrack": {
+        "type": "object",
+        "properties": {
+          "serviceName": {"type": "string"}, "destinationIP": {"type": "string"}, "sourceIP": {"type": "string"},
+          "destinationPort": {"type": "integer"}, "sourcePort": {"type": "integer"}, "protocol": {"type": "string"},
+          "conntrackState": {"type": "string"}, "conntrackAct": {"type": "string"},
+          "packets": {"type": "integer"}, "bytes": {"type": "integer"}, "learnedFromPeer": {"type": "boolean"}
+        }
+      }
+    }
+  }
+}
+"""#
+}

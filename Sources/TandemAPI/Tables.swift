@@ -1,0 +1,103 @@
+/// Renders the CLI's tables in loxicmd's boxed style.
+public enum TableRenderer {
+    public static func render(headers: [String], rows: [[String]]) -> String {
+        var widths = headers.map(\.count)
+        for r in rows {
+            for (i, c) in r.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) }
+        }
+        let sep = "|" + widths.map { String(repeating: "-", count: $0 + 2) }.joined(separator: "|") + "|"
+        func line(_ cells: [String]) -> String {
+            "|" + cells.enumerated().map { i, c in " " + c + String(repeating: " ", count: widths[i] - c.count) + " " }
+                .joined(separator: "|") + "|"
+        }
+        var out = [sep, line(headers), sep]
+        out += rows.map { line($0 + Array(repeating: "", count: max(0, headers.count - $0.count))) }
+        out.append(sep)
+        return out.joined(separator: "\n")
+    }
+
+    public static func loadBalancers(_ list: [LoadBalancerEntry], wide: Bool) -> String {
+        var headers = ["EXT IP", "PORT", "PROTO", "NAME", "MARK", "SEL", "MODE", "# OF ENDPOINTS", "MONITOR"]
+        if wide { headers += ["ENDPOINT", "EPORT", "WEIGHT", "STATE", "COUNTERS (pkts:bytes:active)"] }
+        var rows: [[String]] = []
+        for e in list {
+            let a = e.serviceArguments
+            let sel = selName(a.sel)
+            let mode = modeName(a.mode)
+            let base = [a.externalIP, "\(a.port)", a.protocol_, a.name ?? "", "0", sel, mode, "\(e.endpoints.count)",
+                        (a.monitor ?? false) ? "On" : "Off"]
+            if !wide {
+                rows.append(base)
+                continue
+            }
+            for (i, ep) in e.endpoints.enumerated() {
+                let lead = i == 0 ? base : Array(repeating: "", count: base.count)
+                rows.append(lead + [ep.endpointIP, "\(ep.targetPort)", "\(ep.weight ?? 1)", ep.state ?? "-", ep.counter ?? "-"])
+            }
+        }
+        return render(headers: headers, rows: rows)
+    }
+
+    public static func conntrack(_ list: [ConntrackEntry]) -> String {
+        let headers = ["SERVICE", "DEST IP", "SRC IP", "DPORT", "SPORT", "PROTO", "STATE", "ACT", "PACKETS", "BYTES"]
+        let rows = list.map { c in
+            [c.serviceName, c.destinationIP, c.sourceIP, "\(c.destinationPort)", "\(c.sourcePort)", c.protocol_,
+             c.conntrackState + (c.learnedFromPeer ? " (peer)" : ""), c.conntrackAct, "\(c.packets)", "\(c.bytes)"]
+        }
+        return render(headers: headers, rows: rows)
+    }
+
+    static func selName(_ v: NumberOrName?) -> String {
+        switch v {
+        case .number(let n)?: ["rr", "hash", "priority", "persist"].indices.contains(n) ? ["rr", "hash", "priority", "persist"][n] : "\(n)"
+        case .name(let s)?: s
+        case nil: "rr"
+        }
+    }
+
+    static func modeName(_ v: NumberOrName?) -> String {
+        switch v {
+        case .number(let n)?: ["default", "onearm", "fullnat"].indices.contains(n) ? ["default", "onearm", "fullnat"][n] : "\(n)"
+        case .name(let s)?: s
+        case nil: "default"
+        }
+    }
+}
+
+/// Parses loxicmd-style CLI arguments into an API request.
+public enum CLIArguments {
+    /// "56002:80,8080:80" -> [(56002, 80), (8080, 80)]; a lone "80" maps to itself.
+    public static func portPairs(_ text: String) throws -> [(Int, Int)] {
+        try text.split(separator: ",").map { part in
+            let p = part.split(separator: ":", omittingEmptySubsequences: false)
+            guard (1...2).contains(p.count), let a = Int(p[0]), let b = Int(p.count == 2 ? p[1] : p[0]),
+                  (1...65535).contains(a), (1...65535).contains(b) else {
+                throw CLIError("'\(part)' is not PORT:TARGETPORT with ports 1-65535")
+            }
+            return (a, b)
+        }
+    }
+
+    /// "10.0.10.21:1,10.0.10.22:2" -> endpoints with weights (weight defaults to 1).
+    public static func endpoints(_ text: String, targetPort: Int) throws -> [EndpointArguments] {
+        try text.split(separator: ",").map { part in
+            let p = part.split(separator: ":", omittingEmptySubsequences: false)
+            guard (1...2).contains(p.count), IPv4Address(p[0]) != nil else {
+                throw CLIError("'\(part)' is not IP[:WEIGHT]")
+            }
+            var w = 1
+            if p.count == 2 {
+                guard let v = Int(p[1]), (1...255).contains(v) else { throw CLIError("weight in '\(part)' must be 1-255") }
+                w = v
+            }
+            return EndpointArguments(endpointIP: String(p[0]), targetPort: targetPort, weight: w)
+        }
+    }
+}
+
+public struct CLIError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
+
+import TandemCore

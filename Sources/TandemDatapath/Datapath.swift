@@ -1,0 +1,288 @@
+import CLibBPF
+import CTandemShim
+import Glibc
+import Logging
+import TandemCore
+
+/// Node-wide datapath settings.
+public struct DatapathSettings: Equatable, Sendable {
+    public var nodeIP: IPv4Address
+    public var hashSeed: UInt32
+    public var portSlice: PortSlice
+    public var timeouts: Timeouts
+    public var answerICMP: Bool
+    public var emitEvents: Bool
+
+    public init(nodeIP: IPv4Address, hashSeed: UInt32 = 0x7461_6e64, portSlice: PortSlice = PortSlice(low: 32768, high: 65535),
+                timeouts: Timeouts = Timeouts(), answerICMP: Bool = true, emitEvents: Bool = true) {
+        self.nodeIP = nodeIP
+        self.hashSeed = hashSeed
+        self.portSlice = portSlice
+        self.timeouts = timeouts
+        self.answerICMP = answerICMP
+        self.emitEvents = emitEvents
+    }
+}
+
+/// Packets, bytes and new flows summed over CPUs.
+public struct TrafficCounters: Equatable, Sendable, Codable {
+    public var packets: UInt64 = 0
+    public var bytes: UInt64 = 0
+    public var newFlows: UInt64 = 0
+    public init() {}
+}
+
+/// Datapath-wide counters (enum tdm_stat), summed over CPUs.
+public struct DatapathStats: Equatable, Sendable, Codable {
+    public var noEndpoint: UInt64 = 0
+    public var noPort: UInt64 = 0
+    public var tableFull: UInt64 = 0
+    public var eventsLost: UInt64 = 0
+    public var icmpReplied: UInt64 = 0
+    public var redirectFailed: UInt64 = 0
+    public var expiredReused: UInt64 = 0
+    public var pickedUp: UInt64 = 0
+    public init() {}
+}
+
+/// The loaded BPF object and its attachments. One owner (this actor) holds libbpf's objects;
+/// others get map descriptors. Detaches everything it attached on `close()`.
+public actor Datapath {
+    public let objectPath: String
+    private let object: OpaquePointer
+    private let programFD: Int32
+    public nonisolated let maps: Maps
+    private var attached: [(name: String, ifindex: Int32, createdQdisc: Bool)] = []
+    private let logger: Logger
+    private var closed = false
+
+    public struct Maps: Sendable {
+        public let ct, services, vips, endpoints, schedules, maglev, rr, persist: BPFMap
+        public let serviceStats, endpointStats, stats, config, events: BPFMap
+    }
+
+    /// Opens and loads the object: every program passes the kernel verifier here or this throws.
+    public init(objectPath: String, connectionTableSize: UInt32 = UInt32(TDM_CT_DEFAULT_MAX), logger: Logger) throws {
+        self.objectPath = objectPath
+        self.logger = logger
+        tdm_set_libbpf_verbosity(1)
+        guard access(objectPath, R_OK) == 0 else {
+            throw DatapathError("BPF object \(objectPath) is missing or unreadable; run `make bpf` first")
+        }
+        guard let obj = bpf_object__open_file(objectPath, nil), libbpf_get_error(UnsafeRawPointer(obj)) == 0 else {
+            throw DatapathError("open \(objectPath)", errno: errno)
+        }
+        if let ctMap = bpf_object__find_map_by_name(obj, "tdm_ct") {
+            bpf_map__set_max_entries(ctMap, connectionTableSize)
+        }
+        let rc = bpf_object__load(obj)
+        if rc != 0 {
+            bpf_object__close(obj)
+            throw DatapathError("load \(objectPath) (verifier log above)", errno: rc)
+        }
+        guard let prog = bpf_object__find_program_by_name(obj, "tandem_ingress") else {
+            bpf_object__close(obj)
+            throw DatapathError("program tandem_ingress not found in \(objectPath)")
+        }
+        object = obj
+        programFD = bpf_program__fd(prog)
+        func map(_ name: String) throws -> BPFMap {
+            guard let m = bpf_object__find_map_by_name(obj, name) else {
+                throw DatapathError("map \(name) not found in \(objectPath)")
+            }
+            return BPFMap(name: name, fd: bpf_map__fd(m), keySize: Int(bpf_map__key_size(m)),
+                          valueSize: Int(bpf_map__value_size(m)))
+        }
+        do {
+            maps = Maps(ct: try map("tdm_ct"), services: try map("tdm_services"), vips: try map("tdm_vips"),
+                        endpoints: try map("tdm_endpoints"), schedules: try map("tdm_schedules"),
+                        maglev: try map("tdm_maglev"), rr: try map("tdm_rr"), persist: try map("tdm_persist"),
+                        serviceStats: try map("tdm_service_stats"), endpointStats: try map("tdm_endpoint_stats"),
+                        stats: try map("tdm_stats"), config: try map("tdm_config"), events: try map("tdm_events"))
+        } catch {
+            bpf_object__close(obj)
+            throw error
+        }
+    }
+
+    public nonisolated var ingressProgramFD: Int32 { programFD }
+
+    /// Attaches the ingress program to an interface by name.
+    public func attach(interface name: String) throws {
+        let ifindex = Int32(bitPattern: if_nametoindex(name))
+        guard ifindex > 0 else { throw DatapathError("interface \(name) does not exist") }
+        var created: Int32 = 0
+        let rc = tdm_tc_attach_ingress(ifindex, programFD, &created)
+        guard rc == 0 else { throw DatapathError("attach to \(name)", errno: rc) }
+        attached.append((name, ifindex, created != 0))
+        logger.info("datapath attached", metadata: ["interface": "\(name)", "ifindex": "\(ifindex)"])
+    }
+
+    public var attachedInterfaces: [String] { attached.map(\.name) }
+
+    /// Detaches from every interface (removing clsact qdiscs this process created) and frees the
+    /// object. Nothing is pinned, so nothing is left behind.
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        for a in attached.reversed() {
+            let rc = tdm_tc_detach_ingress(a.ifindex, a.createdQdisc ? 1 : 0)
+            if rc != 0 {
+                logger.warning("detach failed", metadata: ["interface": "\(a.name)", "error": "\(DatapathError("detach", errno: rc))"])
+            } else {
+                logger.info("datapath detached", metadata: ["interface": "\(a.name)"])
+            }
+        }
+        attached.removeAll()
+        bpf_object__close(object)
+    }
+
+    public func apply(settings s: DatapathSettings) throws {
+        var c = tdm_config()
+        let t = s.timeouts.nanosecondsByState
+        withUnsafeMutableBytes(of: &c.timeout_ns) { raw in
+            for (i, v) in t.enumerated() where i < Int(TDM_CT_STATE_COUNT.rawValue) {
+                raw.storeBytes(of: v, toByteOffset: i * 8, as: UInt64.self)
+            }
+        }
+        c.node_ip = s.nodeIP.networkOrder
+        c.hash_seed = s.hashSeed
+        c.port_lo = s.portSlice.low
+        c.port_hi = s.portSlice.high
+        c.answer_icmp = s.answerICMP ? 1 : 0
+        c.emit_events = s.emitEvents ? 1 : 0
+        try maps.config.update(UInt32(0), c)
+    }
+
+    /// Writes a service and its endpoints, schedule and Maglev table into the maps. Tables are
+    /// written before the service entry, so a packet never sees a service without them.
+    public func install(_ svc: Service, slot: UInt32, hashSeed: UInt32) throws {
+        let base = slot * UInt32(TDM_MAX_ENDPOINTS)
+        for i in 0..<Int(TDM_MAX_ENDPOINTS) {
+            var ep = tdm_endpoint()
+            if i < svc.endpoints.count {
+                let e = svc.endpoints[i]
+                ep.ip = e.ip.networkOrder
+                ep.port = e.port.bigEndian
+                ep.weight = e.weight
+                ep.active = 1
+            }
+            try maps.endpoints.update(base + UInt32(i), ep)
+        }
+        let weights = svc.endpoints.map { svc.selection == .roundRobin ? UInt8(1) : $0.weight }
+        let schedule = WeightedSchedule.build(weights: weights)
+        var sched = [UInt8](repeating: 0, count: Int(TDM_SCHED_LEN))
+        sched.replaceSubrange(0..<schedule.count, with: schedule)
+        try maps.schedules.updateRaw(slot, bytes: sched)
+        if svc.selection == .maglev {
+            var table = Maglev.table(endpoints: svc.endpoints, seed: hashSeed)
+            table.append(contentsOf: [UInt8](repeating: 0, count: Int(TDM_MAGLEV_SLOTS) - table.count))
+            try maps.maglev.updateRaw(slot, bytes: table)
+        }
+        var v = tdm_service()
+        v.id = slot
+        v.snat_ip = svc.snatIP?.networkOrder ?? 0
+        v.persist_timeout_s = svc.persistTimeout
+        v.endpoint_count = UInt16(svc.endpoints.count)
+        v.sched_len = UInt16(schedule.count)
+        v.nat_mode = svc.mode.rawValue
+        v.sel = svc.selection.rawValue
+        try maps.services.update(serviceKey(svc.key), v)
+        let vip = svc.key.vip.networkOrder
+        let n = maps.vips.lookup(vip, as: UInt32.self) ?? 0
+        try maps.vips.update(vip, n + 1)
+    }
+
+    /// Removes a service; its existing connections stay until they end or expire.
+    public func uninstall(_ key: ServiceKey, slot: UInt32) {
+        maps.services.delete(serviceKey(key))
+        let vip = key.vip.networkOrder
+        let n = maps.vips.lookup(vip, as: UInt32.self) ?? 0
+        if n <= 1 { maps.vips.delete(vip) } else { try? maps.vips.update(vip, n - 1) }
+        let zero = [UInt8](repeating: 0, count: Int(TDM_SCHED_LEN))
+        try? maps.schedules.updateRaw(slot, bytes: zero)
+        try? maps.rr.update(slot, UInt32(0))
+    }
+
+    private func serviceKey(_ k: ServiceKey) -> tdm_service_key {
+        var sk = tdm_service_key()
+        sk.vip = k.vip.networkOrder
+        sk.port = k.port.bigEndian
+        sk.proto = k.proto.rawValue
+        return sk
+    }
+
+    /// Every entry of the connection table (both directions of each connection).
+    public nonisolated func connectionEntries() -> [ConnectionEntry] {
+        let now = monotonicNanoseconds()
+        return maps.ct.entries(key: tdm_flow_key.self, value: tdm_ct_entry.self).map {
+            ConnectionEntry(key: $0.0, value: $0.1, nowNanoseconds: now)
+        }
+    }
+
+    @discardableResult
+    public nonisolated func deleteEntry(_ key: FlowTuple) -> Bool {
+        maps.ct.delete(tdm_flow_key(key))
+    }
+
+    public nonisolated func serviceCounters(slot: UInt32) -> TrafficCounters {
+        sum(maps.serviceStats.lookupPerCPU(slot, as: tdm_counters.self))
+    }
+
+    public nonisolated func endpointCounters(slot: UInt32, index: Int) -> TrafficCounters {
+        sum(maps.endpointStats.lookupPerCPU(slot * UInt32(TDM_MAX_ENDPOINTS) + UInt32(index), as: tdm_counters.self))
+    }
+
+    /// Clears a slot's counters when a service is created in it.
+    public func resetCounters(slot: UInt32) throws {
+        let cpus = Int(libbpf_num_possible_cpus())
+        let zero = [UInt8](repeating: 0, count: max(cpus, 1) * MemoryLayout<tdm_counters>.stride)
+        func clear(_ m: BPFMap, _ k: UInt32) throws {
+            var key = k
+            let rc = withUnsafeBytes(of: &key) { kp in
+                zero.withUnsafeBytes { bpf_map_update_elem(m.fd, kp.baseAddress, $0.baseAddress, UInt64(BPF_ANY)) }
+            }
+            if rc != 0 { throw DatapathError("clear \(m.name)", errno: errno) }
+        }
+        try clear(maps.serviceStats, slot)
+        for i in 0..<UInt32(TDM_MAX_ENDPOINTS) { try clear(maps.endpointStats, slot * UInt32(TDM_MAX_ENDPOINTS) + i) }
+    }
+
+    private nonisolated func sum(_ values: [tdm_counters]) -> TrafficCounters {
+        var t = TrafficCounters()
+        for v in values {
+            t.packets += v.packets
+            t.bytes += v.bytes
+            t.newFlows += v.new_flows
+        }
+        return t
+    }
+
+    public nonisolated func stats() -> DatapathStats {
+        func s(_ i: tdm_stat) -> UInt64 { maps.stats.lookupPerCPU(UInt32(i.rawValue), as: UInt64.self).reduce(0, +) }
+        var d = DatapathStats()
+        d.noEndpoint = s(TDM_STAT_NO_ENDPOINT)
+        d.noPort = s(TDM_STAT_NO_PORT)
+        d.tableFull = s(TDM_STAT_CT_FULL)
+        d.eventsLost = s(TDM_STAT_EVENT_LOST)
+        d.icmpReplied = s(TDM_STAT_ICMP_REPLIED)
+        d.redirectFailed = s(TDM_STAT_REDIRECT_FAILED)
+        d.expiredReused = s(TDM_STAT_EXPIRED_REUSED)
+        d.pickedUp = s(TDM_STAT_PICKED_UP)
+        return d
+    }
+
+    /// Runs the ingress program once over a packet (BPF_PROG_TEST_RUN), for tests and checks.
+    public nonisolated func testRun(packet: [UInt8]) throws -> (verdict: Int32, packet: [UInt8]) {
+        var out = [UInt8](repeating: 0, count: packet.count + 256)
+        var outLen = UInt32(out.count)
+        var ret: UInt32 = 0
+        let rc = packet.withUnsafeBytes { p in
+            out.withUnsafeMutableBytes { o in
+                tdm_prog_test_run(programFD, p.baseAddress, UInt32(p.count), o.baseAddress, &outLen, &ret)
+            }
+        }
+        if rc != 0 { throw DatapathError("BPF_PROG_TEST_RUN", errno: rc) }
+        return (Int32(bitPattern: ret), Array(out.prefix(Int(outLen))))
+    }
+}

@@ -1,0 +1,161 @@
+import Foundation
+import TandemCore
+import Yams
+
+/// The node's YAML configuration file. Every field is optional except the interfaces, which may
+/// also come from the command line.
+public struct NodeConfig: Decodable, Sendable, Equatable {
+    public struct API: Decodable, Sendable, Equatable {
+        public var address: String?
+        public var port: Int?
+    }
+
+    public struct Cluster: Decodable, Sendable, Equatable {
+        /// Seed shared by every node, so Maglev tables and flow hashes agree.
+        public var seed: UInt32?
+        /// This node's index and the number of nodes, which cut the SNAT port space into slices.
+        public var nodeIndex: Int?
+        public var nodeCount: Int?
+    }
+
+    public struct TimeoutSeconds: Decodable, Sendable, Equatable {
+        public var tcpSyn: UInt32?
+        public var tcpEstablished: UInt32?
+        public var tcpFin: UInt32?
+        public var tcpClosed: UInt32?
+        public var udp: UInt32?
+        public var udpNew: UInt32?
+        public var icmp: UInt32?
+    }
+
+    public struct EndpointConfig: Decodable, Sendable, Equatable {
+        public var ip: String
+        public var port: Int
+        public var weight: Int?
+    }
+
+    public struct ServiceConfig: Decodable, Sendable, Equatable {
+        public var externalIP: String
+        public var port: Int
+        public var `protocol`: String?
+        public var mode: String?
+        public var sel: String?
+        public var name: String?
+        public var snatIP: String?
+        public var persistTimeout: Int?
+        public var endpoints: [EndpointConfig]
+    }
+
+    public var interfaces: [String]?
+    public var nodeIP: String?
+    public var api: API?
+    public var cluster: Cluster?
+    public var timeouts: TimeoutSeconds?
+    public var connectionTableSize: UInt32?
+    public var answerICMP: Bool?
+    public var services: [ServiceConfig]?
+
+    public init() {}
+
+    public static func parse(yaml text: String) throws(ConfigError) -> NodeConfig {
+        do {
+            return try YAMLDecoder().decode(NodeConfig.self, from: text)
+        } catch let e as DecodingError {
+            throw ConfigError("config: \(describe(e))")
+        } catch {
+            throw ConfigError("config is not valid YAML: \(error)")
+        }
+    }
+
+    public static func load(path: String) throws(ConfigError) -> NodeConfig {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigError("cannot read config file \(path)")
+        }
+        return try parse(yaml: String(decoding: data, as: UTF8.self))
+    }
+
+    /// The services, validated; the first bad one stops everything with a clear message.
+    public func validatedServices() throws(ConfigError) -> [Service] {
+        var table = ServiceTable()
+        var out: [Service] = []
+        for (i, s) in (services ?? []).enumerated() {
+            let where_ = "services[\(i)] (\(s.externalIP):\(s.port))"
+            guard let vip = IPv4Address(s.externalIP) else {
+                throw ConfigError("\(where_): externalIP '\(s.externalIP)' is not an IPv4 address")
+            }
+            guard (1...65535).contains(s.port) else { throw ConfigError("\(where_): port must be 1-65535, got \(s.port)") }
+            guard let proto = L4Protocol(name: s.protocol ?? "tcp") else {
+                throw ConfigError("\(where_): protocol '\(s.protocol ?? "")' is not supported; use tcp or udp")
+            }
+            guard let mode = NATMode(name: s.mode ?? "default") else {
+                throw ConfigError("\(where_): mode '\(s.mode ?? "")' is unknown; use default, onearm or fullnat")
+            }
+            guard let sel = Selection(name: s.sel ?? "rr") else {
+                throw ConfigError("\(where_): sel '\(s.sel ?? "")' is unknown; use rr, priority, persist or hash")
+            }
+            var snat: IPv4Address?
+            if let t = s.snatIP {
+                guard let a = IPv4Address(t) else { throw ConfigError("\(where_): snatIP '\(t)' is not an IPv4 address") }
+                snat = a
+            }
+            var eps: [Endpoint] = []
+            for e in s.endpoints {
+                guard let ip = IPv4Address(e.ip) else { throw ConfigError("\(where_): endpoint '\(e.ip)' is not an IPv4 address") }
+                guard (1...65535).contains(e.port) else {
+                    throw ConfigError("\(where_): endpoint \(e.ip) port must be 1-65535, got \(e.port)")
+                }
+                let w = e.weight ?? 1
+                guard (1...255).contains(w) else { throw ConfigError("\(where_): endpoint \(e.ip) weight must be 1-255") }
+                eps.append(Endpoint(ip: ip, port: UInt16(e.port), weight: UInt8(w)))
+            }
+            let persist = s.persistTimeout ?? 10_800
+            guard persist > 0, persist <= Int(UInt32.max) else { throw ConfigError("\(where_): persistTimeout must be positive") }
+            let svc = Service(key: ServiceKey(vip: vip, port: UInt16(s.port), proto: proto), name: s.name ?? "",
+                              mode: mode, selection: sel, endpoints: eps, snatIP: snat, persistTimeout: UInt32(persist))
+            do { try table.add(svc) } catch { throw ConfigError("\(where_): \(error.message)") }
+            out.append(svc)
+        }
+        return out
+    }
+
+    public func resolvedTimeouts() -> Timeouts {
+        var t = Timeouts()
+        guard let c = timeouts else { return t }
+        if let v = c.tcpSyn { t.synSent = v; t.synReceived = v }
+        if let v = c.tcpEstablished { t.established = v }
+        if let v = c.tcpFin { t.finWait = v; t.timeWait = min(t.timeWait, v) }
+        if let v = c.tcpClosed { t.closed = v; t.timeWait = v }
+        if let v = c.udp { t.udpEstablished = v }
+        if let v = c.udpNew { t.udpNew = v }
+        if let v = c.icmp { t.icmp = v }
+        return t
+    }
+
+    public func portSlice() throws(ConfigError) -> PortSlice {
+        let index = cluster?.nodeIndex ?? 0
+        let count = cluster?.nodeCount ?? 1
+        guard let s = PortSlice(nodeIndex: index, nodeCount: count) else {
+            throw ConfigError("cluster: nodeIndex \(index) must be in 0..<nodeCount (\(count))")
+        }
+        return s
+    }
+
+    static func describe(_ e: DecodingError) -> String {
+        func path(_ c: [any CodingKey]) -> String {
+            c.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined().trimmingCharacters(in: ["."])
+        }
+        switch e {
+        case .keyNotFound(let k, let c): return "missing '\(k.stringValue)' at '\(path(c.codingPath))'"
+        case .typeMismatch(let t, let c): return "'\(path(c.codingPath))' should be \(t)"
+        case .valueNotFound(let t, let c): return "'\(path(c.codingPath))' is empty, expected \(t)"
+        case .dataCorrupted(let c): return "bad value at '\(path(c.codingPath))': \(c.debugDescription)"
+        @unknown default: return "\(e)"
+        }
+    }
+}
+
+public struct ConfigError: Error, Equatable, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}

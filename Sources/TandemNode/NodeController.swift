@@ -1,0 +1,123 @@
+import Foundation
+import Logging
+import TandemAPI
+import TandemCore
+import TandemDatapath
+
+/// Keeps the service table and the datapath's maps in step, and answers the API.
+public actor NodeController: LoadBalancerController {
+    private var table = ServiceTable()
+    private let datapath: Datapath
+    private let settings: DatapathSettings
+    private let logger: Logger
+    /// Checks that an endpoint can be routed to; returns a reason when it cannot.
+    private let reachability: @Sendable (IPv4Address) -> String?
+    public private(set) var eventCounts: [String: UInt64] = [:]
+
+    public init(datapath: Datapath, settings: DatapathSettings, logger: Logger,
+                reachability: @escaping @Sendable (IPv4Address) -> String? = SystemChecks.routeProblem) {
+        self.datapath = datapath
+        self.settings = settings
+        self.logger = logger
+        self.reachability = reachability
+    }
+
+    public func create(_ service: Service) async throws {
+        for ep in service.endpoints {
+            if let why = reachability(ep.ip) {
+                throw APIError.badRequest("endpoint \(ep.identity) is unreachable from this node: \(why)")
+            }
+        }
+        var next = table
+        let slot: UInt32
+        do { slot = try next.add(service) } catch {
+            throw error.message.contains("already exists") ? APIError.conflict(error.message) : APIError.badRequest(error.message)
+        }
+        do {
+            try await datapath.resetCounters(slot: slot)
+            try await datapath.install(service, slot: slot, hashSeed: settings.hashSeed)
+        } catch {
+            // Leave nothing half-installed behind.
+            await datapath.uninstall(service.key, slot: slot)
+            throw APIError.internalError("datapath refused the service: \(error)")
+        }
+        table = next
+        logger.info("service created", metadata: ["service": "\(service.key)", "mode": "\(service.mode)",
+                                                  "sel": "\(service.selection)", "endpoints": "\(service.endpoints.count)"])
+    }
+
+    public func delete(_ key: ServiceKey) async throws {
+        var next = table
+        let slot: UInt32
+        do { slot = try next.remove(key) } catch { throw APIError.notFound(error.message) }
+        await datapath.uninstall(key, slot: slot)
+        table = next
+        logger.info("service deleted", metadata: ["service": "\(key)"])
+    }
+
+    public func loadBalancers() async -> [LoadBalancerEntry] {
+        let conns = Connection.join(datapath.connectionEntries())
+        var active: [UInt32: Int] = [:]
+        var activePerEndpoint: [UInt32: [UInt8: Int]] = [:]
+        for c in conns where !c.isExpired(timeouts: settings.timeouts)
+            && c.original.state != .closed && c.original.state != .timeWait {
+            active[c.original.serviceSlot, default: 0] += 1
+            activePerEndpoint[c.original.serviceSlot, default: [:]][c.original.endpointIndex, default: 0] += 1
+        }
+        return table.sorted.map { slot, svc in
+            var e = LoadBalancerEntry(service: svc)
+            let c = datapath.serviceCounters(slot: slot)
+            e.counters = ServiceCountersBody(packets: c.packets, bytes: c.bytes, newConnections: c.newFlows,
+                                             activeConnections: active[slot] ?? 0)
+            for i in e.endpoints.indices {
+                let ec = datapath.endpointCounters(slot: slot, index: i)
+                e.endpoints[i].state = "active"
+                e.endpoints[i].counter = "\(ec.packets):\(ec.bytes):\(activePerEndpoint[slot]?[UInt8(i)] ?? 0)"
+            }
+            return e
+        }
+    }
+
+    public func conntrack() async -> [ConntrackEntry] {
+        Connection.join(datapath.connectionEntries()).map { c in
+            let o = c.original
+            let svc = table.service(inSlot: o.serviceSlot)
+            let name = svc.map { $0.name.isEmpty ? $0.key.description : $0.name } ?? "-"
+            let act: String
+            switch o.natMode {
+            case .default: act = "dnat-\(o.translated.destination):\(o.translated.destinationPort)"
+            case .onearm, .fullnat:
+                act = "fsnat-\(o.translated.source),\(o.translated.sourcePort):\(o.translated.destination),\(o.translated.destinationPort)"
+            }
+            return ConntrackEntry(serviceName: name, destinationIP: o.key.destination.description,
+                                  sourceIP: o.key.source.description, destinationPort: Int(o.key.destinationPort),
+                                  sourcePort: Int(o.key.sourcePort),
+                                  protocol_: o.key.proto == 6 ? "tcp" : o.key.proto == 17 ? "udp" : "\(o.key.proto)",
+                                  conntrackState: o.state.description, conntrackAct: act, packets: c.packets,
+                                  bytes: c.bytes, learnedFromPeer: o.flags.contains(.fromPeer))
+        }
+    }
+
+    public func status() async -> [String: UInt64] {
+        let s = datapath.stats()
+        var out: [String: UInt64] = [
+            "drop_no_endpoint": s.noEndpoint, "drop_no_port": s.noPort, "drop_table_full": s.tableFull,
+            "events_lost": s.eventsLost, "icmp_replied": s.icmpReplied, "redirect_failed": s.redirectFailed,
+            "expired_reused": s.expiredReused, "picked_up": s.pickedUp,
+        ]
+        for (k, v) in eventCounts { out["events_\(k)"] = v }
+        return out
+    }
+
+    func record(_ event: ConnectionEvent) {
+        eventCounts["\(event.kind)", default: 0] += 1
+    }
+
+    /// One pass of the periodic scan: deletes expired connections and reports them.
+    func reap() async -> [ConnectionEvent] {
+        let (delete, events) = ConnectionReaper(timeouts: settings.timeouts).expired(in: datapath.connectionEntries())
+        for k in delete { datapath.deleteEntry(k) }
+        for e in events { record(e) }
+        return events
+    }
+}

@@ -1,0 +1,179 @@
+import ArgumentParser
+import Foundation
+import Logging
+import TandemAPI
+import TandemCore
+import TandemNode
+
+@main
+struct Tandem: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tandem",
+        abstract: "Tandem: a self-managed eBPF load balancer.",
+        subcommands: [Node.self, Create.self, Delete.self, Get.self])
+}
+
+struct APIOptions: ParsableArguments {
+    @Option(name: .long, help: "Base URL of the node's API.")
+    var api: String = ProcessInfo.processInfo.environment["TANDEM_API"] ?? "http://127.0.0.1:11111"
+
+    func client() throws -> APIClient {
+        guard let url = URL(string: api), url.scheme != nil else { throw ValidationError("--api '\(api)' is not a URL") }
+        return APIClient(baseURL: url)
+    }
+}
+
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+    case table, wide, json
+}
+
+struct Node: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run a load-balancer node.", subcommands: [Run.self])
+
+    struct Run: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Load the datapath and serve until SIGTERM/SIGINT.")
+
+        @Option(name: .long, help: "YAML config file.") var config: String?
+        @Option(name: .long, parsing: .upToNextOption, help: "Interfaces to attach to (repeatable).")
+        var interface: [String] = []
+        @Option(name: .long, help: "The compiled datapath.") var bpfObject: String?
+        @Option(name: .long, help: "API listen address.") var apiAddress: String?
+        @Option(name: .long, help: "API port.") var apiPort: Int?
+        @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "info"
+
+        func run() async throws {
+            var logger = Logger(label: "tandem")
+            logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+            do {
+                let cfg = try config.map { try NodeConfig.load(path: $0) } ?? NodeConfig()
+                let opts = NodeOptions(
+                    interfaces: interface.isEmpty ? (cfg.interfaces ?? []) : interface,
+                    objectPath: bpfObject ?? Self.defaultObjectPath(),
+                    config: cfg,
+                    apiAddress: apiAddress ?? cfg.api?.address ?? "127.0.0.1",
+                    apiPort: apiPort ?? cfg.api?.port ?? 11111)
+                try await NodeRunner.run(opts, logger: logger)
+            } catch let e as ConfigError {
+                FileHandle.standardError.write(Data("tandem: \(e.message)\n".utf8))
+                throw ExitCode(2)
+            } catch {
+                FileHandle.standardError.write(Data("tandem: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
+
+        /// bpf/obj/tandem_lb.o next to the source tree, or beside the installed binary.
+        static func defaultObjectPath() -> String {
+            if let env = ProcessInfo.processInfo.environment["TANDEM_BPF_OBJECT"] { return env }
+            let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+            var dir = exe.deletingLastPathComponent()
+            for _ in 0..<5 {
+                let candidate = dir.appendingPathComponent("bpf/obj/tandem_lb.o").path
+                if FileManager.default.fileExists(atPath: candidate) { return candidate }
+                dir = dir.deletingLastPathComponent()
+            }
+            return "/usr/lib/tandem/tandem_lb.o"
+        }
+    }
+}
+
+struct Create: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Create objects.", subcommands: [LB.self])
+
+    struct LB: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "lb", abstract: "Create a load-balancer service.")
+        @Argument(help: "External (service) IP.") var externalIP: String
+        @Option(name: .long, help: "TCP PORT:TARGETPORT[,...]") var tcp: String?
+        @Option(name: .long, help: "UDP PORT:TARGETPORT[,...]") var udp: String?
+        @Option(name: .long, help: "Endpoints IP[:WEIGHT][,...]") var endpoints: String
+        @Option(name: .long, help: "default | onearm | fullnat") var mode: String = "default"
+        @Option(name: .long, help: "rr | priority | persist | hash") var sel: String = "rr"
+        @Option(name: .long, help: "Service name.") var name: String = ""
+        @Option(name: .long, help: "Fullnat source IP (default: the external IP).") var snatIP: String?
+        @Option(name: .long, help: "Persistence timeout in seconds.") var persistTimeout: Int?
+        @OptionGroup var apiOptions: APIOptions
+
+        func run() async throws {
+            guard tcp != nil || udp != nil else { throw ValidationError("give --tcp or --udp") }
+            let client = try apiOptions.client()
+            var requests: [LoadBalancerEntry] = []
+            for (proto, spec) in [("tcp", tcp), ("udp", udp)] {
+                guard let spec else { continue }
+                for (port, target) in try CLIArguments.portPairs(spec) {
+                    let eps = try CLIArguments.endpoints(endpoints, targetPort: target)
+                    requests.append(LoadBalancerEntry(
+                        serviceArguments: ServiceArguments(externalIP: externalIP, port: port, protocol_: proto,
+                                                           sel: .name(sel), mode: .name(mode), name: name,
+                                                           snatIP: snatIP, persistTimeout: persistTimeout),
+                        endpoints: eps))
+                }
+            }
+            for r in requests {
+                try await client.createLoadBalancer(r)
+            }
+            print("Success: \(requests.count) service(s) created")
+        }
+    }
+}
+
+struct Delete: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Delete objects.", subcommands: [LB.self])
+
+    struct LB: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "lb", abstract: "Delete a load-balancer service.")
+        @Argument var externalIP: String
+        @Option(name: .long, help: "TCP PORT[,...]") var tcp: String?
+        @Option(name: .long, help: "UDP PORT[,...]") var udp: String?
+        @OptionGroup var apiOptions: APIOptions
+
+        func run() async throws {
+            guard let ip = IPv4Address(externalIP) else { throw ValidationError("'\(externalIP)' is not an IPv4 address") }
+            let client = try apiOptions.client()
+            var n = 0
+            for (proto, spec) in [(L4Protocol.tcp, tcp), (.udp, udp)] {
+                guard let spec else { continue }
+                for (port, _) in try CLIArguments.portPairs(spec) {
+                    let path = APIRoutes.deletePath(ServiceKey(vip: ip, port: UInt16(port), proto: proto))
+                    _ = try await client.send("DELETE", path)
+                    n += 1
+                }
+            }
+            guard n > 0 else { throw ValidationError("give --tcp or --udp") }
+            print("Success: \(n) service(s) deleted")
+        }
+    }
+}
+
+struct Get: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show objects.", subcommands: [LB.self, CT.self])
+
+    struct LB: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "lb", abstract: "Show load-balancer services.")
+        @Option(name: .shortAndLong, help: "table | wide | json") var output: OutputFormat = .table
+        @OptionGroup var apiOptions: APIOptions
+
+        func run() async throws {
+            let client = try apiOptions.client()
+            let data: Data
+            data = try await client.send("GET", APIRoutes.loadBalancerAll)
+            if output == .json { print(String(decoding: data, as: UTF8.self)); return }
+            let list = try JSONDecoder().decode(LoadBalancerList.self, from: data)
+            print(TableRenderer.loadBalancers(list.lbAttr, wide: output == .wide))
+        }
+    }
+
+    struct CT: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "ct", abstract: "Show tracked connections.")
+        @Option(name: .shortAndLong, help: "table | wide | json") var output: OutputFormat = .table
+        @OptionGroup var apiOptions: APIOptions
+
+        func run() async throws {
+            let client = try apiOptions.client()
+            let data: Data
+            data = try await client.send("GET", APIRoutes.conntrackAll)
+            if output == .json { print(String(decoding: data, as: UTF8.self)); return }
+            let list = try JSONDecoder().decode(ConntrackList.self, from: data)
+            print(TableRenderer.conntrack(list.ctAttr))
+        }
+    }
+}

@@ -1,0 +1,217 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Every BPF map key and value Tandem uses, shared by the BPF programs in bpf/ and by the Swift
+ * side (through the CTandemShim C module), so the two layouts cannot drift. Katran's
+ * balancer_structs.h is the model. Multi-byte address and port fields are in network byte order
+ * (as they appear in packets); everything else is in host order.
+ *
+ * Only fixed-width types, explicit padding, no pointers: the same bytes are read by clang -target
+ * bpf and by the host compiler, and the static asserts at the bottom check the sizes.
+ */
+#ifndef TANDEM_MAPS_H
+#define TANDEM_MAPS_H
+
+#include <linux/types.h>
+
+#define TDM_MAX_SERVICES      256
+#define TDM_MAX_ENDPOINTS     64     /* per service; endpoint indices fit in a byte */
+#define TDM_SCHED_LEN         256    /* weighted round-robin schedule slots per service */
+#define TDM_MAGLEV_M          16381  /* prime; > 100 x TDM_MAX_ENDPOINTS keeps disruption ~1% */
+#define TDM_MAGLEV_SLOTS      16384  /* TDM_MAGLEV_M rounded up for alignment */
+#define TDM_CT_DEFAULT_MAX    262144 /* connection-table entries (two per connection) */
+#define TDM_PERSIST_MAX       65536
+#define TDM_RINGBUF_BYTES     (1 << 22)
+#define TDM_PORT_TRIES        8      /* random probes for a free SNAT port in this node's slice */
+
+/* NAT modes (LoxiLB's names). */
+enum tdm_nat_mode {
+    TDM_NAT_DEFAULT = 0, /* DNAT only: the endpoint sees the client's address */
+    TDM_NAT_ONEARM  = 1, /* DNAT + SNAT to the node's own address */
+    TDM_NAT_FULLNAT = 2, /* DNAT + SNAT to the service's source IP (the floating IP by default) */
+};
+
+/* Endpoint selection. Round-robin and weighted share the schedule table. */
+enum tdm_sel {
+    TDM_SEL_RR       = 0,
+    TDM_SEL_WEIGHTED = 1,
+    TDM_SEL_PERSIST  = 2, /* source-IP persistence, falls back to the schedule */
+    TDM_SEL_MAGLEV   = 3, /* consistent hashing, seeded per cluster */
+};
+
+/* Connection states. TCP follows the handshake and teardown; UDP and ICMP only track replies. */
+enum tdm_ct_state {
+    TDM_CT_NONE        = 0,
+    TDM_CT_SYN_SENT    = 1,
+    TDM_CT_SYN_RECV    = 2,
+    TDM_CT_ESTABLISHED = 3,
+    TDM_CT_FIN_WAIT    = 4, /* one side sent FIN */
+    TDM_CT_TIME_WAIT   = 5, /* both sides sent FIN */
+    TDM_CT_CLOSED      = 6, /* RST seen */
+    TDM_CT_UDP_NEW     = 7, /* only the client has sent */
+    TDM_CT_UDP_EST     = 8, /* the endpoint has replied */
+    TDM_CT_ICMP        = 9,
+    TDM_CT_STATE_COUNT = 10,
+};
+
+/* tdm_ct_entry.flags */
+#define TDM_CT_F_FIN_ORIG   0x01 /* FIN seen from the client side */
+#define TDM_CT_F_FIN_REPLY  0x02 /* FIN seen from the endpoint side */
+#define TDM_CT_F_PICKED_UP  0x04 /* created from a mid-flow TCP packet, not a SYN */
+#define TDM_CT_F_FROM_PEER  0x08 /* installed from a peer's sync stream */
+
+enum tdm_ct_dir {
+    TDM_DIR_ORIGINAL = 0, /* client -> VIP */
+    TDM_DIR_REPLY    = 1, /* endpoint -> SNAT address (or client) */
+};
+
+/* A 5-tuple as it appears on the wire. For ICMP echo both ports hold the echo identifier. */
+struct tdm_flow_key {
+    __be32 saddr;
+    __be32 daddr;
+    __be16 sport;
+    __be16 dport;
+    __u8   proto;
+    __u8   pad[3];
+};
+
+/*
+ * One direction of a connection. Each connection has two entries: the original direction, keyed
+ * by what the client sends, and the reply direction, keyed by what the endpoint sends back.
+ * `xlate` is the tuple a matching packet is rewritten to; `peer` is the key of the other entry.
+ */
+struct tdm_ct_entry {
+    struct tdm_flow_key xlate;
+    struct tdm_flow_key peer;
+    __u64  created_ns;    /* bpf_ktime_get_ns() of this node; never sent to peers raw */
+    __u64  last_seen_ns;
+    __u64  packets;       /* this direction */
+    __u64  bytes;
+    __u32  service_id;
+    __u32  version;       /* bumped on every state change, orders replicated updates */
+    __be32 endpoint_ip;
+    __be16 endpoint_port;
+    __u8   endpoint_index;
+    __u8   nat_mode;
+    __u8   dir;           /* enum tdm_ct_dir */
+    __u8   state;         /* enum tdm_ct_state */
+    __u8   flags;         /* TDM_CT_F_* */
+    __u8   pad[5];
+};
+
+struct tdm_service_key {
+    __be32 vip;
+    __be16 port;
+    __u8   proto;
+    __u8   pad;
+};
+
+struct tdm_service {
+    __u32  id;               /* index into the per-service arrays, < TDM_MAX_SERVICES */
+    __be32 snat_ip;          /* fullnat source address; 0 = the VIP itself */
+    __u32  persist_timeout_s;
+    __u16  endpoint_count;
+    __u16  sched_len;        /* used slots of the schedule, <= TDM_SCHED_LEN */
+    __u8   nat_mode;
+    __u8   sel;
+    __u8   pad[2];
+};
+
+struct tdm_endpoint {
+    __be32 ip;
+    __be16 port;
+    __u8   weight;
+    __u8   active;           /* 0 = drained: not chosen for new flows */
+};
+
+/* Swift's importer turns C arrays into tuples, which for 16k elements costs minutes of compile
+ * time; the Swift side writes these two values as raw byte buffers of the sizes above. */
+#ifndef __swift__
+struct tdm_schedule {
+    __u8 slot[TDM_SCHED_LEN];
+};
+
+struct tdm_maglev {
+    __u8 slot[TDM_MAGLEV_SLOTS];
+};
+#endif
+
+struct tdm_persist_key {
+    __u32  service_id;
+    __be32 client_ip;
+};
+
+struct tdm_persist_value {
+    __u64 last_used_ns;
+    __u32 endpoint_index;
+    __u32 pad;
+};
+
+/* Per-service and per-endpoint counters, per CPU; user space sums them. */
+struct tdm_counters {
+    __u64 packets;
+    __u64 bytes;
+    __u64 new_flows;
+    __u64 pad;
+};
+
+/* Datapath-wide drop and event counters, indexed by enum tdm_stat (per CPU). */
+enum tdm_stat {
+    TDM_STAT_NO_ENDPOINT     = 0, /* service matched but no active endpoint */
+    TDM_STAT_NO_PORT         = 1, /* no free SNAT port in this node's slice */
+    TDM_STAT_CT_FULL         = 2, /* connection table insert failed */
+    TDM_STAT_EVENT_LOST      = 3, /* ring buffer full */
+    TDM_STAT_ICMP_REPLIED    = 4,
+    TDM_STAT_REDIRECT_FAILED = 5,
+    TDM_STAT_EXPIRED_REUSED  = 6, /* an expired entry was replaced by a new flow */
+    TDM_STAT_PICKED_UP       = 7, /* a mid-flow TCP packet created an entry */
+    TDM_STAT_NOT_SYN_DROPPED = 8, /* reserved */
+    TDM_STAT_COUNT           = 16,
+};
+
+/* Node-wide settings, array map with one element. */
+struct tdm_config {
+    __u64  timeout_ns[TDM_CT_STATE_COUNT]; /* idle timeout per enum tdm_ct_state */
+    __u64  pad_timeouts[16 - TDM_CT_STATE_COUNT];
+    __be32 node_ip;          /* onearm source address */
+    __u32  hash_seed;        /* cluster-wide Maglev / flow-hash seed */
+    __u16  port_lo;          /* this node's SNAT port slice, host order, inclusive */
+    __u16  port_hi;
+    __u8   answer_icmp;      /* answer ICMP echo to a VIP in the datapath */
+    __u8   emit_events;
+    __u8   pad[2];
+};
+
+enum tdm_event_type {
+    TDM_EV_NEW    = 1,
+    TDM_EV_STATE  = 2,
+    TDM_EV_DELETE = 3, /* replaced after expiry or removed by the datapath */
+};
+
+/* Ring-buffer record: one per connection event, carrying the original-direction key. */
+struct tdm_ct_event {
+    __u8   type;     /* enum tdm_event_type */
+    __u8   state;
+    __u8   nat_mode;
+    __u8   flags;
+    __u32  service_id;
+    struct tdm_flow_key key;    /* original direction */
+    struct tdm_flow_key xlate;  /* what the original direction is rewritten to */
+    __u64  ts_ns;
+    __u32  version;
+    __u32  pad;
+};
+
+#ifndef __BPF__
+#define TDM_STATIC_ASSERT(c, m) _Static_assert(c, m)
+#else
+#define TDM_STATIC_ASSERT(c, m) _Static_assert(c, m)
+#endif
+TDM_STATIC_ASSERT(sizeof(struct tdm_flow_key) == 16, "flow key layout");
+TDM_STATIC_ASSERT(sizeof(struct tdm_ct_entry) == 88, "ct entry layout");
+TDM_STATIC_ASSERT(sizeof(struct tdm_service_key) == 8, "service key layout");
+TDM_STATIC_ASSERT(sizeof(struct tdm_service) == 20, "service layout");
+TDM_STATIC_ASSERT(sizeof(struct tdm_endpoint) == 8, "endpoint layout");
+TDM_STATIC_ASSERT(sizeof(struct tdm_ct_event) == 56, "event layout");
+TDM_STATIC_ASSERT(sizeof(struct tdm_config) == 144, "config layout");
+
+#endif /* TANDEM_MAPS_H */

@@ -1,0 +1,648 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Tandem's load-balancing datapath: a TC ingress program on the node's interface(s).
+ *
+ * For a packet to a service (VIP, port, protocol) it finds or creates a connection entry in both
+ * directions, picks an endpoint for a new flow, rewrites addresses and ports for the NAT mode,
+ * fixes checksums through the skb helpers (which understand CHECKSUM_PARTIAL on veth), and sends
+ * the packet out again through a FIB lookup. Anything that is not ours goes to the kernel stack.
+ *
+ * TC rather than XDP: the skb checksum helpers handle the partial checksums veth and virtio hand
+ * us, bpf_redirect_neigh resolves next hops, and GRO/GSO packets are handled whole.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "tandem_maps.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+
+/* barrier_var (bpf_helpers.h) hides a value from the optimiser so a bounds mask the verifier
+ * needs is not folded away. */
+/* linux/icmp.h drags in libc socket headers that do not build for the BPF target. */
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO      8
+struct icmphdr {
+    __u8  type;
+    __u8  code;
+    __sum16 checksum;
+    union {
+        struct { __be16 id; __be16 sequence; } echo;
+        __be32 gateway;
+    } un;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, TDM_CT_DEFAULT_MAX);
+    __type(key, struct tdm_flow_key);
+    __type(value, struct tdm_ct_entry);
+} tdm_ct SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, TDM_MAX_SERVICES);
+    __type(key, struct tdm_service_key);
+    __type(value, struct tdm_service);
+} tdm_services SEC(".maps");
+
+/* VIPs with at least one service, for answering ICMP echo. Value: number of services. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, TDM_MAX_SERVICES);
+    __type(key, __be32);
+    __type(value, __u32);
+} tdm_vips SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, TDM_MAX_SERVICES * TDM_MAX_ENDPOINTS);
+    __type(key, __u32);
+    __type(value, struct tdm_endpoint);
+} tdm_endpoints SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, TDM_MAX_SERVICES);
+    __type(key, __u32);
+    __type(value, struct tdm_schedule);
+} tdm_schedules SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, TDM_MAX_SERVICES);
+    __type(key, __u32);
+    __type(value, struct tdm_maglev);
+} tdm_maglev SEC(".maps");
+
+/* Shared (not per-CPU) so consecutive new flows alternate whichever CPU they land on. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, TDM_MAX_SERVICES);
+    __type(key, __u32);
+    __type(value, __u32);
+} tdm_rr SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, TDM_PERSIST_MAX);
+    __type(key, struct tdm_persist_key);
+    __type(value, struct tdm_persist_value);
+} tdm_persist SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, TDM_MAX_SERVICES);
+    __type(key, __u32);
+    __type(value, struct tdm_counters);
+} tdm_service_stats SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, TDM_MAX_SERVICES * TDM_MAX_ENDPOINTS);
+    __type(key, __u32);
+    __type(value, struct tdm_counters);
+} tdm_endpoint_stats SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, TDM_STAT_COUNT);
+    __type(key, __u32);
+    __type(value, __u64);
+} tdm_stats SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct tdm_config);
+} tdm_config SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, TDM_RINGBUF_BYTES);
+} tdm_events SEC(".maps");
+
+#define IP_CSUM_OFF  (ETH_HLEN + offsetof(struct iphdr, check))
+#define IP_SRC_OFF   (ETH_HLEN + offsetof(struct iphdr, saddr))
+#define IP_DST_OFF   (ETH_HLEN + offsetof(struct iphdr, daddr))
+#define IP_FRAG_MASK 0x3fff /* MF flag + fragment offset */
+
+static __always_inline void stat_inc(__u32 which)
+{
+    __u64 *v = bpf_map_lookup_elem(&tdm_stats, &which);
+    if (v)
+        *v += 1;
+}
+
+/* murmur3's finalizer; tdm_flow_hash must match TandemCore's FlowHash bit for bit. */
+static __always_inline __u32 fmix32(__u32 h)
+{
+    h ^= h >> 16;
+    h *= 0x85ebca6b;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35;
+    h ^= h >> 16;
+    return h;
+}
+
+static __always_inline __u32 tdm_flow_hash(const struct tdm_flow_key *k, __u32 seed)
+{
+    __u32 h = seed ^ 0x9e3779b9;
+    h = fmix32(h ^ bpf_ntohl(k->saddr));
+    h = fmix32(h ^ bpf_ntohl(k->daddr));
+    h = fmix32(h ^ (((__u32)bpf_ntohs(k->sport) << 16) | bpf_ntohs(k->dport)));
+    h = fmix32(h ^ k->proto);
+    return h;
+}
+
+static __always_inline __u64 state_timeout(const struct tdm_config *cfg, __u8 state)
+{
+    if (state >= TDM_CT_STATE_COUNT)
+        return 0;
+    return cfg->timeout_ns[state];
+}
+
+static __always_inline int entry_expired(const struct tdm_config *cfg, const struct tdm_ct_entry *e, __u64 now)
+{
+    __u64 t = state_timeout(cfg, e->state);
+    return now > e->last_seen_ns && now - e->last_seen_ns > t;
+}
+
+static __always_inline void emit_event(const struct tdm_config *cfg, __u8 type, const struct tdm_ct_entry *orig,
+                                       const struct tdm_flow_key *key, __u64 now)
+{
+    if (!cfg->emit_events)
+        return;
+    struct tdm_ct_event *ev = bpf_ringbuf_reserve(&tdm_events, sizeof(*ev), 0);
+    if (!ev) {
+        stat_inc(TDM_STAT_EVENT_LOST);
+        return;
+    }
+    ev->type = type;
+    ev->state = orig->state;
+    ev->nat_mode = orig->nat_mode;
+    ev->flags = orig->flags;
+    ev->service_id = orig->service_id;
+    ev->key = *key;
+    ev->xlate = orig->xlate;
+    ev->ts_ns = now;
+    ev->version = orig->version;
+    ev->pad = 0;
+    bpf_ringbuf_submit(ev, 0);
+}
+
+/*
+ * TCP state machine, applied to both entries of a connection. Mirrors TandemCore's
+ * TCPStateMachine; the privileged tests drive both with the same sequences.
+ */
+static __always_inline __u8 tcp_next_state(__u8 state, __u8 *flags, __u8 dir, __u8 tcp_flags)
+{
+    const __u8 FIN = 0x01, SYN = 0x02, RST = 0x04, ACK = 0x10;
+    if (tcp_flags & RST)
+        return TDM_CT_CLOSED;
+    if (tcp_flags & FIN) {
+        *flags |= dir == TDM_DIR_ORIGINAL ? TDM_CT_F_FIN_ORIG : TDM_CT_F_FIN_REPLY;
+        if ((*flags & (TDM_CT_F_FIN_ORIG | TDM_CT_F_FIN_REPLY)) == (TDM_CT_F_FIN_ORIG | TDM_CT_F_FIN_REPLY))
+            return TDM_CT_TIME_WAIT;
+        return TDM_CT_FIN_WAIT;
+    }
+    switch (state) {
+    case TDM_CT_SYN_SENT:
+        if (dir == TDM_DIR_REPLY && (tcp_flags & (SYN | ACK)) == (SYN | ACK))
+            return TDM_CT_SYN_RECV;
+        return state;
+    case TDM_CT_SYN_RECV:
+        if (dir == TDM_DIR_ORIGINAL && (tcp_flags & (SYN | ACK)) == ACK)
+            return TDM_CT_ESTABLISHED;
+        return state;
+    case TDM_CT_CLOSED:
+    case TDM_CT_TIME_WAIT:
+        /* A new SYN on a closed tuple is handled as a new flow by the caller. */
+        return state;
+    default:
+        return state;
+    }
+}
+
+struct pkt {
+    struct tdm_flow_key key;
+    __u32 l4_off;
+    __u32 l4_csum_off;
+    __u32 csum_flags;     /* extra flags for bpf_l4_csum_replace (UDP's zero checksum) */
+    __u32 len;
+    __u8  tcp_flags;
+    __u8  icmp_type;
+    __u8  has_ports;      /* TCP/UDP: ports are rewritten; ICMP echo: the id is */
+};
+
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+        return -1;
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < 5)
+        return -1;
+    if (ip->frag_off & bpf_htons(IP_FRAG_MASK))
+        return -1; /* fragments go to the stack */
+    __u32 ihl = ip->ihl * 4;
+    p->l4_off = ETH_HLEN + ihl;
+    p->key.saddr = ip->saddr;
+    p->key.daddr = ip->daddr;
+    p->key.proto = ip->protocol;
+    p->key.pad[0] = p->key.pad[1] = p->key.pad[2] = 0;
+    p->len = skb->len;
+    p->tcp_flags = 0;
+    p->csum_flags = 0;
+    void *l4 = data + p->l4_off;
+    if (ip->protocol == IPPROTO_TCP) {
+        struct tcphdr *th = l4;
+        if ((void *)(th + 1) > end)
+            return -1;
+        p->key.sport = th->source;
+        p->key.dport = th->dest;
+        p->tcp_flags = ((__u8 *)th)[13];
+        p->l4_csum_off = p->l4_off + offsetof(struct tcphdr, check);
+        return 0;
+    }
+    if (ip->protocol == IPPROTO_UDP) {
+        struct udphdr *uh = l4;
+        if ((void *)(uh + 1) > end)
+            return -1;
+        p->key.sport = uh->source;
+        p->key.dport = uh->dest;
+        p->l4_csum_off = p->l4_off + offsetof(struct udphdr, check);
+        p->csum_flags = BPF_F_MARK_MANGLED_0;
+        return 0;
+    }
+    if (ip->protocol == IPPROTO_ICMP) {
+        struct icmphdr *ih = l4;
+        if ((void *)(ih + 1) > end)
+            return -1;
+        p->icmp_type = ih->type;
+        if (ih->type != ICMP_ECHO && ih->type != ICMP_ECHOREPLY)
+            return -1;
+        p->key.sport = ih->un.echo.id;
+        p->key.dport = ih->un.echo.id;
+        p->l4_csum_off = p->l4_off + offsetof(struct icmphdr, checksum);
+        return 0;
+    }
+    return -1;
+}
+
+/* Rewrites the packet's tuple from `from` to `to`, fixing the IP and L4 checksums. */
+static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, const struct tdm_flow_key *to)
+{
+    const struct tdm_flow_key *from = &p->key;
+    __u32 l4flags = p->csum_flags;
+    int pseudo = p->key.proto != IPPROTO_ICMP; /* ICMP's checksum has no pseudo header */
+    if (from->saddr != to->saddr) {
+        if (pseudo && bpf_l4_csum_replace(skb, p->l4_csum_off, from->saddr, to->saddr, BPF_F_PSEUDO_HDR | l4flags | 4))
+            return -1;
+        if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, from->saddr, to->saddr, 4))
+            return -1;
+        if (bpf_skb_store_bytes(skb, IP_SRC_OFF, &to->saddr, 4, 0))
+            return -1;
+    }
+    if (from->daddr != to->daddr) {
+        if (pseudo && bpf_l4_csum_replace(skb, p->l4_csum_off, from->daddr, to->daddr, BPF_F_PSEUDO_HDR | l4flags | 4))
+            return -1;
+        if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, from->daddr, to->daddr, 4))
+            return -1;
+        if (bpf_skb_store_bytes(skb, IP_DST_OFF, &to->daddr, 4, 0))
+            return -1;
+    }
+    if (p->key.proto == IPPROTO_ICMP)
+        return 0; /* echo id is kept: only addresses change */
+    if (from->sport != to->sport) {
+        if (bpf_l4_csum_replace(skb, p->l4_csum_off, from->sport, to->sport, l4flags | 2))
+            return -1;
+        if (bpf_skb_store_bytes(skb, p->l4_off, &to->sport, 2, 0))
+            return -1;
+    }
+    if (from->dport != to->dport) {
+        if (bpf_l4_csum_replace(skb, p->l4_csum_off, from->dport, to->dport, l4flags | 2))
+            return -1;
+        if (bpf_skb_store_bytes(skb, p->l4_off + 2, &to->dport, 2, 0))
+            return -1;
+    }
+    return 0;
+}
+
+/* Sends the rewritten packet towards its new destination. */
+static __always_inline int forward(struct __sk_buff *skb, const struct tdm_flow_key *to, __u32 in_ifindex)
+{
+    struct bpf_fib_lookup fib = {};
+    fib.family = AF_INET;
+    fib.l4_protocol = to->proto;
+    fib.sport = to->sport;
+    fib.dport = to->dport;
+    fib.tot_len = skb->len - ETH_HLEN;
+    fib.ipv4_src = to->saddr;
+    fib.ipv4_dst = to->daddr;
+    fib.ifindex = in_ifindex;
+
+    long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+    if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+        if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) ||
+            bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0))
+            return TC_ACT_SHOT;
+        return bpf_redirect(fib.ifindex, 0);
+    }
+    /* No neighbour yet, or forwarding disabled on this interface (a one-armed node does not
+     * need it): let the kernel resolve the next hop out of the matching interface. */
+    __u32 oif = rc == BPF_FIB_LKUP_RET_NO_NEIGH ? fib.ifindex : in_ifindex;
+    long r = bpf_redirect_neigh(oif, NULL, 0, 0);
+    if (r != TC_ACT_REDIRECT)
+        stat_inc(TDM_STAT_REDIRECT_FAILED);
+    return r;
+}
+
+static __always_inline void count(void *map, __u32 idx, __u32 len, int new_flow)
+{
+    struct tdm_counters *c = bpf_map_lookup_elem(map, &idx);
+    if (c) {
+        c->packets += 1;
+        c->bytes += len;
+        if (new_flow)
+            c->new_flows += 1;
+    }
+}
+
+/* Picks an endpoint index for a new flow, or -1. */
+static __always_inline int select_endpoint(const struct tdm_config *cfg, const struct tdm_service *svc,
+                                           const struct tdm_flow_key *key, __u64 now)
+{
+    __u32 id = svc->id;
+    if (svc->endpoint_count == 0)
+        return -1;
+    if (svc->sel == TDM_SEL_MAGLEV) {
+        struct tdm_maglev *m = bpf_map_lookup_elem(&tdm_maglev, &id);
+        if (!m)
+            return -1;
+        /* slot < M < SLOTS already; the mask is for the verifier, which cannot see that. */
+        __u32 slot = tdm_flow_hash(key, cfg->hash_seed) % TDM_MAGLEV_M;
+        barrier_var(slot);
+        slot &= TDM_MAGLEV_SLOTS - 1;
+        return m->slot[slot];
+    }
+    struct tdm_persist_key pk = { .service_id = id, .client_ip = key->saddr };
+    if (svc->sel == TDM_SEL_PERSIST) {
+        struct tdm_persist_value *pv = bpf_map_lookup_elem(&tdm_persist, &pk);
+        if (pv && now - pv->last_used_ns <= (__u64)svc->persist_timeout_s * 1000000000ULL) {
+            __u32 ei = pv->endpoint_index;
+            __u32 eidx = id * TDM_MAX_ENDPOINTS + (ei & (TDM_MAX_ENDPOINTS - 1));
+            struct tdm_endpoint *ep = bpf_map_lookup_elem(&tdm_endpoints, &eidx);
+            if (ep && ep->active && ei < svc->endpoint_count) {
+                pv->last_used_ns = now;
+                return ei;
+            }
+        }
+    }
+    struct tdm_schedule *s = bpf_map_lookup_elem(&tdm_schedules, &id);
+    __u32 *ctr = bpf_map_lookup_elem(&tdm_rr, &id);
+    if (!s || !ctr || svc->sched_len == 0)
+        return -1;
+    __u32 n = __sync_fetch_and_add(ctr, 1);
+    __u32 slot = n % svc->sched_len;
+    barrier_var(slot);
+    slot &= TDM_SCHED_LEN - 1;
+    int chosen = s->slot[slot];
+    if (svc->sel == TDM_SEL_PERSIST) {
+        struct tdm_persist_value nv = { .last_used_ns = now, .endpoint_index = chosen };
+        bpf_map_update_elem(&tdm_persist, &pk, &nv, BPF_ANY);
+    }
+    return chosen;
+}
+
+/* True when `reply` is unused or holds only an expired connection. */
+static __always_inline int reply_key_free(const struct tdm_config *cfg, const struct tdm_flow_key *reply, __u64 now)
+{
+    struct tdm_ct_entry *e = bpf_map_lookup_elem(&tdm_ct, reply);
+    return !e || entry_expired(cfg, e, now);
+}
+
+static __always_inline __u8 initial_state(const struct pkt *p)
+{
+    if (p->key.proto == IPPROTO_TCP) {
+        const __u8 SYN = 0x02, ACK = 0x10;
+        if ((p->tcp_flags & (SYN | ACK)) == SYN)
+            return TDM_CT_SYN_SENT;
+        return TDM_CT_ESTABLISHED; /* picked up mid-flow */
+    }
+    if (p->key.proto == IPPROTO_UDP)
+        return TDM_CT_UDP_NEW;
+    return TDM_CT_ICMP;
+}
+
+/* Creates both entries of a new connection; returns the original-direction entry's translation. */
+static __always_inline int new_flow(struct __sk_buff *skb, const struct tdm_config *cfg, const struct pkt *p,
+                                    const struct tdm_service *svc, __u64 now, struct tdm_flow_key *out)
+{
+    int ei = select_endpoint(cfg, svc, &p->key, now);
+    if (ei < 0 || ei >= TDM_MAX_ENDPOINTS || ei >= svc->endpoint_count) {
+        stat_inc(TDM_STAT_NO_ENDPOINT);
+        return -1;
+    }
+    __u32 eidx = svc->id * TDM_MAX_ENDPOINTS + (__u32)ei;
+    struct tdm_endpoint *ep = bpf_map_lookup_elem(&tdm_endpoints, &eidx);
+    if (!ep || !ep->active) {
+        stat_inc(TDM_STAT_NO_ENDPOINT);
+        return -1;
+    }
+
+    struct tdm_flow_key fwd = p->key; /* what the original direction becomes */
+    fwd.daddr = ep->ip;
+    if (p->key.proto != IPPROTO_ICMP)
+        fwd.dport = ep->port;
+    if (svc->nat_mode == TDM_NAT_FULLNAT)
+        fwd.saddr = svc->snat_ip ? svc->snat_ip : p->key.daddr;
+    else if (svc->nat_mode == TDM_NAT_ONEARM)
+        fwd.saddr = cfg->node_ip;
+
+    /* The reply direction's key is the forward translation reversed. */
+    struct tdm_flow_key rev = {
+        .saddr = fwd.daddr, .daddr = fwd.saddr, .sport = fwd.dport, .dport = fwd.sport, .proto = fwd.proto,
+    };
+    if (p->key.proto == IPPROTO_ICMP) {
+        rev.sport = fwd.sport;
+        rev.dport = fwd.sport;
+    }
+
+    struct tdm_ct_entry orig = {
+        .created_ns = now, .last_seen_ns = now, .service_id = svc->id, .version = 1,
+        .endpoint_ip = ep->ip, .endpoint_port = ep->port, .endpoint_index = (__u8)ei,
+        .nat_mode = svc->nat_mode, .dir = TDM_DIR_ORIGINAL, .state = initial_state(p),
+    };
+    if (p->key.proto == IPPROTO_TCP && orig.state == TDM_CT_ESTABLISHED) {
+        orig.flags |= TDM_CT_F_PICKED_UP;
+        stat_inc(TDM_STAT_PICKED_UP);
+    }
+
+    /* Keep the client's source port where free; else probe this node's slice of the port
+     * space, so two nodes sharing a SNAT address never hand out the same port. */
+    int snat = svc->nat_mode != TDM_NAT_DEFAULT && p->key.proto != IPPROTO_ICMP;
+    if (snat && !reply_key_free(cfg, &rev, now)) {
+        int found = 0;
+        __u32 span = (__u32)cfg->port_hi - cfg->port_lo + 1;
+        for (int i = 0; i < TDM_PORT_TRIES; i++) {
+            __u16 port = cfg->port_lo + (__u16)(bpf_get_prandom_u32() % (span ? span : 1));
+            rev.dport = bpf_htons(port);
+            if (reply_key_free(cfg, &rev, now)) {
+                found = 1;
+                break;
+            }
+        }
+        if (!found) {
+            stat_inc(TDM_STAT_NO_PORT);
+            return -1;
+        }
+        fwd.sport = rev.dport;
+    }
+
+    struct tdm_ct_entry reply = orig;
+    reply.dir = TDM_DIR_REPLY;
+    reply.flags = orig.flags;
+    reply.xlate.saddr = p->key.daddr;
+    reply.xlate.daddr = p->key.saddr;
+    reply.xlate.sport = p->key.dport;
+    reply.xlate.dport = p->key.sport;
+    reply.xlate.proto = p->key.proto;
+    reply.peer = p->key;
+    orig.xlate = fwd;
+    orig.peer = rev;
+
+    if (bpf_map_update_elem(&tdm_ct, &rev, &reply, BPF_ANY) ||
+        bpf_map_update_elem(&tdm_ct, &p->key, &orig, BPF_ANY)) {
+        bpf_map_delete_elem(&tdm_ct, &rev);
+        stat_inc(TDM_STAT_CT_FULL);
+        return -1;
+    }
+    count(&tdm_endpoint_stats, eidx, p->len, 1);
+    count(&tdm_service_stats, svc->id, p->len, 1);
+    emit_event(cfg, TDM_EV_NEW, &orig, &p->key, now);
+    *out = fwd;
+    return 0;
+}
+
+/* Answers an ICMP echo request to a VIP in place and bounces it back out. */
+static __always_inline int answer_echo(struct __sk_buff *skb, const struct pkt *p, __u32 in_ifindex)
+{
+    __u8 req = ICMP_ECHO, rep = ICMP_ECHOREPLY;
+    __u32 type_off = p->l4_off + offsetof(struct icmphdr, type);
+    /* type sits in the high byte of the first 16-bit word */
+    if (bpf_l4_csum_replace(skb, p->l4_csum_off, bpf_htons((__u16)req << 8), bpf_htons((__u16)rep << 8), 2))
+        return TC_ACT_SHOT;
+    if (bpf_skb_store_bytes(skb, type_off, &rep, 1, 0))
+        return TC_ACT_SHOT;
+    /* Swapping source and destination leaves the IP checksum unchanged. */
+    if (bpf_skb_store_bytes(skb, IP_SRC_OFF, &p->key.daddr, 4, 0) ||
+        bpf_skb_store_bytes(skb, IP_DST_OFF, &p->key.saddr, 4, 0))
+        return TC_ACT_SHOT;
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end)
+        return TC_ACT_SHOT;
+    __u8 tmp[ETH_ALEN];
+    __builtin_memcpy(tmp, eth->h_source, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+    __builtin_memcpy(eth->h_dest, tmp, ETH_ALEN);
+    stat_inc(TDM_STAT_ICMP_REPLIED);
+    return bpf_redirect(in_ifindex, 0);
+}
+
+SEC("tc")
+int tandem_ingress(struct __sk_buff *skb)
+{
+    /* Read context fields up front: the verifier rejects a ctx pointer the compiler kept with
+     * an offset across helper calls. */
+    __u32 in_ifindex = skb->ingress_ifindex;
+    struct pkt p = {};
+    if (parse(skb, &p) < 0)
+        return TC_ACT_OK;
+    __u32 zero = 0;
+    struct tdm_config *cfg = bpf_map_lookup_elem(&tdm_config, &zero);
+    if (!cfg)
+        return TC_ACT_OK;
+    __u64 now = bpf_ktime_get_ns();
+
+    if (p.key.proto == IPPROTO_ICMP && p.icmp_type == ICMP_ECHO && cfg->answer_icmp &&
+        bpf_map_lookup_elem(&tdm_vips, &p.key.daddr))
+        return answer_echo(skb, &p, in_ifindex);
+
+    struct tdm_flow_key to;
+    struct tdm_ct_entry *e = bpf_map_lookup_elem(&tdm_ct, &p.key);
+    int fresh_syn = p.key.proto == IPPROTO_TCP && (p.tcp_flags & 0x12) == 0x02;
+    if (e && (entry_expired(cfg, e, now) ||
+              (fresh_syn && e->dir == TDM_DIR_ORIGINAL &&
+               (e->state == TDM_CT_TIME_WAIT || e->state == TDM_CT_CLOSED)))) {
+        /* The old connection is over: forget both halves and treat this as a new flow. */
+        struct tdm_flow_key peer = e->peer;
+        emit_event(cfg, TDM_EV_DELETE, e, e->dir == TDM_DIR_ORIGINAL ? &p.key : &e->peer, now);
+        bpf_map_delete_elem(&tdm_ct, &peer);
+        bpf_map_delete_elem(&tdm_ct, &p.key);
+        stat_inc(TDM_STAT_EXPIRED_REUSED);
+        e = NULL;
+    }
+    if (e) {
+        to = e->xlate;
+        e->last_seen_ns = now;
+        __sync_fetch_and_add(&e->packets, 1);
+        __sync_fetch_and_add(&e->bytes, p.len);
+        __u8 state = e->state, flags = e->flags;
+        if (p.key.proto == IPPROTO_TCP)
+            state = tcp_next_state(state, &flags, e->dir, p.tcp_flags);
+        else if (p.key.proto == IPPROTO_UDP && e->dir == TDM_DIR_REPLY && state == TDM_CT_UDP_NEW)
+            state = TDM_CT_UDP_EST;
+        if (state != e->state || flags != e->flags) {
+            e->state = state;
+            e->flags = flags;
+            e->version += 1;
+            struct tdm_ct_entry *pe = bpf_map_lookup_elem(&tdm_ct, &e->peer);
+            if (pe) {
+                pe->state = state;
+                pe->flags = flags;
+                pe->version = e->version;
+                pe->last_seen_ns = now;
+            }
+            if (e->dir == TDM_DIR_ORIGINAL)
+                emit_event(cfg, TDM_EV_STATE, e, &p.key, now);
+            else if (pe)
+                emit_event(cfg, TDM_EV_STATE, pe, &e->peer, now);
+        }
+        __u32 eidx = e->service_id * TDM_MAX_ENDPOINTS + (e->endpoint_index & (TDM_MAX_ENDPOINTS - 1));
+        count(&tdm_endpoint_stats, eidx, p.len, 0);
+        count(&tdm_service_stats, e->service_id, p.len, 0);
+    } else {
+        if (p.key.proto == IPPROTO_ICMP)
+            return TC_ACT_OK; /* echo is answered above or left to the stack */
+        struct tdm_service_key sk = { .vip = p.key.daddr, .port = p.key.dport, .proto = p.key.proto };
+        struct tdm_service *svc = bpf_map_lookup_elem(&tdm_services, &sk);
+        if (!svc)
+            return TC_ACT_OK;
+        /* A stray RST for a flow we do not know has nowhere consistent to go. */
+        if (p.key.proto == IPPROTO_TCP && (p.tcp_flags & 0x04))
+            return TC_ACT_SHOT;
+        if (new_flow(skb, cfg, &p, svc, now, &to) < 0)
+            return TC_ACT_SHOT;
+    }
+
+    if (rewrite(skb, &p, &to) < 0)
+        return TC_ACT_SHOT;
+    return forward(skb, &to, in_ifindex);
+}
