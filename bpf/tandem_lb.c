@@ -487,6 +487,7 @@ static __always_inline int new_flow(struct __sk_buff *skb, const struct tdm_conf
         .created_ns = now, .last_seen_ns = now, .service_id = svc->id, .version = 1,
         .endpoint_ip = ep->ip, .endpoint_port = ep->port, .endpoint_index = (__u8)ei,
         .nat_mode = svc->nat_mode, .dir = TDM_DIR_ORIGINAL, .state = initial_state(p),
+        .packets = 1, .bytes = p->len,
     };
     if (p->key.proto == IPPROTO_TCP && orig.state == TDM_CT_ESTABLISHED) {
         orig.flags |= TDM_CT_F_PICKED_UP;
@@ -515,6 +516,8 @@ static __always_inline int new_flow(struct __sk_buff *skb, const struct tdm_conf
     }
 
     struct tdm_ct_entry reply = orig;
+    reply.packets = 0;
+    reply.bytes = 0;
     reply.dir = TDM_DIR_REPLY;
     reply.flags = orig.flags;
     reply.xlate.saddr = p->key.daddr;

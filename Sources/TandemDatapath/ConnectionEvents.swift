@@ -3,31 +3,7 @@ import CTandemShim
 import Foundation
 import TandemCore
 
-/// A change in the connection table: from the datapath's ring buffer (new, state, delete), or
-/// from user space's periodic scan (expired), which catches what the datapath cannot report.
-public struct ConnectionEvent: Sendable, Hashable {
-    public enum Kind: Sendable, Hashable {
-        case new, stateChanged, deleted, expired
-    }
-    public var kind: Kind
-    public var key: FlowTuple
-    public var translated: FlowTuple
-    public var state: ConnectionState
-    public var natMode: NATMode
-    public var serviceSlot: UInt32
-    public var version: UInt32
-
-    public init(kind: Kind, key: FlowTuple, translated: FlowTuple, state: ConnectionState, natMode: NATMode,
-                serviceSlot: UInt32, version: UInt32) {
-        self.kind = kind
-        self.key = key
-        self.translated = translated
-        self.state = state
-        self.natMode = natMode
-        self.serviceSlot = serviceSlot
-        self.version = version
-    }
-
+extension ConnectionEvent {
     init?(record e: tdm_ct_event) {
         let kind: Kind
         switch Int32(e.type) {
@@ -123,34 +99,3 @@ private final class StopFlag: @unchecked Sendable {
     var malformed: Int { lock.withLock { bad } }
 }
 
-/// Periodic scan of the connection table: removes entries idle past their state's timeout
-/// (the datapath only notices expiry when a packet arrives) and reports them, since LRU eviction
-/// and idle expiry produce no ring-buffer event.
-public struct ConnectionReaper: Sendable {
-    public var timeouts: Timeouts
-
-    public init(timeouts: Timeouts) { self.timeouts = timeouts }
-
-    /// Pure part: which entries to delete, and the events to report for them.
-    public func expired(in entries: [ConnectionEntry]) -> (delete: [FlowTuple], events: [ConnectionEvent]) {
-        var byKey: [FlowTuple: ConnectionEntry] = [:]
-        for e in entries { byKey[e.key] = e }
-        var delete: [FlowTuple] = []
-        var events: [ConnectionEvent] = []
-        for e in entries where e.direction == .original {
-            let peer = byKey[e.peerKey]
-            let idle = min(e.idleSeconds, peer?.idleSeconds ?? .infinity)
-            guard idle > Double(timeouts.seconds(for: e.state)) else { continue }
-            delete.append(e.key)
-            if peer != nil { delete.append(e.peerKey) }
-            events.append(ConnectionEvent(kind: .expired, key: e.key, translated: e.translated, state: e.state,
-                                          natMode: e.natMode, serviceSlot: e.serviceSlot, version: e.version))
-        }
-        // A reply half whose original is gone (evicted by LRU) can never be matched usefully. The
-        // idle guard skips a half the datapath is creating right now (reply first, then original).
-        for e in entries where e.direction == .reply && byKey[e.peerKey] == nil && e.idleSeconds > 2 {
-            delete.append(e.key)
-        }
-        return (delete, events)
-    }
-}

@@ -1,0 +1,75 @@
+import Testing
+@testable import TandemCore
+@testable import TandemNode
+
+@Suite struct ConfigTests {
+    let good = """
+    interfaces: [eth0]
+    cluster: {seed: 7, nodeIndex: 1, nodeCount: 2}
+    timeouts: {tcpEstablished: 30, udp: 5}
+    services:
+      - externalIP: 10.0.10.143
+        port: 56002
+        protocol: tcp
+        mode: fullnat
+        sel: hash
+        endpoints:
+          - {ip: 10.0.10.21, port: 80}
+          - {ip: 10.0.10.22, port: 80, weight: 2}
+    """
+
+    @Test func parsesAGoodConfig() throws {
+        let c = try NodeConfig.parse(yaml: good)
+        #expect(c.interfaces == ["eth0"])
+        let s = try c.validatedServices()
+        #expect(s.count == 1)
+        #expect(s[0].selection == .maglev)
+        #expect(s[0].endpoints[1].weight == 2)
+        #expect(c.resolvedTimeouts().established == 30)
+        #expect(c.resolvedTimeouts().udpEstablished == 5)
+        let slice = try c.portSlice()
+        #expect(slice.low > PortSlice.rangeLow && slice.high == PortSlice.rangeHigh)
+    }
+
+    @Test(arguments: [
+        ("mode: fullnat", "mode: dsr", "mode 'dsr' is unknown"),
+        ("externalIP: 10.0.10.143", "externalIP: 10.0.10.300", "not an IPv4 address"),
+        ("port: 56002", "port: 0", "port must be 1-65535"),
+        ("sel: hash", "sel: random", "sel 'random' is unknown"),
+        ("protocol: tcp", "protocol: sctp", "protocol 'sctp'"),
+        ("{ip: 10.0.10.21, port: 80}", "{ip: 10.0.10.21, port: 0}", "port must be 1-65535"),
+        ("weight: 2", "weight: 0", "weight must be 1-255"),
+    ])
+    func badServiceFieldsGiveClearErrors(_ old: String, _ new: String, _ expected: String) throws {
+        let c = try NodeConfig.parse(yaml: good.replacingOccurrences(of: old, with: new))
+        do {
+            _ = try c.validatedServices()
+            Issue.record("accepted: \(new)")
+        } catch {
+            #expect(error.message.contains(expected), "\(error.message)")
+        }
+    }
+
+    @Test func duplicateServiceRefused() throws {
+        let dup = good + """
+
+          - externalIP: 10.0.10.143
+            port: 56002
+            endpoints: [{ip: 10.0.10.21, port: 80}]
+        """
+        let c = try NodeConfig.parse(yaml: dup)
+        #expect(throws: ConfigError.self) { try c.validatedServices() }
+    }
+
+    @Test func malformedYAMLAndWrongTypes() {
+        #expect(throws: ConfigError.self) { try NodeConfig.parse(yaml: "services: [ {") }
+        #expect(throws: ConfigError.self) { try NodeConfig.parse(yaml: "services:\n  - externalIP: 10.0.10.143\n    port: eighty\n    endpoints: []") }
+        #expect(throws: ConfigError.self) { try NodeConfig.parse(yaml: "services:\n  - port: 80\n    endpoints: []") }
+    }
+
+    @Test func badClusterSlice() throws {
+        let c = try NodeConfig.parse(yaml: "cluster: {nodeIndex: 2, nodeCount: 2}")
+        #expect(throws: ConfigError.self) { try c.portSlice() }
+    }
+}
+import Foundation

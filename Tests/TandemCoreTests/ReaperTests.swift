@@ -1,0 +1,36 @@
+import Testing
+@testable import TandemCore
+
+@Suite struct ReaperTests {
+    let client = FlowTuple(source: IPv4Address(10, 0, 20, 10), destination: IPv4Address(10, 0, 10, 143), sourcePort: 4000, destinationPort: 80, proto: 17)
+    let reply = FlowTuple(source: IPv4Address(10, 0, 10, 21), destination: IPv4Address(10, 0, 10, 143), sourcePort: 80, destinationPort: 4000, proto: 17)
+
+    func entry(_ dir: FlowDirection, idle: Double, state: ConnectionState = .udpEstablished) -> ConnectionEntry {
+        let (k, p) = dir == .original ? (client, reply) : (reply, client)
+        return ConnectionEntry(key: k, translated: p.reversed, peerKey: p, direction: dir, state: state, flags: [],
+                               natMode: .fullnat, serviceSlot: 0, endpointIndex: 0, version: 1, packets: 1, bytes: 1,
+                               ageSeconds: idle, idleSeconds: idle)
+    }
+
+    @Test func expiresBothHalvesAfterTimeout() {
+        var t = Timeouts()
+        t.udpEstablished = 5
+        let (delete, events) = ConnectionReaper(timeouts: t).expired(in: [entry(.original, idle: 6), entry(.reply, idle: 7)])
+        #expect(Set(delete) == [client, reply])
+        #expect(events.map(\.kind) == [.expired])
+    }
+
+    @Test func recentReplyKeepsConnectionAlive() {
+        var t = Timeouts()
+        t.udpEstablished = 5
+        let (delete, events) = ConnectionReaper(timeouts: t).expired(in: [entry(.original, idle: 60), entry(.reply, idle: 1)])
+        #expect(delete.isEmpty)
+        #expect(events.isEmpty)
+    }
+
+    @Test func orphanReplyHalfIsRemovedOnlyWhenNotBeingCreated() {
+        let t = Timeouts()
+        #expect(ConnectionReaper(timeouts: t).expired(in: [entry(.reply, idle: 0.1)]).delete.isEmpty)
+        #expect(ConnectionReaper(timeouts: t).expired(in: [entry(.reply, idle: 3)]).delete == [reply])
+    }
+}
