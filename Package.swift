@@ -57,7 +57,8 @@ let package = Package(
         .testTarget(name: "TandemCoreTests", dependencies: ["TandemCore", "TandemAPI", "TandemNode"],
                     path: "Tests/TandemCoreTests"),
         .testTarget(name: "TandemPrivilegedTests",
-                    dependencies: ["TandemCore", "TandemDatapath", "TandemAPI"],
+                    dependencies: ["TandemCore", "TandemDatapath", "TandemAPI",
+                                   .product(name: "Logging", package: "swift-log")],
                     path: "Tests/TandemPrivilegedTests"),
     ],
     swiftLanguageModes: [.v6]
