@@ -27,47 +27,85 @@ struct CommandResult {
     var ok: Bool { status == 0 && !timedOut }
 }
 
-/// Runs a command with a hard time limit, capturing its output.
-@discardableResult
-func run(_ args: [String], env: [String: String] = [:], timeout: TimeInterval = 30, stdin: String? = nil) throws -> CommandResult {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = args
-    var environment = ProcessInfo.processInfo.environment
-    for (k, v) in env { environment[k] = v }
-    p.environment = environment
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    let inPipe = Pipe()
-    p.standardInput = stdin == nil ? FileHandle.nullDevice : inPipe
-    // Drain the pipes while the process runs so a chatty command cannot block on a full pipe.
-    let outData = DataBox(), errData = DataBox()
-    out.fileHandleForReading.readabilityHandler = { outData.append($0.availableData) }
-    err.fileHandleForReading.readabilityHandler = { errData.append($0.availableData) }
-    try p.run()
-    if let stdin {
-        inPipe.fileHandleForWriting.write(Data(stdin.utf8))
-        try? inPipe.fileHandleForWriting.close()
-    }
-    let deadline = Date().addingTimeInterval(timeout)
-    var timedOut = false
-    while p.isRunning {
-        if Date() > deadline {
-            timedOut = true
-            p.terminate()
-            Thread.sleep(forTimeInterval: 0.5)
-            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-            break
+/// A child process started with posix_spawn, its output going to files. Foundation's Process
+/// missed child exits under the test runner here, so children are reaped with waitpid directly.
+final class Child {
+    let pid: pid_t
+    let outPath: String
+    let errPath: String
+    private(set) var status: Int32?
+
+    init(_ args: [String], env: [String: String] = [:], outPath: String, errPath: String) throws {
+        self.outPath = outPath
+        self.errPath = errPath
+        var environment = ProcessInfo.processInfo.environment
+        for (k, v) in env { environment[k] = v }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        let argv = (["/usr/bin/env"] + args).map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
         }
-        Thread.sleep(forTimeInterval: 0.02)
+        var child: pid_t = 0
+        let rc = posix_spawn(&child, "/usr/bin/env", &actions, nil, argv, envp)
+        guard rc == 0 else { throw TestFailure("posix_spawn \(args): \(String(cString: strerror(rc)))") }
+        pid = child
     }
-    p.waitUntilExit()
-    out.fileHandleForReading.readabilityHandler = nil
-    err.fileHandleForReading.readabilityHandler = nil
-    outData.append(out.fileHandleForReading.readDataToEndOfFile())
-    errData.append(err.fileHandleForReading.readDataToEndOfFile())
-    return CommandResult(status: p.terminationStatus, stdout: outData.string, stderr: errData.string, timedOut: timedOut)
+
+    /// Reaps the child if it has exited; true while it runs.
+    var isRunning: Bool {
+        if status != nil { return false }
+        var st: Int32 = 0
+        let r = waitpid(pid, &st, WNOHANG)
+        if r == pid {
+            // WIFEXITED / WEXITSTATUS, spelled out: Glibc's macros are not imported.
+            status = (st & 0x7f) == 0 ? (st >> 8) & 0xff : 128 + (st & 0x7f)
+            return false
+        }
+        return r == 0
+    }
+
+    /// Waits up to `timeout`; on expiry sends SIGTERM, then SIGKILL. Returns whether it timed out.
+    @discardableResult
+    func wait(timeout: TimeInterval, signal: Int32? = nil) -> Bool {
+        if let signal, isRunning { kill(pid, signal) }
+        let deadline = Date().addingTimeInterval(timeout)
+        while isRunning {
+            if Date() > deadline {
+                kill(pid, SIGTERM)
+                let hard = Date().addingTimeInterval(2)
+                while isRunning && Date() < hard { Thread.sleep(forTimeInterval: 0.02) }
+                if isRunning { kill(pid, SIGKILL) }
+                while isRunning { Thread.sleep(forTimeInterval: 0.02) }
+                return true
+            }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        return false
+    }
+
+    var stdout: String { (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "" }
+    var stderr: String { (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "" }
+}
+
+/// Runs a command with a hard time limit, capturing its output in temporary files (not pipes:
+/// daemons a command starts, such as nginx, inherit and keep its descriptors open).
+@discardableResult
+func run(_ args: [String], env: [String: String] = [:], timeout: TimeInterval = 30) throws -> CommandResult {
+    let base = FileManager.default.temporaryDirectory.appendingPathComponent("tdm-\(UUID().uuidString)").path
+    defer {
+        try? FileManager.default.removeItem(atPath: base + ".out")
+        try? FileManager.default.removeItem(atPath: base + ".err")
+    }
+    let c = try Child(args, env: env, outPath: base + ".out", errPath: base + ".err")
+    let timedOut = c.wait(timeout: timeout)
+    return CommandResult(status: c.status ?? -1, stdout: c.stdout, stderr: c.stderr, timedOut: timedOut)
 }
 
 final class DataBox: @unchecked Sendable {
@@ -95,6 +133,7 @@ final class TestBed {
 
     func ns(_ role: String) -> String { "\(name)-\(role)" }
 
+    @discardableResult
     func exec(_ role: String, _ args: [String], timeout: TimeInterval = 30) throws -> CommandResult {
         try run(["ip", "netns", "exec", ns(role)] + args, timeout: timeout)
     }
@@ -117,34 +156,31 @@ final class TestBed {
 final class NodeDaemon {
     let bed: TestBed
     let role: String
-    let process = Process()
-    let log = DataBox()
+    let child: Child
     let configPath: String
+    let logPath: String
 
     init(bed: TestBed, role: String = "llb1", config: String, extraArgs: [String] = []) throws {
         self.bed = bed
         self.role = role
-        configPath = FileManager.default.temporaryDirectory.appendingPathComponent("\(bed.name)-\(role).yaml").path
+        let tmp = FileManager.default.temporaryDirectory
+        configPath = tmp.appendingPathComponent("\(bed.name)-\(role).yaml").path
+        logPath = tmp.appendingPathComponent("\(bed.name)-\(role).log").path
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)
-        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-        process.arguments = ["netns", "exec", bed.ns(role), Env.tandem, "node", "run", "--config", configPath,
-                             "--bpf-object", Env.bpfObject] + extraArgs
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        let log = log
-        pipe.fileHandleForReading.readabilityHandler = { log.append($0.availableData) }
-        try process.run()
+        child = try Child(["ip", "netns", "exec", bed.ns(role), Env.tandem, "node", "run", "--config", configPath,
+                           "--bpf-object", Env.bpfObject] + extraArgs, outPath: logPath, errPath: logPath + ".err")
         // Ready when the API answers.
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline {
-            if !process.isRunning { throw TestFailure("daemon exited early: \(log.string)") }
+            if !child.isRunning { throw TestFailure("daemon exited early: \(log)") }
             if let r = try? cli(["get", "lb", "-o", "json"]), r.ok { return }
             Thread.sleep(forTimeInterval: 0.2)
         }
         stop()
-        throw TestFailure("daemon API did not come up: \(log.string)")
+        throw TestFailure("daemon API did not come up: \(log)")
     }
+
+    var log: String { child.stdout + child.stderr }
 
     func cli(_ args: [String], timeout: TimeInterval = 15) throws -> CommandResult {
         try bed.exec(role, [Env.tandem] + args, timeout: timeout)
@@ -159,15 +195,15 @@ final class NodeDaemon {
     /// Sends SIGTERM and waits; returns the exit status.
     @discardableResult
     func stop() -> Int32 {
-        if process.isRunning {
-            kill(process.processIdentifier, SIGTERM)
-            let deadline = Date().addingTimeInterval(10)
-            while process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
-            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        }
-        process.waitUntilExit()
+        child.wait(timeout: 10, signal: SIGTERM)
         try? FileManager.default.removeItem(atPath: configPath)
-        return process.terminationStatus
+        return child.status ?? -1
+    }
+
+    deinit {
+        if child.isRunning { kill(child.pid, SIGKILL); child.wait(timeout: 5) }
+        try? FileManager.default.removeItem(atPath: logPath)
+        try? FileManager.default.removeItem(atPath: logPath + ".err")
     }
 }
 

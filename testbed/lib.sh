@@ -1,0 +1,317 @@
+# shellcheck shell=bash
+# Tandem test bed: shared functions. Source this file; it defines functions and defaults only.
+#
+# Topology (routed like an OCI VCN, no bridge):
+#
+#   client 10.0.20.10 --- vcn router ns (ip_forward, proxy ARP on every link, one /32 per host)
+#                            |           |            |           |
+#                          llb1         llb2         ep1         ep2        10.0.10.0/24
+#                       10.0.10.141  10.0.10.88  10.0.10.21  10.0.10.22  (nginx :80, echo :9000)
+#   floating IP 10.0.10.143/32: a route in the vcn ns to the owning node (tb_route_vip NODE).
+#
+# Everything is derived from TB (default "tdm", <= 6 chars of [a-z0-9]):
+#   namespaces  ${TB}-client ${TB}-vcn ${TB}-llb1 [${TB}-llb2] ${TB}-ep1 ${TB}-ep2
+#   state dir   /run/tandem-testbed/${TB}/      (pid files, nginx config/logs/temp, echo logs)
+# Inside the vcn ns the link to host X is "v-X"; inside every host its link is "eth0".
+#
+# Environment:
+#   TB           name prefix (default tdm)
+#   NODES        1 or 2 load-balancer nodes (default 1; 2 adds llb2)
+#   TANDEM_ECHO  echo server binary (default <repo>/.build/debug/tandem-echo)
+#   TB_WAIT      seconds to wait for services to answer (default 15)
+
+TB="${TB:-tdm}"
+NODES="${NODES:-1}"
+TB_WAIT="${TB_WAIT:-15}"
+TB_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TANDEM_ECHO="${TANDEM_ECHO:-$TB_REPO/.build/debug/tandem-echo}"
+TB_STATE_ROOT="/run/tandem-testbed"
+TB_STATE="$TB_STATE_ROOT/$TB"
+
+TB_VIP="10.0.10.143"
+TB_GW_HOSTS="10.0.10.1"     # gateway of 10.0.10.0/24
+TB_GW_CLIENT="10.0.20.1"    # gateway of 10.0.20.0/24
+TB_ECHO_PORT=9000
+TB_ALL_ROLES=(client vcn llb1 llb2 ep1 ep2)
+
+tb_log() { printf '[testbed %s] %s\n' "$TB" "$*" >&2; }
+tb_die() { printf '[testbed %s] error: %s\n' "$TB" "$*" >&2; return 1; }
+
+# Rejects prefixes that would overflow interface/namespace conventions or clash by pattern.
+tb_check_name() {
+    [[ "$TB" =~ ^[a-z][a-z0-9]{0,5}$ ]] ||
+        { tb_die "TB='$TB' must be 1-6 chars of [a-z0-9], starting with a letter"; return 1; }
+    [[ "$NODES" == 1 || "$NODES" == 2 ]] || { tb_die "NODES must be 1 or 2 (got '$NODES')"; return 1; }
+}
+
+# Roles of this test bed, in creation order.
+tb_roles() {
+    if [[ "$NODES" == 2 ]]; then echo client llb1 llb2 ep1 ep2; else echo client llb1 ep1 ep2; fi
+}
+tb_nodes() { if [[ "$NODES" == 2 ]]; then echo llb1 llb2; else echo llb1; fi; }
+tb_endpoints() { echo ep1 ep2; }
+
+tb_ns() { echo "${TB}-$1"; }                 # namespace of a role
+tb_link() { echo "v-$1"; }                   # vcn-side interface name of a host
+tb_exec() { local role="$1"; shift; ip netns exec "$(tb_ns "$role")" "$@"; }
+
+tb_ip() {
+    case "$1" in
+        client) echo 10.0.20.10 ;;
+        llb1) echo 10.0.10.141 ;;
+        llb2) echo 10.0.10.88 ;;
+        ep1) echo 10.0.10.21 ;;
+        ep2) echo 10.0.10.22 ;;
+        vcn) echo "$TB_GW_HOSTS" ;;
+        *) tb_die "unknown role '$1'" ;;
+    esac
+}
+tb_prefix() { echo 24; }                  # every host has a /24 on eth0
+tb_gw() { if [[ "$1" == client ]]; then echo "$TB_GW_CLIENT"; else echo "$TB_GW_HOSTS"; fi; }
+
+tb_ns_exists() { ip netns list 2>/dev/null | awk '{print $1}' | grep -qx "$1"; }
+
+# True if any namespace or the state dir of this TB exists.
+tb_exists() {
+    local r
+    [[ -d "$TB_STATE" ]] && return 0
+    for r in "${TB_ALL_ROLES[@]}"; do tb_ns_exists "$(tb_ns "$r")" && return 0; done
+    return 1
+}
+
+# Moves the floating IP's /32 in the vcn to NODE (llb1 or llb2). The fake OCI calls this.
+#   tb_route_vip NODE [IP]   (IP defaults to the VIP 10.0.10.143)
+tb_route_vip() {
+    local node="$1" ip="${2:-$TB_VIP}"
+    [[ "$node" == llb1 || "$node" == llb2 ]] || { tb_die "tb_route_vip: node must be llb1 or llb2"; return 1; }
+    ip -n "$(tb_ns vcn)" route replace "$ip/32" via "$(tb_ip "$node")" dev "$(tb_link "$node")"
+}
+
+# Removes the floating IP's route (nobody owns it).
+tb_unroute_vip() {
+    local ip="${1:-$TB_VIP}"
+    ip -n "$(tb_ns vcn)" route del "$ip/32" 2>/dev/null || true
+}
+
+# Which node the vcn currently routes the VIP to (empty if none).
+tb_vip_owner() {
+    local ip="${1:-$TB_VIP}" via r
+    via="$(ip -n "$(tb_ns vcn)" route show "$ip/32" 2>/dev/null | awk '{for(i=1;i<NF;i++) if($i=="via") print $(i+1)}')"
+    for r in llb1 llb2; do [[ -n "$via" && "$via" == "$(tb_ip "$r")" ]] && echo "$r"; done
+    return 0
+}
+
+tb_sysctl() { local role="$1"; shift; tb_exec "$role" sysctl -qw "$@" >/dev/null; }
+
+tb_create_vcn() {
+    local ns; ns="$(tb_ns vcn)"
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    tb_sysctl vcn net.ipv4.ip_forward=1
+    tb_sysctl vcn net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+    tb_sysctl vcn net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.default.send_redirects=0
+    tb_sysctl vcn net.ipv4.conf.default.proxy_arp=1   # proxy_delay is set per link (no netns default)
+    tb_sysctl vcn net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    # The gateways are local addresses of the router; ARP for them is answered on every link.
+    ip -n "$ns" addr add "$TB_GW_HOSTS/32" dev lo
+    ip -n "$ns" addr add "$TB_GW_CLIENT/32" dev lo
+}
+
+# Creates host ROLE: its namespace, a veth pair (v-ROLE in vcn, eth0 in the host), addresses,
+# the host's default route and the vcn's /32 route to it.
+tb_add_host() {
+    local role="$1" ns vns link ip gw
+    ns="$(tb_ns "$role")"; vns="$(tb_ns vcn)"; link="$(tb_link "$role")"
+    ip="$(tb_ip "$role")"; gw="$(tb_gw "$role")"
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    tb_sysctl "$role" net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    ip link add "$link" netns "$vns" type veth peer name eth0 netns "$ns"
+    # vcn side: proxy ARP, no reverse-path filter, no ARP proxy delay.
+    tb_sysctl vcn "net.ipv4.conf.$link.proxy_arp=1" "net.ipv4.conf.$link.rp_filter=0" \
+        "net.ipv4.neigh.$link.proxy_delay=0" "net.ipv4.conf.$link.send_redirects=0"
+    ip -n "$vns" link set "$link" up
+    ip -n "$ns" addr add "$ip/$(tb_prefix "$role")" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" route add default via "$gw" dev eth0
+    ip -n "$vns" route add "$ip/32" dev "$link" src "$gw"
+}
+
+tb_nginx_conf() {
+    local ep="$1" dir="$2" user=nobody
+    id www-data >/dev/null 2>&1 && user=www-data
+    cat <<EOF
+# Generated by testbed/lib.sh for test bed $TB, endpoint $ep.
+user $user;
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+worker_rlimit_nofile 16384;
+events { worker_connections 8192; }
+http {
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 65;
+    keepalive_requests 1000000;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    server {
+        listen 80 default_server backlog=4096;
+        server_name _;
+        root $dir/html;
+        index index.html;
+        add_header X-Tandem-Endpoint $ep always;
+        location = /whoami {
+            default_type text/plain;
+            return 200 "$ep\n";
+        }
+        location / { try_files \$uri \$uri/ =404; }
+    }
+}
+EOF
+}
+
+tb_start_nginx() {
+    local ep="$1" dir="$TB_STATE/$1" page
+    mkdir -p "$dir/html" "$dir/logs" "$dir/tmp"
+    chmod 755 "$dir" "$dir/html"
+    for page in /usr/share/nginx/html/index.html /var/www/html/index.nginx-debian.html; do
+        [[ -f "$page" ]] && { cp "$page" "$dir/html/index.html"; break; }
+    done
+    [[ -f "$dir/html/index.html" ]] || { tb_die "no stock nginx welcome page found"; return 1; }
+    chmod 644 "$dir/html/index.html"
+    tb_nginx_conf "$ep" "$dir" >"$dir/nginx.conf"
+    nginx -t -q -e "$dir/logs/error.log" -p "$dir/" -c "$dir/nginx.conf" ||
+        { tb_die "nginx config for $ep is invalid ($dir/nginx.conf)"; return 1; }
+    tb_exec "$ep" nginx -e "$dir/logs/error.log" -p "$dir/" -c "$dir/nginx.conf" </dev/null
+}
+
+tb_start_echo() {
+    local ep="$1" dir="$TB_STATE/$1" pid
+    mkdir -p "$dir"
+    # setsid: own session, so the caller's terminal signals do not reach it. In a script without
+    # job control setsid does not fork, and `ip netns exec` execs: $! is the server's pid.
+    setsid ip netns exec "$(tb_ns "$ep")" "$TANDEM_ECHO" --address 0.0.0.0 --port "$TB_ECHO_PORT" \
+        </dev/null >"$dir/echo.log" 2>&1 &
+    pid=$!
+    echo "$pid" >"$dir/echo.pid"
+}
+
+# Waits (bounded) until a command succeeds. tb_wait_for SECONDS DESCRIPTION CMD...
+tb_wait_for() {
+    local secs="$1" what="$2" deadline; shift 2
+    deadline=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        # Explicit return: callers may run this where errexit is off (if !, ||).
+        ((SECONDS < deadline)) || { tb_die "timed out after ${secs}s waiting for $what"; return 1; }
+        sleep 0.1
+    done
+}
+
+# Checks from the vcn ns that endpoint EP answers HTTP with its own name.
+tb_check_http() {
+    local ep="$1" body
+    body="$(tb_exec vcn curl -fsS -m 2 "http://$(tb_ip "$ep")/whoami")" || return 1
+    [[ "$body" == "$ep" ]]
+}
+
+tb_check_echo() {
+    local ep="$1" ip; ip="$(tb_ip "$ep")"
+    tb_exec vcn "$TANDEM_ECHO" probe --target "$ip:$TB_ECHO_PORT" --timeout 1 &&
+        tb_exec vcn "$TANDEM_ECHO" probe --udp --target "$ip:$TB_ECHO_PORT" --timeout 1
+}
+
+# Builds the whole test bed. Fails (non-zero) on any error; the caller cleans up.
+tb_up() {
+    local r
+    tb_check_name
+    command -v nginx >/dev/null || { tb_die "nginx not installed (apt-get install -y nginx-light)"; return 1; }
+    command -v curl >/dev/null || { tb_die "curl not installed"; return 1; }
+    [[ -x "$TANDEM_ECHO" ]] ||
+        { tb_die "echo server not found at TANDEM_ECHO=$TANDEM_ECHO (swift build --product tandem-echo, or set TANDEM_ECHO)"; return 1; }
+    mkdir -p "$TB_STATE"
+    echo "$NODES" >"$TB_STATE/nodes"
+    tb_log "creating namespaces (NODES=$NODES)"
+    tb_create_vcn
+    for r in $(tb_roles); do tb_add_host "$r"; done
+    for r in $(tb_endpoints); do
+        tb_start_nginx "$r"
+        tb_start_echo "$r"
+    done
+    tb_log "waiting for nginx and tandem-echo on the endpoints"
+    for r in $(tb_endpoints); do
+        tb_wait_for "$TB_WAIT" "nginx on $r" tb_check_http "$r"
+        tb_wait_for "$TB_WAIT" "tandem-echo on $r" tb_check_echo "$r"
+    done
+    tb_route_vip llb1
+}
+
+tb_summary() {
+    local r
+    echo "test bed '$TB' is up (state: $TB_STATE)"
+    printf '  %-14s %-13s %-10s %s\n' namespace address vcn-link runs
+    for r in $(tb_roles); do
+        local runs=""
+        case "$r" in ep*) runs="nginx :80 (X-Tandem-Endpoint: $r, /whoami), tandem-echo :$TB_ECHO_PORT tcp+udp" ;; esac
+        printf '  %-14s %-13s %-10s %s\n' "$(tb_ns "$r")" "$(tb_ip "$r")" "$(tb_link "$r")" "$runs"
+    done
+    printf '  %-14s %-13s %-10s %s\n' "$(tb_ns vcn)" "$TB_GW_HOSTS,$TB_GW_CLIENT" "-" "router, proxy ARP"
+    echo "  floating IP $TB_VIP/32 routed to: $(tb_vip_owner "$TB_VIP")"
+    echo "  try: ip netns exec $(tb_ns client) curl -si http://$(tb_ip ep1)/whoami"
+}
+
+# Kills every process in the namespace (TERM, then KILL after a bounded wait).
+tb_kill_ns_pids() {
+    local ns="$1" pids _
+    pids="$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')" || true
+    [[ -z "${pids// /}" ]] && return 0
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    for _ in $(seq 1 30); do
+        pids="$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')" || true
+        [[ -z "${pids// /}" ]] && return 0
+        sleep 0.1
+    done
+    # shellcheck disable=SC2086
+    kill -KILL $pids 2>/dev/null || true
+    sleep 0.1
+}
+
+# Kills the process named in a pid file if it is still alive, then removes the file.
+tb_kill_pidfile() {
+    local f="$1" pid
+    [[ -f "$f" ]] || return 0
+    pid="$(cat "$f" 2>/dev/null || true)"
+    if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+    fi
+    rm -f "$f"
+}
+
+# Tears everything of this TB down. Never fails; safe to call repeatedly.
+tb_down() {
+    local r ns f
+    [[ "$TB" =~ ^[a-z][a-z0-9]{0,5}$ ]] || { tb_log "refusing to tear down odd TB='$TB'"; return 0; }
+    if [[ -d "$TB_STATE" ]]; then
+        while IFS= read -r f; do tb_kill_pidfile "$f"; done < <(find "$TB_STATE" -name '*.pid' 2>/dev/null)
+    fi
+    for r in "${TB_ALL_ROLES[@]}"; do
+        ns="$(tb_ns "$r")"
+        tb_ns_exists "$ns" || continue
+        tb_kill_ns_pids "$ns"
+    done
+    for r in "${TB_ALL_ROLES[@]}"; do
+        ns="$(tb_ns "$r")"
+        tb_ns_exists "$ns" || continue
+        ip netns del "$ns" 2>/dev/null || tb_log "could not delete namespace $ns"
+    done
+    rm -rf "$TB_STATE" 2>/dev/null || true
+    rmdir "$TB_STATE_ROOT" 2>/dev/null || true
+    return 0
+}
