@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "tandem", targets: ["tandem"]),
         .executable(name: "tandem-echo", targets: ["tandem-echo"]),
+        .library(name: "TandemOCI", targets: ["TandemOCI"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
@@ -58,6 +59,16 @@ let package = Package(
         .testTarget(name: "TandemPrivilegedTests",
                     dependencies: ["TandemCore", "TandemDatapath", "TandemAPI"],
                     path: "Tests/TandemPrivilegedTests"),
+        // OCI provider. OpenSSL's libcrypto (Debian libssl-dev, via pkg-config) loads every API-key
+        // PEM form (PKCS#1, PKCS#8, both encrypted forms) and signs with keys of any size.
+        .systemLibrary(name: "CTandemOpenSSL", path: "Sources/CTandemOpenSSL", pkgConfig: "libcrypto",
+                       providers: [.apt(["libssl-dev"])]),
+        // OCI config/keys, request signing, IMDS discovery, the takeover state machine and its HTTP shell.
+        .target(name: "TandemOCI",
+                dependencies: ["CTandemOpenSSL", .product(name: "Logging", package: "swift-log")],
+                path: "Sources/TandemOCI"),
+        .testTarget(name: "TandemOCITests", dependencies: ["TandemOCI"],
+                    path: "Tests/TandemOCITests"),
     ],
     swiftLanguageModes: [.v6]
 )
