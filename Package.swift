@@ -67,7 +67,15 @@ let package = Package(
         .target(name: "TandemOCI",
                 dependencies: ["CTandemOpenSSL", .product(name: "Logging", package: "swift-log")],
                 path: "Sources/TandemOCI"),
-        .testTarget(name: "TandemOCITests", dependencies: ["TandemOCI"],
+        // The fake OCI server as a library, so tests can run it in-process on loopback.
+        .target(name: "FakeOCI",
+                dependencies: ["TandemOCI",
+                               .product(name: "NIOCore", package: "swift-nio"),
+                               .product(name: "NIOPosix", package: "swift-nio"),
+                               .product(name: "NIOHTTP1", package: "swift-nio"),
+                               .product(name: "Logging", package: "swift-log")],
+                path: "Sources/FakeOCI"),
+        .testTarget(name: "TandemOCITests", dependencies: ["TandemOCI", "FakeOCI"],
                     path: "Tests/TandemOCITests"),
     ],
     swiftLanguageModes: [.v6]

@@ -61,7 +61,9 @@ public final class URLSessionTransport: HTTPTransport, @unchecked Sendable {
                 do {
                     var request = URLRequest(url: url)
                     request.httpMethod = method
-                    request.timeoutInterval = max(timeout.seconds, 0.05)
+                    // Whole seconds only: corelibs turns sub-second values into an immediate timeout.
+                    // The task group below enforces the precise limit.
+                    request.timeoutInterval = max(timeout.seconds.rounded(.up), 1) + 1
                     for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
                     if !body.isEmpty || method == "PUT" || method == "POST" { request.httpBody = Data(body) }
                     let (data, response) = try await session.data(for: request)
@@ -82,7 +84,7 @@ public final class URLSessionTransport: HTTPTransport, @unchecked Sendable {
                 }
             }
             group.addTask {
-                try await Task.sleep(for: timeout + .milliseconds(250))
+                try await Task.sleep(for: timeout)
                 return nil
             }
             defer { group.cancelAll() }
