@@ -7,6 +7,8 @@ let package = Package(
     products: [
         .executable(name: "tandem", targets: ["tandem"]),
         .executable(name: "tandem-echo", targets: ["tandem-echo"]),
+        // Fake OCI (IMDS + Core API) for tests and the test bed.
+        .executable(name: "fake-oci", targets: ["fake-oci"]),
         .library(name: "TandemOCI", targets: ["TandemOCI"]),
     ],
     dependencies: [
@@ -75,6 +77,10 @@ let package = Package(
                                .product(name: "NIOHTTP1", package: "swift-nio"),
                                .product(name: "Logging", package: "swift-log")],
                 path: "Sources/FakeOCI"),
+        .executableTarget(name: "fake-oci",
+                          dependencies: ["FakeOCI", "TandemOCI",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          path: "Sources/fake-oci"),
         .testTarget(name: "TandemOCITests", dependencies: ["TandemOCI", "FakeOCI"],
                     path: "Tests/TandemOCITests"),
     ],

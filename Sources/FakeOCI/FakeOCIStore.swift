@@ -83,6 +83,8 @@ public actor FakeOCIStore {
     /// Shell command run after each successful move/create; see `FakeHook`.
     var hook: String?
     var hookOutput: [String] = []
+    /// Called for every served request (the executable prints them).
+    var observer: (@Sendable (FakeLogEntry) -> Void)?
 
     public init(seed: FakeOCISeed, keys: [FakeAPIKey], hook: String? = nil) {
         self.seed = seed
@@ -107,9 +109,11 @@ public actor FakeOCIStore {
     public func addFaults(_ rules: [FaultRule]) { faults += rules }
     public func clearFaults() { faults = [] }
     public func setClockOffset(_ seconds: TimeInterval) { clockOffset = seconds }
+    public func setMaxSkew(_ seconds: TimeInterval) { maxSkew = seconds }
     public func setHook(_ command: String?) { hook = command }
     public func hookOutputs() -> [String] { hookOutput }
     public func clearLog() { log = [] }
+    public func setObserver(_ observer: (@Sendable (FakeLogEntry) -> Void)?) { self.observer = observer }
 
     /// Current owner VNIC of a (secondary) private IP, or nil when unassigned/absent.
     public func owner(of ipAddress: String) -> String? { ips.first { $0.ipAddress == ipAddress }?.vnicId }
@@ -139,7 +143,6 @@ public actor FakeOCIStore {
         var entry = FakeLogEntry(method: request.method, target: request.target, operation: operation, status: nil,
                                  opcRequestId: requestId, fault: nil, authError: nil)
         var reply: FakeReply
-        defer { }
         if path.hasPrefix("/_fake/") {
             reply = await admin(request, path: path)
         } else if operation == "imds" {
@@ -149,6 +152,7 @@ public actor FakeOCIStore {
             switch fault {
             case .drop:
                 log.append(entry)
+                observer?(entry)
                 return FakeReply(status: 0, headers: [], body: [], delay: nil, drop: true)
             case .status(let status, let code):
                 reply = error(status, code, "injected fault")
@@ -163,6 +167,7 @@ public actor FakeOCIStore {
         reply.headers.append(("date", HTTPDate.format(now)))
         entry.status = reply.status
         log.append(entry)
+        observer?(entry)
         return reply
     }
 
