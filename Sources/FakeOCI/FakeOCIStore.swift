@@ -97,7 +97,8 @@ public actor FakeOCIStore {
                                 displayName: nil, etag: "etag-0", created: created))
         }
         for (n, ip) in seed.privateIps.enumerated() {
-            let subnet = seed.subnets.first { IPv4CIDR($0.cidr)?.contains(IPv4(ip.ipAddress) ?? IPv4("0.0.0.0")!) == true }
+            let address = IPv4(ip.ipAddress)
+            let subnet = seed.subnets.first { s in address.map { IPv4CIDR(s.cidr)?.contains($0) == true } ?? false }
             ips.append(IPRecord(id: ip.id ?? "ocid1.privateip.oc1.iad.seeded\(n)", ipAddress: ip.ipAddress, vnicId: ip.vnicId,
                                 subnetId: subnet?.id ?? "", isPrimary: false, displayName: ip.displayName,
                                 etag: "etag-0", created: created))
@@ -427,8 +428,10 @@ public actor FakeOCIStore {
     static func split(_ target: String) -> (String, [(String, String)]) {
         guard let q = target.firstIndex(of: "?") else { return (target, []) }
         let query = target[target.index(after: q)...].split(separator: "&").map { pair -> (String, String) in
-            let kv = pair.split(separator: "=", maxSplits: 1).map { String($0).removingPercentEncoding ?? String($0) }
-            return (kv[0], kv.count > 1 ? kv[1] : "")
+            // Never empty with omittingEmptySubsequences: false, so first is safe even for "=".
+            let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                .map { String($0).removingPercentEncoding ?? String($0) }
+            return (kv.first ?? "", kv.count > 1 ? kv[1] : "")
         }
         return (String(target[..<q]), query)
     }

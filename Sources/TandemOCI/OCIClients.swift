@@ -67,6 +67,13 @@ public struct OCIAPIClient: Sendable {
             logger.info("OCI \(request.operation) -> \(response.status)", metadata: [
                 "opc-request-id": "\(requestId ?? "none")", "ms": "\(Int(elapsed.seconds * 1000))",
             ])
+            if response.status == 401 {
+                // Most 401s are clock skew or a wrong key: show both clocks.
+                logger.warning("OCI \(request.operation) not authenticated", metadata: [
+                    "local-date": "\(HTTPDate.format(now()))", "server-date": "\(response.header("date") ?? "none")",
+                    "keyId": "\(signer.keyId)",
+                ])
+            }
             let retryAfter = response.header("retry-after").flatMap(Double.init).map { Duration.seconds($0) }
             return .http(status: response.status, body: response.body, opcRequestId: requestId, retryAfter: retryAfter)
         case .failure(let error):

@@ -9,7 +9,7 @@ public struct IPv4: Sendable, Hashable, CustomStringConvertible {
         guard parts.count == 4 else { return nil }
         var v: UInt32 = 0
         for part in parts {
-            guard !part.isEmpty, part.count <= 3, part.allSatisfy(\.isASCII), let octet = UInt8(part) else { return nil }
+            guard !part.isEmpty, part.count <= 3, part.allSatisfy({ $0.isASCII && $0.isNumber }), let octet = UInt8(part) else { return nil }
             v = v << 8 | UInt32(octet)
         }
         value = v

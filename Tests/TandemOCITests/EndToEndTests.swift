@@ -312,6 +312,13 @@ private func setupError(_ body: () async throws -> Any) async -> OCIProviderErro
         let imds = try await plain.send(method: "GET", url: URL(string: bed.server.imdsURL(instance: "llb2") + "/opc/v2/vnics/")!,
                                         headers: [], body: [], timeout: .seconds(2))
         #expect(imds.status == 401)
+        // Odd queries get a clear answer, not a crash.
+        let odd = try await plain.send(method: "GET", url: URL(string: bed.server.baseURL + "/20160918/privateIps?=&a&&=x")!,
+                                       headers: [], body: [], timeout: .seconds(2))
+        #expect(odd.status == 401)
+        let listed = try await api.call(method: "GET", target: "/20160918/privateIps?=&a&&=x", timeout: .seconds(2))
+        guard case .success(let oddSigned) = listed else { Issue.record("\(listed)"); await bed.stop(); return }
+        #expect(oddSigned.status == 400)
         await bed.stop()
     }
 

@@ -276,7 +276,7 @@ private let move = OCIRequest.updatePrivateIp(privateIpId: "ocid1.privateip.oc1.
         let cidr = IPv4CIDR("10.0.10.0/24")
         #expect(cidr?.contains(IPv4("10.0.10.143")!) == true)
         #expect(cidr?.contains(IPv4("10.0.11.1")!) == false)
-        #expect(IPv4("10.0.10.256") == nil && IPv4("1.2.3") == nil && IPv4CIDR("10.0.0.0/33") == nil)
+        #expect(IPv4("10.0.10.256") == nil && IPv4("1.2.3") == nil && IPv4("+1.2.3.4") == nil && IPv4CIDR("10.0.0.0/33") == nil)
     }
 }
 
