@@ -7,6 +7,9 @@ let package = Package(
     products: [
         .executable(name: "tandem", targets: ["tandem"]),
         .executable(name: "tandem-echo", targets: ["tandem-echo"]),
+        // Fake OCI (IMDS + Core API) for tests and the test bed.
+        .executable(name: "fake-oci", targets: ["fake-oci"]),
+        .library(name: "TandemOCI", targets: ["TandemOCI"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
@@ -60,6 +63,28 @@ let package = Package(
                     dependencies: ["TandemCore", "TandemDatapath", "TandemAPI",
                                    .product(name: "Logging", package: "swift-log")],
                     path: "Tests/TandemPrivilegedTests"),
+        // OCI provider. OpenSSL's libcrypto (Debian libssl-dev, via pkg-config) loads every API-key
+        // PEM form (PKCS#1, PKCS#8, both encrypted forms) and signs with keys of any size.
+        .systemLibrary(name: "CTandemOpenSSL", path: "Sources/CTandemOpenSSL", pkgConfig: "libcrypto",
+                       providers: [.apt(["libssl-dev"])]),
+        // OCI config/keys, request signing, IMDS discovery, the takeover state machine and its HTTP shell.
+        .target(name: "TandemOCI",
+                dependencies: ["CTandemOpenSSL", .product(name: "Logging", package: "swift-log")],
+                path: "Sources/TandemOCI"),
+        // The fake OCI server as a library, so tests can run it in-process on loopback.
+        .target(name: "FakeOCI",
+                dependencies: ["TandemOCI",
+                               .product(name: "NIOCore", package: "swift-nio"),
+                               .product(name: "NIOPosix", package: "swift-nio"),
+                               .product(name: "NIOHTTP1", package: "swift-nio"),
+                               .product(name: "Logging", package: "swift-log")],
+                path: "Sources/FakeOCI"),
+        .executableTarget(name: "fake-oci",
+                          dependencies: ["FakeOCI", "TandemOCI",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          path: "Sources/fake-oci"),
+        .testTarget(name: "TandemOCITests", dependencies: ["TandemOCI", "FakeOCI"],
+                    path: "Tests/TandemOCITests"),
     ],
     swiftLanguageModes: [.v6]
 )
