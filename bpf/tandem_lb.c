@@ -167,6 +167,12 @@ static __always_inline __u32 tdm_flow_hash(const struct tdm_flow_key *k, __u32 s
     return h;
 }
 
+static __always_inline int same_key(const struct tdm_flow_key *a, const struct tdm_flow_key *b)
+{
+    return a->saddr == b->saddr && a->daddr == b->daddr && a->sport == b->sport && a->dport == b->dport &&
+           a->proto == b->proto;
+}
+
 static __always_inline __u64 state_timeout(const struct tdm_config *cfg, __u8 state)
 {
     if (state >= TDM_CT_STATE_COUNT)
@@ -591,13 +597,20 @@ int tandem_ingress(struct __sk_buff *skb)
     struct tdm_flow_key to;
     struct tdm_ct_entry *e = bpf_map_lookup_elem(&tdm_ct, &p.key);
     int fresh_syn = p.key.proto == IPPROTO_TCP && (p.tcp_flags & 0x12) == 0x02;
-    if (e && (entry_expired(cfg, e, now) ||
-              (fresh_syn && e->dir == TDM_DIR_ORIGINAL &&
-               (e->state == TDM_CT_TIME_WAIT || e->state == TDM_CT_CLOSED)))) {
-        /* The old connection is over: forget both halves and treat this as a new flow. */
+    if (e && entry_expired(cfg, e, now)) {
+        /* Idle past its timeout: forget both halves and treat this as a new flow. */
         struct tdm_flow_key peer = e->peer;
         emit_event(cfg, TDM_EV_DELETE, e, e->dir == TDM_DIR_ORIGINAL ? &p.key : &e->peer, now);
         bpf_map_delete_elem(&tdm_ct, &peer);
+        bpf_map_delete_elem(&tdm_ct, &p.key);
+        stat_inc(TDM_STAT_EXPIRED_REUSED);
+        e = NULL;
+    } else if (e && fresh_syn && e->dir == TDM_DIR_ORIGINAL &&
+               (e->state == TDM_CT_TIME_WAIT || e->state == TDM_CT_CLOSED)) {
+        /* The client reuses a port of a closed connection. Forget the original half only: the
+         * reply half keeps its translated tuple busy until it times out, as the endpoint may still
+         * hold it in TIME_WAIT, so the new flow gets another SNAT port (as conntrack does). */
+        emit_event(cfg, TDM_EV_DELETE, e, &p.key, now);
         bpf_map_delete_elem(&tdm_ct, &p.key);
         stat_inc(TDM_STAT_EXPIRED_REUSED);
         e = NULL;
@@ -617,6 +630,9 @@ int tandem_ingress(struct __sk_buff *skb)
             e->flags = flags;
             e->version += 1;
             struct tdm_ct_entry *pe = bpf_map_lookup_elem(&tdm_ct, &e->peer);
+            /* The peer may already belong to a newer connection that reused its key. */
+            if (pe && !same_key(&pe->peer, &p.key))
+                pe = NULL;
             if (pe) {
                 pe->state = state;
                 pe->flags = flags;

@@ -54,6 +54,12 @@ public struct ConnectionReaper: Sendable {
         for e in entries where e.direction == .reply && byKey[e.peerKey] == nil && e.idleSeconds > 2 {
             delete.append(e.key)
         }
+        // A reply half left behind when its client reused the port for a new connection: its
+        // original now points elsewhere. It holds its translated tuple until its own timeout.
+        for e in entries where e.direction == .reply {
+            guard let orig = byKey[e.peerKey], orig.peerKey != e.key else { continue }
+            if e.idleSeconds > Double(timeouts.seconds(for: e.state)) { delete.append(e.key) }
+        }
         return (delete, events)
     }
 }

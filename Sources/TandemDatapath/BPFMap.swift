@@ -93,8 +93,37 @@ public struct BPFMap: Sendable {
         return out
     }
 
-    /// Every (key, value) pair currently in the map.
-    public func entries<K, V>(key: K.Type, value: V.Type) -> [(K, V)] {
-        keys(as: K.self).compactMap { k in lookup(k, as: V.self).map { (k, $0) } }
+    /// Every (key, value) pair currently in the map: batched reads (BPF_MAP_LOOKUP_BATCH, a few
+    /// syscalls per thousands of entries), falling back to a key walk where batching is refused.
+    public func entries<K, V>(key: K.Type, value: V.Type, chunk: Int = 4096) -> [(K, V)] {
+        let keysBuf = UnsafeMutableRawPointer.allocate(byteCount: chunk * keySize, alignment: 8)
+        let valuesBuf = UnsafeMutableRawPointer.allocate(byteCount: chunk * valueSize, alignment: 8)
+        // For hash maps the batch cursor is a bucket index; size it generously.
+        let cursorIn = UnsafeMutableRawPointer.allocate(byteCount: max(keySize, 8), alignment: 8)
+        let cursorOut = UnsafeMutableRawPointer.allocate(byteCount: max(keySize, 8), alignment: 8)
+        defer {
+            keysBuf.deallocate()
+            valuesBuf.deallocate()
+            cursorIn.deallocate()
+            cursorOut.deallocate()
+        }
+        var out: [(K, V)] = []
+        var first = true
+        while true {
+            var count = UInt32(chunk)
+            let rc = bpf_map_lookup_batch(fd, first ? nil : cursorIn, cursorOut, keysBuf, valuesBuf, &count, nil)
+            let err = errno
+            for i in 0..<Int(count) {
+                out.append((keysBuf.loadUnaligned(fromByteOffset: i * keySize, as: K.self),
+                            valuesBuf.loadUnaligned(fromByteOffset: i * valueSize, as: V.self)))
+            }
+            if rc != 0 {
+                if err == ENOENT { return out }
+                // EINVAL (no batch support) or ENOSPC (a bucket larger than the chunk): walk keys.
+                return keys(as: K.self).compactMap { k in lookup(k, as: V.self).map { (k, $0) } }
+            }
+            cursorIn.copyMemory(from: cursorOut, byteCount: max(keySize, 8))
+            first = false
+        }
     }
 }

@@ -28,6 +28,23 @@ import Testing
         #expect(events.isEmpty)
     }
 
+    @Test func staleReplyHalfOfAReusedPortExpiresOnItsOwn() {
+        var t = Timeouts()
+        t.timeWait = 10
+        let stale = ConnectionEntry(key: reply, translated: client.reversed, peerKey: client, direction: .reply, state: .timeWait,
+                                    flags: [], natMode: .fullnat, serviceSlot: 0, endpointIndex: 0, version: 1, packets: 1,
+                                    bytes: 1, ageSeconds: 20, idleSeconds: 11)
+        let newReply = FlowTuple(source: reply.source, destination: reply.destination, sourcePort: 80, destinationPort: 40123, proto: 17)
+        var newOrig = entry(.original, idle: 0)
+        newOrig.peerKey = newReply
+        let (delete, events) = ConnectionReaper(timeouts: t).expired(in: [newOrig, stale])
+        #expect(delete == [reply])
+        #expect(events.isEmpty)
+        var fresh = stale
+        fresh.idleSeconds = 1
+        #expect(ConnectionReaper(timeouts: t).expired(in: [newOrig, fresh]).delete.isEmpty)
+    }
+
     @Test func orphanReplyHalfIsRemovedOnlyWhenNotBeingCreated() {
         let t = Timeouts()
         #expect(ConnectionReaper(timeouts: t).expired(in: [entry(.reply, idle: 0.1)]).delete.isEmpty)

@@ -14,8 +14,8 @@ extension Privileged {
         static let seed: UInt32 = 0x1234_5678
 
         func load(_ services: [Service], slice: PortSlice = PortSlice(low: 40000, high: 40999),
-                  timeouts: Timeouts = Timeouts()) async throws -> Datapath {
-            let dp = try Datapath(objectPath: Env.bpfObject, connectionTableSize: 4096, logger: Logger(label: "test"))
+                  timeouts: Timeouts = Timeouts(), tableSize: UInt32 = 4096) async throws -> Datapath {
+            let dp = try Datapath(objectPath: Env.bpfObject, connectionTableSize: tableSize, logger: Logger(label: "test"))
             try await dp.apply(settings: DatapathSettings(nodeIP: IPv4Address(10, 0, 10, 141), hashSeed: Self.seed,
                                                           portSlice: slice, timeouts: timeouts, emitEvents: false))
             for (i, s) in services.enumerated() { try await dp.install(s, slot: UInt32(i), hashSeed: Self.seed) }
@@ -188,9 +188,25 @@ extension Privileged {
             _ = try dp.testRun(packet: Packets.frame(t, tcpFlags: .syn))
             _ = try dp.testRun(packet: Packets.frame(t, tcpFlags: .rst))
             #expect(dp.connectionEntries().first { $0.key == t }?.state == .closed)
-            _ = try dp.testRun(packet: Packets.frame(t, tcpFlags: .syn))
+            let again = try #require(Packets.parse(try dp.testRun(packet: Packets.frame(t, tcpFlags: .syn)).packet))
             #expect(dp.connectionEntries().first { $0.key == t }?.state == .synSent)
             #expect(dp.stats().expiredReused == 1)
+            // The old reply tuple may still be in the endpoint's TIME_WAIT: the new flow gets another port.
+            #expect(again.tuple.sourcePort != t.sourcePort)
+            #expect(PortSlice(low: 40000, high: 40999).contains(again.tuple.sourcePort))
+            let back = try #require(Packets.parse(try dp.testRun(packet: Packets.frame(again.tuple.reversed, tcpFlags: [.syn, .ack])).packet))
+            #expect(back.tuple == t.reversed)
+            #expect(dp.connectionEntries().first { $0.key == t }?.state == .synReceived)
+        }
+
+        @Test func tableReadsSeeEveryEntry() async throws {
+            // More entries than one batch (4,096), well under the LRU table's size.
+            let dp = try await load([service(.fullnat)], tableSize: 65536)
+            defer { Task { await dp.close() } }
+            for port in UInt16(20_000)..<UInt16(25_000) { _ = try dp.testRun(packet: Packets.frame(tuple(port), tcpFlags: .syn)) }
+            let entries = dp.connectionEntries()
+            #expect(entries.count == 10_000)
+            #expect(Set(entries.map(\.key)).count == 10_000)
         }
 
         @Test func midFlowPacketIsPickedUp() async throws {
