@@ -606,8 +606,10 @@ int tandem_ingress(struct __sk_buff *skb)
         stat_inc(TDM_STAT_EXPIRED_REUSED);
         e = NULL;
     } else if (e && fresh_syn && e->dir == TDM_DIR_ORIGINAL &&
-               (e->state == TDM_CT_TIME_WAIT || e->state == TDM_CT_CLOSED)) {
-        /* The client reuses a port of a closed connection. Forget the original half only: the
+               e->state != TDM_CT_SYN_SENT && e->state != TDM_CT_SYN_RECV) {
+        /* A client sends a bare SYN on a tuple only for a new connection (a retransmitted SYN
+         * finds the handshake states), so the old one is over even if a FIN raced past our
+         * tracking on another CPU. Forget the original half only: the
          * reply half keeps its translated tuple busy until it times out, as the endpoint may still
          * hold it in TIME_WAIT, so the new flow gets another SNAT port (as conntrack does). */
         emit_event(cfg, TDM_EV_DELETE, e, &p.key, now);

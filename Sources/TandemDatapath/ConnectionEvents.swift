@@ -30,14 +30,21 @@ public final class RingBufferReader: @unchecked Sendable {
     /// Records that did not decode (a layout mismatch would show here).
     public var malformed: Int { stopFlag.malformed }
 
-    public init(eventsMap: BPFMap, bufferLimit: Int = 65536) {
+    private let deliver: Bool
+    /// Events seen per kind, counted on the polling thread.
+    public var counts: [String: UInt64] { stopFlag.kindCounts }
+
+    /// With `deliver` false events are only counted, which costs next to nothing per event; the
+    /// stream is for consumers such as replication.
+    public init(eventsMap: BPFMap, deliver: Bool = true, bufferLimit: Int = 65536) {
         mapFD = eventsMap.fd
+        self.deliver = deliver
         (events, continuation) = AsyncStream.makeStream(of: ConnectionEvent.self,
                                                         bufferingPolicy: .bufferingNewest(bufferLimit))
     }
 
     public func start() throws {
-        let box = Unmanaged.passRetained(CallbackBox(continuation: continuation, flag: stopFlag))
+        let box = Unmanaged.passRetained(CallbackBox(continuation: continuation, flag: stopFlag, deliver: deliver))
         guard let rb = ring_buffer__new(mapFD, { ctx, data, size in
             guard let ctx, let data else { return 0 }
             let box = Unmanaged<CallbackBox>.fromOpaque(ctx).takeUnretainedValue()
@@ -46,7 +53,8 @@ public final class RingBufferReader: @unchecked Sendable {
                 box.flag.countMalformed()
                 return 0
             }
-            box.continuation.yield(ev)
+            box.flag.count(ev.kind)
+            if box.deliver { box.continuation.yield(ev) }
             return 0
         }, box.toOpaque(), nil) else {
             box.release()
@@ -83,9 +91,11 @@ private final class RingBufferHandle: @unchecked Sendable {
 private final class CallbackBox: @unchecked Sendable {
     let continuation: AsyncStream<ConnectionEvent>.Continuation
     let flag: StopFlag
-    init(continuation: AsyncStream<ConnectionEvent>.Continuation, flag: StopFlag) {
+    let deliver: Bool
+    init(continuation: AsyncStream<ConnectionEvent>.Continuation, flag: StopFlag, deliver: Bool) {
         self.continuation = continuation
         self.flag = flag
+        self.deliver = deliver
     }
 }
 
@@ -95,7 +105,10 @@ private final class StopFlag: @unchecked Sendable {
     private var bad = 0
     var isStopped: Bool { lock.withLock { stopped } }
     func stop() { lock.withLock { stopped = true } }
+    private var kinds: [String: UInt64] = [:]
     func countMalformed() { lock.withLock { bad += 1 } }
+    func count(_ kind: ConnectionEvent.Kind) { lock.withLock { kinds["\(kind)", default: 0] += 1 } }
+    var kindCounts: [String: UInt64] { lock.withLock { kinds } }
     var malformed: Int { lock.withLock { bad } }
 }
 

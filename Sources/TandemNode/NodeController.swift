@@ -13,9 +13,13 @@ public actor NodeController: LoadBalancerController {
     /// Checks that an endpoint can be routed to; returns a reason when it cannot.
     private let reachability: @Sendable (IPv4Address) -> String?
     public private(set) var eventCounts: [String: UInt64] = [:]
+    /// Ring-buffer event counts, kept by the reader thread.
+    private let ringEventCounts: @Sendable () -> [String: UInt64]
 
     public init(datapath: Datapath, settings: DatapathSettings, logger: Logger,
+                ringEventCounts: @escaping @Sendable () -> [String: UInt64] = { [:] },
                 reachability: @escaping @Sendable (IPv4Address) -> String? = SystemChecks.routeProblem) {
+        self.ringEventCounts = ringEventCounts
         self.datapath = datapath
         self.settings = settings
         self.logger = logger
@@ -106,6 +110,7 @@ public actor NodeController: LoadBalancerController {
             "expired_reused": s.expiredReused, "picked_up": s.pickedUp,
         ]
         for (k, v) in eventCounts { out["events_\(k)"] = v }
+        for (k, v) in ringEventCounts() { out["events_\(k)", default: 0] += v }
         return out
     }
 

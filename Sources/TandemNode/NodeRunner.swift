@@ -66,7 +66,10 @@ public enum NodeRunner {
         let (settings, services) = try preflight(o)
         let datapath = try Datapath(objectPath: o.objectPath,
                                     connectionTableSize: o.config.connectionTableSize ?? 262_144, logger: logger)
-        let controller = NodeController(datapath: datapath, settings: settings, logger: logger)
+        // Nothing consumes individual events yet (replication will): count them on the reader thread.
+        let reader = RingBufferReader(eventsMap: datapath.maps.events, deliver: false)
+        let controller = NodeController(datapath: datapath, settings: settings, logger: logger,
+                                        ringEventCounts: { reader.counts })
         do {
             try await datapath.apply(settings: settings)
             for s in services { try await controller.create(s) }
@@ -75,7 +78,6 @@ public enum NodeRunner {
             await datapath.close()
             throw error
         }
-        let reader = RingBufferReader(eventsMap: datapath.maps.events)
         try reader.start()
         let dpService = DatapathService(datapath: datapath, controller: controller, reader: reader,
                                         reapInterval: o.reapInterval, logger: logger)
@@ -122,11 +124,10 @@ final class DatapathService: ServiceLifecycle.Service, @unchecked Sendable {
         let controller = controller
         let interval = reapInterval
         let logger = logger
-        try? await cancelWhenGracefulShutdown {
+        await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { g in
                 g.addTask {
                     for await ev in events {
-                        await controller.record(ev)
                         logger.trace("ct event", metadata: ["kind": "\(ev.kind)", "flow": "\(ev.key)", "state": "\(ev.state)"])
                     }
                 }

@@ -21,7 +21,7 @@
 #define TDM_CT_DEFAULT_MAX    262144 /* connection-table entries (two per connection) */
 #define TDM_PERSIST_MAX       65536
 #define TDM_RINGBUF_BYTES     (1 << 22)
-#define TDM_PORT_TRIES        8      /* random probes for a free SNAT port in this node's slice */
+#define TDM_PORT_TRIES        32     /* random probes for a free SNAT port in this node's slice */
 
 /* NAT modes (LoxiLB's names). */
 enum tdm_nat_mode {
