@@ -609,10 +609,13 @@ int tandem_ingress(struct __sk_buff *skb)
                e->state != TDM_CT_SYN_SENT && e->state != TDM_CT_SYN_RECV) {
         /* A client sends a bare SYN on a tuple only for a new connection (a retransmitted SYN
          * finds the handshake states), so the old one is over even if a FIN raced past our
-         * tracking on another CPU. Forget the original half only: the
-         * reply half keeps its translated tuple busy until it times out, as the endpoint may still
-         * hold it in TIME_WAIT, so the new flow gets another SNAT port (as conntrack does). */
+         * tracking on another CPU. Reopen as conntrack does: forget both halves, so the same
+         * translated tuple is free again; the endpoint's TIME_WAIT socket accepts the new SYN
+         * (higher sequence or timestamp), and keeping the old half instead would exhaust this
+         * node's port slice at high connection rates. */
+        struct tdm_flow_key peer = e->peer;
         emit_event(cfg, TDM_EV_DELETE, e, &p.key, now);
+        bpf_map_delete_elem(&tdm_ct, &peer);
         bpf_map_delete_elem(&tdm_ct, &p.key);
         stat_inc(TDM_STAT_EXPIRED_REUSED);
         e = NULL;
