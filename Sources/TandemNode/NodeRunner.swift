@@ -102,7 +102,7 @@ public enum NodeRunner {
     }
 }
 
-/// Drains ring-buffer events and runs the periodic scan until shutdown, then detaches.
+/// Runs the periodic scan until shutdown, then stops the event reader and detaches.
 final class DatapathService: ServiceLifecycle.Service, @unchecked Sendable {
     // Immutable after init; the mutable parts are actors.
     let datapath: Datapath
@@ -120,25 +120,17 @@ final class DatapathService: ServiceLifecycle.Service, @unchecked Sendable {
     }
 
     func run() async throws {
-        let events = reader.events
         let controller = controller
         let interval = reapInterval
         let logger = logger
+        // The reader thread only counts events until replication consumes them; this loop runs
+        // the periodic scan that catches idle expiry and LRU eviction.
         await cancelWhenGracefulShutdown {
-            await withTaskGroup(of: Void.self) { g in
-                g.addTask {
-                    for await ev in events {
-                        logger.trace("ct event", metadata: ["kind": "\(ev.kind)", "flow": "\(ev.key)", "state": "\(ev.state)"])
-                    }
-                }
-                g.addTask {
-                    while !Task.isCancelled {
-                        try? await Task.sleep(for: interval)
-                        if Task.isCancelled { break }
-                        let expired = await controller.reap()
-                        if !expired.isEmpty { logger.debug("expired connections", metadata: ["count": "\(expired.count)"]) }
-                    }
-                }
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                if Task.isCancelled { break }
+                let expired = await controller.reap()
+                if !expired.isEmpty { logger.debug("expired connections", metadata: ["count": "\(expired.count)"]) }
             }
         }
         await shutdown()
