@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.5.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.0"..<"5.0.0"),
     ],
     targets: [
         // libbpf from Debian's libbpf-dev, found through pkg-config.
@@ -33,6 +34,16 @@ let package = Package(
                 dependencies: ["TandemCore", "CTandemShim", "CLibBPF",
                                .product(name: "Logging", package: "swift-log")],
                 path: "Sources/TandemDatapath"),
+        // The sync protocol's wire format: message values and their byte codec. No I/O, no crypto,
+        // so the libFuzzer target (Fuzz/) builds it alone.
+        .target(name: "TandemSyncWire", dependencies: ["TandemCore"], path: "Sources/TandemSyncWire"),
+        // Replication core: sealing (ChaCha20-Poly1305 from swift-crypto), replay windows, the
+        // replica table with its digests, delta sender and receiver state machines. Pure: clock
+        // and randomness are injected, methods return actions.
+        .target(name: "TandemSync",
+                dependencies: ["TandemCore", "TandemSyncWire",
+                               .product(name: "Crypto", package: "swift-crypto")],
+                path: "Sources/TandemSync"),
         // LoxiLB-shaped REST API: wire models (shared with the CLI) and the Hummingbird server.
         .target(name: "TandemAPI",
                 dependencies: ["TandemCore",
@@ -59,6 +70,10 @@ let package = Package(
                           path: "Sources/tandem-echo"),
         .testTarget(name: "TandemCoreTests", dependencies: ["TandemCore", "TandemAPI", "TandemNode"],
                     path: "Tests/TandemCoreTests"),
+        .testTarget(name: "TandemSyncWireTests", dependencies: ["TandemSyncWire", "TandemSync", "TandemCore"],
+                    path: "Tests/TandemSyncWireTests"),
+        .testTarget(name: "TandemSyncTests", dependencies: ["TandemSync", "TandemSyncWire", "TandemCore"],
+                    path: "Tests/TandemSyncTests"),
         .testTarget(name: "TandemPrivilegedTests",
                     dependencies: ["TandemCore", "TandemDatapath", "TandemAPI",
                                    .product(name: "Logging", package: "swift-log")],

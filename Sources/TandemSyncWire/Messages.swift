@@ -1,0 +1,274 @@
+import TandemCore
+
+/// The sync protocol's messages as values. The byte layouts, limits and the receiver's handling of
+/// every malformed case are specified in proto/SPEC.md; the codec is in Codec.swift.
+public enum SyncWire {
+    /// First two bytes of every message: "TS".
+    public static let magic: UInt16 = 0x5453
+    public static let version: UInt8 = 1
+    public static let headerSize = 28
+    /// Poly1305 tag appended to every sealed payload.
+    public static let tagSize = 16
+    /// Largest UDP datagram we send or accept: 1500-byte MTU minus IPv4 and UDP headers.
+    public static let maxDatagram = 1472
+    /// Largest sealed frame on the TCP (bulk) channel, header and tag included.
+    public static let maxStreamFrame = 65_536
+    /// Encoded size of one SyncEntry.
+    public static let entrySize = 52
+    /// Level-0 and level-1 digest fan-out (buckets per level).
+    public static let digestFanout = 128
+    /// Most nack ranges in one message.
+    public static let maxNackRanges = 64
+}
+
+public enum SyncMessageType: UInt8, Sendable, CaseIterable {
+    case hello = 1
+    case deltaBatch = 2
+    case ack = 3
+    case nack = 4
+    case bulkRequest = 5
+    case bulkBegin = 6
+    case bulkChunk = 7
+    case bulkEnd = 8
+    case keepalive = 9
+    case digest = 10
+    case digestRequest = 11
+}
+
+/// Header flag bits.
+public struct SyncHeaderFlags: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// Sent on the TCP (bulk) channel: its own nonce space and replay rule.
+    public static let stream = SyncHeaderFlags(rawValue: 0x01)
+    public static let known: SyncHeaderFlags = [.stream]
+}
+
+/// The clear-text header, authenticated as AEAD associated data.
+public struct SyncHeader: Hashable, Sendable {
+    public var type: SyncMessageType
+    public var flags: SyncHeaderFlags
+    /// The sender's node id (unique in the cluster).
+    public var sender: UInt32
+    /// The sender's boot epoch: grows on every restart (microseconds of wall-clock time at start).
+    public var epoch: UInt64
+    /// Per (sender, epoch, channel) message counter; the AEAD nonce, and the replay window's index.
+    public var sequence: UInt64
+    /// Bytes of sealed payload after the header, tag included.
+    public var length: UInt16
+
+    public init(type: SyncMessageType, flags: SyncHeaderFlags = [], sender: UInt32, epoch: UInt64, sequence: UInt64,
+                length: UInt16) {
+        self.type = type
+        self.flags = flags
+        self.sender = sender
+        self.epoch = epoch
+        self.sequence = sequence
+        self.length = length
+    }
+}
+
+/// One replicated change of one connection.
+public struct SyncEntry: Hashable, Sendable {
+    public enum Operation: UInt8, Sendable {
+        case upsert = 1
+        case delete = 2
+    }
+    public var operation: Operation
+    /// For a delete only `record.key` is meaningful; the codec writes the other fields as sent.
+    public var record: FlowRecord
+    /// Orders updates of the same flow, newest wins: a hybrid logical clock in microseconds,
+    /// max(wall clock, previous version + 1) at the node that made the change.
+    public var version: UInt64
+    /// Node id of the node that made this change (the flow's current owner).
+    public var origin: UInt32
+
+    public init(operation: Operation, record: FlowRecord, version: UInt64, origin: UInt32) {
+        self.operation = operation
+        self.record = record
+        self.version = version
+        self.origin = origin
+    }
+}
+
+public struct Hello: Hashable, Sendable {
+    /// TCP port the sender serves bulk transfers on.
+    public var bulkPort: UInt16
+    /// The sender holds the cluster's full table.
+    public var inSync: Bool
+    /// Next delta sequence the sender will use.
+    public var nextSequence: UInt64
+    public init(bulkPort: UInt16, inSync: Bool, nextSequence: UInt64) {
+        self.bulkPort = bulkPort
+        self.inSync = inSync
+        self.nextSequence = nextSequence
+    }
+}
+
+/// Consecutive deltas: entry i has delta sequence firstSequence + i.
+public struct DeltaBatch: Hashable, Sendable {
+    public var firstSequence: UInt64
+    public var entries: [SyncEntry]
+    public init(firstSequence: UInt64, entries: [SyncEntry]) {
+        self.firstSequence = firstSequence
+        self.entries = entries
+    }
+}
+
+/// Receiver -> sender: every delta up to `cumulative` of the sender's stream `streamEpoch` arrived.
+public struct Ack: Hashable, Sendable {
+    public var streamEpoch: UInt64
+    public var cumulative: UInt64
+    public init(streamEpoch: UInt64, cumulative: UInt64) {
+        self.streamEpoch = streamEpoch
+        self.cumulative = cumulative
+    }
+}
+
+/// Receiver -> sender: an ack plus the ranges still missing above it (inclusive bounds).
+public struct Nack: Hashable, Sendable {
+    public var streamEpoch: UInt64
+    public var cumulative: UInt64
+    public var missing: [ClosedRange<UInt64>]
+    public init(streamEpoch: UInt64, cumulative: UInt64, missing: [ClosedRange<UInt64>]) {
+        self.streamEpoch = streamEpoch
+        self.cumulative = cumulative
+        self.missing = missing
+    }
+}
+
+/// Opens a bulk transfer on the TCP channel: the whole table, or only the listed digest leaves
+/// (leaf = level-0 bucket * fanout + level-1 bucket), for anti-entropy pulls.
+public struct BulkRequest: Hashable, Sendable {
+    public var requestID: UInt32
+    public var leaves: [UInt16]
+    public init(requestID: UInt32, leaves: [UInt16]) {
+        self.requestID = requestID
+        self.leaves = leaves
+    }
+}
+
+public struct BulkBegin: Hashable, Sendable {
+    public var requestID: UInt32
+    /// The sender's delta stream this snapshot is consistent with, and the first delta sequence
+    /// not contained in it: the receiver continues the stream from there.
+    public var streamEpoch: UInt64
+    public var resumeSequence: UInt64
+    public var entryCount: UInt64
+    public init(requestID: UInt32, streamEpoch: UInt64, resumeSequence: UInt64, entryCount: UInt64) {
+        self.requestID = requestID
+        self.streamEpoch = streamEpoch
+        self.resumeSequence = resumeSequence
+        self.entryCount = entryCount
+    }
+}
+
+public struct BulkChunk: Hashable, Sendable {
+    public var requestID: UInt32
+    public var entries: [SyncEntry]
+    public init(requestID: UInt32, entries: [SyncEntry]) {
+        self.requestID = requestID
+        self.entries = entries
+    }
+}
+
+public struct BulkEnd: Hashable, Sendable {
+    public var requestID: UInt32
+    public var entryCount: UInt64
+    public init(requestID: UInt32, entryCount: UInt64) {
+        self.requestID = requestID
+        self.entryCount = entryCount
+    }
+}
+
+/// Sent when the delta stream is idle, so receivers notice lost tail deltas and dead peers.
+public struct Keepalive: Hashable, Sendable {
+    public var nextSequence: UInt64
+    public var inSync: Bool
+    public var entryCount: UInt64
+    public init(nextSequence: UInt64, inSync: Bool, entryCount: UInt64) {
+        self.nextSequence = nextSequence
+        self.inSync = inSync
+        self.entryCount = entryCount
+    }
+}
+
+/// Anti-entropy digest: level 0 hashes the whole table in `digestFanout` buckets; level 1 hashes
+/// the sub-buckets of one level-0 bucket (`bucket`). A bucket's hash is the wrapping sum of its
+/// entries' hashes (flow key and version), so it is maintained incrementally.
+public struct Digest: Hashable, Sendable {
+    public var level: UInt8
+    public var bucket: UInt16
+    public var entryCount: UInt64
+    public var hashes: [UInt64]
+    public init(level: UInt8, bucket: UInt16, entryCount: UInt64, hashes: [UInt64]) {
+        self.level = level
+        self.bucket = bucket
+        self.entryCount = entryCount
+        self.hashes = hashes
+    }
+}
+
+/// Asks for the level-1 digests of these level-0 buckets.
+public struct DigestRequest: Hashable, Sendable {
+    public var buckets: [UInt16]
+    public init(buckets: [UInt16]) { self.buckets = buckets }
+}
+
+public enum SyncMessage: Hashable, Sendable {
+    case hello(Hello)
+    case deltaBatch(DeltaBatch)
+    case ack(Ack)
+    case nack(Nack)
+    case bulkRequest(BulkRequest)
+    case bulkBegin(BulkBegin)
+    case bulkChunk(BulkChunk)
+    case bulkEnd(BulkEnd)
+    case keepalive(Keepalive)
+    case digest(Digest)
+    case digestRequest(DigestRequest)
+
+    public var type: SyncMessageType {
+        switch self {
+        case .hello: .hello
+        case .deltaBatch: .deltaBatch
+        case .ack: .ack
+        case .nack: .nack
+        case .bulkRequest: .bulkRequest
+        case .bulkBegin: .bulkBegin
+        case .bulkChunk: .bulkChunk
+        case .bulkEnd: .bulkEnd
+        case .keepalive: .keepalive
+        case .digest: .digest
+        case .digestRequest: .digestRequest
+        }
+    }
+}
+
+/// Why a received message was dropped; each has its own counter.
+public enum SyncDropReason: String, Sendable, CaseIterable, Hashable {
+    case truncated          // shorter than a header, or than the header's length says
+    case oversized          // longer than maxDatagram / maxStreamFrame
+    case badMagic
+    case badVersion
+    case unknownType
+    case badFlags
+    case badLength          // header length disagrees with the bytes received
+    case authFailed         // AEAD tag did not verify: forged, corrupted, or a different key
+    case replayed           // sequence already seen or below the replay window
+    case staleEpoch         // an epoch older than one already seen from that sender
+    case malformedPayload   // authenticated but does not decode (bad count, bad field value, trailing bytes)
+    case unknownSender      // a node id that is not in the cluster
+    case selfSent           // our own node id
+}
+
+/// A decode failure with the counter it goes to and a human-readable detail.
+public struct SyncDecodeError: Error, Hashable, Sendable, CustomStringConvertible {
+    public var reason: SyncDropReason
+    public var detail: String
+    public init(_ reason: SyncDropReason, _ detail: String) {
+        self.reason = reason
+        self.detail = detail
+    }
+    public var description: String { "\(reason.rawValue): \(detail)" }
+}
