@@ -1,0 +1,163 @@
+import TandemCore
+import TandemSyncWire
+
+/// Where a replica came from: made by this node's datapath, or learned from a peer.
+public enum ReplicaSource: Sendable, Hashable {
+    case local
+    case peer
+}
+
+/// The latest known change of one flow, and local bookkeeping around it.
+public struct ReplicaRecord: Sendable, Hashable {
+    /// An upsert, or a delete kept as a tombstone so an older upsert cannot resurrect the flow.
+    public var entry: SyncEntry
+    public var source: ReplicaSource
+    /// Local monotonic milliseconds when this record last changed (tombstone expiry).
+    public var changedAt: UInt64
+    /// Local monotonic milliseconds by which peers will expire the flow unless refreshed.
+    public var peerDeadline: UInt64
+
+    public var isTombstone: Bool { entry.operation == .delete }
+}
+
+/// What merging an entry did.
+public enum MergeOutcome: Sendable, Hashable {
+    /// Newer than what we held: the table changed.
+    case applied(previous: SyncEntry?)
+    /// The same version and operation as held already.
+    case duplicate
+    /// Older than what we hold (or a delete of a flow we never saw, kept as a tombstone).
+    case stale
+}
+
+/// Every node's view of the cluster's connection table, one record per flow (keyed by the
+/// original tuple), with a two-level digest maintained incrementally for anti-entropy.
+/// Newest version wins; at equal versions a delete wins over an upsert.
+public struct ReplicaTable: Sendable {
+    public private(set) var records: [FlowTuple: ReplicaRecord] = [:]
+    /// Wrapping sum of entry hashes per level-0 bucket and per leaf (bucket * fanout + sub).
+    public private(set) var level0: [UInt64]
+    public private(set) var leaves: [UInt64]
+    public private(set) var liveCount = 0
+
+    public static let fanout = SyncWire.digestFanout
+
+    public init() {
+        level0 = [UInt64](repeating: 0, count: Self.fanout)
+        leaves = [UInt64](repeating: 0, count: Self.fanout * Self.fanout)
+    }
+
+    public var count: Int { records.count }
+    public var tombstoneCount: Int { records.count - liveCount }
+
+    public subscript(key: FlowTuple) -> ReplicaRecord? { records[key] }
+
+    /// The digest leaf (0..<fanout*fanout) a flow belongs to: the top 14 bits of its hash.
+    public static func leaf(of key: FlowTuple) -> Int {
+        Int(truncatingIfNeeded: SyncHashing.flowHash(key) >> 50)
+    }
+
+    public static func bucket(ofLeaf leaf: Int) -> Int { leaf / fanout }
+
+    /// Whether `candidate` should replace `current`.
+    public static func supersedes(_ candidate: SyncEntry, _ current: SyncEntry) -> Bool {
+        if candidate.version != current.version { return candidate.version > current.version }
+        return candidate.operation == .delete && current.operation == .upsert
+    }
+
+    /// Merges a change. A delete of an unknown flow is still recorded (as a tombstone) so that a
+    /// reordered older upsert of it is refused.
+    @discardableResult
+    public mutating func merge(_ entry: SyncEntry, source: ReplicaSource, now: UInt64,
+                               peerDeadline: UInt64 = 0) -> MergeOutcome {
+        let key = entry.record.key
+        if let current = records[key] {
+            if current.entry.version == entry.version && current.entry.operation == entry.operation {
+                return .duplicate
+            }
+            guard Self.supersedes(entry, current.entry) else { return .stale }
+            replace(key, old: current, new: ReplicaRecord(entry: entry, source: source, changedAt: now,
+                                                          peerDeadline: peerDeadline))
+            return .applied(previous: current.entry)
+        }
+        replace(key, old: nil, new: ReplicaRecord(entry: entry, source: source, changedAt: now,
+                                                  peerDeadline: peerDeadline))
+        return .applied(previous: nil)
+    }
+
+    /// Updates bookkeeping without changing the entry (and so without changing digests).
+    public mutating func setPeerDeadline(_ key: FlowTuple, _ deadline: UInt64) {
+        records[key]?.peerDeadline = deadline
+    }
+
+    /// Forgets a flow outright (tombstone expiry, or a learned flow that timed out locally).
+    public mutating func remove(_ key: FlowTuple) {
+        if let current = records[key] { replace(key, old: current, new: nil) }
+    }
+
+    /// Drops tombstones older than `ttl` milliseconds; returns how many.
+    @discardableResult
+    public mutating func expireTombstones(now: UInt64, ttl: UInt64) -> Int {
+        var gone: [FlowTuple] = []
+        for (k, r) in records where r.isTombstone && now >= r.changedAt &+ ttl { gone.append(k) }
+        for k in gone { remove(k) }
+        return gone.count
+    }
+
+    private mutating func replace(_ key: FlowTuple, old: ReplicaRecord?, new: ReplicaRecord?) {
+        let leaf = Self.leaf(of: key)
+        let bucket = Self.bucket(ofLeaf: leaf)
+        if let old {
+            let h = SyncHashing.entryHash(old.entry)
+            leaves[leaf] &-= h
+            level0[bucket] &-= h
+            if !old.isTombstone { liveCount -= 1 }
+        }
+        if let new {
+            let h = SyncHashing.entryHash(new.entry)
+            leaves[leaf] &+= h
+            level0[bucket] &+= h
+            if !new.isTombstone { liveCount += 1 }
+            records[key] = new
+        } else {
+            records[key] = nil
+        }
+    }
+
+    /// The level-0 digest (128 hashes), or level 1 for one bucket.
+    public func digest(level: UInt8, bucket: Int = 0) -> Digest {
+        if level == 0 {
+            return Digest(level: 0, bucket: 0, entryCount: UInt64(records.count), hashes: level0)
+        }
+        let b = max(0, min(bucket, Self.fanout - 1))
+        return Digest(level: 1, bucket: UInt16(b), entryCount: UInt64(records.count),
+                      hashes: Array(leaves[(b * Self.fanout)..<((b + 1) * Self.fanout)]))
+    }
+
+    /// Level-0 buckets where `remote` differs from ours.
+    public func differingBuckets(_ remote: Digest) -> [UInt16] {
+        guard remote.level == 0, remote.hashes.count == Self.fanout else { return [] }
+        return (0..<Self.fanout).filter { level0[$0] != remote.hashes[$0] }.map { UInt16($0) }
+    }
+
+    /// Leaves under `remote.bucket` where `remote` differs from ours.
+    public func differingLeaves(_ remote: Digest) -> [UInt16] {
+        guard remote.level == 1, remote.hashes.count == Self.fanout, Int(remote.bucket) < Self.fanout else { return [] }
+        let base = Int(remote.bucket) * Self.fanout
+        return (0..<Self.fanout).filter { leaves[base + $0] != remote.hashes[$0] }.map { UInt16(base + $0) }
+    }
+
+    /// Every record (live and tombstones), for a full bulk transfer.
+    public func allEntries() -> [SyncEntry] { records.values.map(\.entry) }
+
+    /// The records in the given leaves, for an anti-entropy pull.
+    public func entries(inLeaves wanted: [UInt16]) -> [SyncEntry] {
+        let set = Set(wanted.map(Int.init))
+        return records.values.filter { set.contains(Self.leaf(of: $0.entry.record.key)) }.map(\.entry)
+    }
+
+    /// Keys held in the given leaves (to find what a pulled leaf no longer has).
+    public func keys(inLeaves wanted: Set<Int>) -> [FlowTuple] {
+        records.keys.filter { wanted.contains(Self.leaf(of: $0)) }
+    }
+}

@@ -1,0 +1,550 @@
+import TandemCore
+import TandemSyncWire
+
+/// Both clocks the core needs, read by the shell and passed in (tests drive them by hand).
+public struct SyncTime: Sendable, Hashable {
+    /// Local monotonic milliseconds: timers, deadlines.
+    public var monotonicMillis: UInt64
+    /// Wall-clock microseconds: versions (comparable across nodes) and lag.
+    public var wallMicros: UInt64
+    public init(monotonicMillis: UInt64, wallMicros: UInt64) {
+        self.monotonicMillis = monotonicMillis
+        self.wallMicros = wallMicros
+    }
+}
+
+/// What the core asks its shell to do.
+public enum ReplicationAction: Sendable, Hashable {
+    /// Install or update a flow learned from a peer in the local datapath.
+    case install(FlowRecord)
+    /// Remove a flow (both directions) from the local datapath.
+    case remove(FlowTuple)
+    /// Send a datagram to one peer, or to every peer.
+    case send(SyncMessage, to: UInt32)
+    case broadcast(SyncMessage)
+    /// Open a bulk transfer (TCP) from a peer: the whole table, or some digest leaves.
+    case pull(from: UInt32, BulkRequest)
+    /// This node now holds (or no longer holds) the cluster's table.
+    case inSyncChanged(Bool)
+}
+
+public struct ReplicationConfig: Sendable {
+    public var selfID: UInt32
+    public var peers: [UInt32]
+    /// TCP port this node serves bulk transfers on (announced in hellos).
+    public var bulkPort: UInt16 = 0
+    public var sender = DeltaSender.Config()
+    public var receiver = DeltaReceiver.Config()
+    /// Milliseconds between keepalives (they carry the stream's next sequence).
+    public var keepaliveInterval: UInt64 = 100
+    /// Milliseconds between acks while deltas arrive.
+    public var ackInterval: UInt64 = 10
+    /// Milliseconds between anti-entropy rounds (level-0 digest to a random peer).
+    public var antiEntropyInterval: UInt64 = 1000
+    /// Milliseconds a delete is remembered, so an older upsert cannot bring the flow back.
+    public var tombstoneTTL: UInt64 = 60_000
+    /// A joining node with no in-sync peer in sight declares itself in sync after this long.
+    public var joinTimeout: UInt64 = 1500
+    /// A peer not heard from for this long is not asked for transfers.
+    public var peerTimeout: UInt64 = 1000
+    /// A transfer that has not finished after this long is abandoned and retried.
+    public var transferTimeout: UInt64 = 30_000
+    /// More differing leaves than this and a pull asks for the whole table.
+    public var maxPulledLeaves = 2048
+    /// Refresh a live flow on peers once their copy has less than this fraction of its timeout left.
+    public var refreshFraction = 0.5
+
+    public init(selfID: UInt32, peers: [UInt32]) {
+        self.selfID = selfID
+        self.peers = peers.filter { $0 != selfID }
+    }
+}
+
+/// Replication counters, shown on the API and in logs.
+public struct ReplicationCounters: Sendable, Hashable, Codable {
+    public var deltasQueued: UInt64 = 0
+    public var deltasCoalesced: UInt64 = 0
+    public var batchesSent: UInt64 = 0
+    public var entriesSent: UInt64 = 0
+    public var retransmittedEntries: UInt64 = 0
+    public var unrepairableNacks: UInt64 = 0
+    public var nacksSent: UInt64 = 0
+    public var nacksReceived: UInt64 = 0
+    public var acksSent: UInt64 = 0
+    public var entriesReceived: UInt64 = 0
+    public var entriesApplied: UInt64 = 0
+    public var duplicateEntries: UInt64 = 0
+    public var staleEntries: UInt64 = 0
+    public var outOfWindowEntries: UInt64 = 0
+    public var refreshesSent: UInt64 = 0
+    public var missedEventsRecovered: UInt64 = 0
+    public var bulkTransfersServed: UInt64 = 0
+    public var bulkTransfersCompleted: UInt64 = 0
+    public var bulkTransfersFailed: UInt64 = 0
+    public var bulkEntriesReceived: UInt64 = 0
+    public var antiEntropyRounds: UInt64 = 0
+    public var antiEntropyPulls: UInt64 = 0
+    public var antiEntropyRepaired: UInt64 = 0
+    public var antiEntropyRemoved: UInt64 = 0
+    public var tombstonesExpired: UInt64 = 0
+    public init() {}
+}
+
+/// The replication state machine of one node: the replica table, the outgoing delta stream, one
+/// receiver per peer stream, bulk transfers and anti-entropy. Pure: it never does I/O; each
+/// `on...` method returns the actions for the shell (NIO sockets, the BPF maps) to perform.
+public struct ReplicationCore: Sendable {
+    public let config: ReplicationConfig
+    public let epoch: UInt64
+    public private(set) var table = ReplicaTable()
+    public private(set) var sender: DeltaSender
+    public private(set) var receivers: [UInt32: DeltaReceiver] = [:]
+    public private(set) var peers: [UInt32: PeerView] = [:]
+    public private(set) var inSync = false
+    public private(set) var counters = ReplicationCounters()
+    public private(set) var lag = LagHistogram()
+    private var rng: SplitMix64
+    private var startedAt: UInt64 = 0
+    private var lastKeepalive: UInt64 = 0
+    private var lastAck: [UInt32: UInt64] = [:]
+    private var lastAntiEntropy: UInt64 = 0
+    private var lastTombstoneSweep: UInt64 = 0
+    private var nextRequestID: UInt32 = 1
+    /// Transfers in flight, by request id.
+    public private(set) var transfers: [UInt32: Transfer] = [:]
+
+    public struct PeerView: Sendable, Hashable {
+        public var epoch: UInt64 = 0
+        public var lastHeard: UInt64?
+        public var inSync = false
+        public var bulkPort: UInt16 = 0
+        public var entryCount: UInt64 = 0
+    }
+
+    public struct Transfer: Sendable, Hashable {
+        public var peer: UInt32
+        public var request: BulkRequest
+        public var startedAt: UInt64
+        public var begin: BulkBegin?
+        public var received: Int = 0
+        /// Keys seen in a leaf pull, to find what the peer no longer has.
+        public var seen: Set<FlowTuple> = []
+        public var isFull: Bool { request.leaves.isEmpty }
+    }
+
+    /// - Parameters:
+    ///   - epoch: this boot's epoch (wall-clock microseconds at start), which must grow across restarts.
+    ///   - seed: randomness for peer choice.
+    public init(config: ReplicationConfig, epoch: UInt64, seed: UInt64) {
+        self.config = config
+        self.epoch = epoch
+        sender = DeltaSender(config: config.sender)
+        rng = SplitMix64(seed: seed)
+        for p in config.peers {
+            peers[p] = PeerView()
+            sender.addPeer(p)
+        }
+    }
+
+    // MARK: Start
+
+    /// Announces this node. With no peers configured it is trivially in sync.
+    public mutating func start(now: SyncTime) -> [ReplicationAction] {
+        startedAt = now.monotonicMillis
+        var actions: [ReplicationAction] = [.broadcast(.hello(hello))]
+        if config.peers.isEmpty { actions += setInSync(true) }
+        return actions
+    }
+
+    private var hello: Hello { Hello(bulkPort: config.bulkPort, inSync: inSync, nextSequence: sender.nextSequence) }
+
+    // MARK: Local changes (this node's datapath)
+
+    /// A change the local datapath made (a ring-buffer event): recorded with a new version and
+    /// queued for the peers. Nothing learned from peers comes through here, so nothing echoes.
+    public mutating func onLocalChange(_ record: FlowRecord, deleted: Bool, now: SyncTime) -> [ReplicationAction] {
+        var r = record
+        r.flags.remove(.fromPeer)
+        let previous = table[r.key]?.entry.version ?? 0
+        let entry = SyncEntry(operation: deleted ? .delete : .upsert, record: r,
+                              version: max(now.wallMicros, previous &+ 1), origin: config.selfID)
+        table.merge(entry, source: .local, now: now.monotonicMillis,
+                    peerDeadline: now.monotonicMillis &+ UInt64(r.remainingMilliseconds))
+        sender.enqueue(entry)
+        counters.deltasQueued += 1
+        return []
+    }
+
+    /// The periodic scan of the local datapath's table (original directions, with remaining
+    /// lifetimes): catches changes whose events were lost, deletes without events (LRU eviction),
+    /// and refreshes long-lived flows on peers before their copies would expire.
+    public mutating func onLocalScan(_ live: [(record: FlowRecord, fromPeer: Bool)], now: SyncTime) -> [ReplicationAction] {
+        let nowMs = now.monotonicMillis
+        var present = Set<FlowTuple>()
+        present.reserveCapacity(live.count)
+        var actions: [ReplicationAction] = []
+        for (r, fromPeer) in live {
+            present.insert(r.key)
+            guard let held = table[r.key] else {
+                if !fromPeer {
+                    counters.missedEventsRecovered += 1
+                    actions += onLocalChange(r, deleted: false, now: now)
+                }
+                continue
+            }
+            if held.isTombstone {
+                // Installed before its delete arrived, or opened again since: the datapath's
+                // flag tells which.
+                if fromPeer { actions.append(.remove(r.key)) } else {
+                    counters.missedEventsRecovered += 1
+                    actions += onLocalChange(r, deleted: false, now: now)
+                }
+                continue
+            }
+            // Flows we own (including ones taken over from a failed peer) are refreshed by us.
+            guard held.source == .local else { continue }
+            let peerLeft = held.peerDeadline > nowMs ? held.peerDeadline - nowMs : 0
+            // The lifetime peers were last given: about the state's full timeout.
+            let given = UInt64(held.entry.record.remainingMilliseconds)
+            if Double(peerLeft) < Double(given) * config.refreshFraction && UInt64(r.remainingMilliseconds) > peerLeft + 1000 {
+                counters.refreshesSent += 1
+                actions += onLocalChange(r, deleted: false, now: now)
+            }
+        }
+        var vanished: [FlowTuple] = []
+        for (k, rec) in table.records where !rec.isTombstone && !present.contains(k) {
+            // Only flows older than a scan period: a flow created after the scan read the table is
+            // not missing.
+            guard nowMs >= rec.changedAt &+ 1000 else { continue }
+            vanished.append(k)
+        }
+        for k in vanished {
+            guard let rec = table[k] else { continue }
+            if rec.source == .local {
+                actions += onLocalChange(rec.entry.record, deleted: true, now: now)
+            } else {
+                // Our copy timed out: the owner stopped refreshing it. Forget it without telling
+                // anyone; anti-entropy brings it back if the owner still has it.
+                table.remove(k)
+            }
+        }
+        return actions
+    }
+
+    /// Numbers and sends queued changes. The shell calls this after each burst of events.
+    public mutating func flush(now: SyncTime) -> [ReplicationAction] {
+        let before = sender.coalesced
+        let batches = sender.flush()
+        counters.deltasCoalesced += sender.coalesced - before
+        guard !batches.isEmpty else { return [] }
+        counters.batchesSent += UInt64(batches.count)
+        counters.entriesSent += UInt64(batches.reduce(0) { $0 + $1.entries.count })
+        return batches.map { .broadcast(.deltaBatch($0)) }
+    }
+
+    // MARK: Datagrams from peers
+
+    /// A datagram that passed authentication and decoding.
+    public mutating func onMessage(_ message: SyncMessage, from header: SyncHeader, now: SyncTime) -> [ReplicationAction] {
+        let p = header.sender
+        guard p != config.selfID else { return [] }
+        var actions: [ReplicationAction] = []
+        var view = peers[p] ?? PeerView()
+        let newEpoch = view.epoch != header.epoch
+        if header.epoch < view.epoch { return [] } // the opener already drops these
+        view.epoch = header.epoch
+        view.lastHeard = now.monotonicMillis
+        peers[p] = view
+        if newEpoch {
+            sender.addPeer(p)
+            // A restarted (or newly met) peer's stream starts over; it also needs our hello.
+            receivers[p] = nil
+            if case .hello = message {} else { actions.append(.send(.hello(hello), to: p)) }
+        }
+        switch message {
+        case .hello(let h):
+            peers[p]?.inSync = h.inSync
+            peers[p]?.bulkPort = h.bulkPort
+            var r = receiver(for: p, epoch: header.epoch, firstSequence: h.nextSequence)
+            r.announce(nextSequence: h.nextSequence, now: now.monotonicMillis)
+            receivers[p] = r
+            if newEpoch { actions.append(.send(.hello(hello), to: p)) }
+        case .deltaBatch(let batch):
+            actions += applyBatch(batch, from: p, epoch: header.epoch, now: now)
+        case .ack(let a):
+            if a.streamEpoch == epoch { sender.onAck(from: p, a.cumulative) }
+        case .nack(let n):
+            guard n.streamEpoch == epoch else { break }
+            counters.nacksReceived += 1
+            let (batches, unrepairable) = sender.onNack(from: p, n)
+            if unrepairable { counters.unrepairableNacks += 1 }
+            counters.retransmittedEntries += UInt64(batches.reduce(0) { $0 + $1.entries.count })
+            actions += batches.map { .send(.deltaBatch($0), to: p) }
+        case .keepalive(let k):
+            peers[p]?.inSync = k.inSync
+            peers[p]?.entryCount = k.entryCount
+            var r = receiver(for: p, epoch: header.epoch, firstSequence: k.nextSequence)
+            r.announce(nextSequence: k.nextSequence, now: now.monotonicMillis)
+            receivers[p] = r
+        case .digest(let d):
+            actions += onDigest(d, from: p, now: now.monotonicMillis)
+        case .digestRequest(let req):
+            for b in req.buckets.prefix(ReplicaTable.fanout) where Int(b) < ReplicaTable.fanout {
+                actions.append(.send(.digest(table.digest(level: 1, bucket: Int(b))), to: p))
+            }
+        case .bulkRequest, .bulkBegin, .bulkChunk, .bulkEnd:
+            break // stream-channel messages; a datagram carrying one is ignored
+        }
+        return actions
+    }
+
+    /// The receiver for a peer's stream, created on first contact. A node that is joining takes
+    /// the stream from where it is now (its bulk transfer covers the past); a node already in sync
+    /// expects the stream from its start, so a restarted peer's first deltas are not missed.
+    private mutating func receiver(for p: UInt32, epoch e: UInt64, firstSequence: UInt64) -> DeltaReceiver {
+        if let r = receivers[p], r.epoch == e { return r }
+        let baseline = inSync ? 0 : (firstSequence > 0 ? firstSequence - 1 : 0)
+        return DeltaReceiver(epoch: e, baseline: baseline, config: config.receiver)
+    }
+
+    private mutating func applyBatch(_ batch: DeltaBatch, from p: UInt32, epoch e: UInt64, now: SyncTime) -> [ReplicationAction] {
+        var r = receiver(for: p, epoch: e, firstSequence: batch.firstSequence)
+        var actions: [ReplicationAction] = []
+        for (i, entry) in batch.entries.enumerated() {
+            counters.entriesReceived += 1
+            let (seq, overflow) = batch.firstSequence.addingReportingOverflow(UInt64(i))
+            if overflow { counters.outOfWindowEntries += 1; continue }
+            switch r.receive(seq, now: now.monotonicMillis) {
+            case .duplicate: counters.duplicateEntries += 1
+            case .outOfWindow: counters.outOfWindowEntries += 1
+            case .fresh:
+                if now.wallMicros >= entry.version { lag.record(now.wallMicros - entry.version) }
+                actions += apply(entry, now: now)
+            }
+        }
+        receivers[p] = r
+        return actions
+    }
+
+    /// Merges a peer's entry and installs the result.
+    private mutating func apply(_ entry: SyncEntry, now: SyncTime) -> [ReplicationAction] {
+        switch table.merge(entry, source: .peer, now: now.monotonicMillis) {
+        case .duplicate:
+            counters.duplicateEntries += 1
+            return []
+        case .stale:
+            counters.staleEntries += 1
+            return []
+        case .applied(let previous):
+            counters.entriesApplied += 1
+            if entry.operation == .upsert {
+                var r = entry.record
+                r.flags.insert(.fromPeer)
+                return [.install(r)]
+            }
+            return previous?.operation == .upsert ? [.remove(entry.record.key)] : []
+        }
+    }
+
+    // MARK: Timers
+
+    /// Keepalives, acks, nacks, joining, anti-entropy and tombstone expiry. Call every few ms.
+    public mutating func onTick(now: SyncTime) -> [ReplicationAction] {
+        let t = now.monotonicMillis
+        var actions: [ReplicationAction] = []
+        if t >= lastKeepalive &+ config.keepaliveInterval {
+            lastKeepalive = t
+            // While joining, hellos (which also carry the next sequence) ask peers to answer.
+            actions.append(.broadcast(inSync
+                ? .keepalive(Keepalive(nextSequence: sender.nextSequence, inSync: true, entryCount: UInt64(table.count)))
+                : .hello(hello)))
+        }
+        for p in receivers.keys.sorted() {
+            guard var r = receivers[p] else { continue }
+            if let nack = r.nackIfDue(now: t) {
+                counters.nacksSent += 1
+                actions.append(.send(.nack(nack), to: p))
+                lastAck[p] = t
+            } else if t >= (lastAck[p] ?? 0) &+ config.ackInterval {
+                lastAck[p] = t
+                counters.acksSent += 1
+                actions.append(.send(.ack(r.ack), to: p))
+            }
+            receivers[p] = r
+            if r.needsBulk, inSync, !transfers.values.contains(where: { $0.peer == p && $0.isFull }) {
+                actions += startPull(from: p, leaves: [], now: t)
+            }
+        }
+        for (id, tr) in transfers where t >= tr.startedAt &+ config.transferTimeout {
+            actions += onTransferFailed(requestID: id, now: now)
+        }
+        if !inSync && !transfers.values.contains(where: \.isFull) {
+            if let source = alivePeers(now: t).filter({ peers[$0]?.inSync == true }).first {
+                actions += startPull(from: source, leaves: [], now: t)
+            } else if t >= startedAt &+ config.joinTimeout {
+                // Nobody in sync to learn from: a cold start, or the only survivor.
+                actions += setInSync(true)
+            }
+        }
+        if inSync, t >= lastAntiEntropy &+ config.antiEntropyInterval {
+            lastAntiEntropy = t
+            let candidates = alivePeers(now: t)
+            if !candidates.isEmpty {
+                let p = candidates[Int(rng.next() % UInt64(candidates.count))]
+                counters.antiEntropyRounds += 1
+                actions.append(.send(.digest(table.digest(level: 0)), to: p))
+            }
+        }
+        if t >= lastTombstoneSweep &+ 1000 {
+            lastTombstoneSweep = t
+            counters.tombstonesExpired += UInt64(table.expireTombstones(now: t, ttl: config.tombstoneTTL))
+        }
+        return actions
+    }
+
+    private func alivePeers(now t: UInt64) -> [UInt32] {
+        peers.filter { _, v in v.lastHeard.map { t < $0 &+ config.peerTimeout } ?? false }.map(\.key).sorted()
+    }
+
+    private mutating func setInSync(_ value: Bool) -> [ReplicationAction] {
+        guard inSync != value else { return [] }
+        inSync = value
+        return [.inSyncChanged(value)]
+    }
+
+    // MARK: Anti-entropy
+
+    private mutating func onDigest(_ d: Digest, from p: UInt32, now t: UInt64) -> [ReplicationAction] {
+        guard inSync else { return [] }
+        if d.level == 0 {
+            let buckets = table.differingBuckets(d)
+            guard !buckets.isEmpty else { return [] }
+            return [.send(.digestRequest(DigestRequest(buckets: buckets)), to: p)]
+        }
+        let leaves = table.differingLeaves(d)
+        guard !leaves.isEmpty, !transfers.values.contains(where: { $0.peer == p }) else { return [] }
+        counters.antiEntropyPulls += 1
+        return startPull(from: p, leaves: leaves, now: t)
+    }
+
+    private mutating func startPull(from p: UInt32, leaves: [UInt16], now t: UInt64) -> [ReplicationAction] {
+        let id = nextRequestID
+        nextRequestID = nextRequestID == UInt32.max ? 1 : nextRequestID + 1
+        let request = BulkRequest(requestID: id, leaves: leaves.count > config.maxPulledLeaves ? [] : leaves)
+        transfers[id] = Transfer(peer: p, request: request, startedAt: t)
+        return [.pull(from: p, request)]
+    }
+
+    // MARK: Bulk transfers (TCP)
+
+    /// Serving side: a snapshot consistent with our stream. Flush first so that everything in the
+    /// table up to now is either in the snapshot or numbered below resumeSequence.
+    public mutating func serveBulk(_ request: BulkRequest, now: SyncTime) -> (begin: BulkBegin, entries: [SyncEntry], flushed: [ReplicationAction]) {
+        let flushed = flush(now: now)
+        let entries = request.leaves.isEmpty ? table.allEntries() : table.entries(inLeaves: request.leaves)
+        counters.bulkTransfersServed += 1
+        let begin = BulkBegin(requestID: request.requestID, streamEpoch: epoch, resumeSequence: sender.nextSequence,
+                              entryCount: UInt64(entries.count))
+        return (begin, entries, flushed)
+    }
+
+    public mutating func onBulkBegin(_ begin: BulkBegin, from p: UInt32) {
+        guard var tr = transfers[begin.requestID], tr.peer == p else { return }
+        tr.begin = begin
+        transfers[begin.requestID] = tr
+    }
+
+    public mutating func onBulkChunk(_ chunk: BulkChunk, from p: UInt32, now: SyncTime) -> [ReplicationAction] {
+        guard var tr = transfers[chunk.requestID], tr.peer == p, tr.begin != nil else { return [] }
+        var actions: [ReplicationAction] = []
+        actions.reserveCapacity(chunk.entries.count)
+        for e in chunk.entries {
+            counters.bulkEntriesReceived += 1
+            if !tr.isFull { tr.seen.insert(e.record.key) }
+            let before = counters.entriesApplied
+            actions += apply(e, now: now)
+            if !tr.isFull && counters.entriesApplied > before { counters.antiEntropyRepaired += 1 }
+        }
+        tr.received += chunk.entries.count
+        transfers[chunk.requestID] = tr
+        return actions
+    }
+
+    public mutating func onBulkEnd(_ end: BulkEnd, from p: UInt32, now: SyncTime) -> [ReplicationAction] {
+        guard let tr = transfers[end.requestID], tr.peer == p, let begin = tr.begin else { return [] }
+        transfers[end.requestID] = nil
+        counters.bulkTransfersCompleted += 1
+        var actions: [ReplicationAction] = []
+        if var r = receivers[p], r.epoch == begin.streamEpoch {
+            r.covered(upTo: begin.resumeSequence)
+            receivers[p] = r
+        } else if peers[p]?.epoch == begin.streamEpoch || peers[p]?.epoch == 0 {
+            var r = DeltaReceiver(epoch: begin.streamEpoch, baseline: 0, config: config.receiver)
+            r.covered(upTo: begin.resumeSequence)
+            receivers[p] = r
+        }
+        if !tr.isFull {
+            // What the peer authored but no longer has, and deleted long enough ago that its
+            // tombstone is gone, we drop too. Flows of other origins stay: the peer may simply
+            // not have them yet.
+            let leaves = Set(tr.request.leaves.map(Int.init))
+            let graceMicros = (config.tombstoneTTL + 5000) * 1000
+            for k in table.keys(inLeaves: leaves) where !tr.seen.contains(k) {
+                guard let rec = table[k], rec.entry.origin == p, rec.source == .peer,
+                      now.wallMicros > rec.entry.version &+ graceMicros else { continue }
+                table.remove(k)
+                counters.antiEntropyRemoved += 1
+                if !rec.isTombstone { actions.append(.remove(k)) }
+            }
+        } else if !inSync {
+            actions += setInSync(true)
+        }
+        return actions
+    }
+
+    /// The transfer's connection failed or timed out; the next tick retries where needed.
+    public mutating func onTransferFailed(requestID: UInt32, now: SyncTime) -> [ReplicationAction] {
+        guard transfers.removeValue(forKey: requestID) != nil else { return [] }
+        counters.bulkTransfersFailed += 1
+        return []
+    }
+}
+
+/// Lag (change made at the owner -> applied here) in log2 buckets of microseconds.
+public struct LagHistogram: Sendable, Hashable {
+    public private(set) var buckets = [UInt64](repeating: 0, count: 40)
+    public private(set) var count: UInt64 = 0
+    public private(set) var max: UInt64 = 0
+
+    public mutating func record(_ micros: UInt64) {
+        let b = micros == 0 ? 0 : Swift.min(buckets.count - 1, 64 - micros.leadingZeroBitCount)
+        buckets[b] += 1
+        count += 1
+        if micros > max { max = micros }
+    }
+
+    /// Upper bound of the bucket holding the given quantile, in microseconds.
+    public func quantile(_ q: Double) -> UInt64 {
+        guard count > 0 else { return 0 }
+        let target = UInt64((Double(count) * q).rounded(.up))
+        var seen: UInt64 = 0
+        for (i, n) in buckets.enumerated() {
+            seen += n
+            if seen >= target { return i == 0 ? 0 : Swift.min(max, (UInt64(1) << UInt64(i)) - 1) }
+        }
+        return max
+    }
+}
+
+/// A small seeded generator (Steele et al.'s SplitMix64): injected randomness, reproducible tests.
+public struct SplitMix64: RandomNumberGenerator, Sendable, Hashable {
+    private var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

@@ -1,0 +1,172 @@
+import Testing
+import TandemCore
+import TandemSync
+import TandemSyncWire
+
+private func entry(_ n: Int, version: UInt64, op: SyncEntry.Operation = .upsert, origin: UInt32 = 1) -> SyncEntry {
+    SyncEntry(operation: op, record: Flows.record(n), version: version, origin: origin)
+}
+
+@Suite struct ReplicaTableTests {
+    @Test func newestVersionWinsAndDeleteBeatsEqualUpsert() {
+        var t = ReplicaTable()
+        #expect(t.merge(entry(1, version: 10), source: .peer, now: 0) == .applied(previous: nil))
+        #expect(t.merge(entry(1, version: 10), source: .peer, now: 0) == .duplicate)
+        #expect(t.merge(entry(1, version: 9), source: .peer, now: 0) == .stale)
+        #expect(t.merge(entry(1, version: 10, op: .delete), source: .peer, now: 0) == .applied(previous: entry(1, version: 10)))
+        #expect(t.merge(entry(1, version: 10), source: .peer, now: 0) == .stale)
+        #expect(t.liveCount == 0 && t.tombstoneCount == 1)
+        #expect(t.merge(entry(1, version: 11), source: .peer, now: 0) == .applied(previous: entry(1, version: 10, op: .delete)))
+        #expect(t.liveCount == 1)
+    }
+
+    @Test func deleteOfUnknownFlowIsKeptAsTombstoneAndRefusesOlderUpsert() {
+        var t = ReplicaTable()
+        t.merge(entry(5, version: 20, op: .delete), source: .peer, now: 0)
+        #expect(t.merge(entry(5, version: 19), source: .peer, now: 0) == .stale)
+        #expect(t.expireTombstones(now: 60_001, ttl: 60_000) == 1)
+        #expect(t.count == 0)
+    }
+
+    @Test func incrementalDigestsEqualDigestsBuiltFromScratch() {
+        var rng = SplitMix64(seed: 42)
+        var t = ReplicaTable()
+        for _ in 0..<5000 {
+            let n = Int(rng.next() % 800)
+            let op: SyncEntry.Operation = rng.next() % 4 == 0 ? .delete : .upsert
+            t.merge(entry(n, version: rng.next() % 1000, op: op), source: .peer, now: 0)
+            if rng.next() % 50 == 0 { t.remove(Flows.record(n).key) }
+        }
+        var fresh = ReplicaTable()
+        for e in t.allEntries() { fresh.merge(e, source: .peer, now: 0) }
+        #expect(t.level0 == fresh.level0)
+        #expect(t.leaves == fresh.leaves)
+        #expect(t.differingBuckets(fresh.digest(level: 0)).isEmpty)
+    }
+
+    @Test func digestsPointAtTheLeafThatDiffers() {
+        var a = ReplicaTable(), b = ReplicaTable()
+        for n in 0..<300 {
+            a.merge(entry(n, version: 1), source: .peer, now: 0)
+            b.merge(entry(n, version: 1), source: .peer, now: 0)
+        }
+        b.merge(entry(77, version: 2), source: .peer, now: 0)
+        let leaf = ReplicaTable.leaf(of: Flows.record(77).key)
+        let buckets = a.differingBuckets(b.digest(level: 0))
+        #expect(buckets == [UInt16(ReplicaTable.bucket(ofLeaf: leaf))])
+        let leaves = a.differingLeaves(b.digest(level: 1, bucket: Int(buckets[0])))
+        #expect(leaves == [UInt16(leaf)])
+        #expect(b.entries(inLeaves: leaves).contains(entry(77, version: 2)))
+    }
+}
+
+@Suite struct DeltaSenderTests {
+    @Test func coalescesRepeatedUpdatesOfOneFlowAndFillsBatches() {
+        var s = DeltaSender(config: .init(maxEntriesPerBatch: 27))
+        for n in 0..<60 { s.enqueue(entry(n, version: 1)) }
+        for n in 0..<60 { s.enqueue(entry(n, version: 2)) }
+        #expect(s.pendingCount == 60)
+        let batches = s.flush()
+        #expect(batches.map(\.entries.count) == [27, 27, 6])
+        #expect(batches.map(\.firstSequence) == [1, 28, 55])
+        #expect(batches.allSatisfy { $0.entries.allSatisfy { $0.version == 2 } })
+        #expect(s.nextSequence == 61)
+    }
+
+    @Test func olderChangeDoesNotReplaceNewerQueuedOne() {
+        var s = DeltaSender()
+        s.enqueue(entry(1, version: 5))
+        s.enqueue(entry(1, version: 4))
+        #expect(s.flush().first?.entries.first?.version == 5)
+    }
+
+    @Test func windowIsTrimmedByTheSlowestAckAndBoundedByCapacity() {
+        var s = DeltaSender(config: .init(maxEntriesPerBatch: 10, windowCapacity: 100))
+        s.addPeer(2)
+        s.addPeer(3)
+        for n in 0..<50 { s.enqueue(entry(n, version: 1)) }
+        _ = s.flush()
+        s.onAck(from: 2, 50)
+        #expect(s.windowStart == 1)
+        s.onAck(from: 3, 20)
+        #expect(s.windowStart == 21)
+        for n in 50..<250 { s.enqueue(entry(n, version: 1)) }
+        _ = s.flush()
+        #expect(s.windowCount == 100)
+        #expect(s.windowStart == 151)
+    }
+
+    @Test func nackResendsExactlyTheMissingRangesAndReportsWhatIsGone() {
+        var s = DeltaSender(config: .init(maxEntriesPerBatch: 27, windowCapacity: 100))
+        s.addPeer(2)
+        for n in 0..<150 { s.enqueue(entry(n, version: UInt64(n))) }
+        _ = s.flush()
+        let (batches, gone) = s.onNack(from: 2, Nack(streamEpoch: 1, cumulative: 0, missing: [10...12, 60...62, 140...150]))
+        #expect(gone) // 1...50 fell out of the 100-entry window
+        #expect(batches.map(\.firstSequence) == [60, 140])
+        #expect(batches.map(\.entries.count) == [3, 11])
+        #expect(batches[0].entries.map(\.version) == [59, 60, 61])
+        let (again, gone2) = s.onNack(from: 2, Nack(streamEpoch: 1, cumulative: 100, missing: [120...121]))
+        #expect(!gone2 && again.count == 1 && again[0].entries.count == 2)
+    }
+}
+
+@Suite struct DeltaReceiverTests {
+    @Test func detectsGapsDuplicatesAndReordering() {
+        var r = DeltaReceiver(epoch: 9)
+        #expect(r.receive(1, now: 0) == .fresh)
+        #expect(r.receive(3, now: 0) == .fresh)
+        #expect(r.receive(3, now: 0) == .duplicate)
+        #expect(r.receive(1, now: 0) == .duplicate)
+        #expect(r.cumulative == 1)
+        #expect(r.missingRanges() == [2...2])
+        #expect(r.nackIfDue(now: 0) == nil) // reordering gets a moment to settle
+        #expect(r.nackIfDue(now: 2) == Nack(streamEpoch: 9, cumulative: 1, missing: [2...2]))
+        #expect(r.receive(2, now: 3) == .fresh)
+        #expect(r.cumulative == 3 && !r.hasGap)
+    }
+
+    @Test func keepaliveRevealsLostTail() {
+        var r = DeltaReceiver(epoch: 1)
+        _ = r.receive(1, now: 0)
+        r.announce(nextSequence: 5, now: 0)
+        #expect(r.missingRanges() == [2...4])
+    }
+
+    @Test func aGapThatNeverHealsEndsInABulkRequestButProgressResetsTheCount() {
+        var r = DeltaReceiver(epoch: 1, config: .init(nackDelay: 0, nackInterval: 10, maxNacks: 3))
+        _ = r.receive(5, now: 0)
+        var t: UInt64 = 0
+        var nacks = 0
+        while t < 200 {
+            if r.nackIfDue(now: t) != nil { nacks += 1 }
+            t += 1
+        }
+        #expect(nacks == 3 && r.needsBulk)
+        r.covered(upTo: 6)
+        #expect(!r.needsBulk && r.cumulative == 5 && !r.hasGap)
+
+        var s = DeltaReceiver(epoch: 1, config: .init(nackDelay: 0, nackInterval: 10, maxNacks: 3))
+        _ = s.receive(2, now: 0)
+        for step in 0..<10 {
+            let t = UInt64(step * 10)
+            _ = s.nackIfDue(now: t)
+            // Each round repairs the oldest hole and a new one opens: steady loss, steady progress.
+            _ = s.receive(UInt64(step * 2 + 1), now: t)
+            _ = s.receive(UInt64(step * 2 + 4), now: t)
+        }
+        #expect(!s.needsBulk)
+    }
+
+    @Test func batchesFarAheadMeanWeAreLost() {
+        var r = DeltaReceiver(epoch: 1, config: .init(maxAhead: 1000))
+        #expect(r.receive(5000, now: 0) == .outOfWindow)
+        #expect(r.needsBulk)
+    }
+
+    @Test func manyHolesAreCappedAtTheNackLimit() {
+        var r = DeltaReceiver(epoch: 1)
+        for seq in stride(from: UInt64(2), through: 400, by: 2) { _ = r.receive(seq, now: 0) }
+        #expect(r.missingRanges().count == SyncWire.maxNackRanges)
+    }
+}
