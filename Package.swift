@@ -44,16 +44,25 @@ let package = Package(
                 dependencies: ["TandemCore", "TandemSyncWire",
                                .product(name: "Crypto", package: "swift-crypto")],
                 path: "Sources/TandemSync"),
+        // The replication shell: one SwiftNIO event loop runs the core, UDP for deltas, TCP for
+        // bulk transfers, and hands learned flows to the datapath.
+        .target(name: "TandemReplication",
+                dependencies: ["TandemCore", "TandemSync", "TandemSyncWire",
+                               .product(name: "NIOCore", package: "swift-nio"),
+                               .product(name: "NIOPosix", package: "swift-nio"),
+                               .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                               .product(name: "Logging", package: "swift-log")],
+                path: "Sources/TandemReplication"),
         // LoxiLB-shaped REST API: wire models (shared with the CLI) and the Hummingbird server.
         .target(name: "TandemAPI",
-                dependencies: ["TandemCore",
+                dependencies: ["TandemCore", "TandemSync",
                                .product(name: "Hummingbird", package: "hummingbird"),
                                .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "Logging", package: "swift-log")],
                 path: "Sources/TandemAPI"),
         // The node daemon: config file, datapath, API, lifecycle.
         .target(name: "TandemNode",
-                dependencies: ["TandemCore", "TandemDatapath", "TandemAPI",
+                dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemSync", "TandemReplication",
                                .product(name: "Yams", package: "Yams"),
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
@@ -62,6 +71,20 @@ let package = Package(
                           dependencies: ["TandemCore", "TandemAPI", "TandemNode",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/tandem"),
+        // Replication benchmark driver: injects flows into a node's loaded datapath, watches a peer's map.
+        .executableTarget(name: "tandem-syncbench",
+                          dependencies: ["CTandemShim", "CLibBPF",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          path: "Sources/tandem-syncbench"),
+        // libnetfilter_conntrack from Debian (libnetfilter-conntrack-dev), for the conntrackd comparison.
+        .systemLibrary(name: "CNetfilterConntrack", path: "Sources/CNetfilterConntrack",
+                       pkgConfig: "libnetfilter_conntrack", providers: [.apt(["libnetfilter-conntrack-dev"])]),
+        // The same measurement for conntrackd (the alternative): creates kernel conntrack entries in
+        // one namespace and times their arrival in another's table.
+        .executableTarget(name: "tandem-ctbench",
+                          dependencies: ["CNetfilterConntrack",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          path: "Sources/tandem-ctbench"),
         // TCP/UDP echo server used as an endpoint in the test bed and tests.
         .executableTarget(name: "tandem-echo",
                           dependencies: [.product(name: "NIOCore", package: "swift-nio"),
@@ -75,7 +98,7 @@ let package = Package(
         .testTarget(name: "TandemSyncTests", dependencies: ["TandemSync", "TandemSyncWire", "TandemCore"],
                     path: "Tests/TandemSyncTests"),
         .testTarget(name: "TandemPrivilegedTests",
-                    dependencies: ["TandemCore", "TandemDatapath", "TandemAPI",
+                    dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemSync",
                                    .product(name: "Logging", package: "swift-log")],
                     path: "Tests/TandemPrivilegedTests"),
         // OCI provider. OpenSSL's libcrypto (Debian libssl-dev, via pkg-config) loads every API-key

@@ -134,6 +134,15 @@ struct {
     __uint(max_entries, TDM_RINGBUF_BYTES);
 } tdm_events SEC(".maps");
 
+/* Staging buffer for tandem_install, written by user space through mmap. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __type(key, __u32);
+    __type(value, struct tdm_install_buf);
+} tdm_install SEC(".maps");
+
 #define IP_CSUM_OFF  (ETH_HLEN + offsetof(struct iphdr, check))
 #define IP_SRC_OFF   (ETH_HLEN + offsetof(struct iphdr, saddr))
 #define IP_DST_OFF   (ETH_HLEN + offsetof(struct iphdr, daddr))
@@ -186,6 +195,32 @@ static __always_inline int entry_expired(const struct tdm_config *cfg, const str
     return now > e->last_seen_ns && now - e->last_seen_ns > t;
 }
 
+/*
+ * A connection is over only when both halves are idle past the timeout: one-way traffic (a UDP
+ * stream the endpoint seldom answers, a bulk upload whose ACKs are not ours to see) keeps only one
+ * half fresh, and the user-space reaper also takes the fresher of the two. The peer counts only
+ * while it still points back at `key`; a half whose peer is gone or reused is judged alone.
+ */
+static __always_inline int conn_expired(const struct tdm_config *cfg, const struct tdm_ct_entry *e,
+                                        const struct tdm_flow_key *key, __u64 now)
+{
+    if (!entry_expired(cfg, e, now))
+        return 0;
+    struct tdm_ct_entry *pe = bpf_map_lookup_elem(&tdm_ct, &e->peer);
+    return !pe || !same_key(&pe->peer, key) || entry_expired(cfg, pe, now);
+}
+
+/* Forgets a connection: the entry at `key`, and its other half at `peer` only while that half
+ * still points back at `key` (its key may already belong to a newer connection). Both are
+ * copies on the stack, not pointers into entries being deleted. */
+static __always_inline void forget(const struct tdm_flow_key *key, const struct tdm_flow_key *peer)
+{
+    struct tdm_ct_entry *pe = bpf_map_lookup_elem(&tdm_ct, peer);
+    if (pe && same_key(&pe->peer, key))
+        bpf_map_delete_elem(&tdm_ct, peer);
+    bpf_map_delete_elem(&tdm_ct, key);
+}
+
 static __always_inline void emit_event(const struct tdm_config *cfg, __u8 type, const struct tdm_ct_entry *orig,
                                        const struct tdm_flow_key *key, __u64 now)
 {
@@ -205,7 +240,9 @@ static __always_inline void emit_event(const struct tdm_config *cfg, __u8 type, 
     ev->xlate = orig->xlate;
     ev->ts_ns = now;
     ev->version = orig->version;
-    ev->pad = 0;
+    ev->endpoint_index = orig->endpoint_index;
+    ev->pad[0] = ev->pad[1] = ev->pad[2] = 0;
+    ev->created_ns = orig->created_ns;
     bpf_ringbuf_submit(ev, 0);
 }
 
@@ -439,7 +476,7 @@ static __always_inline int select_endpoint(const struct tdm_config *cfg, const s
 static __always_inline int reply_key_free(const struct tdm_config *cfg, const struct tdm_flow_key *reply, __u64 now)
 {
     struct tdm_ct_entry *e = bpf_map_lookup_elem(&tdm_ct, reply);
-    return !e || entry_expired(cfg, e, now);
+    return !e || conn_expired(cfg, e, reply, now);
 }
 
 static __always_inline __u8 initial_state(const struct pkt *p)
@@ -597,12 +634,18 @@ int tandem_ingress(struct __sk_buff *skb)
     struct tdm_flow_key to;
     struct tdm_ct_entry *e = bpf_map_lookup_elem(&tdm_ct, &p.key);
     int fresh_syn = p.key.proto == IPPROTO_TCP && (p.tcp_flags & 0x12) == 0x02;
-    if (e && entry_expired(cfg, e, now)) {
-        /* Idle past its timeout: forget both halves and treat this as a new flow. */
+    if (e && conn_expired(cfg, e, &p.key, now)) {
+        /* Idle past its timeout: forget both halves and treat this as a new flow. The event
+         * describes the original half (its xlate) when this is the reply half. */
         struct tdm_flow_key peer = e->peer;
-        emit_event(cfg, TDM_EV_DELETE, e, e->dir == TDM_DIR_ORIGINAL ? &p.key : &e->peer, now);
-        bpf_map_delete_elem(&tdm_ct, &peer);
-        bpf_map_delete_elem(&tdm_ct, &p.key);
+        const struct tdm_ct_entry *desc = e;
+        if (e->dir == TDM_DIR_REPLY) {
+            struct tdm_ct_entry *oe = bpf_map_lookup_elem(&tdm_ct, &peer);
+            if (oe && same_key(&oe->peer, &p.key))
+                desc = oe;
+        }
+        emit_event(cfg, TDM_EV_DELETE, desc, e->dir == TDM_DIR_ORIGINAL ? &p.key : &peer, now);
+        forget(&p.key, &peer);
         stat_inc(TDM_STAT_EXPIRED_REUSED);
         e = NULL;
     } else if (e && fresh_syn && e->dir == TDM_DIR_ORIGINAL &&
@@ -615,8 +658,7 @@ int tandem_ingress(struct __sk_buff *skb)
          * node's port slice at high connection rates. */
         struct tdm_flow_key peer = e->peer;
         emit_event(cfg, TDM_EV_DELETE, e, &p.key, now);
-        bpf_map_delete_elem(&tdm_ct, &peer);
-        bpf_map_delete_elem(&tdm_ct, &p.key);
+        forget(&p.key, &peer);
         stat_inc(TDM_STAT_EXPIRED_REUSED);
         e = NULL;
     }
@@ -649,9 +691,14 @@ int tandem_ingress(struct __sk_buff *skb)
             else if (pe)
                 emit_event(cfg, TDM_EV_STATE, pe, &e->peer, now);
         }
-        __u32 eidx = e->service_id * TDM_MAX_ENDPOINTS + (e->endpoint_index & (TDM_MAX_ENDPOINTS - 1));
-        count(&tdm_endpoint_stats, eidx, p.len, 0);
-        count(&tdm_service_stats, e->service_id, p.len, 0);
+        /* A peer's flow of a service this node does not have carries an out-of-range slot: it is
+         * forwarded but counted nowhere (the multiplication below must not wrap into a real slot). */
+        __u32 sid = e->service_id;
+        if (sid < TDM_MAX_SERVICES) {
+            __u32 eidx = sid * TDM_MAX_ENDPOINTS + (e->endpoint_index & (TDM_MAX_ENDPOINTS - 1));
+            count(&tdm_endpoint_stats, eidx, p.len, 0);
+            count(&tdm_service_stats, sid, p.len, 0);
+        }
     } else {
         if (p.key.proto == IPPROTO_ICMP)
             return TC_ACT_OK; /* echo is answered above or left to the stack */
@@ -669,4 +716,145 @@ int tandem_ingress(struct __sk_buff *skb)
     if (rewrite(skb, &p, &to) < 0)
         return TC_ACT_SHOT;
     return forward(skb, &to, in_ifindex);
+}
+
+/*
+ * Installing connections a peer replicated. User space stages up to TDM_INSTALL_BATCH records in
+ * tdm_install and runs this once (BPF_PROG_TEST_RUN), so a batch costs one syscall instead of four
+ * per record. Same rules as the user-space fallback in Sources/TandemDatapath/Replication.swift:
+ *  - both halves written, the reply half first, so a packet never finds an original whose reply
+ *    half is missing;
+ *  - the same connection already here (each half's peer points at the other) keeps its packet and
+ *    byte counters and the later of the two last-seen times; the version moves past both halves';
+ *  - an original that pointed at another reply key (an older connection on the client's tuple),
+ *    or a reply key that belonged to another connection, has that other half deleted when it
+ *    still points back: it is stale, and the owner's table is authoritative.
+ */
+#define TDM_EINVAL 22
+
+static __always_inline int install_req(struct tdm_install_req *r, __u64 now)
+{
+    struct tdm_flow_key ok = {
+        .saddr = r->key.saddr, .daddr = r->key.daddr, .sport = r->key.sport, .dport = r->key.dport, .proto = r->key.proto,
+    };
+    struct tdm_flow_key xl = {
+        .saddr = r->xlate.saddr, .daddr = r->xlate.daddr, .sport = r->xlate.sport, .dport = r->xlate.dport,
+        .proto = r->xlate.proto,
+    };
+    struct tdm_flow_key rk = { .saddr = xl.daddr, .daddr = xl.saddr, .sport = xl.dport, .dport = xl.sport, .proto = xl.proto };
+    if (ok.proto != xl.proto || r->state >= TDM_CT_STATE_COUNT || r->nat_mode > TDM_NAT_FULLNAT)
+        return -TDM_EINVAL;
+
+    __u64 age = r->age_ns < now ? r->age_ns : now;
+    __u64 idle = r->idle_ns < now ? r->idle_ns : now;
+    struct tdm_ct_entry o = {
+        .xlate = xl, .peer = rk, .created_ns = now - age, .last_seen_ns = now - idle,
+        .service_id = r->service_id, .version = 1, .endpoint_ip = xl.daddr, .endpoint_port = xl.dport,
+        .endpoint_index = r->endpoint_index, .nat_mode = r->nat_mode, .dir = TDM_DIR_ORIGINAL, .state = r->state,
+        .flags = r->flags | TDM_CT_F_FROM_PEER,
+    };
+    struct tdm_ct_entry p = o;
+    p.dir = TDM_DIR_REPLY;
+    p.xlate.saddr = ok.daddr;
+    p.xlate.daddr = ok.saddr;
+    p.xlate.sport = ok.dport;
+    p.xlate.dport = ok.sport;
+    p.peer = ok;
+
+    /* Copy what is needed out of the old entries: updates may recycle their memory. */
+    struct tdm_flow_key old_o_peer = {}, old_r_peer = {};
+    int had_o = 0, had_r = 0;
+    __u32 version = 0;
+    struct tdm_ct_entry *e = bpf_map_lookup_elem(&tdm_ct, &ok);
+    if (e) {
+        had_o = 1;
+        old_o_peer = e->peer;
+        version = e->version;
+        if (e->dir == TDM_DIR_ORIGINAL && same_key(&e->peer, &rk)) {
+            o.packets = e->packets;
+            o.bytes = e->bytes;
+            if (e->last_seen_ns > o.last_seen_ns)
+                o.last_seen_ns = e->last_seen_ns;
+        }
+    }
+    struct tdm_ct_entry old_r = {};
+    e = bpf_map_lookup_elem(&tdm_ct, &rk);
+    if (e) {
+        had_r = 1;
+        old_r = *e;
+        old_r_peer = e->peer;
+        if (e->version > version)
+            version = e->version;
+        if (e->dir == TDM_DIR_REPLY && same_key(&e->peer, &ok)) {
+            p.packets = e->packets;
+            p.bytes = e->bytes;
+            if (e->last_seen_ns > p.last_seen_ns)
+                p.last_seen_ns = e->last_seen_ns;
+        }
+    }
+    version += 1;
+    if (version == 0)
+        version = 1;
+    o.version = version;
+    p.version = version;
+
+    long err = bpf_map_update_elem(&tdm_ct, &rk, &p, BPF_ANY);
+    if (err)
+        return err;
+    err = bpf_map_update_elem(&tdm_ct, &ok, &o, BPF_ANY);
+    if (err) {
+        /* Never leave our reply half without its original: put back what was there. */
+        if (had_r)
+            bpf_map_update_elem(&tdm_ct, &rk, &old_r, BPF_ANY);
+        else
+            bpf_map_delete_elem(&tdm_ct, &rk);
+        return err;
+    }
+    if (had_o && !same_key(&old_o_peer, &rk)) {
+        e = bpf_map_lookup_elem(&tdm_ct, &old_o_peer);
+        if (e && same_key(&e->peer, &ok))
+            bpf_map_delete_elem(&tdm_ct, &old_o_peer);
+    }
+    if (had_r && !same_key(&old_r_peer, &ok)) {
+        e = bpf_map_lookup_elem(&tdm_ct, &old_r_peer);
+        if (e && same_key(&e->peer, &rk))
+            bpf_map_delete_elem(&tdm_ct, &old_r_peer);
+    }
+    return 0;
+}
+
+struct install_loop {
+    __u64 now;
+    __u32 installed;
+};
+
+static long install_one(__u32 i, void *data)
+{
+    struct install_loop *l = data;
+    __u32 zero = 0;
+    struct tdm_install_buf *b = bpf_map_lookup_elem(&tdm_install, &zero);
+    if (!b || i >= TDM_INSTALL_BATCH)
+        return 1;
+    struct tdm_install_req *r = &b->req[i];
+    int rc = install_req(r, l->now);
+    r->result = rc;
+    if (rc == 0)
+        l->installed += 1;
+    return 0;
+}
+
+SEC("syscall")
+int tandem_install(void *ctx)
+{
+    __u32 zero = 0;
+    struct tdm_install_buf *b = bpf_map_lookup_elem(&tdm_install, &zero);
+    if (!b)
+        return -1;
+    __u32 n = b->count;
+    if (n > TDM_INSTALL_BATCH)
+        n = TDM_INSTALL_BATCH;
+    struct install_loop l = { .now = bpf_ktime_get_ns(), .installed = 0 };
+    bpf_loop(n, install_one, &l, 0);
+    b->installed = l.installed;
+    return l.installed;
 }

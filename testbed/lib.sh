@@ -16,7 +16,7 @@
 #
 # Environment:
 #   TB           name prefix (default tdm)
-#   NODES        1 or 2 load-balancer nodes (default 1; 2 adds llb2)
+#   NODES        1, 2 or 3 load-balancer nodes (default 1; 2 adds llb2, 3 adds llb3 10.0.10.89)
 #   TANDEM_ECHO  echo server binary (default <repo>/.build/debug/tandem-echo)
 #   TB_WAIT      seconds to wait for services to answer (default 15)
 
@@ -32,7 +32,7 @@ TB_VIP="10.0.10.143"
 TB_GW_HOSTS="10.0.10.1"     # gateway of 10.0.10.0/24
 TB_GW_CLIENT="10.0.20.1"    # gateway of 10.0.20.0/24
 TB_ECHO_PORT=9000
-TB_ALL_ROLES=(client vcn llb1 llb2 ep1 ep2)
+TB_ALL_ROLES=(client vcn llb1 llb2 llb3 ep1 ep2)
 
 tb_log() { printf '[testbed %s] %s\n' "$TB" "$*" >&2; }
 tb_die() { printf '[testbed %s] error: %s\n' "$TB" "$*" >&2; return 1; }
@@ -41,14 +41,20 @@ tb_die() { printf '[testbed %s] error: %s\n' "$TB" "$*" >&2; return 1; }
 tb_check_name() {
     [[ "$TB" =~ ^[a-z][a-z0-9]{0,5}$ ]] ||
         { tb_die "TB='$TB' must be 1-6 chars of [a-z0-9], starting with a letter"; return 1; }
-    [[ "$NODES" == 1 || "$NODES" == 2 ]] || { tb_die "NODES must be 1 or 2 (got '$NODES')"; return 1; }
+    [[ "$NODES" == 1 || "$NODES" == 2 || "$NODES" == 3 ]] || { tb_die "NODES must be 1, 2 or 3 (got '$NODES')"; return 1; }
 }
 
 # Roles of this test bed, in creation order.
 tb_roles() {
-    if [[ "$NODES" == 2 ]]; then echo client llb1 llb2 ep1 ep2; else echo client llb1 ep1 ep2; fi
+    echo client $(tb_nodes) ep1 ep2
 }
-tb_nodes() { if [[ "$NODES" == 2 ]]; then echo llb1 llb2; else echo llb1; fi; }
+tb_nodes() {
+    case "$NODES" in
+        3) echo llb1 llb2 llb3 ;;
+        2) echo llb1 llb2 ;;
+        *) echo llb1 ;;
+    esac
+}
 tb_endpoints() { echo ep1 ep2; }
 
 tb_ns() { echo "${TB}-$1"; }                 # namespace of a role
@@ -60,6 +66,7 @@ tb_ip() {
         client) echo 10.0.20.10 ;;
         llb1) echo 10.0.10.141 ;;
         llb2) echo 10.0.10.88 ;;
+        llb3) echo 10.0.10.89 ;;
         ep1) echo 10.0.10.21 ;;
         ep2) echo 10.0.10.22 ;;
         vcn) echo "$TB_GW_HOSTS" ;;
@@ -83,7 +90,7 @@ tb_exists() {
 #   tb_route_vip NODE [IP]   (IP defaults to the VIP 10.0.10.143)
 tb_route_vip() {
     local node="$1" ip="${2:-$TB_VIP}"
-    [[ "$node" == llb1 || "$node" == llb2 ]] || { tb_die "tb_route_vip: node must be llb1 or llb2"; return 1; }
+    [[ "$node" == llb1 || "$node" == llb2 || "$node" == llb3 ]] || { tb_die "tb_route_vip: node must be llb1, llb2 or llb3"; return 1; }
     ip -n "$(tb_ns vcn)" route replace "$ip/32" via "$(tb_ip "$node")" dev "$(tb_link "$node")"
 }
 
@@ -97,7 +104,7 @@ tb_unroute_vip() {
 tb_vip_owner() {
     local ip="${1:-$TB_VIP}" via r
     via="$(ip -n "$(tb_ns vcn)" route show "$ip/32" 2>/dev/null | awk '{for(i=1;i<NF;i++) if($i=="via") print $(i+1)}')"
-    for r in llb1 llb2; do [[ -n "$via" && "$via" == "$(tb_ip "$r")" ]] && echo "$r"; done
+    for r in llb1 llb2 llb3; do [[ -n "$via" && "$via" == "$(tb_ip "$r")" ]] && echo "$r"; done
     return 0
 }
 

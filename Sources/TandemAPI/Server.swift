@@ -3,6 +3,7 @@ import Hummingbird
 import Logging
 import NIOCore
 import TandemCore
+import TandemSync
 
 /// An error the API answers with a status code and a JSON body, having changed nothing.
 public struct APIError: Error, Sendable {
@@ -28,6 +29,12 @@ public protocol LoadBalancerController: Sendable {
     func conntrack() async -> [ConntrackEntry]
     /// Free-form status for /netlox/v1/status: datapath counters and the like.
     func status() async -> [String: UInt64]
+    /// Connection-table replication: sync state, peers, counters; nil when not clustered.
+    func sync() async -> ReplicationStatus?
+}
+
+extension LoadBalancerController {
+    public func sync() async -> ReplicationStatus? { nil }
 }
 
 public enum APIRoutes {
@@ -37,6 +44,7 @@ public enum APIRoutes {
     public static let conntrackAll = "/netlox/v1/config/conntrack/all"
     public static let openAPI = "/netlox/v1/openapi.json"
     public static let status = "/netlox/v1/status"
+    public static let sync = "/netlox/v1/sync"
 
     public static func deletePath(_ k: ServiceKey) -> String {
         "\(loadBalancer)/externalipaddress/\(k.vip)/port/\(k.port)/protocol/\(k.proto)"
@@ -90,6 +98,14 @@ public enum APIServer {
         }
         router.get(RouterPath(APIRoutes.status)) { _, _ -> Response in
             await answer { try json(await controller.status()) }
+        }
+        router.get(RouterPath(APIRoutes.sync)) { _, _ -> Response in
+            await answer {
+                guard let s = await controller.sync() else {
+                    throw APIError.notFound("replication is not configured on this node (no cluster peers)")
+                }
+                return try json(s)
+            }
         }
         router.get(RouterPath(APIRoutes.openAPI)) { _, _ -> Response in
             Response(status: .ok, headers: [.contentType: "application/json"],

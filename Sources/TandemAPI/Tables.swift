@@ -1,3 +1,6 @@
+import TandemCore
+import TandemSync
+
 /// Renders the CLI's tables in loxicmd's boxed style.
 public enum TableRenderer {
     public static func render(headers: [String], rows: [[String]]) -> String {
@@ -45,6 +48,34 @@ public enum TableRenderer {
              c.conntrackState + (c.learnedFromPeer ? " (peer)" : ""), c.conntrackAct, "\(c.packets)", "\(c.bytes)"]
         }
         return render(headers: headers, rows: rows)
+    }
+
+    /// `tandem get sync`: this node's replication state, its peers, then the counters.
+    public static func sync(_ s: ReplicationStatus, wide: Bool) -> String {
+        var out = "NODE \(IPv4Address(s.nodeID))  IN SYNC \(s.inSync ? "yes" : "no")  ENTRIES \(s.liveEntries)"
+            + "  LAG p50/p99 \(s.lagP50Micros)/\(s.lagP99Micros) us\n\n"
+        out += render(headers: ["PEER", "ADDRESS", "IN SYNC", "LAST HEARD", "STREAM", "GAP"], rows: s.peers.map { p in
+            [IPv4Address(p.id).description, p.address, p.inSync ? "yes" : "no",
+             p.lastHeardMillisecondsAgo.map { "\($0) ms ago" } ?? "never",
+             p.streamCumulative.map { "\($0)" } ?? "-", p.streamHasGap ? "yes" : "no"]
+        })
+        let c = s.counters
+        var rows: [[String]] = [
+            ["sent", "\(c.entriesSent)"], ["received", "\(c.entriesReceived)"], ["applied", "\(c.entriesApplied)"],
+            ["retransmitted", "\(c.retransmittedEntries)"], ["nacks sent", "\(c.nacksSent)"],
+            ["bulk transfers", "\(c.bulkTransfersCompleted)"], ["anti-entropy repaired", "\(c.antiEntropyRepaired)"],
+            ["install failures", "\(s.installFailures)"],
+        ]
+        for (reason, n) in s.dropped.sorted(by: { $0.key < $1.key }) { rows.append(["dropped: \(reason)", "\(n)"]) }
+        if wide {
+            rows += [["duplicates", "\(c.duplicateEntries)"], ["stale", "\(c.staleEntries)"],
+                     ["coalesced", "\(c.deltasCoalesced)"], ["refreshes", "\(c.refreshesSent)"],
+                     ["anti-entropy rounds", "\(c.antiEntropyRounds)"], ["anti-entropy pulls", "\(c.antiEntropyPulls)"],
+                     ["datagrams sent", "\(s.datagramsSent)"], ["datagrams received", "\(s.datagramsReceived)"],
+                     ["bytes sent", "\(s.bytesSent)"], ["next sequence", "\(s.nextSequence)"],
+                     ["retransmit window", "\(s.retransmitWindow)"]]
+        }
+        return out + "\n\n" + render(headers: ["COUNTER", "VALUE"], rows: rows)
     }
 
     static func selName(_ v: NumberOrName?) -> String {
@@ -101,3 +132,4 @@ public struct CLIError: Error, CustomStringConvertible {
 }
 
 import TandemCore
+import TandemSync

@@ -13,6 +13,13 @@ public struct ConnectionEvent: Sendable, Hashable {
     public var natMode: NATMode
     public var serviceSlot: UInt32
     public var version: UInt32
+    /// The endpoint's index in this node's service (ring-buffer events only).
+    public var endpointIndex: UInt8 = 0
+    /// The entry's creation time on this node's monotonic clock (ring-buffer events only; 0 when
+    /// unknown). Never sent to peers raw: replication turns it into an age.
+    public var createdNanoseconds: UInt64 = 0
+    /// The entry's tracking flags (FIN seen per side, installed from a peer).
+    public var flags: ConnectionFlags = []
 
     public init(kind: Kind, key: FlowTuple, translated: FlowTuple, state: ConnectionState, natMode: NATMode,
                 serviceSlot: UInt32, version: UInt32) {

@@ -15,11 +15,15 @@ extension ConnectionEvent {
         self.init(kind: kind, key: e.key.tuple, translated: e.xlate.tuple,
                   state: ConnectionState(rawValue: e.state) ?? .none, natMode: NATMode(rawValue: e.nat_mode) ?? .default,
                   serviceSlot: e.service_id, version: e.version)
+        endpointIndex = e.endpoint_index
+        createdNanoseconds = e.created_ns
+        flags = ConnectionFlags(rawValue: e.flags)
     }
 }
 
 /// Polls the datapath's ring buffer on its own thread (the poll blocks, and the shared pool has
-/// only as many threads as cores) and yields decoded events to an AsyncStream.
+/// only as many threads as cores). Events go to `onBatch`, one call per poll with everything that
+/// poll read (so consumers pay per burst, not per event), or else to the `events` stream.
 public final class RingBufferReader: @unchecked Sendable {
     // Written only before the thread starts and read by the thread: no lock needed for these.
     private let mapFD: Int32
@@ -27,6 +31,7 @@ public final class RingBufferReader: @unchecked Sendable {
     public let events: AsyncStream<ConnectionEvent>
     private let stopFlag = StopFlag()
     private var thread: Thread?
+    private let onBatch: (@Sendable ([ConnectionEvent]) -> Void)?
     /// Records that did not decode (a layout mismatch would show here).
     public var malformed: Int { stopFlag.malformed }
 
@@ -34,26 +39,35 @@ public final class RingBufferReader: @unchecked Sendable {
     /// Events seen per kind, counted on the polling thread.
     public var counts: [String: UInt64] { stopFlag.kindCounts }
 
-    /// With `deliver` false events are only counted, which costs next to nothing per event; the
-    /// stream is for consumers such as replication.
-    public init(eventsMap: BPFMap, deliver: Bool = true, bufferLimit: Int = 65536) {
+    /// With `deliver` false and no `onBatch` events are only counted, which costs next to nothing
+    /// per event.
+    public init(eventsMap: BPFMap, deliver: Bool = true, bufferLimit: Int = 65536,
+                onBatch: (@Sendable ([ConnectionEvent]) -> Void)? = nil) {
         mapFD = eventsMap.fd
-        self.deliver = deliver
+        self.deliver = deliver && onBatch == nil
+        self.onBatch = onBatch
         (events, continuation) = AsyncStream.makeStream(of: ConnectionEvent.self,
                                                         bufferingPolicy: .bufferingNewest(bufferLimit))
     }
 
     public func start() throws {
-        let box = Unmanaged.passRetained(CallbackBox(continuation: continuation, flag: stopFlag, deliver: deliver))
+        let box = Unmanaged.passRetained(CallbackBox(continuation: continuation, deliver: deliver,
+                                                     collect: onBatch != nil))
         guard let rb = ring_buffer__new(mapFD, { ctx, data, size in
             guard let ctx, let data else { return 0 }
             let box = Unmanaged<CallbackBox>.fromOpaque(ctx).takeUnretainedValue()
             guard size >= MemoryLayout<tdm_ct_event>.size,
                   let ev = ConnectionEvent(record: data.loadUnaligned(as: tdm_ct_event.self)) else {
-                box.flag.countMalformed()
+                box.malformed += 1
                 return 0
             }
-            box.flag.count(ev.kind)
+            switch ev.kind {
+            case .new: box.kinds.0 += 1
+            case .stateChanged: box.kinds.1 += 1
+            case .deleted: box.kinds.2 += 1
+            case .expired: box.kinds.3 += 1
+            }
+            if box.collect { box.batch.append(ev) }
             if box.deliver { box.continuation.yield(ev) }
             return 0
         }, box.toOpaque(), nil) else {
@@ -63,10 +77,19 @@ public final class RingBufferReader: @unchecked Sendable {
         let flag = stopFlag
         let cont = continuation
         let handle = RingBufferHandle(rb)
+        let onBatch = onBatch
         let t = Thread {
+            let b = box.takeUnretainedValue()
             while !flag.isStopped {
                 let rc = ring_buffer__poll(handle.rb, 100)
                 if rc < 0 && rc != -EINTR { break }
+                flag.add(b.kinds, malformed: b.malformed)
+                b.kinds = (0, 0, 0, 0)
+                b.malformed = 0
+                if !b.batch.isEmpty {
+                    onBatch?(b.batch)
+                    b.batch.removeAll(keepingCapacity: true)
+                }
             }
             ring_buffer__free(handle.rb)
             box.release()
@@ -88,14 +111,18 @@ private final class RingBufferHandle: @unchecked Sendable {
     init(_ rb: OpaquePointer) { self.rb = rb }
 }
 
+/// State of the polling thread's callback; touched only by that thread.
 private final class CallbackBox: @unchecked Sendable {
     let continuation: AsyncStream<ConnectionEvent>.Continuation
-    let flag: StopFlag
     let deliver: Bool
-    init(continuation: AsyncStream<ConnectionEvent>.Continuation, flag: StopFlag, deliver: Bool) {
+    let collect: Bool
+    var batch: [ConnectionEvent] = []
+    var kinds: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+    var malformed = 0
+    init(continuation: AsyncStream<ConnectionEvent>.Continuation, deliver: Bool, collect: Bool) {
         self.continuation = continuation
-        self.flag = flag
         self.deliver = deliver
+        self.collect = collect
     }
 }
 
@@ -106,9 +133,65 @@ private final class StopFlag: @unchecked Sendable {
     var isStopped: Bool { lock.withLock { stopped } }
     func stop() { lock.withLock { stopped = true } }
     private var kinds: [String: UInt64] = [:]
-    func countMalformed() { lock.withLock { bad += 1 } }
-    func count(_ kind: ConnectionEvent.Kind) { lock.withLock { kinds["\(kind)", default: 0] += 1 } }
+    /// Folds one poll's counts in: one lock per poll, not per event.
+    func add(_ k: (UInt64, UInt64, UInt64, UInt64), malformed m: Int) {
+        guard k != (0, 0, 0, 0) || m != 0 else { return }
+        lock.withLock {
+            kinds["new", default: 0] += k.0
+            kinds["stateChanged", default: 0] += k.1
+            kinds["deleted", default: 0] += k.2
+            if k.3 > 0 { kinds["expired", default: 0] += k.3 }
+            bad += m
+        }
+    }
     var kindCounts: [String: UInt64] { lock.withLock { kinds } }
     var malformed: Int { lock.withLock { bad } }
 }
 
+/// A ring-buffer record decoded in full: the event plus the emission time, which
+/// `ConnectionEvent` does not carry. `flags` repeats `event.flags` (`.fromPeer` marks an entry
+/// installed from a peer's sync stream).
+public struct DatapathEventRecord: Sendable, Hashable {
+    public var event: ConnectionEvent
+    public var flags: ConnectionFlags
+    /// When the datapath emitted it, on this node's monotonic clock.
+    public var timestampNanoseconds: UInt64
+
+    init?(_ e: tdm_ct_event) {
+        guard let ev = ConnectionEvent(record: e) else { return nil }
+        event = ev
+        flags = ConnectionFlags(rawValue: e.flags)
+        timestampNanoseconds = e.ts_ns
+    }
+}
+
+extension Datapath {
+    /// Reads every record waiting in the ring buffer, without blocking. For tests and tools only:
+    /// it consumes records, so it must not run while a `RingBufferReader` polls the same map.
+    public nonisolated func drainEvents() throws -> [DatapathEventRecord] {
+        let box = DrainBox()
+        guard let rb = ring_buffer__new(maps.events.fd, { ctx, data, size in
+            guard let ctx, let data else { return 0 }
+            let box = Unmanaged<DrainBox>.fromOpaque(ctx).takeUnretainedValue()
+            guard size >= MemoryLayout<tdm_ct_event>.size,
+                  let r = DatapathEventRecord(data.loadUnaligned(as: tdm_ct_event.self)) else {
+                box.malformed += 1
+                return 0
+            }
+            box.records.append(r)
+            return 0
+        }, Unmanaged.passUnretained(box).toOpaque(), nil) else {
+            throw DatapathError("ring_buffer__new", errno: errno)
+        }
+        defer { ring_buffer__free(rb) }
+        let rc = withExtendedLifetime(box) { ring_buffer__consume(rb) }
+        if rc < 0 { throw DatapathError("ring_buffer__consume", errno: rc) }
+        return box.records
+    }
+}
+
+/// Collects records during one synchronous ring_buffer__consume call.
+private final class DrainBox {
+    var records: [DatapathEventRecord] = []
+    var malformed = 0
+}

@@ -52,6 +52,9 @@ public actor Datapath {
     private let object: OpaquePointer
     private let programFD: Int32
     public nonisolated let maps: Maps
+    /// Installs replicated connections in the kernel; nil where the kernel lacks syscall programs
+    /// (the user-space path in Replication.swift is used then).
+    nonisolated let installer: KernelInstaller?
     private var attached: [(name: String, ifindex: Int32, createdQdisc: Bool)] = []
     private let logger: Logger
     private var closed = false
@@ -69,23 +72,47 @@ public actor Datapath {
         guard access(objectPath, R_OK) == 0 else {
             throw DatapathError("BPF object \(objectPath) is missing or unreadable; run `make bpf` first")
         }
-        guard let obj = bpf_object__open_file(objectPath, nil), libbpf_get_error(UnsafeRawPointer(obj)) == 0 else {
-            throw DatapathError("open \(objectPath)", errno: errno)
+        /// Opens the object and loads it, with or without the replication installer.
+        func openAndLoad(installer: Bool) throws -> (OpaquePointer, Int32) {
+            guard let obj = bpf_object__open_file(objectPath, nil), libbpf_get_error(UnsafeRawPointer(obj)) == 0 else {
+                throw DatapathError("open \(objectPath)", errno: errno)
+            }
+            if let ctMap = bpf_object__find_map_by_name(obj, "tdm_ct") {
+                bpf_map__set_max_entries(ctMap, connectionTableSize)
+            }
+            if !installer, let p = bpf_object__find_program_by_name(obj, "tandem_install") {
+                bpf_program__set_autoload(p, false)
+            }
+            return (obj, bpf_object__load(obj))
         }
-        if let ctMap = bpf_object__find_map_by_name(obj, "tdm_ct") {
-            bpf_map__set_max_entries(ctMap, connectionTableSize)
+        // The installer is a sleepable BPF_PROG_TYPE_SYSCALL program (kernel 5.14+, bpf_loop
+        // 5.17+). Where the kernel has none, or refuses it, load the object without it rather than
+        // fail the datapath: installs then fall back to map calls from user space.
+        let wantInstaller = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SYSCALL, nil) == 1
+        var (obj, rc) = try openAndLoad(installer: wantInstaller)
+        if rc != 0 && wantInstaller {
+            bpf_object__close(obj)
+            logger.warning("loading without the in-kernel replication installer", metadata: ["object": "\(objectPath)"])
+            (obj, rc) = try openAndLoad(installer: false)
         }
-        let rc = bpf_object__load(obj)
         if rc != 0 {
             bpf_object__close(obj)
             throw DatapathError("load \(objectPath) (verifier log above)", errno: rc)
         }
+        let installProg = bpf_object__find_program_by_name(obj, "tandem_install")
         guard let prog = bpf_object__find_program_by_name(obj, "tandem_ingress") else {
             bpf_object__close(obj)
             throw DatapathError("program tandem_ingress not found in \(objectPath)")
         }
         object = obj
         programFD = bpf_program__fd(prog)
+        if let installProg, bpf_program__autoload(installProg),
+           let m = bpf_object__find_map_by_name(obj, "tdm_install") {
+            installer = KernelInstaller(programFD: bpf_program__fd(installProg), mapFD: bpf_map__fd(m),
+                                        valueSize: Int(bpf_map__value_size(m)))
+        } else {
+            installer = nil
+        }
         func map(_ name: String) throws -> BPFMap {
             guard let m = bpf_object__find_map_by_name(obj, name) else {
                 throw DatapathError("map \(name) not found in \(objectPath)")
@@ -100,6 +127,7 @@ public actor Datapath {
                         serviceStats: try map("tdm_service_stats"), endpointStats: try map("tdm_endpoint_stats"),
                         stats: try map("tdm_stats"), config: try map("tdm_config"), events: try map("tdm_events"))
         } catch {
+            installer?.unmap()
             bpf_object__close(obj)
             throw error
         }
@@ -134,6 +162,7 @@ public actor Datapath {
             }
         }
         attached.removeAll()
+        installer?.unmap()
         bpf_object__close(object)
     }
 

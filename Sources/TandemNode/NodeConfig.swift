@@ -16,6 +16,24 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         /// This node's index and the number of nodes, which cut the SNAT port space into slices.
         public var nodeIndex: Int?
         public var nodeCount: Int?
+        /// The other nodes' sync addresses (IPv4). A node's id is its sync address, so every node
+        /// agrees on ids without configuring them. Empty: no replication.
+        public var peers: [String]?
+        /// Address this node replicates from (default: nodeIP), and the UDP/TCP port every node uses.
+        public var syncAddress: String?
+        public var syncPort: Int?
+        /// Pre-shared cluster key: 64 hex characters (or 32 raw bytes), mode 0600.
+        public var keyFile: String?
+
+        public init() {}
+    }
+
+    /// Replication settings, validated.
+    public struct ReplicationSettings: Sendable, Equatable {
+        public var selfAddress: IPv4Address
+        public var port: UInt16
+        public var peers: [IPv4Address]
+        public var keyFile: String
     }
 
     public struct TimeoutSeconds: Decodable, Sendable, Equatable {
@@ -138,6 +156,29 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
             throw ConfigError("cluster: nodeIndex \(index) must be in 0..<nodeCount (\(count))")
         }
         return s
+    }
+
+    /// The replication settings, or nil when no peers are configured.
+    public func replication(nodeIP: IPv4Address) throws(ConfigError) -> ReplicationSettings? {
+        guard let c = cluster, let peers = c.peers, !peers.isEmpty else { return nil }
+        var self_ = nodeIP
+        if let t = c.syncAddress {
+            guard let a = IPv4Address(t) else { throw ConfigError("cluster: syncAddress '\(t)' is not an IPv4 address") }
+            self_ = a
+        }
+        var addresses: [IPv4Address] = []
+        for t in peers {
+            guard let a = IPv4Address(t) else { throw ConfigError("cluster: peer '\(t)' is not an IPv4 address") }
+            guard a != self_ else { throw ConfigError("cluster: peer \(t) is this node's own sync address") }
+            guard !addresses.contains(a) else { throw ConfigError("cluster: peer \(t) is listed twice") }
+            addresses.append(a)
+        }
+        let port = c.syncPort ?? 11112
+        guard (1...65535).contains(port) else { throw ConfigError("cluster: syncPort must be 1-65535, got \(port)") }
+        guard let key = c.keyFile, !key.isEmpty else {
+            throw ConfigError("cluster: peers are set but keyFile is not; create one with `tandem cluster keygen > FILE`")
+        }
+        return ReplicationSettings(selfAddress: self_, port: UInt16(port), peers: addresses, keyFile: key)
     }
 
     static func describe(_ e: DecodingError) -> String {

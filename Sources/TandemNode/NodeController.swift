@@ -3,6 +3,8 @@ import Logging
 import TandemAPI
 import TandemCore
 import TandemDatapath
+import TandemReplication
+import TandemSync
 
 /// Keeps the service table and the datapath's maps in step, and answers the API.
 public actor NodeController: LoadBalancerController {
@@ -15,11 +17,19 @@ public actor NodeController: LoadBalancerController {
     public private(set) var eventCounts: [String: UInt64] = [:]
     /// Ring-buffer event counts, kept by the reader thread.
     private let ringEventCounts: @Sendable () -> [String: UInt64]
+    /// Slots by service key for replication's event loop.
+    nonisolated let directory: ServiceDirectory
+    private var replication: ReplicationShell?
+    private var reaps = 0
+    /// Replication's scan (refreshes, missed events, silent deletes) runs on every Nth reap: it
+    /// only needs to beat the shortest idle timeout, and it costs a pass over the whole table.
+    private let replicationScanEvery = 5
 
-    public init(datapath: Datapath, settings: DatapathSettings, logger: Logger,
+    public init(datapath: Datapath, settings: DatapathSettings, logger: Logger, directory: ServiceDirectory = ServiceDirectory(),
                 ringEventCounts: @escaping @Sendable () -> [String: UInt64] = { [:] },
                 reachability: @escaping @Sendable (IPv4Address) -> String? = SystemChecks.routeProblem) {
         self.ringEventCounts = ringEventCounts
+        self.directory = directory
         self.datapath = datapath
         self.settings = settings
         self.logger = logger
@@ -46,6 +56,7 @@ public actor NodeController: LoadBalancerController {
             throw APIError.internalError("datapath refused the service: \(error)")
         }
         table = next
+        directory.set(service.key, slot: slot, endpoints: service.endpoints)
         logger.info("service created", metadata: ["service": "\(service.key)", "mode": "\(service.mode)",
                                                   "sel": "\(service.selection)", "endpoints": "\(service.endpoints.count)"])
     }
@@ -56,6 +67,7 @@ public actor NodeController: LoadBalancerController {
         do { slot = try next.remove(key) } catch { throw APIError.notFound(error.message) }
         await datapath.uninstall(key, slot: slot)
         table = next
+        directory.remove(key)
         logger.info("service deleted", metadata: ["service": "\(key)"])
     }
 
@@ -114,15 +126,34 @@ public actor NodeController: LoadBalancerController {
         return out
     }
 
+    func attach(replication shell: ReplicationShell) {
+        replication = shell
+    }
+
+    public func sync() async -> ReplicationStatus? {
+        await replication?.status()
+    }
+
     func record(_ event: ConnectionEvent) {
         eventCounts["\(event.kind)", default: 0] += 1
     }
 
-    /// One pass of the periodic scan: deletes expired connections and reports them.
+    /// One pass of the periodic scan: deletes expired connections and reports them, and hands
+    /// the live ones to replication (which refreshes them on peers and notices silent deletes).
     func reap() async -> [ConnectionEvent] {
-        let (delete, events) = ConnectionReaper(timeouts: settings.timeouts).expired(in: datapath.connectionEntries())
+        let entries = datapath.connectionEntries()
+        let (delete, events) = ConnectionReaper(timeouts: settings.timeouts).expired(in: entries)
         for k in delete { datapath.deleteEntry(k) }
         for e in events { record(e) }
+        reaps += 1
+        if let replication, reaps % replicationScanEvery == 0 {
+            let gone = Set(delete)
+            let live = Connection.join(entries).filter { !gone.contains($0.original.key) }.map {
+                (record: FlowRecord(connection: $0, timeouts: settings.timeouts),
+                 fromPeer: $0.original.flags.contains(.fromPeer))
+            }
+            replication.submit(scan: live)
+        }
         return events
     }
 }

@@ -4,6 +4,8 @@ import ServiceLifecycle
 import TandemAPI
 import TandemCore
 import TandemDatapath
+import TandemReplication
+import TandemSync
 
 /// What `tandem node run` was asked to do, after merging flags and the config file.
 public struct NodeOptions: Sendable {
@@ -27,7 +29,8 @@ public struct NodeOptions: Sendable {
 
 public enum NodeRunner {
     /// Checks everything that can be checked before touching the kernel; throws a clear message.
-    public static func preflight(_ o: NodeOptions) throws(ConfigError) -> (DatapathSettings, [TandemCore.Service]) {
+    public static func preflight(_ o: NodeOptions) throws(ConfigError)
+        -> (DatapathSettings, [TandemCore.Service], NodeConfig.ReplicationSettings?, ClusterKey?) {
         guard SystemChecks.isRoot else {
             throw ConfigError("tandem node must run as root (it loads BPF programs and attaches them to interfaces)")
         }
@@ -58,17 +61,46 @@ public enum NodeRunner {
                 }
             }
         }
-        return (settings, services)
+        let replication = try o.config.replication(nodeIP: nodeIP)
+        var key: ClusterKey?
+        if let r = replication {
+            do { key = try ClusterKey.load(path: r.keyFile) } catch { throw ConfigError("cluster: \(error)") }
+        }
+        return (settings, services, replication, key)
     }
 
     /// Runs the node until SIGTERM or SIGINT, then detaches everything it attached.
     public static func run(_ o: NodeOptions, logger: Logger) async throws {
-        let (settings, services) = try preflight(o)
+        let (settings, services, replicationSettings, clusterKey) = try preflight(o)
         let datapath = try Datapath(objectPath: o.objectPath,
                                     connectionTableSize: o.config.connectionTableSize ?? 262_144, logger: logger)
-        // Nothing consumes individual events yet (replication will): count them on the reader thread.
-        let reader = RingBufferReader(eventsMap: datapath.maps.events, deliver: false)
-        let controller = NodeController(datapath: datapath, settings: settings, logger: logger,
+        let directory = ServiceDirectory()
+        // Replication consumes every event, a poll's worth at a time; without it they are only
+        // counted on the reader thread. The shell is created first and started later: events
+        // before its start queue on its loop.
+        let shell: ReplicationShell? = replicationSettings.flatMap { r in
+            clusterKey.map { key in
+                ReplicationShell(
+                    config: ReplicationShellConfig(
+                        selfID: r.selfAddress.value, bindAddress: r.selfAddress, port: r.port,
+                        peers: r.peers.map { ReplicationPeer(id: $0.value, address: $0, port: r.port) }, key: key),
+                    datapath: DatapathReplicationTarget(datapath: datapath, directory: directory,
+                                                       timeouts: settings.timeouts, logger: logger),
+                    logger: logger)
+            }
+        }
+        let timeouts = settings.timeouts
+        let reader = RingBufferReader(eventsMap: datapath.maps.events, deliver: false,
+                                      onBatch: shell.map { s in
+                                          { @Sendable events in
+                                              let now = monotonicNanoseconds()
+                                              s.submit(changes: events.map {
+                                                  (FlowRecord(event: $0, timeouts: timeouts, nowNanoseconds: now),
+                                                   $0.kind == .deleted || $0.kind == .expired)
+                                              })
+                                          }
+                                      })
+        let controller = NodeController(datapath: datapath, settings: settings, logger: logger, directory: directory,
                                         ringEventCounts: { reader.counts })
         do {
             try await datapath.apply(settings: settings)
@@ -78,9 +110,17 @@ public enum NodeRunner {
             await datapath.close()
             throw error
         }
+        if let s = shell, let r = replicationSettings {
+            do { try await s.start() } catch {
+                await datapath.close()
+                throw ConfigError("cluster: cannot listen on \(r.selfAddress):\(r.port): \(error)")
+            }
+            await controller.attach(replication: s)
+        }
         try reader.start()
         let dpService = DatapathService(datapath: datapath, controller: controller, reader: reader,
-                                        reapInterval: o.reapInterval, logger: logger)
+                                        reapInterval: o.reapInterval, replication: shell,
+                                        timeouts: settings.timeouts, logger: logger)
         let api = APIServer.makeApplication(controller: controller, host: o.apiAddress, port: o.apiPort, logger: logger)
         logger.info("tandem node running", metadata: [
             "interfaces": "\(o.interfaces.joined(separator: ","))", "nodeIP": "\(settings.nodeIP)",
@@ -109,13 +149,18 @@ final class DatapathService: ServiceLifecycle.Service, @unchecked Sendable {
     let controller: NodeController
     let reader: RingBufferReader
     let reapInterval: Duration
+    let replication: ReplicationShell?
+    let timeouts: Timeouts
     let logger: Logger
 
-    init(datapath: Datapath, controller: NodeController, reader: RingBufferReader, reapInterval: Duration, logger: Logger) {
+    init(datapath: Datapath, controller: NodeController, reader: RingBufferReader, reapInterval: Duration,
+         replication: ReplicationShell?, timeouts: Timeouts, logger: Logger) {
         self.datapath = datapath
         self.controller = controller
         self.reader = reader
         self.reapInterval = reapInterval
+        self.replication = replication
+        self.timeouts = timeouts
         self.logger = logger
     }
 
@@ -123,13 +168,17 @@ final class DatapathService: ServiceLifecycle.Service, @unchecked Sendable {
         let controller = controller
         let interval = reapInterval
         let logger = logger
-        // The reader thread only counts events until replication consumes them; this loop runs
-        // the periodic scan that catches idle expiry and LRU eviction.
+        // The periodic scan catches idle expiry and LRU eviction.
         await cancelWhenGracefulShutdown {
+            var pause = interval
             while !Task.isCancelled {
-                try? await Task.sleep(for: interval)
+                try? await Task.sleep(for: pause)
                 if Task.isCancelled { break }
+                let clock = ContinuousClock()
+                let started = clock.now
                 let expired = await controller.reap()
+                // A big table makes a scan long: keep scanning under a fifth of a core.
+                pause = max(interval, (clock.now - started) * 4)
                 if !expired.isEmpty { logger.debug("expired connections", metadata: ["count": "\(expired.count)"]) }
             }
         }
@@ -138,6 +187,7 @@ final class DatapathService: ServiceLifecycle.Service, @unchecked Sendable {
 
     func shutdown() async {
         reader.stop()
+        await replication?.stop()
         await datapath.close()
     }
 }

@@ -129,6 +129,7 @@ public struct Ack: Hashable, Sendable {
 public struct Nack: Hashable, Sendable {
     public var streamEpoch: UInt64
     public var cumulative: UInt64
+    /// At most `maxNackRanges`, each above `cumulative`, ascending, not overlapping.
     public var missing: [ClosedRange<UInt64>]
     public init(streamEpoch: UInt64, cumulative: UInt64, missing: [ClosedRange<UInt64>]) {
         self.streamEpoch = streamEpoch
@@ -195,11 +196,15 @@ public struct Keepalive: Hashable, Sendable {
 
 /// Anti-entropy digest: level 0 hashes the whole table in `digestFanout` buckets; level 1 hashes
 /// the sub-buckets of one level-0 bucket (`bucket`). A bucket's hash is the wrapping sum of its
-/// entries' hashes (flow key and version), so it is maintained incrementally.
+/// entries' hashes (flow key, version and operation), so it is maintained incrementally.
 public struct Digest: Hashable, Sendable {
+    /// 0 or 1.
     public var level: UInt8
+    /// Level 1: the level-0 bucket (< digestFanout). Level 0: always 0.
     public var bucket: UInt16
+    /// Entries (upserts and retained delete tombstones) in the sender's whole table, at both levels.
     public var entryCount: UInt64
+    /// Exactly `digestFanout` hashes (SyncHashing.entryHash sums; proto/SPEC.md §10).
     public var hashes: [UInt64]
     public init(level: UInt8, bucket: UInt16, entryCount: UInt64, hashes: [UInt64]) {
         self.level = level
@@ -252,7 +257,7 @@ public enum SyncDropReason: String, Sendable, CaseIterable, Hashable {
     case badMagic
     case badVersion
     case unknownType
-    case badFlags
+    case badFlags           // undefined flag bits, a non-zero reserved byte, or the stream flag disagrees with the channel
     case badLength          // header length disagrees with the bytes received
     case authFailed         // AEAD tag did not verify: forged, corrupted, or a different key
     case replayed           // sequence already seen or below the replay window

@@ -4,13 +4,14 @@ import Logging
 import TandemAPI
 import TandemCore
 import TandemNode
+import TandemSync
 
 @main
 struct Tandem: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tandem",
         abstract: "Tandem: a self-managed eBPF load balancer.",
-        subcommands: [Node.self, Create.self, Delete.self, Get.self])
+        subcommands: [Node.self, Cluster.self, Create.self, Delete.self, Get.self])
 }
 
 struct APIOptions: ParsableArguments {
@@ -40,12 +41,25 @@ struct Node: AsyncParsableCommand {
         @Option(name: .long, help: "API listen address.") var apiAddress: String?
         @Option(name: .long, help: "API port.") var apiPort: Int?
         @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "info"
+        @Option(name: .long, help: "Peers' sync addresses, PEER[,PEER...] (enables replication).") var cluster: String?
+        @Option(name: .long, help: "Cluster key file (mode 0600), from `tandem cluster keygen`.") var clusterKey: String?
+        @Option(name: .long, help: "This node's sync address (default: its node IP).") var syncAddress: String?
+        @Option(name: .long, help: "UDP/TCP sync port, the same on every node (default 11112).") var syncPort: Int?
 
         func run() async throws {
             var logger = Logger(label: "tandem")
             logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
             do {
-                let cfg = try config.map { try NodeConfig.load(path: $0) } ?? NodeConfig()
+                var cfg = try config.map { try NodeConfig.load(path: $0) } ?? NodeConfig()
+                // Flags override the file's cluster settings.
+                if cluster != nil || clusterKey != nil || syncAddress != nil || syncPort != nil {
+                    var c = cfg.cluster ?? NodeConfig.Cluster()
+                    if let cluster { c.peers = cluster.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+                    if let clusterKey { c.keyFile = clusterKey }
+                    if let syncAddress { c.syncAddress = syncAddress }
+                    if let syncPort { c.syncPort = syncPort }
+                    cfg.cluster = c
+                }
                 let opts = NodeOptions(
                     interfaces: interface.isEmpty ? (cfg.interfaces ?? []) : interface,
                     objectPath: bpfObject ?? Self.defaultObjectPath(),
@@ -73,6 +87,18 @@ struct Node: AsyncParsableCommand {
                 dir = dir.deletingLastPathComponent()
             }
             return "/usr/lib/tandem/tandem_lb.o"
+        }
+    }
+}
+
+struct Cluster: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Cluster set-up.", subcommands: [Keygen.self])
+
+    struct Keygen: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print a new random cluster key (64 hex characters). Store it with mode 0600 on every node.")
+        func run() async throws {
+            print(ClusterKey.generate().hexString)
         }
     }
 }
@@ -145,7 +171,7 @@ struct Delete: AsyncParsableCommand {
 }
 
 struct Get: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show objects.", subcommands: [LB.self, CT.self])
+    static let configuration = CommandConfiguration(abstract: "Show objects.", subcommands: [LB.self, CT.self, Sync.self])
 
     struct LB: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "lb", abstract: "Show load-balancer services.")
@@ -174,6 +200,21 @@ struct Get: AsyncParsableCommand {
             if output == .json { print(String(decoding: data, as: UTF8.self)); return }
             let list = try JSONDecoder().decode(ConntrackList.self, from: data)
             print(TableRenderer.conntrack(list.ctAttr))
+        }
+    }
+
+    struct Sync: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "sync",
+                                                        abstract: "Show connection-table replication: peers and counters.")
+        @Option(name: .shortAndLong, help: "table | wide | json") var output: OutputFormat = .table
+        @OptionGroup var apiOptions: APIOptions
+
+        func run() async throws {
+            let client = try apiOptions.client()
+            let data = try await client.send("GET", APIRoutes.sync)
+            if output == .json { print(String(decoding: data, as: UTF8.self)); return }
+            let status = try JSONDecoder().decode(ReplicationStatus.self, from: data)
+            print(TableRenderer.sync(status, wide: output == .wide))
         }
     }
 }

@@ -223,3 +223,390 @@ extension Privileged {
         }
     }
 }
+
+extension Privileged {
+    /// Connections installed as a peer's sync stream would install them: no SYN is ever seen by
+    /// this datapath, yet packets of those flows must be forwarded exactly as on the owner.
+    @Suite(.timeLimit(.minutes(2))) struct DatapathReplication {
+        typealias P = DatapathProgram
+        static let snatPort: UInt16 = 61_000 // from the owner's port slice, not the client's port
+        /// Every rule is checked against both installers: the tandem_install program and the
+        /// user-space fallback used where the kernel has no syscall programs.
+        static let paths: [InstallPath] = [.kernel, .userSpace]
+
+        /// Loads the object, runs `body` and always closes the datapath before returning.
+        func with(_ services: [Service], timeouts: Timeouts = Timeouts(), tableSize: UInt32 = 4096, events: Bool = false,
+                  _ body: (Datapath) async throws -> Void) async throws {
+            let dp = try Datapath(objectPath: Env.bpfObject, connectionTableSize: tableSize, logger: Logger(label: "test"))
+            do {
+                try await dp.apply(settings: DatapathSettings(nodeIP: IPv4Address(10, 0, 10, 141), hashSeed: P.seed,
+                                                              portSlice: PortSlice(low: 40000, high: 40999),
+                                                              timeouts: timeouts, emitEvents: events))
+                for (i, s) in services.enumerated() { try await dp.install(s, slot: UInt32(i), hashSeed: P.seed) }
+                #expect(dp.hasKernelInstaller, "this kernel (5.14+) runs syscall programs")
+                try await body(dp)
+            } catch {
+                await dp.close()
+                throw error
+            }
+            await dp.close()
+        }
+
+        func service(_ proto: L4Protocol = .tcp) -> Service {
+            Service(key: ServiceKey(vip: P.vip, port: 56002, proto: proto), mode: .fullnat, selection: .roundRobin,
+                    endpoints: [P.ep1, P.ep2])
+        }
+
+        /// A fullnat flow as the owner would replicate it: client -> VIP rewritten to VIP:snatPort -> endpoint.
+        func record(_ clientPort: UInt16, proto: UInt8 = 6, snatPort: UInt16 = snatPort, endpoint: Endpoint = P.ep1,
+                    state: ConnectionState = .established, flags: ConnectionFlags = [], age: UInt32 = 5_000,
+                    remaining: UInt32 = 21_599_000) -> FlowRecord {
+            let key = FlowTuple(source: P.client, destination: P.vip, sourcePort: clientPort, destinationPort: 56002, proto: proto)
+            let xlate = FlowTuple(source: P.vip, destination: endpoint.ip, sourcePort: snatPort, destinationPort: endpoint.port,
+                                  proto: proto)
+            return FlowRecord(key: key, translated: xlate, natMode: .fullnat, state: state, flags: flags,
+                              endpointIndex: endpoint == P.ep1 ? 0 : 1, ageMilliseconds: age, remainingMilliseconds: remaining)
+        }
+
+        func entry(_ dp: Datapath, _ key: FlowTuple) -> ConnectionEntry? {
+            dp.connectionEntries().first { $0.key == key }
+        }
+
+        @Test(arguments: paths) func installedTCPFlowIsForwardedAsOnTheOwner(path: InstallPath) async throws {
+            try await with([service()]) { dp in
+                let r = record(47_000)
+                try dp.installReplicated(r, serviceSlot: 0, endpointIndex: 0, timeouts: Timeouts(), path: path)
+                let before = dp.connectionEntries()
+                #expect(before.count == 2)
+                let o = try #require(before.first { $0.key == r.key })
+                let rep = try #require(before.first { $0.key == r.replyKey })
+                #expect(o.direction == .original && rep.direction == .reply)
+                #expect(o.translated == r.translated && o.peerKey == r.replyKey)
+                #expect(rep.translated == r.key.reversed && rep.peerKey == r.key)
+                #expect(o.flags == .fromPeer && rep.flags == .fromPeer)
+                #expect(o.state == .established && rep.state == .established)
+                #expect(o.packets == 0 && rep.packets == 0)
+                #expect(abs(o.ageSeconds - 5) < 0.5, "created = now - age: \(o.ageSeconds)")
+                #expect(abs(o.idleSeconds - 1) < 0.5, "last seen = now - (timeout - remaining): \(o.idleSeconds)")
+
+                // Mid-flow data from the client: rewritten to the owner's translation, not picked up anew.
+                let fwd = try #require(Packets.parse(try dp.testRun(packet: Packets.frame(r.key, tcpFlags: [.psh, .ack])).packet))
+                #expect(fwd.tuple == r.translated)
+                #expect(fwd.ipChecksumOK && fwd.l4ChecksumOK)
+                // The endpoint's answer to VIP:snatPort goes back to the client as the VIP's.
+                let back = try #require(Packets.parse(try dp.testRun(packet: Packets.frame(r.replyKey, tcpFlags: .ack)).packet))
+                #expect(back.tuple == r.key.reversed)
+                #expect(back.ipChecksumOK && back.l4ChecksumOK)
+
+                let after = dp.connectionEntries()
+                #expect(after.count == 2, "no new connection was created")
+                let o2 = try #require(after.first { $0.key == r.key })
+                let rep2 = try #require(after.first { $0.key == r.replyKey })
+                #expect(o2.state == .established && rep2.state == .established)
+                #expect(o2.packets == 1 && rep2.packets == 1)
+                #expect(o2.bytes == UInt64(Packets.frame(r.key).count))
+                #expect(o2.flags.contains(.fromPeer) && !o2.flags.contains(.pickedUp))
+                #expect(o2.idleSeconds < 0.5, "a packet refreshes last seen")
+                let svc = dp.serviceCounters(slot: 0)
+                #expect(svc.packets == 2 && svc.newFlows == 0)
+                #expect(dp.endpointCounters(slot: 0, index: 0).packets == 2)
+                #expect(dp.stats().pickedUp == 0 && dp.stats().expiredReused == 0)
+
+                // The state machine continues from the installed state: FINs from both sides.
+                _ = try dp.testRun(packet: Packets.frame(r.key, tcpFlags: [.fin, .ack]))
+                #expect(entry(dp, r.key)?.state == .finWait)
+                #expect(entry(dp, r.replyKey)?.state == .finWait, "reply half follows")
+                _ = try dp.testRun(packet: Packets.frame(r.replyKey, tcpFlags: [.fin, .ack]))
+                let closing = try #require(entry(dp, r.key))
+                #expect(closing.state == .timeWait)
+                #expect(closing.flags == [.fromPeer, .finOriginal, .finReply])
+                #expect(closing.version == 3, "installed as 1, bumped by each state change")
+
+                // A fresh SYN on the closed tuple reopens it as a local connection.
+                let again = try #require(Packets.parse(try dp.testRun(packet: Packets.frame(r.key, tcpFlags: .syn)).packet))
+                let reopened = try #require(entry(dp, r.key))
+                #expect(reopened.state == .synSent && !reopened.flags.contains(.fromPeer))
+                #expect(again.tuple.sourcePort == r.key.sourcePort, "local allocation: client port kept")
+                #expect(entry(dp, r.replyKey) == nil, "the installed reply half is gone with it")
+                #expect(dp.connectionEntries().count == 2)
+            }
+        }
+
+        @Test(arguments: paths) func remainingTimeMapsOntoTheLocalIdleTimeout(path: InstallPath) async throws {
+            var t = Timeouts()
+            t.established = 2
+            try await with([service()], timeouts: t) { dp in
+                let r = record(47_100, remaining: 300)
+                try dp.installReplicated(r, serviceSlot: 0, endpointIndex: 0, timeouts: t, path: path)
+                let reaper = ConnectionReaper(timeouts: t)
+                let e = try #require(entry(dp, r.key))
+                #expect(abs(e.idleSeconds - 1.7) < 0.2, "idle = timeout - remaining: \(e.idleSeconds)")
+                #expect(reaper.expired(in: dp.connectionEntries()).delete.isEmpty)
+                try await Task.sleep(for: .milliseconds(500))
+                let (delete, events) = reaper.expired(in: dp.connectionEntries())
+                #expect(Set(delete) == [r.key, r.replyKey])
+                #expect(events.map(\.key) == [r.key] && events.first?.kind == .expired)
+                // The datapath agrees: the next packet finds it expired and starts over locally.
+                _ = try dp.testRun(packet: Packets.frame(r.key, tcpFlags: .ack))
+                #expect(dp.stats().expiredReused == 1)
+                let local = try #require(entry(dp, r.key))
+                #expect(local.flags == .pickedUp)
+                #expect(entry(dp, r.replyKey) == nil)
+
+                // A remaining time longer than our timeout counts as just seen, never in the future.
+                let long = record(47_101, remaining: 60_000)
+                try dp.installReplicated(long, serviceSlot: 0, endpointIndex: 0, timeouts: t, path: path)
+                let l = try #require(entry(dp, long.key))
+                #expect(l.idleSeconds < 0.2)
+                // An age beyond the monotonic clock's value is clamped, not wrapped.
+                let old = record(47_102, age: .max)
+                try dp.installReplicated(old, serviceSlot: 0, endpointIndex: 0, timeouts: t, path: path)
+                let expected = min(Double(monotonicNanoseconds()) / 1e9, Double(UInt32.max) / 1000)
+                #expect(abs((entry(dp, old.key)?.ageSeconds ?? 0) - expected) < 1)
+            }
+        }
+
+        @Test(arguments: paths) func reinstallKeepsCountersAndTakesTheNewState(path: InstallPath) async throws {
+            try await with([service()]) { dp in
+                let r = record(47_200)
+                try dp.installReplicated(r, serviceSlot: 0, endpointIndex: 0, timeouts: Timeouts(), path: path)
+                for _ in 0..<2 { _ = try dp.testRun(packet: Packets.frame(r.key, tcpFlags: .ack)) }
+                _ = try dp.testRun(packet: Packets.frame(r.replyKey, tcpFlags: .ack))
+                var update = r
+                update.state = .finWait
+                update.flags = .finOriginal
+                update.remainingMilliseconds = 100_000
+                try dp.installReplicated(update, serviceSlot: 0, endpointIndex: 0, timeouts: Timeouts(), path: path)
+                let entries = dp.connectionEntries()
+                #expect(entries.count == 2)
+                let o = try #require(entries.first { $0.key == r.key })
+                let rep = try #require(entries.first { $0.key == r.replyKey })
+                #expect(o.packets == 2 && rep.packets == 1, "counters preserved")
+                #expect(o.bytes == 2 * UInt64(Packets.frame(r.key).count))
+                #expect(o.state == .finWait && rep.state == .finWait)
+                #expect(o.flags == [.fromPeer, .finOriginal] && rep.flags == [.fromPeer, .finOriginal])
+                #expect(o.version == 2 && rep.version == 2)
+                // Local packets were seen just now: the later last-seen wins over the owner's 20 s idle.
+                #expect(o.idleSeconds < 1)
+                // And the flow still forwards.
+                let fwd = try #require(Packets.parse(try dp.testRun(packet: Packets.frame(r.key, tcpFlags: .ack)).packet))
+                #expect(fwd.tuple == r.translated && fwd.l4ChecksumOK)
+            }
+        }
+
+        @Test(arguments: paths) func reinstallWithAnotherReplyKeyRemovesTheStaleHalf(path: InstallPath) async throws {
+            try await with([service()]) { dp in
+                let first = record(47_300, snatPort: 61_300)
+                try dp.installReplicated(first, serviceSlot: 0, endpointIndex: 0, timeouts: Timeouts(), path: path)
+                _ = try dp.testRun(packet: Packets.frame(first.key, tcpFlags: .ack))
+                // The client reused its tuple for a new connection, which the owner gave another port.
+                let second = record(47_300, snatPort: 61_301, endpoint: P.ep2, state: .synSent, remaining: 59_000)
+                try dp.installReplicated(second, serviceSlot: 0, endpointIndex: 1, timeouts: Timeouts(), path: path)
+                let entries = dp.connectionEntries()
+                #expect(entries.count == 2)
+                #expect(entries.first { $0.key == first.replyKey } == nil, "stale reply half removed")
+                let o = try #require(entries.first { $0.key == second.key })
+                #expect(o.peerKey == second.replyKey && o.translated == second.translated)
+                #expect(o.packets == 0, "a different connection starts its own counters")
+                #expect(o.endpointIndex == 1 && o.state == .synSent)
+                #expect(entries.first { $0.key == second.replyKey }?.peerKey == second.key)
+
+                // The reply key handed to yet another connection: the older original that pointed
+                // at it would forward into the new translation, so it goes too.
+                let third = record(47_301, snatPort: 61_301, endpoint: P.ep2)
+                try dp.installReplicated(third, serviceSlot: 0, endpointIndex: 1, timeouts: Timeouts(), path: path)
+                let now = dp.connectionEntries()
+                #expect(Set(now.map(\.key)) == [third.key, third.replyKey])
+            }
+        }
+
+        @Test(arguments: paths) func removeConnectionRemovesBothHalvesOnly(path: InstallPath) async throws {
+            try await with([service()]) { dp in
+                let flows = (0..<3).map { record(47_400 + UInt16($0), snatPort: 61_400 + UInt16($0)) }
+                for f in flows { try dp.installReplicated(f, serviceSlot: 0, endpointIndex: 0, timeouts: Timeouts(), path: path) }
+                #expect(dp.removeConnection(flows[1].key))
+                #expect(Set(dp.connectionEntries().map(\.key)) == [flows[0].key, flows[0].replyKey, flows[2].key, flows[2].replyKey])
+                #expect(!dp.removeConnection(flows[1].key), "nothing left to remove")
+
+                // A reply half that no longer points back belongs to another connection: kept.
+                dp.deleteEntry(flows[0].replyKey)
+                let reuser = record(47_500, snatPort: 61_400)
+                #expect(reuser.replyKey == flows[0].replyKey)
+                try dp.installReplicated(reuser, serviceSlot: 0, endpointIndex: 0, timeouts: Timeouts(), path: path)
+                #expect(dp.removeConnection(flows[0].key))
+                #expect(Set(dp.connectionEntries().map(\.key)) == [flows[2].key, flows[2].replyKey, reuser.key, reuser.replyKey])
+            }
+        }
+
+        @Test(arguments: paths) func installedUDPFlowForwardsRepliesAndAdvancesState(path: InstallPath) async throws {
+            try await with([service(.udp)]) { dp in
+                let r = record(5_353, proto: 17, snatPort: 62_000, endpoint: P.ep2, state: .udpNew, age: 1_000, remaining: 29_000)
+                try dp.installReplicated(r, serviceSlot: 0, endpointIndex: 1, timeouts: Timeouts(), path: path)
+                let back = try #require(Packets.parse(try dp.testRun(packet: Packets.frame(r.replyKey)).packet))
+                #expect(back.tuple == r.key.reversed)
+                #expect(back.ipChecksumOK && back.l4ChecksumOK)
+                let fwd = try #require(Packets.parse(try dp.testRun(packet: Packets.frame(r.key)).packet))
+                #expect(fwd.tuple == r.translated)
+                #expect(fwd.ipChecksumOK && fwd.l4ChecksumOK)
+                let entries = dp.connectionEntries()
+                #expect(entries.count == 2)
+                #expect(entries.allSatisfy { $0.state == .udpEstablished && $0.flags == .fromPeer })
+                #expect(dp.endpointCounters(slot: 0, index: 1).packets == 2)
+            }
+        }
+
+        @Test(arguments: paths) func eventsCarryEndpointIndexCreationTimeAndPeerFlag(path: InstallPath) async throws {
+            try await with([service()], events: true) { dp in
+                // A local flow: NEW with the chosen endpoint's index and its creation time.
+                let local = FlowTuple(source: P.client, destination: P.vip, sourcePort: 47_600, destinationPort: 56002, proto: 6)
+                let out = try #require(Packets.parse(try dp.testRun(packet: Packets.frame(local, tcpFlags: .syn)).packet))
+                let chosen: UInt8 = out.tuple.destination == P.ep1.ip ? 0 : 1
+                let evs = try dp.drainEvents()
+                #expect(evs.count == 1)
+                let new = try #require(evs.first)
+                #expect(new.event.kind == .new && new.event.key == local)
+                #expect(new.event.endpointIndex == chosen)
+                #expect(new.event.createdNanoseconds == new.timestampNanoseconds, "created by this very packet")
+                #expect(!new.flags.contains(.fromPeer))
+                #expect(new.event.flags == new.flags)
+
+                // An installed flow: its state change is still reported, marked as from a peer.
+                let r = record(47_601, endpoint: P.ep2, age: 7_000)
+                let before = monotonicNanoseconds()
+                try dp.installReplicated(r, serviceSlot: 0, endpointIndex: 1, timeouts: Timeouts(), path: path)
+                #expect(try dp.drainEvents().isEmpty, "installing emits nothing: the datapath did not see it")
+                _ = try dp.testRun(packet: Packets.frame(r.replyKey, tcpFlags: [.fin, .ack]))
+                let st = try #require(try dp.drainEvents().first)
+                #expect(st.event.kind == .stateChanged && st.event.key == r.key && st.event.translated == r.translated)
+                #expect(st.event.state == .finWait)
+                #expect(st.flags.contains(.fromPeer) && st.flags.contains(.finReply))
+                #expect(st.event.flags == st.flags, "ConnectionEvent carries the flags too")
+                #expect(st.event.endpointIndex == 1)
+                let age = Double(st.timestampNanoseconds - st.event.createdNanoseconds) / 1e9
+                #expect(abs(age - 7) < 0.5, "age from created_ns: \(age)")
+                #expect(st.event.createdNanoseconds < before)
+            }
+        }
+
+        @Test(arguments: paths) func flowOfAnUnknownServiceIsForwardedButNotCounted(path: InstallPath) async throws {
+            try await with([service()]) { dp in
+                // 256 is the "no such service here" slot; 0x0400_0000 * 64 would wrap to slot 0.
+                for (i, slot) in [UInt32(256), 0x0400_0000, .max].enumerated() {
+                    let r = record(47_700 + UInt16(i), snatPort: 61_700 + UInt16(i))
+                    try dp.installReplicated(r, serviceSlot: slot, endpointIndex: 0, timeouts: Timeouts(), path: path)
+                    let fwd = try #require(Packets.parse(try dp.testRun(packet: Packets.frame(r.key, tcpFlags: .ack)).packet))
+                    #expect(fwd.tuple == r.translated && fwd.l4ChecksumOK)
+                    let back = try #require(Packets.parse(try dp.testRun(packet: Packets.frame(r.replyKey, tcpFlags: .ack)).packet))
+                    #expect(back.tuple == r.key.reversed)
+                    #expect(entry(dp, r.key)?.serviceSlot == slot)
+                }
+                #expect(dp.serviceCounters(slot: 0).packets == 0)
+                #expect(dp.endpointCounters(slot: 0, index: 0).packets == 0)
+            }
+        }
+
+        @Test(arguments: paths) func batchInstallMatchesSingleInstalls(path: InstallPath) async throws {
+            try await with([service()]) { dp in
+                let flows = (0..<300).map { record(10_000 + UInt16($0), snatPort: 50_000 + UInt16($0)) }
+                // One already present with traffic, to exercise the merging path inside a batch.
+                try dp.installReplicated(flows[7], serviceSlot: 0, endpointIndex: 0, timeouts: Timeouts(), path: path)
+                _ = try dp.testRun(packet: Packets.frame(flows[7].key, tcpFlags: .ack))
+                var bad = flows[8]
+                bad.translated.proto = 17
+                var batch = flows.map { ($0, UInt32(0), UInt8(0)) }
+                batch[8] = (bad, 0, 0)
+                let result = dp.installReplicated(batch, timeouts: Timeouts(), path: path)
+                #expect(result.installed == 299 && result.failed == 1)
+                let entries = dp.connectionEntries()
+                #expect(entries.count == 2 * 299)
+                #expect(entries.allSatisfy { $0.flags == .fromPeer })
+                #expect(entries.first { $0.key == flows[7].key }?.packets == 1, "merged, counters kept")
+                #expect(entries.first { $0.key == flows[9].key }?.version == 1)
+                let fwd = try #require(Packets.parse(try dp.testRun(packet: Packets.frame(flows[299].key, tcpFlags: .ack)).packet))
+                #expect(fwd.tuple == flows[299].translated)
+            }
+        }
+
+        @Test func oneWayTrafficKeepsTheConnectionAlive() async throws {
+            // Only the client sends for longer than the idle timeout; the endpoint's late answer
+            // must still find its connection (the datapath, like the reaper, takes the fresher half).
+            var t = Timeouts()
+            t.udpEstablished = 1
+            try await with([service(.udp)], timeouts: t) { dp in
+                let r = record(5_400, proto: 17, snatPort: 62_100, state: .udpEstablished, remaining: 1_000)
+                try dp.installReplicated(r, serviceSlot: 0, endpointIndex: 0, timeouts: t)
+                for _ in 0..<3 {
+                    try await Task.sleep(for: .milliseconds(450))
+                    _ = try dp.testRun(packet: Packets.frame(r.key))
+                }
+                #expect((entry(dp, r.replyKey)?.idleSeconds ?? 0) > 1, "the reply half alone is past its timeout")
+                #expect(ConnectionReaper(timeouts: t).expired(in: dp.connectionEntries()).delete.isEmpty)
+                let back = try #require(Packets.parse(try dp.testRun(packet: Packets.frame(r.replyKey)).packet))
+                #expect(back.tuple == r.key.reversed)
+                #expect(dp.stats().expiredReused == 0)
+                #expect(dp.connectionEntries().count == 2)
+            }
+        }
+
+        @Test func reopeningATupleLeavesAReusedReplyKeyAlone() async throws {
+            try await with([service()]) { dp in
+                // A's reply key passes to B (A's reply half was lost, as LRU eviction can do), so
+                // A's original still points at a key that is now B's.
+                let a = record(47_800, snatPort: 61_800)
+                try dp.installReplicated(a, serviceSlot: 0, endpointIndex: 0, timeouts: Timeouts())
+                dp.deleteEntry(a.replyKey)
+                let b = record(47_801, snatPort: 61_800)
+                #expect(b.replyKey == a.replyKey)
+                try dp.installReplicated(b, serviceSlot: 0, endpointIndex: 0, timeouts: Timeouts())
+                #expect(entry(dp, a.key)?.peerKey == b.replyKey)
+                // The client of A opens a new connection on its tuple: only A's own halves go.
+                _ = try dp.testRun(packet: Packets.frame(a.key, tcpFlags: .syn))
+                #expect(entry(dp, b.replyKey)?.peerKey == b.key, "B's reply half survives")
+                let back = try #require(Packets.parse(try dp.testRun(packet: Packets.frame(b.replyKey, tcpFlags: .ack)).packet))
+                #expect(back.tuple == b.key.reversed)
+            }
+        }
+
+        @Test func installThroughput() async throws {
+            let n = 100_000
+            let flows = (0..<n).map { i in
+                let client = IPv4Address(10, 1, UInt8(i >> 16 & 0xff), UInt8(i >> 8 & 0xff))
+                let key = FlowTuple(source: client, destination: P.vip, sourcePort: UInt16(1024 + i & 0xff), destinationPort: 56002, proto: 6)
+                // Unique reply keys: (endpoint address, SNAT port) differs for every i.
+                let xlate = FlowTuple(source: P.vip, destination: IPv4Address(10, 2, UInt8(i >> 15 & 0xff), 1),
+                                      sourcePort: UInt16(32768 + i % 32768), destinationPort: 80, proto: 6)
+                return FlowRecord(key: key, translated: xlate, natMode: .fullnat, state: .established, flags: [],
+                                  endpointIndex: 0, ageMilliseconds: 1_000, remainingMilliseconds: 21_000_000)
+            }
+            #expect(Set(flows.map(\.key)).count == n && Set(flows.map(\.replyKey)).count == n)
+            let batch = flows.map { ($0, UInt32(0), UInt8(0)) }
+            /// Connections per second of `body` over all n flows.
+            func rate(_ body: () throws -> Void) rethrows -> Int {
+                let start = ContinuousClock.now
+                try body()
+                let d = ContinuousClock.now - start
+                return Int(Double(n) / (Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18))
+            }
+            try await with([service()], tableSize: 524_288) { dp in
+                var report: [String] = []
+                for path in Self.paths {
+                    let single = try rate { for f in flows { try dp.installReplicated(f, serviceSlot: 0, endpointIndex: 0, timeouts: Timeouts(), path: path) } }
+                    #expect(dp.connectionEntries().count == 2 * n)
+                    let update = try rate { for f in flows { try dp.installReplicated(f, serviceSlot: 0, endpointIndex: 0, timeouts: Timeouts(), path: path) } }
+                    let removes = rate { for f in flows { dp.removeConnection(f.key) } }
+                    #expect(dp.connectionEntries().isEmpty)
+                    var result = (installed: 0, failed: 0)
+                    let batchNew = rate { result = dp.installReplicated(batch, timeouts: Timeouts(), path: path) }
+                    #expect(result.installed == n && result.failed == 0)
+                    let batchUpdate = rate { result = dp.installReplicated(batch, timeouts: Timeouts(), path: path) }
+                    #expect(result.installed == n)
+                    #expect(dp.connectionEntries().count == 2 * n)
+                    for f in flows { dp.removeConnection(f.key) }
+                    report.append("\(path): single new \(single)/s, single update \(update)/s, batch new \(batchNew)/s, "
+                                  + "batch update \(batchUpdate)/s, remove \(removes)/s")
+                }
+                print("replicated installs, \(n) connections (2 entries each): " + report.joined(separator: "; "))
+            }
+        }
+    }
+}

@@ -86,7 +86,8 @@ struct tdm_ct_entry {
     __u64  last_seen_ns;
     __u64  packets;       /* this direction */
     __u64  bytes;
-    __u32  service_id;
+    __u32  service_id;    /* slot in the per-service arrays; >= TDM_MAX_SERVICES for a flow a peer
+                           * replicated whose service this node does not have (not counted) */
     __u32  version;       /* bumped on every state change, orders replicated updates */
     __be32 endpoint_ip;
     __be16 endpoint_port;
@@ -187,19 +188,55 @@ enum tdm_event_type {
     TDM_EV_DELETE = 3, /* replaced after expiry or removed by the datapath */
 };
 
-/* Ring-buffer record: one per connection event, carrying the original-direction key. */
+/* Ring-buffer record: one per connection event, carrying the original-direction key. The first
+ * 56 bytes are the original layout (endpoint_index took 1 of its 4 pad bytes); created_ns was
+ * appended, so a reader built against the older 56-byte record still decodes these. */
 struct tdm_ct_event {
     __u8   type;     /* enum tdm_event_type */
     __u8   state;
     __u8   nat_mode;
-    __u8   flags;
-    __u32  service_id;
+    __u8   flags;    /* TDM_CT_F_*, including FROM_PEER for entries installed from a peer */
+    __u32  service_id; /* TDM_MAX_SERVICES (or more) for a peer's flow of an unknown service */
     struct tdm_flow_key key;    /* original direction */
     struct tdm_flow_key xlate;  /* what the original direction is rewritten to */
     __u64  ts_ns;
     __u32  version;
+    __u8   endpoint_index;      /* index in this node's service */
+    __u8   pad[3];
+    __u64  created_ns;          /* the entry's bpf_ktime_get_ns() creation time: ts_ns - created_ns is its age */
+};
+
+/*
+ * Installing connections a peer replicated (user space -> the tandem_install syscall program).
+ * User space fills the mmapped tdm_install array map's one value, a struct tdm_install_buf, and
+ * runs the program once per batch (BPF_PROG_TEST_RUN): lookups, merges and both updates of every
+ * record then cost no syscall each. Times are relative, turned into this node's clock in-kernel.
+ */
+#define TDM_INSTALL_BATCH 1024
+#define TDM_INSTALL_HDR   16   /* offset of req[0] in struct tdm_install_buf */
+
+struct tdm_install_req {
+    struct tdm_flow_key key;   /* original direction; the reply key is xlate reversed */
+    struct tdm_flow_key xlate; /* what the original direction is rewritten to */
+    __u64  age_ns;             /* since the connection was created, as the owner reports */
+    __u64  idle_ns;            /* since its last packet, as the owner's remaining time implies */
+    __u32  service_id;         /* local slot, or >= TDM_MAX_SERVICES for an unknown service */
+    __u8   endpoint_index;     /* local index */
+    __u8   nat_mode;
+    __u8   state;
+    __u8   flags;              /* the owner's; TDM_CT_F_FROM_PEER is added on install */
+    __s32  result;             /* out: 0, or a negative errno */
     __u32  pad;
 };
+
+#ifndef __swift__
+struct tdm_install_buf {
+    __u32 count;               /* in: records in req[] */
+    __u32 installed;           /* out */
+    __u64 pad;
+    struct tdm_install_req req[TDM_INSTALL_BATCH];
+};
+#endif
 
 #ifndef __BPF__
 #define TDM_STATIC_ASSERT(c, m) _Static_assert(c, m)
@@ -211,7 +248,11 @@ TDM_STATIC_ASSERT(sizeof(struct tdm_ct_entry) == 88, "ct entry layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_service_key) == 8, "service key layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_service) == 20, "service layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_endpoint) == 8, "endpoint layout");
-TDM_STATIC_ASSERT(sizeof(struct tdm_ct_event) == 56, "event layout");
+TDM_STATIC_ASSERT(sizeof(struct tdm_ct_event) == 64, "event layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_config) == 144, "config layout");
+TDM_STATIC_ASSERT(sizeof(struct tdm_install_req) == 64, "install request layout");
+#ifndef __swift__
+TDM_STATIC_ASSERT(sizeof(struct tdm_install_buf) == TDM_INSTALL_HDR + 64 * TDM_INSTALL_BATCH, "install buffer layout");
+#endif
 
 #endif /* TANDEM_MAPS_H */

@@ -1,0 +1,483 @@
+import Glibc
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import TandemCore
+import TandemSync
+import TandemSyncWire
+
+/// Where replicated flows go: the local datapath's connection maps.
+public protocol ReplicationDatapath: Sendable {
+    /// Installs or updates flows learned from peers; returns how many could not be installed.
+    func installReplicated(_ records: [FlowRecord]) -> Int
+    /// Removes flows (both directions).
+    func removeReplicated(_ keys: [FlowTuple])
+}
+
+public struct ReplicationPeer: Sendable, Hashable {
+    public var id: UInt32
+    public var address: IPv4Address
+    public var port: UInt16
+    public init(id: UInt32, address: IPv4Address, port: UInt16) {
+        self.id = id
+        self.address = address
+        self.port = port
+    }
+}
+
+public struct ReplicationShellConfig: Sendable {
+    public var bindAddress: IPv4Address
+    /// UDP (deltas) and TCP (bulk transfers) share this port number.
+    public var port: UInt16
+    public var peers: [ReplicationPeer]
+    public var key: ClusterKey
+    public var core: ReplicationConfig
+    /// Timer period for acks, nacks, keepalives and anti-entropy.
+    public var tickMilliseconds: Int64 = 2
+
+    public init(selfID: UInt32, bindAddress: IPv4Address, port: UInt16, peers: [ReplicationPeer], key: ClusterKey) {
+        self.bindAddress = bindAddress
+        self.port = port
+        self.peers = peers.filter { $0.id != selfID }
+        self.key = key
+        core = ReplicationConfig(selfID: selfID, peers: self.peers.map(\.id))
+        core.bulkPort = port
+    }
+}
+
+/// The I/O shell around ReplicationCore: one NIO event loop owns the core, a UDP socket for
+/// deltas, acks, keepalives and digests, and TCP for bulk transfers. All core access happens on
+/// that loop, so the core needs no locks; other threads hand work over with `execute`.
+public final class ReplicationShell: @unchecked Sendable {
+    // Everything below `loop` is touched only on `loop`.
+    public let config: ReplicationShellConfig
+    private let group: MultiThreadedEventLoopGroup
+    private let loop: EventLoop
+    private let datapath: ReplicationDatapath
+    private let logger: Logger
+    private var core: ReplicationCore
+    private var sealer: SyncSealer
+    private var opener: SyncOpener
+    private var udp: Channel?
+    private var server: Channel?
+    private var timer: RepeatedTask?
+    private var peerAddresses: [UInt32: SocketAddress] = [:]
+    private var pulls: [UInt32: Channel] = [:]
+    private var datagramsSent: UInt64 = 0
+    private var datagramsReceived: UInt64 = 0
+    private var bytesSent: UInt64 = 0
+    private var installFailures: UInt64 = 0
+    private var lastAuthWarning: UInt64 = 0
+    private var lastSummary: UInt64 = 0
+    private var flushScheduled = false
+    private var summarised = ReplicationCounters()
+    private let inSyncBox = NIOLockedValueBox(false)
+
+    public init(config: ReplicationShellConfig, datapath: ReplicationDatapath, logger: Logger) {
+        self.config = config
+        self.datapath = datapath
+        self.logger = logger
+        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        loop = group.next()
+        let epoch = Self.wallMicros()
+        core = ReplicationCore(config: config.core, epoch: epoch, seed: epoch ^ UInt64(config.core.selfID))
+        sealer = SyncSealer(key: config.key, sender: config.core.selfID, epoch: epoch)
+        opener = SyncOpener(key: config.key, selfID: config.core.selfID, members: Set(config.peers.map(\.id)))
+    }
+
+    /// Whether this node holds the cluster's table (readable from any thread).
+    public var inSync: Bool { inSyncBox.withLockedValue { $0 } }
+
+    // MARK: Lifecycle
+
+    public func start() async throws {
+        let udpChannel = try await DatagramBootstrap(group: group)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelInitializer { [weak self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(DatagramHandler(shell: self))
+                }
+            }
+            .bind(host: "\(config.bindAddress)", port: Int(config.port)).get()
+        // Deltas come in bursts; a bigger receive buffer rides them out.
+        _ = try? await udpChannel.setOption(.socketOption(.so_rcvbuf), value: 4 << 20).get()
+        let serverChannel: Channel
+        do {
+            serverChannel = try await ServerBootstrap(group: group)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelInitializer { [weak self] channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(SyncFrameDecoder()))
+                        try channel.pipeline.syncOperations.addHandler(BulkServerHandler(shell: self))
+                    }
+                }
+                .bind(host: "\(config.bindAddress)", port: Int(config.port)).get()
+        } catch {
+            try? await udpChannel.close()
+            throw error
+        }
+        try await loop.submit { [self] in
+            udp = udpChannel
+            server = serverChannel
+            for p in config.peers {
+                peerAddresses[p.id] = try SocketAddress(ipAddress: "\(p.address)", port: Int(p.port))
+            }
+            perform(core.start(now: now()))
+            timer = loop.scheduleRepeatedTask(initialDelay: .milliseconds(config.tickMilliseconds),
+                                              delay: .milliseconds(config.tickMilliseconds)) { [weak self] _ in
+                self?.tick()
+            }
+        }.get()
+        logger.info("replication started", metadata: [
+            "node": "\(config.core.selfID)", "listen": "\(config.bindAddress):\(config.port)",
+            "peers": "\(config.peers.map { "\($0.id)@\($0.address):\($0.port)" }.joined(separator: ","))",
+        ])
+    }
+
+    public func stop() async {
+        let closing: [Channel] = (try? await loop.submit { [self] () -> [Channel] in
+            timer?.cancel()
+            timer = nil
+            let all = [udp, server].compactMap { $0 } + Array(pulls.values)
+            udp = nil
+            server = nil
+            pulls.removeAll()
+            return all
+        }.get()) ?? []
+        for c in closing { try? await c.close() }
+        try? await group.shutdownGracefully()
+    }
+
+    // MARK: Input from the local datapath
+
+    /// Local datapath changes (ring-buffer events), from any thread.
+    public func submit(changes: [(record: FlowRecord, deleted: Bool)]) {
+        guard !changes.isEmpty else { return }
+        loop.execute { [self] in
+            let t = now()
+            for c in changes { perform(core.onLocalChange(c.record, deleted: c.deleted, now: t)) }
+            scheduleFlush()
+        }
+    }
+
+    /// Sends queued changes once the loop has run the work already queued behind this call, so a
+    /// burst of events leaves in full datagrams instead of one datagram per event.
+    private func scheduleFlush() {
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        loop.execute { [self] in
+            flushScheduled = false
+            perform(core.flush(now: now()))
+        }
+    }
+
+    /// The periodic scan of the local table (original directions), from any thread.
+    public func submit(scan live: [(record: FlowRecord, fromPeer: Bool)]) {
+        loop.execute { [self] in
+            let t = now()
+            var actions = core.onLocalScan(live, now: t)
+            actions += core.flush(now: t)
+            perform(actions)
+        }
+    }
+
+    public func status() async -> ReplicationStatus? {
+        try? await loop.submit { [self] in makeStatus() }.get()
+    }
+
+    // MARK: Loop-confined work
+
+    private func now() -> SyncTime {
+        SyncTime(monotonicMillis: NIODeadline.now().uptimeNanoseconds / 1_000_000, wallMicros: Self.wallMicros())
+    }
+
+    static func wallMicros() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
+    }
+
+    private func tick() {
+        let t = now()
+        var actions = core.onTick(now: t)
+        actions += core.flush(now: t)
+        perform(actions)
+        if t.monotonicMillis >= lastSummary &+ 30_000 {
+            lastSummary = t.monotonicMillis
+            logSummary()
+        }
+    }
+
+    private func perform(_ actions: [ReplicationAction]) {
+        var installs: [FlowRecord] = []
+        var removals: [FlowTuple] = []
+        func applyDatapath() {
+            if !installs.isEmpty {
+                let failed = datapath.installReplicated(installs)
+                installFailures += UInt64(failed)
+                logger.trace("installed learned flows", metadata: ["count": "\(installs.count)", "failed": "\(failed)"])
+                installs.removeAll(keepingCapacity: true)
+            }
+            if !removals.isEmpty {
+                datapath.removeReplicated(removals)
+                removals.removeAll(keepingCapacity: true)
+            }
+        }
+        for a in actions {
+            switch a {
+            case .install(let r):
+                if !removals.isEmpty { applyDatapath() } // keep install/remove order per flow
+                installs.append(r)
+            case .remove(let k):
+                if !installs.isEmpty { applyDatapath() }
+                removals.append(k)
+            case .send(let m, let to):
+                guard let address = peerAddresses[to] else { continue }
+                send(sealer.seal(m, channel: .datagram), to: [address])
+            case .broadcast(let m):
+                send(sealer.seal(m, channel: .datagram), to: Array(peerAddresses.values))
+            case .pull(let from, let request):
+                startPull(from: from, request: request)
+            case .inSyncChanged(let v):
+                inSyncBox.withLockedValue { $0 = v }
+                logger.info(v ? "replication in sync" : "replication out of sync",
+                            metadata: ["entries": "\(core.table.liveCount)"])
+            }
+        }
+        applyDatapath()
+    }
+
+    private func send(_ bytes: [UInt8], to addresses: [SocketAddress]) {
+        guard let udp, !addresses.isEmpty else { return }
+        for address in addresses {
+            var buffer = udp.allocator.buffer(capacity: bytes.count)
+            buffer.writeBytes(bytes)
+            udp.write(AddressedEnvelope(remoteAddress: address, data: buffer), promise: nil)
+            datagramsSent += 1
+            bytesSent += UInt64(bytes.count)
+        }
+        udp.flush()
+    }
+
+    fileprivate func received(datagram bytes: [UInt8]) {
+        datagramsReceived += 1
+        switch opener.open(bytes, channel: .datagram) {
+        case .success(let (header, message)):
+            let t = now()
+            var actions = core.onMessage(message, from: header, now: t)
+            actions += core.flush(now: t)
+            perform(actions)
+        case .failure(let error):
+            noteDrop(error)
+        }
+    }
+
+    private func noteDrop(_ error: SyncDecodeError) {
+        let t = now().monotonicMillis
+        if error.reason == .authFailed, t >= lastAuthWarning &+ 10_000 {
+            lastAuthWarning = t
+            logger.warning("sync messages fail authentication: is the cluster key the same on every node?",
+                           metadata: ["detail": "\(error.detail)"])
+        } else {
+            logger.debug("sync message dropped", metadata: ["reason": "\(error)"])
+        }
+    }
+
+    // MARK: Bulk transfers
+
+    /// Serving side: a peer's request arrived on an accepted connection.
+    fileprivate func serve(frame bytes: [UInt8], on channel: Channel) {
+        switch opener.open(bytes, channel: .stream) {
+        case .failure(let error):
+            noteDrop(error)
+            channel.close(promise: nil)
+        case .success(let (header, message)):
+            guard case .bulkRequest(let request) = message else {
+                channel.close(promise: nil)
+                return
+            }
+            let (begin, entries, flushed) = core.serveBulk(request, now: now())
+            perform(flushed)
+            write(.bulkBegin(begin), on: channel)
+            let per = SyncCodec.maxEntriesPerStreamFrame
+            var i = 0
+            while i < entries.count {
+                let end = min(i + per, entries.count)
+                write(.bulkChunk(BulkChunk(requestID: request.requestID, entries: Array(entries[i..<end]))), on: channel)
+                i = end
+                if i % (per * 16) == 0 { channel.flush() }
+            }
+            write(.bulkEnd(BulkEnd(requestID: request.requestID, entryCount: UInt64(entries.count))), on: channel)
+            channel.writeAndFlush(channel.allocator.buffer(capacity: 0)).whenComplete { _ in
+                channel.close(promise: nil)
+            }
+            logger.debug("bulk transfer served", metadata: ["peer": "\(header.sender)", "entries": "\(entries.count)",
+                                                            "leaves": "\(request.leaves.count)"])
+        }
+    }
+
+    private func write(_ m: SyncMessage, on channel: Channel) {
+        let bytes = sealer.seal(m, channel: .stream)
+        var buffer = channel.allocator.buffer(capacity: bytes.count)
+        buffer.writeBytes(bytes)
+        channel.write(buffer, promise: nil)
+        bytesSent += UInt64(bytes.count)
+    }
+
+    /// Requesting side: connect, send the request, feed the answer to the core.
+    private func startPull(from peer: UInt32, request: BulkRequest) {
+        guard let address = peerAddresses[peer] else {
+            perform(core.onTransferFailed(requestID: request.requestID, now: now()))
+            return
+        }
+        let id = request.requestID
+        let connect = ClientBootstrap(group: loop)
+            .connectTimeout(.seconds(2))
+            .channelInitializer { [weak self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(SyncFrameDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(BulkClientHandler(shell: self, peer: peer, requestID: id))
+                }
+            }
+            .connect(to: address)
+        connect.whenComplete { [self] result in
+            switch result {
+            case .success(let channel):
+                pulls[id] = channel
+                write(.bulkRequest(request), on: channel)
+                channel.flush()
+            case .failure(let error):
+                logger.debug("bulk transfer connect failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+                perform(core.onTransferFailed(requestID: id, now: now()))
+            }
+        }
+    }
+
+    fileprivate func pulled(frame bytes: [UInt8], from peer: UInt32, requestID: UInt32, channel: Channel) {
+        switch opener.open(bytes, channel: .stream) {
+        case .failure(let error):
+            noteDrop(error)
+            channel.close(promise: nil)
+        case .success(let (header, message)):
+            guard header.sender == peer else {
+                channel.close(promise: nil)
+                return
+            }
+            let t = now()
+            switch message {
+            case .bulkBegin(let b): core.onBulkBegin(b, from: peer)
+            case .bulkChunk(let c): perform(core.onBulkChunk(c, from: peer, now: t))
+            case .bulkEnd(let e):
+                perform(core.onBulkEnd(e, from: peer, now: t))
+                pulls[requestID] = nil
+                channel.close(promise: nil)
+            default: channel.close(promise: nil)
+            }
+        }
+    }
+
+    fileprivate func pullClosed(requestID: UInt32) {
+        pulls[requestID] = nil
+        // A transfer that ended cleanly is gone from the core already; this only fails broken ones.
+        perform(core.onTransferFailed(requestID: requestID, now: now()))
+    }
+
+    // MARK: Status
+
+    private func makeStatus() -> ReplicationStatus {
+        let t = now().monotonicMillis
+        let peers = config.peers.map { p -> ReplicationStatus.Peer in
+            let v = core.peers[p.id]
+            let r = core.receivers[p.id]
+            return .init(id: p.id, address: "\(p.address):\(p.port)", inSync: v?.inSync ?? false,
+                         lastHeardMillisecondsAgo: v?.lastHeard.map { t >= $0 ? t - $0 : 0 },
+                         streamCumulative: r?.cumulative, streamHasGap: r?.hasGap ?? false)
+        }
+        var dropped: [String: UInt64] = [:]
+        for (reason, n) in opener.counters where n > 0 { dropped[reason.rawValue] = n }
+        return ReplicationStatus(
+            nodeID: config.core.selfID, epoch: core.epoch, inSync: core.inSync, entries: core.table.count,
+            liveEntries: core.table.liveCount, nextSequence: core.sender.nextSequence,
+            retransmitWindow: core.sender.windowCount, peers: peers, counters: core.counters, dropped: dropped,
+            datagramsSent: datagramsSent, datagramsReceived: datagramsReceived, bytesSent: bytesSent,
+            installFailures: installFailures, lagP50Micros: core.lag.quantile(0.5), lagP99Micros: core.lag.quantile(0.99),
+            lagMaxMicros: core.lag.max)
+    }
+
+    private func logSummary() {
+        let c = core.counters
+        guard c != summarised else { return }
+        summarised = c
+        var dropped = 0 as UInt64
+        for (_, n) in opener.counters { dropped += n }
+        logger.info("replication", metadata: [
+            "inSync": "\(core.inSync)", "entries": "\(core.table.liveCount)", "sent": "\(c.entriesSent)",
+            "applied": "\(c.entriesApplied)", "retransmitted": "\(c.retransmittedEntries)",
+            "nacksSent": "\(c.nacksSent)", "dropped": "\(dropped)", "bulk": "\(c.bulkTransfersCompleted)",
+            "antiEntropyRepaired": "\(c.antiEntropyRepaired)", "lagP99us": "\(core.lag.quantile(0.99))",
+        ])
+    }
+}
+
+// MARK: Channel handlers (thin: they hand bytes to the shell on its loop)
+
+private final class DatagramHandler: ChannelInboundHandler {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    weak var shell: ReplicationShell?
+    init(shell: ReplicationShell?) { self.shell = shell }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var envelope = unwrapInboundIn(data)
+        // Anything larger than a datagram we would send is dropped by the opener's size check.
+        let n = min(envelope.data.readableBytes, SyncWire.maxDatagram + 1)
+        guard let bytes = envelope.data.readBytes(length: n) else { return }
+        shell?.received(datagram: bytes)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // ICMP port-unreachable from a peer that is down surfaces here; the socket stays usable.
+    }
+}
+
+private final class BulkServerHandler: ChannelInboundHandler {
+    typealias InboundIn = [UInt8]
+    weak var shell: ReplicationShell?
+    private var served = false
+    init(shell: ReplicationShell?) { self.shell = shell }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !served else { return }
+        served = true
+        shell?.serve(frame: unwrapInboundIn(data), on: context.channel)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}
+
+private final class BulkClientHandler: ChannelInboundHandler {
+    typealias InboundIn = [UInt8]
+    weak var shell: ReplicationShell?
+    let peer: UInt32
+    let requestID: UInt32
+    init(shell: ReplicationShell?, peer: UInt32, requestID: UInt32) {
+        self.shell = shell
+        self.peer = peer
+        self.requestID = requestID
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        shell?.pulled(frame: unwrapInboundIn(data), from: peer, requestID: requestID, channel: context.channel)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        shell?.pullClosed(requestID: requestID)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}

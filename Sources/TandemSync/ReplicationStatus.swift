@@ -1,0 +1,63 @@
+/// A snapshot of replication for the API and logs.
+public struct ReplicationStatus: Sendable, Codable, Hashable {
+    public struct Peer: Sendable, Codable, Hashable {
+        public var id: UInt32
+        public var address: String
+        public var inSync: Bool
+        public var lastHeardMillisecondsAgo: UInt64?
+        public var streamCumulative: UInt64?
+        public var streamHasGap: Bool
+
+        public init(id: UInt32, address: String, inSync: Bool, lastHeardMillisecondsAgo: UInt64?,
+                    streamCumulative: UInt64?, streamHasGap: Bool) {
+            self.id = id
+            self.address = address
+            self.inSync = inSync
+            self.lastHeardMillisecondsAgo = lastHeardMillisecondsAgo
+            self.streamCumulative = streamCumulative
+            self.streamHasGap = streamHasGap
+        }
+    }
+    public var nodeID: UInt32
+    public var epoch: UInt64
+    public var inSync: Bool
+    public var entries: Int
+    public var liveEntries: Int
+    public var nextSequence: UInt64
+    public var retransmitWindow: Int
+    public var peers: [Peer]
+    public var counters: ReplicationCounters
+    /// Received messages dropped before the core saw them, by reason.
+    public var dropped: [String: UInt64]
+    public var datagramsSent: UInt64
+    public var datagramsReceived: UInt64
+    public var bytesSent: UInt64
+    public var installFailures: UInt64
+    public var lagP50Micros: UInt64
+    public var lagP99Micros: UInt64
+    public var lagMaxMicros: UInt64
+
+    public init(nodeID: UInt32, epoch: UInt64, inSync: Bool, entries: Int, liveEntries: Int, nextSequence: UInt64,
+                retransmitWindow: Int, peers: [Peer], counters: ReplicationCounters, dropped: [String: UInt64],
+                datagramsSent: UInt64, datagramsReceived: UInt64, bytesSent: UInt64, installFailures: UInt64,
+                lagP50Micros: UInt64, lagP99Micros: UInt64, lagMaxMicros: UInt64) {
+        self.nodeID = nodeID
+        self.epoch = epoch
+        self.inSync = inSync
+        self.entries = entries
+        self.liveEntries = liveEntries
+        self.nextSequence = nextSequence
+        self.retransmitWindow = retransmitWindow
+        self.peers = peers
+        self.counters = counters
+        self.dropped = dropped
+        self.datagramsSent = datagramsSent
+        self.datagramsReceived = datagramsReceived
+        self.bytesSent = bytesSent
+        self.installFailures = installFailures
+        self.lagP50Micros = lagP50Micros
+        self.lagP99Micros = lagP99Micros
+        self.lagMaxMicros = lagMaxMicros
+    }
+}
+

@@ -1,0 +1,50 @@
+import TandemCore
+
+/// The hashes anti-entropy digests are built from (proto/SPEC.md, "Anti-entropy"). Every node must
+/// compute them bit for bit the same, so they are defined here once, in plain integer arithmetic
+/// (SplitMix64's finalizer), and pinned by proto/vectors/hashes.json. Not a cryptographic hash:
+/// digests only travel sealed, between nodes that hold the cluster key.
+public enum SyncHashing {
+    /// 2^64 / golden ratio, SplitMix64's increment.
+    public static let golden: UInt64 = 0x9E37_79B9_7F4A_7C15
+
+    /// SplitMix64's output function (Steele, Lea, Flood 2014; the constants of Stafford's Mix13).
+    @inlinable
+    public static func mix(_ x: UInt64) -> UInt64 {
+        var z = x
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// Hash of a flow key's 13 bytes (saddr, daddr, sport, dport, proto):
+    /// a = saddr << 32 | daddr, b = sport << 24 | dport << 8 | proto,
+    /// flowHash = mix(mix(a + golden) ^ b).
+    @inlinable
+    public static func flowHash(_ key: FlowTuple) -> UInt64 {
+        let a = UInt64(key.source.value) << 32 | UInt64(key.destination.value)
+        let b = UInt64(key.sourcePort) << 24 | UInt64(key.destinationPort) << 8 | UInt64(key.proto)
+        return mix(mix(a &+ golden) ^ b)
+    }
+
+    /// Hash of what anti-entropy compares for one entry: its flow key, version and operation.
+    /// entryHash = mix(mix(flowHash(key) ^ version) + op).
+    @inlinable
+    public static func entryHash(_ e: SyncEntry) -> UInt64 {
+        mix(mix(flowHash(e.record.key) ^ e.version) &+ UInt64(e.operation.rawValue))
+    }
+
+    /// Level-0 bucket of a flow: the top 7 bits of its flow hash.
+    @inlinable
+    public static func bucket(ofFlowHash h: UInt64) -> Int { Int(truncatingIfNeeded: h >> 57) }
+
+    /// Level-1 sub-bucket: the next 7 bits.
+    @inlinable
+    public static func subBucket(ofFlowHash h: UInt64) -> Int { Int(truncatingIfNeeded: (h >> 50) & 0x7F) }
+
+    /// Digest leaf (bucket * 128 + sub-bucket): the top 14 bits.
+    @inlinable
+    public static func leaf(ofFlowHash h: UInt64) -> Int { Int(truncatingIfNeeded: h >> 50) }
+
+    public static func leaf(of key: FlowTuple) -> Int { leaf(ofFlowHash: flowHash(key)) }
+}

@@ -1,0 +1,2 @@
+// Placeholder: the conntrackd benchmark driver is being written.
+print("tandem-ctbench: not built yet")

@@ -1,0 +1,336 @@
+import ArgumentParser
+import CLibBPF
+import CTandemShim
+import Foundation
+
+/// Drives the replication benchmark from outside the daemons: creates connections in node 1's
+/// datapath by running its own loaded program over synthetic SYNs (BPF_PROG_TEST_RUN, so the
+/// entries and ring-buffer events are exactly what real traffic makes), and watches node 2's
+/// connection map for them to appear. Programs and maps are found by id (root only).
+@main
+struct SyncBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tandem-syncbench",
+        abstract: "Replication benchmark driver: inject flows into one node, time their arrival in another.",
+        subcommands: [Rates.self, Burst.self, Fill.self, Count.self])
+}
+
+struct Target: ParsableArguments {
+    @Option(help: "Program id of node 1's tandem_ingress.") var prog: UInt32
+    @Option(help: "Map id of node 2's tdm_ct.") var watch: UInt32
+    @Option(help: "VIP the synthetic flows go to.") var vip: String = "10.0.10.143"
+    @Option(help: "Service port.") var port: UInt16 = 56002
+    @Option(help: "First flow number (keeps runs from reusing tuples).") var first: Int = 0
+}
+
+// MARK: Commands
+
+struct Rates: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "For each rate, open flows at that rate for --duration seconds; print lag percentiles (JSON lines).")
+    @OptionGroup var target: Target
+    @Option(help: "New flows per second, comma separated.") var rates: String = "1000,5000,10000,20000"
+    @Option(help: "Seconds per rate.") var duration: Double = 2
+
+    func run() throws {
+        let env = try Bench(target)
+        var next = target.first
+        for rate in rates.split(separator: ",").compactMap({ Int($0) }) where rate > 0 {
+            let n = Int(Double(rate) * duration)
+            let result = env.run(flows: next..<(next + n), ratePerSecond: rate, timeout: 10)
+            next += n
+            print(result.json(extra: ["phase": "\"rate\"", "rate": "\(rate)"]))
+        }
+    }
+}
+
+struct Burst: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Open --count flows as fast as possible; print how long until node 2 holds them all (JSON).")
+    @OptionGroup var target: Target
+    @Option(help: "Flows to open.") var count: Int = 100_000
+
+    func run() throws {
+        let env = try Bench(target)
+        let result = env.run(flows: target.first..<(target.first + count), ratePerSecond: 0, timeout: 60)
+        print(result.json(extra: ["phase": "\"burst\""]))
+    }
+}
+
+struct Fill: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Open --count flows as fast as possible in node 1 only.")
+    @Option(help: "Program id of node 1's tandem_ingress.") var prog: UInt32
+    @Option var vip: String = "10.0.10.143"
+    @Option var port: UInt16 = 56002
+    @Option var first: Int = 0
+    @Option(help: "Flows to open.") var count: Int = 100_000
+
+    func run() throws {
+        let fd = bpf_prog_get_fd_by_id(prog)
+        guard fd >= 0 else { throw ValidationError("program id \(prog): \(String(cString: strerror(errno)))") }
+        guard let vipAddr = ipv4(vip) else { throw ValidationError("bad --vip") }
+        let start = Date()
+        var failed = 0
+        for i in first..<(first + count) where !inject(fd: fd, flow: i, vip: vipAddr, port: port) { failed += 1 }
+        print("{\"phase\":\"fill\",\"flows\":\(count),\"failed\":\(failed),\"seconds\":\(Date().timeIntervalSince(start))}")
+    }
+}
+
+struct Count: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Count entries in a map (by id).")
+    @Option(help: "Map id.") var map: UInt32
+    func run() throws {
+        let fd = bpf_map_get_fd_by_id(map)
+        guard fd >= 0 else { throw ValidationError("map id \(map): \(String(cString: strerror(errno)))") }
+        print(countEntries(fd: fd))
+    }
+}
+
+// MARK: Machinery
+
+struct Result {
+    var injected = 0
+    var injectFailed = 0
+    var replicated = 0
+    var injectSeconds = 0.0
+    var lastArrivalSeconds = 0.0
+    var lagsMicros: [UInt64] = []
+
+    func percentile(_ q: Double) -> Double {
+        guard !lagsMicros.isEmpty else { return -1 }
+        let sorted = lagsMicros.sorted()
+        let i = min(sorted.count - 1, Int((Double(sorted.count) * q).rounded(.up)) - 1)
+        return Double(sorted[max(0, i)]) / 1000
+    }
+
+    func json(extra: [String: String]) -> String {
+        var fields = extra
+        fields["injected"] = "\(injected)"
+        fields["inject_failed"] = "\(injectFailed)"
+        fields["replicated"] = "\(replicated)"
+        fields["inject_seconds"] = String(format: "%.3f", injectSeconds)
+        fields["all_arrived_seconds"] = String(format: "%.3f", lastArrivalSeconds)
+        fields["entries_per_second"] = String(format: "%.0f", lastArrivalSeconds > 0 ? Double(replicated) / lastArrivalSeconds : 0)
+        fields["lag_p50_ms"] = String(format: "%.2f", percentile(0.5))
+        fields["lag_p99_ms"] = String(format: "%.2f", percentile(0.99))
+        fields["lag_max_ms"] = String(format: "%.2f", percentile(1.0))
+        return "{" + fields.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}"
+    }
+}
+
+/// Flows waiting to show up in node 2's map, shared by the injecting and the polling thread.
+final class Pending: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [(key: tdm_flow_key, at: UInt64)] = []
+    private var done = false
+    func add(_ key: tdm_flow_key, at: UInt64) { lock.withLock { items.append((key, at)) } }
+    func take() -> [(key: tdm_flow_key, at: UInt64)] { lock.withLock { defer { items.removeAll() }; return items } }
+    func finish() { lock.withLock { done = true } }
+    var finished: Bool { lock.withLock { done } }
+}
+
+struct Bench {
+    let progFD: Int32
+    let watchFD: Int32
+    let vip: UInt32
+    let port: UInt16
+
+    init(_ t: Target) throws {
+        progFD = bpf_prog_get_fd_by_id(t.prog)
+        guard progFD >= 0 else { throw ValidationError("program id \(t.prog): \(String(cString: strerror(errno)))") }
+        watchFD = bpf_map_get_fd_by_id(t.watch)
+        guard watchFD >= 0 else { throw ValidationError("map id \(t.watch): \(String(cString: strerror(errno)))") }
+        guard let v = ipv4(t.vip) else { throw ValidationError("bad --vip") }
+        vip = v
+        port = t.port
+    }
+
+    /// Opens the flows (paced when a rate is given) while a second thread polls node 2's map.
+    func run(flows: Range<Int>, ratePerSecond: Int, timeout: Double) -> Result {
+        let pending = Pending()
+        let box = ResultBox()
+        let watch = watchFD
+        let poller = Thread {
+            var waiting: [(key: tdm_flow_key, at: UInt64)] = []
+            var lags: [UInt64] = []
+            var last: UInt64 = 0
+            let deadlineAfterFinish = UInt64(timeout * 1e9)
+            var finishedAt: UInt64?
+            var value = [UInt8](repeating: 0, count: 88)
+            while true {
+                // Read `finished` before taking, so nothing added before finish() is missed.
+                let finished = pending.finished
+                waiting += pending.take()
+                let now = monotonicNanos()
+                var kept: [(key: tdm_flow_key, at: UInt64)] = []
+                kept.reserveCapacity(waiting.count)
+                for w in waiting {
+                    var k = w.key
+                    let found = value.withUnsafeMutableBytes { v in bpf_map_lookup_elem(watch, &k, v.baseAddress) } == 0
+                    if found {
+                        lags.append((now - w.at) / 1000)
+                        last = now
+                    } else {
+                        kept.append(w)
+                    }
+                }
+                waiting = kept
+                if finished {
+                    if finishedAt == nil { finishedAt = now }
+                    if waiting.isEmpty { break }
+                    if let f = finishedAt, now > f + deadlineAfterFinish { break }
+                }
+                if waiting.count < 64 { usleep(100) }
+            }
+            box.set(lags: lags, last: last)
+        }
+        poller.start()
+        var result = Result()
+        let start = monotonicNanos()
+        let interval = ratePerSecond > 0 ? 1e9 / Double(ratePerSecond) : 0
+        for (n, i) in flows.enumerated() {
+            if interval > 0 {
+                let due = start + UInt64(Double(n) * interval)
+                while true {
+                    let now = monotonicNanos()
+                    if now >= due { break }
+                    if due - now > 200_000 { usleep(50) }
+                }
+            }
+            let key = flowKey(i, vip: vip, port: port)
+            let at = monotonicNanos()
+            if inject(fd: progFD, flow: i, vip: vip, port: port) {
+                result.injected += 1
+                pending.add(key, at: at)
+            } else {
+                result.injectFailed += 1
+            }
+        }
+        result.injectSeconds = Double(monotonicNanos() - start) / 1e9
+        pending.finish()
+        let (lags, last) = box.wait()
+        result.replicated = lags.count
+        result.lagsMicros = lags
+        result.lastArrivalSeconds = last > start ? Double(last - start) / 1e9 : 0
+        return result
+    }
+}
+
+final class ResultBox: @unchecked Sendable {
+    private let cond = NSCondition()
+    private var lags: [UInt64]?
+    private var last: UInt64 = 0
+    func set(lags: [UInt64], last: UInt64) {
+        cond.lock()
+        self.lags = lags
+        self.last = last
+        cond.signal()
+        cond.unlock()
+    }
+    func wait() -> ([UInt64], UInt64) {
+        cond.lock()
+        while lags == nil { cond.wait() }
+        defer { cond.unlock() }
+        return (lags ?? [], last)
+    }
+}
+
+func monotonicNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+func ipv4(_ s: String) -> UInt32? {
+    let parts = s.split(separator: ".").compactMap { UInt32($0) }
+    guard parts.count == 4, parts.allSatisfy({ $0 < 256 }) else { return nil }
+    return parts[0] << 24 | parts[1] << 16 | parts[2] << 8 | parts[3]
+}
+
+/// Flow number -> client address and port: 10.100.0.0/16 clients, ports 10000-59999.
+func client(_ i: Int) -> (ip: UInt32, port: UInt16) {
+    (0x0A64_0000 &+ UInt32(truncatingIfNeeded: i / 50_000), UInt16(10_000 + i % 50_000))
+}
+
+func flowKey(_ i: Int, vip: UInt32, port: UInt16) -> tdm_flow_key {
+    let c = client(i)
+    var k = tdm_flow_key()
+    k.saddr = c.ip.bigEndian
+    k.daddr = vip.bigEndian
+    k.sport = c.port.bigEndian
+    k.dport = port.bigEndian
+    k.proto = 6
+    return k
+}
+
+/// One SYN through the program; true when the program accepted it (it made an entry).
+func inject(fd: Int32, flow i: Int, vip: UInt32, port: UInt16) -> Bool {
+    let c = client(i)
+    var p = [UInt8](repeating: 0, count: 54)
+    p[0..<6] = [0x02, 0, 0, 0, 0, 0x01]
+    p[6..<12] = [0x02, 0, 0, 0, 0, 0x02]
+    p[12] = 0x08
+    p[14] = 0x45
+    p[16] = 0; p[17] = 40
+    p[20] = 0x40
+    p[22] = 64
+    p[23] = 6
+    put32(&p, 26, c.ip)
+    put32(&p, 30, vip)
+    put16(&p, 24, checksum(p[14..<34]))
+    put16(&p, 34, c.port)
+    put16(&p, 36, port)
+    put32(&p, 38, UInt32(truncatingIfNeeded: i &* 2_654_435_761))
+    p[46] = 0x50
+    p[47] = 0x02
+    put16(&p, 48, 64_240)
+    var pseudo = [UInt8](p[26..<34])
+    pseudo += [0, 6, 0, 20]
+    pseudo += p[34..<54]
+    put16(&p, 50, checksum(pseudo[...]))
+    var out = [UInt8](repeating: 0, count: 256)
+    var outLen = UInt32(out.count)
+    var ret: UInt32 = 0
+    let rc = p.withUnsafeBytes { pb in
+        out.withUnsafeMutableBytes { ob in
+            tdm_prog_test_run(fd, pb.baseAddress, UInt32(pb.count), ob.baseAddress, &outLen, &ret)
+        }
+    }
+    // TC_ACT_SHOT (2) means the datapath refused the flow (no port, table full).
+    return rc == 0 && ret != 2
+}
+
+func put16(_ p: inout [UInt8], _ at: Int, _ v: UInt16) {
+    p[at] = UInt8(v >> 8)
+    p[at + 1] = UInt8(v & 0xff)
+}
+
+func put32(_ p: inout [UInt8], _ at: Int, _ v: UInt32) {
+    put16(&p, at, UInt16(v >> 16))
+    put16(&p, at + 2, UInt16(v & 0xffff))
+}
+
+func checksum(_ bytes: ArraySlice<UInt8>) -> UInt16 {
+    var sum: UInt32 = 0
+    var i = bytes.startIndex
+    while i + 1 < bytes.endIndex {
+        sum += UInt32(bytes[i]) << 8 | UInt32(bytes[i + 1])
+        i += 2
+    }
+    if i < bytes.endIndex { sum += UInt32(bytes[i]) << 8 }
+    while sum > 0xffff { sum = (sum & 0xffff) + (sum >> 16) }
+    return ~UInt16(sum)
+}
+
+func countEntries(fd: Int32) -> Int {
+    var key = tdm_flow_key()
+    var next = tdm_flow_key()
+    var n = 0
+    var rc = bpf_map_get_next_key(fd, nil, &next)
+    while rc == 0 {
+        n += 1
+        key = next
+        rc = bpf_map_get_next_key(fd, &key, &next)
+    }
+    return n
+}

@@ -1,0 +1,250 @@
+import Crypto
+import Foundation
+import TandemCore
+import TandemSync
+import TandemSyncWire
+
+/// Produces every file of proto/vectors (and the seed files of Fuzz/corpus) from the fixtures.
+/// `VectorTests` checks that the committed files are exactly what this produces, and separately
+/// decodes the committed files without it. Regenerate with:
+///
+///     TANDEM_WRITE_VECTORS=1 swift test --filter TandemSyncWireTests.VectorTests/write
+enum VectorGenerator {
+    struct File {
+        /// Relative to the repository root.
+        var path: String
+        var bytes: [UInt8]
+    }
+
+    struct Invalid {
+        var name: String
+        var bytes: [UInt8]
+        var channel: SyncChannel
+        var expect: SyncDropReason
+        var openFirst: [String] = []
+        var note: String
+        /// For malformed payloads: the type and plaintext payload (also a fuzz seed).
+        var payload: (SyncMessageType, [UInt8])? = nil
+    }
+
+    struct Valid {
+        var name: String
+        var channel: SyncChannel
+        var message: SyncMessage
+        var bytes: [UInt8]
+    }
+
+    /// The valid vectors: one sealer per channel, messages in fixture order, so sequences count
+    /// from 1 on each channel.
+    static func valid() -> [Valid] {
+        var sealer = SyncSealer(key: Fixtures.key, sender: Fixtures.sender, epoch: Fixtures.epoch)
+        return Fixtures.messages.map { v in
+            Valid(name: v.name, channel: v.channel, message: v.message, bytes: sealer.seal(v.message, channel: v.channel))
+        }
+    }
+
+    static func header(_ type: SyncMessageType, sender: UInt32 = Fixtures.sender, epoch: UInt64 = Fixtures.epoch,
+                       sequence: UInt64 = 1, channel: SyncChannel = .datagram) -> SyncHeader {
+        SyncHeader(type: type, flags: channel.headerFlags, sender: sender, epoch: epoch, sequence: sequence, length: 0)
+    }
+
+    /// Seals arbitrary payload bytes with the fixture key: authentic, whatever the payload says.
+    static func sealRaw(_ type: SyncMessageType, _ payload: [UInt8], key: ClusterKey = Fixtures.key,
+                        sender: UInt32 = Fixtures.sender, epoch: UInt64 = Fixtures.epoch, sequence: UInt64 = 1,
+                        channel: SyncChannel = .datagram) -> [UInt8] {
+        let subkey = SyncSealing.subkey(key, sender: sender, epoch: epoch)
+        return SyncSealing.seal(payload: payload,
+                                header: header(type, sender: sender, epoch: epoch, sequence: sequence, channel: channel),
+                                subkey: subkey)
+    }
+
+    static func invalid() -> [Invalid] {
+        let all = valid()
+        let hello = all.first { $0.name == "hello" }!.bytes
+        let bulkBegin = all.first { $0.name == "bulk-begin" }!.bytes
+        let helloPayload = SyncCodec.encodePayload(Fixtures.messages[0].message)
+
+        func patched(_ bytes: [UInt8], _ edits: [(Int, UInt8)]) -> [UInt8] {
+            var b = bytes
+            for (i, v) in edits { b[i] = v }
+            return b
+        }
+        func flipped(_ bytes: [UInt8], at i: Int, _ mask: UInt8) -> [UInt8] {
+            var b = bytes
+            b[i] ^= mask
+            return b
+        }
+        /// Hello's header with another length, followed by `count` zero bytes.
+        func withLength(_ length: UInt16, count: Int) -> [UInt8] {
+            var h = header(.hello)
+            h.length = length
+            return SyncCodec.encodeHeader(h) + [UInt8](repeating: 0, count: count)
+        }
+
+        var list: [Invalid] = [
+            Invalid(name: "truncated-header", bytes: Array(hello.prefix(20)), channel: .datagram, expect: .truncated,
+                    note: "20 bytes: shorter than the 28-byte header"),
+            Invalid(name: "truncated-body", bytes: Array(hello.dropLast(5)), channel: .datagram, expect: .truncated,
+                    note: "the hello vector without its last 5 bytes: fewer than 28 + length"),
+            Invalid(name: "oversized", bytes: withLength(1445, count: 1445), channel: .datagram, expect: .oversized,
+                    note: "1473 bytes on the datagram channel (limit 1472), whatever they contain"),
+            Invalid(name: "bad-magic", bytes: patched(hello, [(1, 0x54)]), channel: .datagram, expect: .badMagic,
+                    note: "the hello vector with magic 0x5454"),
+            Invalid(name: "bad-version", bytes: patched(hello, [(2, 2)]), channel: .datagram, expect: .badVersion,
+                    note: "the hello vector with version 2"),
+            Invalid(name: "unknown-type", bytes: patched(hello, [(3, 12)]), channel: .datagram, expect: .unknownType,
+                    note: "the hello vector with type 12"),
+            Invalid(name: "unknown-type-zero", bytes: patched(hello, [(3, 0)]), channel: .datagram, expect: .unknownType,
+                    note: "the hello vector with type 0"),
+            Invalid(name: "bad-flags", bytes: patched(hello, [(4, 0x02)]), channel: .datagram, expect: .badFlags,
+                    note: "the hello vector with the undefined flag bit 0x02"),
+            Invalid(name: "bad-flags-reserved", bytes: patched(hello, [(5, 0x01)]), channel: .datagram, expect: .badFlags,
+                    note: "the hello vector with reserved byte 1"),
+            Invalid(name: "bad-flags-stream-on-datagram", bytes: bulkBegin, channel: .datagram, expect: .badFlags,
+                    note: "the bulk-begin vector (sealed for the stream channel) received on the datagram channel"),
+            Invalid(name: "bad-flags-datagram-on-stream", bytes: hello, channel: .stream, expect: .badFlags,
+                    note: "the hello vector (sealed for the datagram channel) received on the stream channel"),
+            Invalid(name: "bad-length-trailing", bytes: hello + [0, 0, 0], channel: .datagram, expect: .badLength,
+                    note: "the hello vector with 3 bytes more than 28 + length"),
+            Invalid(name: "bad-length-short", bytes: withLength(10, count: 10), channel: .datagram, expect: .badLength,
+                    note: "length 10: shorter than the 16-byte tag"),
+            Invalid(name: "auth-failed-tag", bytes: flipped(hello, at: hello.count - 1, 0x01), channel: .datagram,
+                    expect: .authFailed, note: "the hello vector with the tag's last bit flipped"),
+            Invalid(name: "auth-failed-ciphertext", bytes: flipped(hello, at: 28, 0x80), channel: .datagram,
+                    expect: .authFailed, note: "the hello vector with the first ciphertext byte's top bit flipped"),
+            Invalid(name: "auth-failed-header", bytes: patched(hello, [(27, 2)]), channel: .datagram,
+                    expect: .authFailed, note: "the hello vector with header sequence 2: the header is authenticated (and the nonce differs)"),
+            Invalid(name: "auth-failed-wrong-key", bytes: sealRaw(.hello, helloPayload, key: Fixtures.otherKey),
+                    channel: .datagram, expect: .authFailed,
+                    note: "the hello message sealed with key 0x20..0x3f instead of 0x00..0x1f"),
+            Invalid(name: "replayed", bytes: hello, channel: .datagram, expect: .replayed, openFirst: ["hello"],
+                    note: "the hello vector again, after the hello vector was accepted"),
+            Invalid(name: "stale-epoch", bytes: sealRaw(.hello, helloPayload, epoch: Fixtures.epoch - 1, sequence: 7),
+                    channel: .datagram, expect: .staleEpoch, openFirst: ["hello"],
+                    note: "sender 1 with epoch 1699999999999999, after the hello vector (epoch 1700000000000000) was accepted"),
+            Invalid(name: "unknown-sender", bytes: sealRaw(.hello, helloPayload, sender: 9), channel: .datagram,
+                    expect: .unknownSender, note: "sender 9, not in the members {1, 2, 3}"),
+            Invalid(name: "self-sent", bytes: sealRaw(.hello, helloPayload, sender: 2), channel: .datagram,
+                    expect: .selfSent, note: "sender 2, the receiving node itself"),
+        ]
+
+        // Authentic messages whose payload does not decode.
+        func malformed(_ name: String, _ type: SyncMessageType, _ payload: [UInt8], _ note: String) -> Invalid {
+            Invalid(name: "malformed-" + name, bytes: sealRaw(type, payload), channel: .datagram,
+                    expect: .malformedPayload, note: note, payload: (type, payload))
+        }
+        let batch = SyncCodec.encodePayload(.deltaBatch(DeltaBatch(firstSequence: 42, entries: [Fixtures.tcpUpsert, Fixtures.udpDelete])))
+        let ack = SyncCodec.encodePayload(.ack(Ack(streamEpoch: Fixtures.epoch, cumulative: 41)))
+        list += [
+            malformed("count", .deltaBatch, patched(batch, [(9, 3)]),
+                      "delta batch with count 3 but 2 entries (104 bytes) following"),
+            malformed("count-over-limit", .deltaBatch, patched(batch, [(8, 0), (9, 28)]),
+                      "delta batch with count 28 (limit 27; checked before the bytes)"),
+            malformed("first-sequence-zero", .deltaBatch, patched(batch, [(7, 0), (6, 0), (5, 0), (4, 0)]),
+                      "delta batch with firstSequence 0"),
+            malformed("trailing", .ack, ack + [0], "ack with one byte too many"),
+            malformed("short", .ack, Array(ack.dropLast()), "ack with one byte too few"),
+            malformed("empty", .hello, [], "hello with an empty payload (length 16: the tag only)"),
+            malformed("bool", .hello, patched(helloPayload, [(2, 2)]), "hello with inSync 2"),
+            malformed("entry-from-peer", .deltaBatch, patched(batch, [(10 + 4, 0x0c)]),
+                      "delta batch whose first entry carries the local fromPeer flag (0x08)"),
+            malformed("entry-proto", .deltaBatch, patched(batch, [(10 + 1, 47)]),
+                      "delta batch whose first entry has protocol 47"),
+            malformed("entry-op", .deltaBatch, patched(batch, [(10, 3)]), "delta batch whose first entry has op 3"),
+            malformed("entry-state", .deltaBatch, patched(batch, [(10 + 3, 10)]),
+                      "delta batch whose first entry has state 10"),
+            malformed("entry-reserved", .deltaBatch, patched(batch, [(10 + 7, 1)]),
+                      "delta batch whose first entry has reserved 1"),
+            malformed("nack-order", .nack,
+                      SyncCodec.encodePayload(.nack(Nack(streamEpoch: Fixtures.epoch, cumulative: 41, missing: [50...50, 43...45]))),
+                      "nack whose ranges are not ascending"),
+            malformed("nack-below-cumulative", .nack,
+                      SyncCodec.encodePayload(.nack(Nack(streamEpoch: Fixtures.epoch, cumulative: 41, missing: [41...45]))),
+                      "nack whose first range starts at the cumulative ack"),
+            malformed("digest-count", .digest,
+                      SyncCodec.encodePayload(.digest(Digest(level: 0, bucket: 0, entryCount: 1, hashes: Array(Fixtures.digestHashes(0).prefix(127))))),
+                      "digest with 127 hashes (must be 128)"),
+            malformed("digest-level", .digest,
+                      SyncCodec.encodePayload(.digest(Digest(level: 2, bucket: 0, entryCount: 1, hashes: Fixtures.digestHashes(0)))),
+                      "digest of level 2"),
+            malformed("bulk-request-order", .bulkRequest,
+                      SyncCodec.encodePayload(.bulkRequest(BulkRequest(requestID: 1, leaves: [5, 5]))),
+                      "bulk request listing leaf 5 twice"),
+        ]
+        return list
+    }
+
+    static func subkeyBytes(sender: UInt32, epoch: UInt64) -> [UInt8] {
+        SyncSealing.subkey(Fixtures.key, sender: sender, epoch: epoch).withUnsafeBytes { Array($0) }
+    }
+
+    static let hashKeys: [FlowTuple] = [
+        Fixtures.tcpUpsert.record.key, Fixtures.udpDelete.record.key, Fixtures.tcpFin.record.key, Fixtures.icmp.record.key,
+        Fixtures.tuple("0.0.0.0", 0, "0.0.0.0", 0, 0),
+    ]
+    static let hashEntries: [SyncEntry] = [Fixtures.tcpUpsert, Fixtures.udpDelete, Fixtures.tcpFin, Fixtures.icmp]
+
+    static func files() throws -> [File] {
+        var files: [File] = []
+        func text(_ path: String, _ s: String) { files.append(File(path: path, bytes: Array(s.utf8))) }
+
+        for v in valid() {
+            let h = try SyncCodec.decodeHeader(v.bytes)
+            text("proto/vectors/valid/\(v.name).hex", Hex.wrapped(v.bytes))
+            text("proto/vectors/valid/\(v.name).json", try Describe.json([
+                "name": v.name, "channel": v.channel.description, "header": Describe.header(h),
+                "message": Describe.message(v.message), "payload": Hex.encode(SyncCodec.encodePayload(v.message)),
+            ]))
+            files.append(File(path: "Fuzz/corpus/seed-\(v.name)", bytes: [v.message.type.rawValue] + SyncCodec.encodePayload(v.message)))
+        }
+        for v in valid() where v.name == "hello" || v.name == "bulk-chunk" {
+            files.append(File(path: "Fuzz/corpus/seed-frame-\(v.name)", bytes: [v.message.type.rawValue] + v.bytes))
+        }
+        for v in invalid() {
+            text("proto/vectors/invalid/\(v.name).hex", Hex.wrapped(v.bytes))
+            var d: [String: Any] = ["name": v.name, "channel": v.channel.description, "expect": v.expect.rawValue,
+                                    "note": v.note]
+            if !v.openFirst.isEmpty { d["openFirst"] = v.openFirst }
+            if let (type, payload) = v.payload {
+                d["type"] = Int(type.rawValue)
+                d["payload"] = Hex.encode(payload)
+                files.append(File(path: "Fuzz/corpus/seed-\(v.name)", bytes: [type.rawValue] + payload))
+            }
+            text("proto/vectors/invalid/\(v.name).json", try Describe.json(d))
+        }
+
+        text("proto/vectors/hashes.json", try Describe.json([
+            "mix": [UInt64(0), 1, SyncHashing.golden, .max].map { ["in": Describe.hash($0), "out": Describe.hash(SyncHashing.mix($0))] },
+            "flows": hashKeys.map { k -> [String: Any] in
+                let h = SyncHashing.flowHash(k)
+                var key = Describe.tuple(k)
+                key["proto"] = Int(k.proto)
+                return ["key": key, "flowHash": Describe.hash(h), "bucket": SyncHashing.bucket(ofFlowHash: h),
+                        "subBucket": SyncHashing.subBucket(ofFlowHash: h), "leaf": SyncHashing.leaf(ofFlowHash: h)]
+            },
+            "entries": hashEntries.map { e -> [String: Any] in
+                var key = Describe.tuple(e.record.key)
+                key["proto"] = Int(e.record.key.proto)
+                return ["op": Int(e.operation.rawValue), "key": key, "version": Describe.u64(e.version),
+                        "entryHash": Describe.hash(SyncHashing.entryHash(e))]
+            },
+        ]))
+
+        var info: [UInt8] = []
+        withUnsafeBytes(of: Fixtures.sender.bigEndian) { info += $0 }
+        withUnsafeBytes(of: Fixtures.epoch.bigEndian) { info += $0 }
+        text("proto/vectors/sealing.json", try Describe.json([
+            "clusterKey": Fixtures.key.hexString,
+            "salt": "tandem-sync-v1",
+            "sender": Int(Fixtures.sender),
+            "epoch": Describe.u64(Fixtures.epoch),
+            "info": Hex.encode(info),
+            "subkey": Hex.encode(subkeyBytes(sender: Fixtures.sender, epoch: Fixtures.epoch)),
+            "nonces": [(SyncChannel.datagram, UInt64(1)), (.stream, 1), (.datagram, 0x0102_0304_0506_0708)].map { c, s in
+                ["channel": Int(c.rawValue), "sequence": Describe.u64(s),
+                 "nonce": Hex.encode(SyncSealing.nonceBytes(channel: c, sequence: s))] as [String: Any]
+            },
+        ]))
+        return files
+    }
+}

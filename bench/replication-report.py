@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Turns the replication benchmark's JSON lines into the README's markdown table.
+
+Usage: replication-report.py TANDEM.jsonl CONNTRACKD.jsonl "RATE RATE ..."
+"""
+import json
+import sys
+
+
+def load(path):
+    rows = []
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("{"):
+                    rows.append(json.loads(line))
+    except FileNotFoundError:
+        pass
+    return rows
+
+
+def by_phase(rows, phase, **match):
+    for r in rows:
+        if r.get("phase") == phase and all(r.get(k) == v for k, v in match.items()):
+            return r
+    return None
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        v = f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
+    else:
+        v = f"{v:,}"
+    return f"{v}{unit}"
+
+
+def ratio(a, b, better_low):
+    if a is None or b is None or a <= 0 or b <= 0:
+        return "n/a"
+    return f"{(b / a) if better_low else (a / b):.2f}x"
+
+
+def main():
+    tandem, ctd = load(sys.argv[1]), load(sys.argv[2])
+    rates = [int(r) for r in sys.argv[3].split()]
+    out = []
+    out.append("| Metric | Tandem | conntrackd FTFW | Tandem advantage |")
+    out.append("|---|---|---|---|")
+    for r in rates:
+        t, c = by_phase(tandem, "rate", rate=r), by_phase(ctd, "rate", rate=r)
+        for q in ("p50", "p99"):
+            tv = t and t.get(f"lag_{q}_ms")
+            cv = c and c.get(f"lag_{q}_ms")
+            out.append(f"| lag {q} at {r:,} new flows/s | {fmt(tv, ' ms')} | {fmt(cv, ' ms')} | {ratio(tv, cv, True)} |")
+        tm = t and f"{t['replicated']:,}/{t['injected']:,}"
+        cm = c and f"{c['replicated']:,}/{c['injected']:,}"
+        out.append(f"| replicated/created at {r:,}/s | {tm or 'n/a'} | {cm or 'n/a'} | |")
+    t, c = by_phase(tandem, "burst"), by_phase(ctd, "burst")
+    tv, cv = t and float(t["entries_per_second"]), c and float(c["entries_per_second"])
+    out.append(f"| burst: entries/s until the peer holds all | {fmt(tv)} | {fmt(cv)} | {ratio(tv, cv, False)} |")
+    def counts(r):
+        return f"{r['replicated']:,}/{r['injected']:,}" if r else "n/a"
+    if t or c:
+        out.append(f"| burst: replicated/created | {counts(t)} | {counts(c)} | |")
+    t, c = by_phase(tandem, "cost"), by_phase(ctd, "cost")
+    tv, cv = t and t.get("bytes_per_entry"), c and c.get("bytes_per_entry")
+    out.append(f"| UDP payload bytes per entry | {fmt(tv)} | {fmt(cv)} | {ratio(tv, cv, True)} |")
+    tv, cv = t and t.get("cpu_ms_per_100k"), c and c.get("cpu_ms_per_100k")
+    out.append(f"| CPU ms per 100k entries (both nodes) | {fmt(tv)} | {fmt(cv)} | {ratio(tv, cv, True)} |")
+    for b in [r for r in tandem if r.get("phase") == "bulk"]:
+        out.append(f"| bulk resync of {b['connections']:,} connections (restart to in sync) | "
+                   f"{fmt(float(b['seconds']), ' s')} | n/a (keeps no table to resync from; `-n` request) | |")
+    out.append("")
+    out.append("Authenticated and encrypted: Tandem yes (ChaCha20-Poly1305, replay window); conntrackd no.")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

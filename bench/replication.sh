@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Replication benchmark: a connection created in node 1's table -> present in node 2's table.
+#   tandem      two `tandem node run` daemons (llb1, llb2) on a test bed. tandem-syncbench creates
+#               flows by running llb1's own loaded datapath over synthetic SYNs (BPF_PROG_TEST_RUN:
+#               the same entries and ring-buffer events real traffic makes) and polls llb2's tdm_ct.
+#   conntrackd  conntrack-tools in FTFW mode between the same two namespaces, straight into the
+#               peer's kernel table (DisableExternalCache), driven by tandem-ctbench through
+#               libnetfilter_conntrack (bench/conntrackd-lib.sh).
+# Metrics: lag p50/p99/max at rising new-flow rates, entries/s in a burst, bytes on the wire per
+# entry, CPU per 100k entries (both daemons), and for Tandem the bulk resync time of a restarted
+# node for 100k and 1M connections. Markdown to stdout and bench/results/replication-latest.md.
+#
+# Environment (defaults in brackets):
+#   RATES ["1000 5000 10000 20000"]  new flows/s     RATE_SECONDS [2]    BURST [100000]
+#   BULK ["100000 1000000"]          connections in node 1 when node 2 restarts
+#   SYSTEMS ["tandem conntrackd"]    TB [random]     RESULTS [bench/results/replication-latest.md]
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$BENCH_DIR/.." && pwd)"
+RATES="${RATES:-1000 5000 10000 20000}"
+RATE_SECONDS="${RATE_SECONDS:-2}"
+BURST="${BURST:-100000}"
+BULK="${BULK:-100000 1000000}"
+SYSTEMS="${SYSTEMS:-tandem conntrackd}"
+RESULTS="${RESULTS:-$BENCH_DIR/results/replication-latest.md}"
+export TB="${TB:-r$(tr -dc 'a-z0-9' </dev/urandom | head -c 5)}" NODES=2
+
+[[ $EUID -eq 0 ]] || { echo "replication.sh: must run as root" >&2; exit 1; }
+pick() { if [[ -x "$REPO/.build/release/$1" ]]; then echo "$REPO/.build/release/$1"; else echo "$REPO/.build/debug/$1"; fi; }
+TANDEM="$(pick tandem)"
+SYNCBENCH="$(pick tandem-syncbench)"
+CTBENCH="$(pick tandem-ctbench)"
+export TANDEM_ECHO="${TANDEM_ECHO:-$(pick tandem-echo)}"
+for b in "$TANDEM" "$SYNCBENCH" "$TANDEM_ECHO"; do
+    [[ -x "$b" ]] || { echo "replication.sh: $b not built (make build)" >&2; exit 1; }
+done
+
+# shellcheck source=testbed/lib.sh
+source "$REPO/testbed/lib.sh"
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+OUT="$TB_STATE/replication"
+MAX_BULK=0
+for n in $BULK; do (( n > MAX_BULK )) && MAX_BULK=$n; done
+# Two map entries per connection, plus the rate and burst phases' flows, plus headroom.
+CT_SIZE=$(( (MAX_BULK + BURST + 200000) * 2 + 65536 ))
+
+cleanup() {
+    set +e
+    tandem_stop llb2; tandem_stop llb1
+    if declare -F ctd_teardown >/dev/null; then ctd_teardown "$OUT/ctd"; fi
+    bash "$REPO/testbed/down.sh" >/dev/null 2>&1
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+bash "$REPO/testbed/up.sh" >/dev/null
+mkdir -p "$OUT"
+"$TANDEM" cluster keygen >"$OUT/cluster.key"
+chmod 600 "$OUT/cluster.key"
+
+tandem_config() { # ROLE PEER_ROLE
+    cat >"$OUT/$1.yaml" <<YAML
+interfaces: [eth0]
+connectionTableSize: $CT_SIZE
+timeouts: {tcpSyn: 3600}
+cluster:
+  peers: [$(tb_ip "$2")]
+  keyFile: $OUT/cluster.key
+services:
+  - {externalIP: 10.0.10.143, port: 56002, protocol: tcp, mode: fullnat, sel: rr, name: svc,
+     endpoints: [{ip: $(tb_ip ep1), port: 80}, {ip: $(tb_ip ep2), port: 80}]}
+YAML
+}
+
+tandem_start() { # ROLE
+    setsid ip netns exec "$(tb_ns "$1")" "$TANDEM" node run --config "$OUT/$1.yaml" \
+        --bpf-object "$REPO/bpf/obj/tandem_lb.o" --log-level warning </dev/null >"$OUT/$1.log" 2>&1 &
+    echo $! >"$OUT/$1.pid"
+}
+
+tandem_stop() { # ROLE
+    local pid
+    pid="$(cat "$OUT/$1.pid" 2>/dev/null || true)"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$OUT/$1.pid"
+}
+
+sync_json() { tb_exec "$1" "$TANDEM" get sync -o json 2>/dev/null; }
+jget() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval('d'+sys.argv[1]))" "$1"; }
+in_sync() { [[ "$(sync_json "$1" | jget '["inSync"]' 2>/dev/null)" == True ]]; }
+wait_in_sync() { # ROLE TIMEOUT_S
+    local t0=$SECONDS
+    until in_sync "$1"; do (( SECONDS - t0 < $2 )) || return 1; sleep 0.05; done
+}
+prog_id() { tb_exec "$1" bpftool -j net show dev eth0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["tc"][0]["id"])'; }
+ct_map_id() {
+    bpftool -j prog show id "$(prog_id "$1")" | python3 -c '
+import json, subprocess, sys
+for m in json.load(sys.stdin)["map_ids"]:
+    if json.loads(subprocess.check_output(["bpftool", "-j", "map", "show", "id", str(m)]))["name"] == "tdm_ct":
+        print(m)'
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+daemon_pid() { pgrep -f "node run --config $OUT/$1.yaml" | head -1; }
+now_ms() { date +%s%3N; }
+
+# ------------------------------------------------------------------------------------------
+run_tandem() {
+    tandem_config llb1 llb2
+    tandem_config llb2 llb1
+    tandem_start llb1
+    tandem_start llb2
+    wait_in_sync llb1 20 && wait_in_sync llb2 20 || { log "tandem nodes did not come up"; tail "$OUT"/llb*.log >&2; return 1; }
+    local prog watch next=0 p1 p2 c1 c2 b0 b1 s0 s1
+    prog="$(prog_id llb1)"; watch="$(ct_map_id llb2)"
+    log "tandem: llb1 program $prog, llb2 tdm_ct map $watch"
+    for r in $RATES; do
+        "$SYNCBENCH" rates --prog "$prog" --watch "$watch" --rates "$r" --duration "$RATE_SECONDS" --first "$next" \
+            | tee -a "$OUT/tandem.jsonl"
+        next=$(( next + r * RATE_SECONDS ))
+    done
+    p1="$(daemon_pid llb1)"; p2="$(daemon_pid llb2)"
+    c1="$(cpu_ticks "$p1")"; c2="$(cpu_ticks "$p2")"
+    b0="$(sync_json llb1 | jget '["bytesSent"]')"; s0="$(sync_json llb1 | jget '["counters"]["entriesSent"]')"
+    "$SYNCBENCH" burst --prog "$prog" --watch "$watch" --count "$BURST" --first "$next" | tee -a "$OUT/tandem.jsonl"
+    next=$(( next + BURST ))
+    sleep 0.5
+    b1="$(sync_json llb1 | jget '["bytesSent"]')"; s1="$(sync_json llb1 | jget '["counters"]["entriesSent"]')"
+    echo "{\"phase\":\"cost\",\"cpu_ms_per_100k\":$(( ( $(cpu_ticks "$p1") - c1 + $(cpu_ticks "$p2") - c2 ) * 10 * 100000 / BURST )),\"bytes_per_entry\":$(python3 -c "print(round(($b1-$b0)/max(1,$s1-$s0),1))"),\"entries_sent\":$(( s1 - s0 ))}" \
+        | tee -a "$OUT/tandem.jsonl"
+    sync_json llb2 >"$OUT/llb2-sync.json"
+    # Bulk resync: node 2 restarts with an empty table while node 1 holds N connections.
+    local have n t0 t1
+    for n in $BULK; do
+        tandem_stop llb2
+        have=$(( $("$SYNCBENCH" count --map "$(ct_map_id llb1)") / 2 ))
+        if (( have < n )); then
+            "$SYNCBENCH" fill --prog "$prog" --count $(( n - have )) --first "$next" >>"$OUT/tandem.jsonl"
+            next=$(( next + n - have ))
+        fi
+        have=$(( $("$SYNCBENCH" count --map "$(ct_map_id llb1)") / 2 ))
+        sleep 1
+        t0=$(now_ms)
+        tandem_start llb2
+        wait_in_sync llb2 120 || { log "llb2 did not get in sync with $have connections"; continue; }
+        t1=$(now_ms)
+        echo "{\"phase\":\"bulk\",\"connections\":$have,\"seconds\":$(python3 -c "print(($t1-$t0)/1000)"),\"node2_entries\":$("$SYNCBENCH" count --map "$(ct_map_id llb2)")}" \
+            | tee -a "$OUT/tandem.jsonl"
+    done
+    tandem_stop llb2
+    tandem_stop llb1
+}
+
+run_conntrackd() {
+    [[ -x "$CTBENCH" ]] || { log "tandem-ctbench not built"; return 1; }
+    [[ -f "$BENCH_DIR/conntrackd-lib.sh" ]] || { log "bench/conntrackd-lib.sh missing"; return 1; }
+    command -v conntrackd >/dev/null || { log "conntrackd not installed (apt-get install -y conntrackd)"; return 1; }
+    # shellcheck source=bench/conntrackd-lib.sh
+    source "$BENCH_DIR/conntrackd-lib.sh"
+    ctd_setup "$(tb_ns llb1)" "$(tb_ip llb1)" "$(tb_ns llb2)" "$(tb_ip llb2)" "$OUT/ctd" || return 1
+    CTBENCH="$CTBENCH" ctd_measure "$(tb_ns llb1)" "$(tb_ns llb2)" "$(echo "$RATES" | tr ' ' ,)" "$RATE_SECONDS" "$BURST" \
+        | tee -a "$OUT/conntrackd.jsonl"
+    ctd_teardown "$OUT/ctd"
+}
+
+: >"$OUT/tandem.jsonl"; : >"$OUT/conntrackd.jsonl"
+for s in $SYSTEMS; do
+    log "system: $s"
+    "run_$s" || log "$s: measurement failed"
+done
+
+python3 "$BENCH_DIR/replication-report.py" "$OUT/tandem.jsonl" "$OUT/conntrackd.jsonl" "$RATES" | tee "$RESULTS"
