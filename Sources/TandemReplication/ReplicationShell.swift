@@ -71,8 +71,11 @@ public final class ReplicationShell: @unchecked Sendable {
     private var lastAuthWarning: UInt64 = 0
     private var lastSummary: UInt64 = 0
     private var flushScheduled = false
+    private var socketRebinds: UInt64 = 0
+    private var lastRebindWarning: UInt64 = 0
     private var summarised = ReplicationCounters()
     private let inSyncBox = NIOLockedValueBox(false)
+    private let stoppedBox = NIOLockedValueBox(false)
 
     public init(config: ReplicationShellConfig, datapath: ReplicationDatapath, logger: Logger) {
         self.config = config
@@ -92,16 +95,7 @@ public final class ReplicationShell: @unchecked Sendable {
     // MARK: Lifecycle
 
     public func start() async throws {
-        let udpChannel = try await DatagramBootstrap(group: group)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
-            .channelInitializer { [weak self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(DatagramHandler(shell: self))
-                }
-            }
-            .bind(host: "\(config.bindAddress)", port: Int(config.port)).get()
-        // Deltas come in bursts; a bigger receive buffer rides them out.
-        _ = try? await udpChannel.setOption(.socketOption(.so_rcvbuf), value: 4 << 20).get()
+        let udpChannel = try await bindDatagram().get()
         let serverChannel: Channel
         do {
             serverChannel = try await ServerBootstrap(group: group)
@@ -135,7 +129,57 @@ public final class ReplicationShell: @unchecked Sendable {
         ])
     }
 
+    /// The UDP socket. A send the kernel refuses (a local firewall's EPERM, say) makes NIO close
+    /// the channel; `datagramClosed` binds a new one, so replication never stops over it.
+    private func bindDatagram() -> EventLoopFuture<Channel> {
+        DatagramBootstrap(group: group)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            // Deltas come in bursts; a bigger receive buffer rides them out.
+            .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)
+            .channelInitializer { [weak self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(DatagramHandler(shell: self))
+                }
+            }
+            .bind(host: "\(config.bindAddress)", port: Int(config.port))
+    }
+
+    fileprivate func datagramClosed(_ channel: Channel) {
+        guard udp === channel, timer != nil else { return } // stopping, or an old socket
+        udp = nil
+        socketRebinds += 1
+        let t = now().monotonicMillis
+        if t >= lastRebindWarning &+ 10_000 {
+            lastRebindWarning = t
+            logger.warning("sync socket closed after a send error; binding it again",
+                           metadata: ["rebinds": "\(socketRebinds)"])
+        }
+        rebind()
+    }
+
+    private func rebind() {
+        bindDatagram().whenComplete { [self] result in
+            switch result {
+            case .success(let c):
+                if timer != nil { udp = c } else { c.close(promise: nil) }
+            case .failure(let error):
+                logger.error("sync socket could not be bound again", metadata: ["error": "\(error)"])
+                loop.scheduleTask(in: .milliseconds(100)) { [weak self] in
+                    guard let self, self.udp == nil, self.timer != nil else { return }
+                    self.rebind()
+                }
+            }
+        }
+    }
+
     public func stop() async {
+        // Idempotent: the daemon's shutdown paths may call this twice, and NIO must not be asked
+        // to shut the group down again.
+        let first = stoppedBox.withLockedValue { stopped -> Bool in
+            defer { stopped = true }
+            return !stopped
+        }
+        guard first else { return }
         let closing: [Channel] = (try? await loop.submit { [self] () -> [Channel] in
             timer?.cancel()
             timer = nil
@@ -153,7 +197,7 @@ public final class ReplicationShell: @unchecked Sendable {
 
     /// Local datapath changes (ring-buffer events), from any thread.
     public func submit(changes: [(record: FlowRecord, deleted: Bool)]) {
-        guard !changes.isEmpty else { return }
+        guard !changes.isEmpty, !stoppedBox.withLockedValue({ $0 }) else { return }
         loop.execute { [self] in
             let t = now()
             for c in changes { perform(core.onLocalChange(c.record, deleted: c.deleted, now: t)) }
@@ -174,6 +218,7 @@ public final class ReplicationShell: @unchecked Sendable {
 
     /// The periodic scan of the local table (original directions), from any thread.
     public func submit(scan live: [(record: FlowRecord, fromPeer: Bool)]) {
+        guard !stoppedBox.withLockedValue({ $0 }) else { return }
         loop.execute { [self] in
             let t = now()
             var actions = core.onLocalScan(live, now: t)
@@ -183,7 +228,8 @@ public final class ReplicationShell: @unchecked Sendable {
     }
 
     public func status() async -> ReplicationStatus? {
-        try? await loop.submit { [self] in makeStatus() }.get()
+        guard !stoppedBox.withLockedValue({ $0 }) else { return nil }
+        return try? await loop.submit { [self] in makeStatus() }.get()
     }
 
     // MARK: Loop-confined work
@@ -402,7 +448,7 @@ public final class ReplicationShell: @unchecked Sendable {
             retransmitWindow: core.sender.windowCount, peers: peers, counters: core.counters, dropped: dropped,
             datagramsSent: datagramsSent, datagramsReceived: datagramsReceived, bytesSent: bytesSent,
             installFailures: installFailures, lagP50Micros: core.lag.quantile(0.5), lagP99Micros: core.lag.quantile(0.99),
-            lagMaxMicros: core.lag.max)
+            lagMaxMicros: core.lag.max, socketRebinds: socketRebinds)
     }
 
     private func logSummary() {
@@ -437,6 +483,11 @@ private final class DatagramHandler: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         // ICMP port-unreachable from a peer that is down surfaces here; the socket stays usable.
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        shell?.datagramClosed(context.channel)
+        context.fireChannelInactive()
     }
 }
 

@@ -107,9 +107,12 @@ public struct ReplicationCore: Sendable {
     private var startedAt: UInt64 = 0
     private var lastKeepalive: UInt64 = 0
     private var lastAck: [UInt32: UInt64] = [:]
+    private var lastAckedCumulative: [UInt32: UInt64] = [:]
     private var lastAntiEntropy: UInt64 = 0
     private var lastTombstoneSweep: UInt64 = 0
     private var nextRequestID: UInt32 = 1
+    /// Digest leaves that differ from a peer's, waiting to be pulled.
+    private var leavesToPull: [UInt32: Set<UInt16>] = [:]
     /// Transfers in flight, by request id.
     public private(set) var transfers: [UInt32: Transfer] = [:]
 
@@ -365,8 +368,11 @@ public struct ReplicationCore: Sendable {
                 counters.nacksSent += 1
                 actions.append(.send(.nack(nack), to: p))
                 lastAck[p] = t
-            } else if t >= (lastAck[p] ?? 0) &+ config.ackInterval {
+            } else if t >= (lastAck[p] ?? 0) &+ config.ackInterval,
+                      r.cumulative != lastAckedCumulative[p] || t >= (lastAck[p] ?? 0) &+ 1000 {
+                // Ack what is new; repeat an unchanged ack only once a second (acks get lost too).
                 lastAck[p] = t
+                lastAckedCumulative[p] = r.cumulative
                 counters.acksSent += 1
                 actions.append(.send(.ack(r.ack), to: p))
             }
@@ -386,6 +392,7 @@ public struct ReplicationCore: Sendable {
                 actions += setInSync(true)
             }
         }
+        actions += startGatheredPulls(now: t)
         if inSync, t >= lastAntiEntropy &+ config.antiEntropyInterval {
             lastAntiEntropy = t
             let candidates = alivePeers(now: t)
@@ -421,10 +428,21 @@ public struct ReplicationCore: Sendable {
             guard !buckets.isEmpty else { return [] }
             return [.send(.digestRequest(DigestRequest(buckets: buckets)), to: p)]
         }
+        // Level-1 digests of one round arrive back to back: gather their leaves and pull them in
+        // one transfer on the next tick.
         let leaves = table.differingLeaves(d)
-        guard !leaves.isEmpty, !transfers.values.contains(where: { $0.peer == p }) else { return [] }
-        counters.antiEntropyPulls += 1
-        return startPull(from: p, leaves: leaves, now: t)
+        if !leaves.isEmpty { leavesToPull[p, default: []].formUnion(leaves) }
+        return []
+    }
+
+    private mutating func startGatheredPulls(now t: UInt64) -> [ReplicationAction] {
+        var actions: [ReplicationAction] = []
+        for p in leavesToPull.keys.sorted() where !transfers.values.contains(where: { $0.peer == p }) {
+            guard let leaves = leavesToPull.removeValue(forKey: p), !leaves.isEmpty else { continue }
+            counters.antiEntropyPulls += 1
+            actions += startPull(from: p, leaves: leaves.sorted(), now: t)
+        }
+        return actions
     }
 
     private mutating func startPull(from p: UInt32, leaves: [UInt16], now t: UInt64) -> [ReplicationAction] {

@@ -36,11 +36,13 @@ public struct ReplicationStatus: Sendable, Codable, Hashable {
     public var lagP50Micros: UInt64
     public var lagP99Micros: UInt64
     public var lagMaxMicros: UInt64
+    /// Times the UDP socket was bound again after the kernel refused a send.
+    public var socketRebinds: UInt64?
 
     public init(nodeID: UInt32, epoch: UInt64, inSync: Bool, entries: Int, liveEntries: Int, nextSequence: UInt64,
                 retransmitWindow: Int, peers: [Peer], counters: ReplicationCounters, dropped: [String: UInt64],
                 datagramsSent: UInt64, datagramsReceived: UInt64, bytesSent: UInt64, installFailures: UInt64,
-                lagP50Micros: UInt64, lagP99Micros: UInt64, lagMaxMicros: UInt64) {
+                lagP50Micros: UInt64, lagP99Micros: UInt64, lagMaxMicros: UInt64, socketRebinds: UInt64? = nil) {
         self.nodeID = nodeID
         self.epoch = epoch
         self.inSync = inSync
@@ -58,6 +60,7 @@ public struct ReplicationStatus: Sendable, Codable, Hashable {
         self.lagP50Micros = lagP50Micros
         self.lagP99Micros = lagP99Micros
         self.lagMaxMicros = lagMaxMicros
+        self.socketRebinds = socketRebinds
     }
 }
 

@@ -92,20 +92,12 @@ extension Privileged {
             }
         }
 
-        /// Drops `percent` of the sync traffic (UDP, both directions) in a node's namespace.
+        /// Drops `percent` of the sync datagrams arriving at a node (nftables `numgen random`: this
+        /// kernel has no netem). Applied on both nodes, each direction of the link loses that much.
         func lossySyncLink(_ bed: TestBed, _ role: String, percent: Int) throws {
-            let table = "tdmloss"
-            let script = """
-            add table inet \(table)
-            add chain inet \(table) in { type filter hook input priority 0; }
-            add chain inet \(table) out { type filter hook output priority 0; }
-            add rule inet \(table) in udp dport 11112 numgen random mod 100 < \(percent) drop
-            add rule inet \(table) out udp dport 11112 numgen random mod 100 < \(percent) drop
-            """
-            let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(bed.name)-loss.nft").path
-            try script.write(toFile: path, atomically: true, encoding: .utf8)
-            defer { try? FileManager.default.removeItem(atPath: path) }
-            let r = try bed.exec(role, ["nft", "-f", path])
+            let r = try bed.exec(role, ["nft", "add table inet tdmloss; "
+                + "add chain inet tdmloss in { type filter hook input priority 0; }; "
+                + "add rule inet tdmloss in udp dport 11112 numgen random mod 100 < \(percent) drop"])
             guard r.ok else { throw TestFailure("nft: \(r.stderr)") }
         }
 
@@ -131,6 +123,7 @@ extension Privileged {
             print("replication: \(first.count) flows in node 2 within \(String(format: "%.2f", took ?? -1)) s")
 
             // 2. 20 % loss on the sync link: acks, nacks and retransmissions repair it.
+            try lossySyncLink(bed, "llb1", percent: 20)
             try lossySyncLink(bed, "llb2", percent: 20)
             try traffic(bed, tcp: 200, udpFlows: 20)
             let second = try flows(n1)
@@ -142,7 +135,7 @@ extension Privileged {
             #expect(s1.counters.retransmittedEntries > 0 || s2.counters.antiEntropyRepaired > 0)
             print("with 20% loss: \(second.count) flows converged in \(String(format: "%.2f", tookLossy ?? -1)) s; "
                   + "nacks \(s2.counters.nacksSent), retransmitted \(s1.counters.retransmittedEntries)")
-            _ = try bed.exec("llb2", ["nft", "delete", "table", "inet", "tdmloss"])
+            for role in ["llb1", "llb2"] { _ = try bed.exec(role, ["nft", "delete", "table", "inet", "tdmloss"]) }
 
             // 3. Node 2 restarts with an empty table and gets everything back by bulk transfer,
             //    reporting in sync only then.
