@@ -9,6 +9,9 @@
 # Metrics: lag p50/p99/max at rising new-flow rates, entries/s in a burst, bytes on the wire per
 # entry, CPU per 100k entries (both daemons), and for Tandem the bulk resync time of a restarted
 # node for 100k and 1M connections. Markdown to stdout and bench/results/replication-latest.md.
+# The service has 32 endpoints (addresses in the vcn with no host behind them: the synthetic SYNs
+# are never sent anywhere) because fullnat to the VIP allows one connection per endpoint and port,
+# and 1M connections need more than two endpoints' 64k ports each.
 #
 # Environment (defaults in brackets):
 #   RATES ["1000 5000 10000 20000"]  new flows/s     RATE_SECONDS [2]    BURST [100000]
@@ -69,8 +72,14 @@ cluster:
   peers: [$(tb_ip "$2")]
   keyFile: $OUT/cluster.key
 services:
-  - {externalIP: 10.0.10.143, port: 56002, protocol: tcp, mode: fullnat, sel: rr, name: svc,
-     endpoints: [{ip: $(tb_ip ep1), port: 80}, {ip: $(tb_ip ep2), port: 80}]}
+  - externalIP: 10.0.10.143
+    port: 56002
+    protocol: tcp
+    mode: fullnat
+    sel: rr
+    name: svc
+    endpoints:
+$(for i in $(seq 100 131); do echo "      - {ip: 10.0.10.$i, port: 80}"; done)
 YAML
 }
 

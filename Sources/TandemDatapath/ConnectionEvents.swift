@@ -79,6 +79,8 @@ public final class RingBufferReader: @unchecked Sendable {
         let handle = RingBufferHandle(rb)
         let onBatch = onBatch
         let t = Thread {
+            // Events feed replication: keep up with the datapath (nice -5, this thread only).
+            _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, -5)
             let b = box.takeUnretainedValue()
             while !flag.isStopped {
                 let rc = ring_buffer__poll(handle.rb, 100)

@@ -23,7 +23,7 @@ public actor NodeController: LoadBalancerController {
     private var reaps = 0
     /// Replication's scan (refreshes, missed events, silent deletes) runs on every Nth reap: it
     /// only needs to beat the shortest idle timeout, and it costs a pass over the whole table.
-    private let replicationScanEvery = 5
+    let replicationScanEvery = 5
 
     public init(datapath: Datapath, settings: DatapathSettings, logger: Logger, directory: ServiceDirectory = ServiceDirectory(),
                 ringEventCounts: @escaping @Sendable () -> [String: UInt64] = { [:] },
@@ -138,15 +138,15 @@ public actor NodeController: LoadBalancerController {
         eventCounts["\(event.kind)", default: 0] += 1
     }
 
-    /// One pass of the periodic scan: deletes expired connections and reports them, and hands
-    /// the live ones to replication (which refreshes them on peers and notices silent deletes).
-    func reap() async -> [ConnectionEvent] {
+    /// One pass of the periodic scan: deletes expired connections and reports them, and (when
+    /// asked) hands the live ones to replication, which refreshes them on peers and notices
+    /// silent deletes. Synchronous and nonisolated: it runs on the scanner's own low-priority
+    /// thread, so a long pass over a big table never delays the datapath's event handling.
+    nonisolated func scan(replicateTo replication: ReplicationShell?) -> [ConnectionEvent] {
         let entries = datapath.connectionEntries()
         let (delete, events) = ConnectionReaper(timeouts: settings.timeouts).expired(in: entries)
         for k in delete { datapath.deleteEntry(k) }
-        for e in events { record(e) }
-        reaps += 1
-        if let replication, reaps % replicationScanEvery == 0 {
+        if let replication {
             let gone = Set(delete)
             let live = Connection.join(entries).filter { !gone.contains($0.original.key) }.map {
                 (record: FlowRecord(connection: $0, timeouts: settings.timeouts),
@@ -154,6 +154,18 @@ public actor NodeController: LoadBalancerController {
             }
             replication.submit(scan: live)
         }
+        return events
+    }
+
+    func record(expired events: [ConnectionEvent]) {
+        for e in events { record(e) }
+    }
+
+    /// A scan pass from async code (tests); the daemon's scanner thread calls `scan` directly.
+    func reap() async -> [ConnectionEvent] {
+        reaps += 1
+        let events = scan(replicateTo: reaps % replicationScanEvery == 0 ? replication : nil)
+        record(expired: events)
         return events
     }
 }

@@ -165,23 +165,14 @@ final class DatapathService: ServiceLifecycle.Service, @unchecked Sendable {
     }
 
     func run() async throws {
-        let controller = controller
-        let interval = reapInterval
-        let logger = logger
-        // The periodic scan catches idle expiry and LRU eviction.
+        // The periodic scan catches idle expiry and LRU eviction, on its own thread.
+        let scanner = TableScanner(controller: controller, replication: replication, interval: reapInterval,
+                                   logger: logger)
+        scanner.start()
         await cancelWhenGracefulShutdown {
-            var pause = interval
-            while !Task.isCancelled {
-                try? await Task.sleep(for: pause)
-                if Task.isCancelled { break }
-                let clock = ContinuousClock()
-                let started = clock.now
-                let expired = await controller.reap()
-                // A big table makes a scan long: keep scanning under a fifth of a core.
-                pause = max(interval, (clock.now - started) * 4)
-                if !expired.isEmpty { logger.debug("expired connections", metadata: ["count": "\(expired.count)"]) }
-            }
+            while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
         }
+        scanner.stop()
         await shutdown()
     }
 
@@ -189,5 +180,73 @@ final class DatapathService: ServiceLifecycle.Service, @unchecked Sendable {
         reader.stop()
         await replication?.stop()
         await datapath.close()
+    }
+}
+
+/// Runs the table scan on a dedicated thread at a low scheduling priority (nice 10): the scan
+/// reads the whole connection table, and on two cores it must yield to the threads that forward
+/// events and replicate. A long pass also stretches the pause after it (the scan stays under a
+/// fifth of a core).
+final class TableScanner: @unchecked Sendable {
+    private let controller: NodeController
+    private let replication: ReplicationShell?
+    private let interval: Duration
+    private let logger: Logger
+    private let condition = NSCondition()
+    private var stopping = false
+    private var running = false
+
+    init(controller: NodeController, replication: ReplicationShell?, interval: Duration, logger: Logger) {
+        self.controller = controller
+        self.replication = replication
+        self.interval = interval
+        self.logger = logger
+    }
+
+    func start() {
+        running = true
+        let t = Thread { [self] in
+            // On Linux the nice value is per thread; 0 names the calling thread.
+            _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, 10)
+            var pause = Double(interval.components.seconds) + Double(interval.components.attoseconds) / 1e18
+            let base = pause
+            var passes = 0
+            while waitOrStop(seconds: pause) {
+                let started = Date()
+                passes += 1
+                let replicate = passes % controller.replicationScanEvery == 0 ? replication : nil
+                let expired = controller.scan(replicateTo: replicate)
+                if !expired.isEmpty {
+                    let c = controller
+                    Task { await c.record(expired: expired) }
+                    logger.debug("expired connections", metadata: ["count": "\(expired.count)"])
+                }
+                pause = max(base, Date().timeIntervalSince(started) * 4)
+            }
+            condition.lock()
+            running = false
+            condition.broadcast()
+            condition.unlock()
+        }
+        t.name = "tandem-scan"
+        t.start()
+    }
+
+    /// Sleeps up to `seconds`; false once stopping.
+    private func waitOrStop(seconds: Double) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        let deadline = Date().addingTimeInterval(seconds)
+        while !stopping && Date() < deadline { _ = condition.wait(until: deadline) }
+        return !stopping
+    }
+
+    /// Stops and waits for a pass in progress to finish (so the maps outlive it).
+    func stop() {
+        condition.lock()
+        stopping = true
+        condition.broadcast()
+        while running { _ = condition.wait(until: Date().addingTimeInterval(1)) }
+        condition.unlock()
     }
 }

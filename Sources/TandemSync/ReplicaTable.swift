@@ -16,6 +16,8 @@ public struct ReplicaRecord: Sendable, Hashable {
     public var changedAt: UInt64
     /// Local monotonic milliseconds by which peers will expire the flow unless refreshed.
     public var peerDeadline: UInt64
+    /// The local-table scan that last saw this flow in the datapath (bookkeeping only).
+    public var scanned: UInt32 = 0
 
     public var isTombstone: Bool { entry.operation == .delete }
 }
@@ -88,6 +90,11 @@ public struct ReplicaTable: Sendable {
     /// Updates bookkeeping without changing the entry (and so without changing digests).
     public mutating func setPeerDeadline(_ key: FlowTuple, _ deadline: UInt64) {
         records[key]?.peerDeadline = deadline
+    }
+
+    /// Notes that a scan of the local datapath saw this flow.
+    public mutating func markScanned(_ key: FlowTuple, scan: UInt32) {
+        records[key]?.scanned = scan
     }
 
     /// Forgets a flow outright (tombstone expiry, or a learned flow that timed out locally).

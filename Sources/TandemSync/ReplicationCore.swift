@@ -111,6 +111,8 @@ public struct ReplicationCore: Sendable {
     private var lastAntiEntropy: UInt64 = 0
     private var lastTombstoneSweep: UInt64 = 0
     private var nextRequestID: UInt32 = 1
+    private var scanGeneration: UInt32 = 0
+    private var scanStartedAt: UInt64 = 0
     /// Digest leaves that differ from a peer's, waiting to be pulled.
     private var leavesToPull: [UInt32: Set<UInt16>] = [:]
     /// Transfers in flight, by request id.
@@ -182,12 +184,25 @@ public struct ReplicationCore: Sendable {
     /// lifetimes): catches changes whose events were lost, deletes without events (LRU eviction),
     /// and refreshes long-lived flows on peers before their copies would expire.
     public mutating func onLocalScan(_ live: [(record: FlowRecord, fromPeer: Bool)], now: SyncTime) -> [ReplicationAction] {
+        beginScan(now: now)
+        var actions = onLocalScanChunk(live, now: now)
+        actions += finishScan(now: now)
+        return actions
+    }
+
+    /// A scan in chunks, so a big table never holds the event loop for long: `beginScan` when the
+    /// table has been read, `onLocalScanChunk` for each slice of it, then `finishScan`.
+    public mutating func beginScan(now: SyncTime) {
+        scanGeneration &+= 1
+        if scanGeneration == 0 { scanGeneration = 1 }
+        scanStartedAt = now.monotonicMillis
+    }
+
+    public mutating func onLocalScanChunk(_ live: [(record: FlowRecord, fromPeer: Bool)], now: SyncTime) -> [ReplicationAction] {
         let nowMs = now.monotonicMillis
-        var present = Set<FlowTuple>()
-        present.reserveCapacity(live.count)
         var actions: [ReplicationAction] = []
         for (r, fromPeer) in live {
-            present.insert(r.key)
+            defer { table.markScanned(r.key, scan: scanGeneration) }
             guard let held = table[r.key] else {
                 if !fromPeer {
                     counters.missedEventsRecovered += 1
@@ -214,11 +229,17 @@ public struct ReplicationCore: Sendable {
                 actions += onLocalChange(r, deleted: false, now: now)
             }
         }
+        return actions
+    }
+
+    /// Flows the scan did not see are gone from the datapath without an event (LRU eviction, the
+    /// reaper). Only flows that changed a while before the scan began count: a newer one may
+    /// simply postdate the read.
+    public mutating func finishScan(now: SyncTime) -> [ReplicationAction] {
+        var actions: [ReplicationAction] = []
         var vanished: [FlowTuple] = []
-        for (k, rec) in table.records where !rec.isTombstone && !present.contains(k) {
-            // Only flows older than a scan period: a flow created after the scan read the table is
-            // not missing.
-            guard nowMs >= rec.changedAt &+ 1000 else { continue }
+        for (k, rec) in table.records where !rec.isTombstone && rec.scanned != scanGeneration {
+            guard scanStartedAt >= rec.changedAt &+ 1000 else { continue }
             vanished.append(k)
         }
         for k in vanished {

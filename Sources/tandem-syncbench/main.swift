@@ -153,6 +153,7 @@ struct Bench {
         let poller = Thread {
             var waiting: [(key: tdm_flow_key, at: UInt64)] = []
             var lags: [UInt64] = []
+            var timeline: [(UInt64, UInt64)] = []
             var last: UInt64 = 0
             let deadlineAfterFinish = UInt64(timeout * 1e9)
             var finishedAt: UInt64?
@@ -169,6 +170,7 @@ struct Bench {
                     let found = value.withUnsafeMutableBytes { v in bpf_map_lookup_elem(watch, &k, v.baseAddress) } == 0
                     if found {
                         lags.append((now - w.at) / 1000)
+                        timeline.append((w.at, (now - w.at) / 1000))
                         last = now
                     } else {
                         kept.append(w)
@@ -180,31 +182,42 @@ struct Bench {
                     if waiting.isEmpty { break }
                     if let f = finishedAt, now > f + deadlineAfterFinish { break }
                 }
-                if waiting.count < 64 { usleep(100) }
+                usleep(200)
+            }
+            if ProcessInfo.processInfo.environment["SYNCBENCH_TIMELINE"] == "1", let t0 = timeline.map(\.0).min() {
+                var worst: [Int: UInt64] = [:]
+                for (at, lag) in timeline { worst[Int((at - t0) / 100_000_000), default: 0] = max(worst[Int((at - t0) / 100_000_000), default: 0], lag) }
+                let line = worst.keys.sorted().map { "\($0 * 100)ms:\(worst[$0]! / 1000)" }.joined(separator: " ")
+                FileHandle.standardError.write(Data(("max lag per 100 ms (ms): " + line + "\n").utf8))
             }
             box.set(lags: lags, last: last)
         }
         poller.start()
         var result = Result()
         let start = monotonicNanos()
-        let interval = ratePerSecond > 0 ? 1e9 / Double(ratePerSecond) : 0
-        for (n, i) in flows.enumerated() {
-            if interval > 0 {
-                let due = start + UInt64(Double(n) * interval)
-                while true {
-                    let now = monotonicNanos()
-                    if now >= due { break }
-                    if due - now > 200_000 { usleep(50) }
+        // Paced in 1 ms steps: inject what is due, then sleep. A busy-wait would take a core away
+        // from the daemons being measured (this machine has two).
+        var n = 0
+        let all = Array(flows)
+        while n < all.count {
+            var due = all.count
+            if ratePerSecond > 0 {
+                let elapsed = Double(monotonicNanos() - start) / 1e9
+                due = min(all.count, Int(elapsed * Double(ratePerSecond)) + 1)
+            }
+            while n < due {
+                let i = all[n]
+                let key = flowKey(i, vip: vip, port: port)
+                let at = monotonicNanos()
+                if inject(fd: progFD, flow: i, vip: vip, port: port) {
+                    result.injected += 1
+                    pending.add(key, at: at)
+                } else {
+                    result.injectFailed += 1
                 }
+                n += 1
             }
-            let key = flowKey(i, vip: vip, port: port)
-            let at = monotonicNanos()
-            if inject(fd: progFD, flow: i, vip: vip, port: port) {
-                result.injected += 1
-                pending.add(key, at: at)
-            } else {
-                result.injectFailed += 1
-            }
+            if ratePerSecond > 0 && n < all.count { usleep(1000) }
         }
         result.injectSeconds = Double(monotonicNanos() - start) / 1e9
         pending.finish()
