@@ -7,7 +7,7 @@ BPF_OBJS := bpf/obj/tandem_lb.o
 SWIFT ?= swift
 SWIFT_FLAGS ?=
 
-.PHONY: all deps bpf build test unit-test privileged-test demo bench clean
+.PHONY: all deps bpf build test unit-test privileged-test demo bench bench-datapath bench-replication release clean
 
 all: build
 
@@ -29,8 +29,20 @@ test: deps build
 demo: deps build
 	bash testbed/demo.sh
 
-bench: deps build
+# Benchmarks measure release builds.
+release: bpf
+	$(SWIFT) build -c release --product tandem
+	$(SWIFT) build -c release --product tandem-echo
+	$(SWIFT) build -c release --product tandem-syncbench
+	$(SWIFT) build -c release --product tandem-ctbench
+
+bench: bench-datapath bench-replication
+
+bench-datapath: deps build release
 	bash bench/datapath.sh
+
+bench-replication: deps build release
+	bash bench/replication.sh
 
 clean:
 	rm -rf bpf/obj .build

@@ -72,7 +72,7 @@ def main():
     out.append(f"| CPU ms per 100k entries (both nodes) | {fmt(tv)} | {fmt(cv)} | {ratio(tv, cv, True)} |")
     for b in [r for r in tandem if r.get("phase") == "bulk"]:
         out.append(f"| bulk resync of {b['connections']:,} connections (restart to in sync) | "
-                   f"{fmt(float(b['seconds']), ' s')} | n/a (keeps no table to resync from; `-n` request) | |")
+                   f"{fmt(float(b['seconds']), ' s')} | not measured (a restarted conntrackd requests a resend, `-n`) | |")
     out.append("")
     out.append("Authenticated and encrypted: Tandem yes (ChaCha20-Poly1305, replay window); conntrackd no.")
     print("\n".join(out))

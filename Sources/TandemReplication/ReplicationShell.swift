@@ -236,7 +236,17 @@ public final class ReplicationShell: @unchecked Sendable {
         if end < live.count {
             loop.execute { [self] in scanSlice(live, from: end) }
         } else {
-            perform(core.finishScan(now: t))
+            let keys = core.scanCandidates
+            loop.execute { [self] in finishSlice(keys, from: 0) }
+        }
+    }
+
+    private func finishSlice(_ keys: [FlowTuple], from start: Int) {
+        let end = min(start + 16384, keys.count)
+        perform(core.finishScan(checking: keys[start..<end], now: now()))
+        if end < keys.count {
+            loop.execute { [self] in finishSlice(keys, from: end) }
+        } else {
             scheduleFlush()
         }
     }

@@ -92,6 +92,11 @@ public struct ReplicaTable: Sendable {
         records[key]?.peerDeadline = deadline
     }
 
+    /// Grows the table once ahead of a bulk transfer instead of rehashing as it fills.
+    public mutating func reserve(_ capacity: Int) {
+        records.reserveCapacity(capacity)
+    }
+
     /// Notes that a scan of the local datapath saw this flow.
     public mutating func markScanned(_ key: FlowTuple, scan: UInt32) {
         records[key]?.scanned = scan

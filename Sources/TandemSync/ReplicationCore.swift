@@ -236,14 +236,17 @@ public struct ReplicationCore: Sendable {
     /// reaper). Only flows that changed a while before the scan began count: a newer one may
     /// simply postdate the read.
     public mutating func finishScan(now: SyncTime) -> [ReplicationAction] {
+        finishScan(checking: Array(table.records.keys)[...], now: now)
+    }
+
+    /// The keys `finishScan(checking:)` has to look at; a big table is checked in slices.
+    public var scanCandidates: [FlowTuple] { Array(table.records.keys) }
+
+    public mutating func finishScan(checking keys: ArraySlice<FlowTuple>, now: SyncTime) -> [ReplicationAction] {
         var actions: [ReplicationAction] = []
-        var vanished: [FlowTuple] = []
-        for (k, rec) in table.records where !rec.isTombstone && rec.scanned != scanGeneration {
-            guard scanStartedAt >= rec.changedAt &+ 1000 else { continue }
-            vanished.append(k)
-        }
-        for k in vanished {
-            guard let rec = table[k] else { continue }
+        for k in keys {
+            guard let rec = table[k], !rec.isTombstone, rec.scanned != scanGeneration,
+                  scanStartedAt >= rec.changedAt &+ 1000 else { continue }
             if rec.source == .local {
                 actions += onLocalChange(rec.entry.record, deleted: true, now: now)
             } else {
@@ -343,30 +346,29 @@ public struct ReplicationCore: Sendable {
             case .outOfWindow: counters.outOfWindowEntries += 1
             case .fresh:
                 if now.wallMicros >= entry.version { lag.record(now.wallMicros - entry.version) }
-                actions += apply(entry, now: now)
+                apply(entry, now: now, into: &actions)
             }
         }
         receivers[p] = r
         return actions
     }
 
-    /// Merges a peer's entry and installs the result.
-    private mutating func apply(_ entry: SyncEntry, now: SyncTime) -> [ReplicationAction] {
+    /// Merges a peer's entry and queues the datapath change (appending: no array per entry).
+    private mutating func apply(_ entry: SyncEntry, now: SyncTime, into actions: inout [ReplicationAction]) {
         switch table.merge(entry, source: .peer, now: now.monotonicMillis) {
         case .duplicate:
             counters.duplicateEntries += 1
-            return []
         case .stale:
             counters.staleEntries += 1
-            return []
         case .applied(let previous):
             counters.entriesApplied += 1
             if entry.operation == .upsert {
                 var r = entry.record
                 r.flags.insert(.fromPeer)
-                return [.install(r)]
+                actions.append(.install(r))
+            } else if previous?.operation == .upsert {
+                actions.append(.remove(entry.record.key))
             }
-            return previous?.operation == .upsert ? [.remove(entry.record.key)] : []
         }
     }
 
@@ -489,6 +491,7 @@ public struct ReplicationCore: Sendable {
 
     public mutating func onBulkBegin(_ begin: BulkBegin, from p: UInt32) {
         guard var tr = transfers[begin.requestID], tr.peer == p else { return }
+        if tr.isFull { table.reserve(table.count + Int(min(begin.entryCount, 1 << 24))) }
         tr.begin = begin
         transfers[begin.requestID] = tr
     }
@@ -501,7 +504,7 @@ public struct ReplicationCore: Sendable {
             counters.bulkEntriesReceived += 1
             if !tr.isFull { tr.seen.insert(e.record.key) }
             let before = counters.entriesApplied
-            actions += apply(e, now: now)
+            apply(e, now: now, into: &actions)
             if !tr.isFull && counters.entriesApplied > before { counters.antiEntropyRepaired += 1 }
         }
         tr.received += chunk.entries.count
