@@ -107,7 +107,7 @@ let package = Package(
                        providers: [.apt(["libssl-dev"])]),
         // OCI config/keys, request signing, IMDS discovery, the takeover state machine and its HTTP shell.
         .target(name: "TandemOCI",
-                dependencies: ["CTandemOpenSSL", .product(name: "Logging", package: "swift-log")],
+                dependencies: ["CTandemOpenSSL", "TandemCore", .product(name: "Logging", package: "swift-log")],
                 path: "Sources/TandemOCI"),
         // The fake OCI server as a library, so tests can run it in-process on loopback.
         .target(name: "FakeOCI",

@@ -143,6 +143,8 @@ EOF
         # Foreground (no -d), so $! is conntrackd itself: `ip netns exec` execs without forking.
         ip netns exec "$ns" conntrackd -C "$dir/node$n.conf" </dev/null >"$dir/node$n.out" 2>&1 &
         pid=$!
+        # Out of the job table, so a bare `wait` in the caller does not wait for the daemons.
+        disown "$pid" 2>/dev/null || true
         echo "$pid" >"$dir/node$n.pid"
     done
     t0=$SECONDS

@@ -1,3 +1,4 @@
+@_exported import struct TandemCore.SplitMix64
 import Foundation
 
 /// A Core API call the takeover makes. The shell turns it into a signed HTTP request.
@@ -134,21 +135,6 @@ extension Duration {
         let (s, atto) = components
         return Double(s) + Double(atto) / 1e18
     }
-}
-
-/// Deterministic PRNG (SplitMix64) so tests can replay the jitter; the shell seeds it randomly.
-public struct SplitMix64: RandomNumberGenerator, Sendable, Equatable {
-    var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    public mutating func unit() -> Double { Double(next() >> 11) * 0x1p-53 }
 }
 
 public enum TakeoverOutcome: Sendable, Equatable {
