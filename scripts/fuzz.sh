@@ -12,6 +12,8 @@
 # clang runtime); no SwiftPM build, so it does not touch .build.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# Inside the test suite this runs beside timing-sensitive tests: build and fuzz at low priority.
+renice -n 10 -p $$ >/dev/null 2>&1 || true
 
 seconds="${1:-30}"
 if ! [[ "$seconds" =~ ^[0-9]+$ ]]; then
