@@ -80,10 +80,13 @@ public enum NodeRunner {
         // before its start queue on its loop.
         let shell: ReplicationShell? = replicationSettings.flatMap { r in
             clusterKey.map { key in
-                ReplicationShell(
-                    config: ReplicationShellConfig(
-                        selfID: r.selfAddress.value, bindAddress: r.selfAddress, port: r.port,
-                        peers: r.peers.map { ReplicationPeer(id: $0.value, address: $0, port: r.port) }, key: key),
+                var config = ReplicationShellConfig(
+                    selfID: r.selfAddress.value, bindAddress: r.selfAddress, port: r.port,
+                    peers: r.peers.map { ReplicationPeer(id: $0.value, address: $0, port: r.port) }, key: key)
+                // Two map entries per connection; a quarter more for tombstones.
+                config.core.expectedFlows = Int(o.config.connectionTableSize ?? 262_144) / 2 * 5 / 4
+                return ReplicationShell(
+                    config: config,
                     datapath: DatapathReplicationTarget(datapath: datapath, directory: directory,
                                                        timeouts: settings.timeouts, logger: logger),
                     logger: logger)

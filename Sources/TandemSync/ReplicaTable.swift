@@ -44,9 +44,13 @@ public struct ReplicaTable: Sendable {
 
     public static let fanout = SyncWire.digestFanout
 
-    public init() {
+    /// - Parameter capacity: flows to make room for up front. Growing a dictionary of a million
+    ///   records rehashes all of them at once (hundreds of milliseconds on the event loop), so the
+    ///   node reserves what its connection table can hold, as the BPF maps do.
+    public init(capacity: Int = 0) {
         level0 = [UInt64](repeating: 0, count: Self.fanout)
         leaves = [UInt64](repeating: 0, count: Self.fanout * Self.fanout)
+        if capacity > 0 { records.reserveCapacity(capacity) }
     }
 
     public var count: Int { records.count }

@@ -33,6 +33,8 @@ public struct ReplicationConfig: Sendable {
     public var peers: [UInt32]
     /// TCP port this node serves bulk transfers on (announced in hellos).
     public var bulkPort: UInt16 = 0
+    /// Flows the replica table makes room for at start (no stop-the-loop rehash as it grows).
+    public var expectedFlows = 0
     public var sender = DeltaSender.Config()
     public var receiver = DeltaReceiver.Config()
     /// Milliseconds between keepalives (they carry the stream's next sequence).
@@ -96,7 +98,7 @@ public struct ReplicationCounters: Sendable, Hashable, Codable {
 public struct ReplicationCore: Sendable {
     public let config: ReplicationConfig
     public let epoch: UInt64
-    public private(set) var table = ReplicaTable()
+    public private(set) var table: ReplicaTable
     public private(set) var sender: DeltaSender
     public private(set) var receivers: [UInt32: DeltaReceiver] = [:]
     public private(set) var peers: [UInt32: PeerView] = [:]
@@ -143,6 +145,7 @@ public struct ReplicationCore: Sendable {
     public init(config: ReplicationConfig, epoch: UInt64, seed: UInt64) {
         self.config = config
         self.epoch = epoch
+        table = ReplicaTable(capacity: config.expectedFlows)
         sender = DeltaSender(config: config.sender)
         rng = SplitMix64(seed: seed)
         for p in config.peers {
