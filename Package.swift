@@ -71,9 +71,11 @@ let package = Package(
                           dependencies: ["TandemCore", "TandemAPI", "TandemNode",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/tandem"),
+        // What both replication benchmark drivers share: the result line, clocks, addresses.
+        .target(name: "TandemBenchSupport", path: "Sources/TandemBenchSupport"),
         // Replication benchmark driver: injects flows into a node's loaded datapath, watches a peer's map.
         .executableTarget(name: "tandem-syncbench",
-                          dependencies: ["CTandemShim", "CLibBPF",
+                          dependencies: ["CTandemShim", "CLibBPF", "TandemBenchSupport",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/tandem-syncbench"),
         // libnetfilter_conntrack from Debian (libnetfilter-conntrack-dev), for the conntrackd comparison.
@@ -82,7 +84,7 @@ let package = Package(
         // The same measurement for conntrackd (the alternative): creates kernel conntrack entries in
         // one namespace and times their arrival in another's table.
         .executableTarget(name: "tandem-ctbench",
-                          dependencies: ["CNetfilterConntrack",
+                          dependencies: ["CNetfilterConntrack", "TandemBenchSupport",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/tandem-ctbench"),
         // TCP/UDP echo server used as an endpoint in the test bed and tests.

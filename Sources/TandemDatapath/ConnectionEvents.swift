@@ -23,36 +23,26 @@ extension ConnectionEvent {
 
 /// Polls the datapath's ring buffer on its own thread (the poll blocks, and the shared pool has
 /// only as many threads as cores). Events go to `onBatch`, one call per poll with everything that
-/// poll read (so consumers pay per burst, not per event), or else to the `events` stream.
+/// poll read (so consumers pay per burst, not per event); without it they are only counted.
 public final class RingBufferReader: @unchecked Sendable {
     // Written only before the thread starts and read by the thread: no lock needed for these.
     private let mapFD: Int32
-    private let continuation: AsyncStream<ConnectionEvent>.Continuation
-    public let events: AsyncStream<ConnectionEvent>
     private let stopFlag = StopFlag()
     private var thread: Thread?
     private let onBatch: (@Sendable ([ConnectionEvent]) -> Void)?
     /// Records that did not decode (a layout mismatch would show here).
     public var malformed: Int { stopFlag.malformed }
 
-    private let deliver: Bool
     /// Events seen per kind, counted on the polling thread.
     public var counts: [String: UInt64] { stopFlag.kindCounts }
 
-    /// With `deliver` false and no `onBatch` events are only counted, which costs next to nothing
-    /// per event.
-    public init(eventsMap: BPFMap, deliver: Bool = true, bufferLimit: Int = 65536,
-                onBatch: (@Sendable ([ConnectionEvent]) -> Void)? = nil) {
+    public init(eventsMap: BPFMap, onBatch: (@Sendable ([ConnectionEvent]) -> Void)? = nil) {
         mapFD = eventsMap.fd
-        self.deliver = deliver && onBatch == nil
         self.onBatch = onBatch
-        (events, continuation) = AsyncStream.makeStream(of: ConnectionEvent.self,
-                                                        bufferingPolicy: .bufferingNewest(bufferLimit))
     }
 
     public func start() throws {
-        let box = Unmanaged.passRetained(CallbackBox(continuation: continuation, deliver: deliver,
-                                                     collect: onBatch != nil))
+        let box = Unmanaged.passRetained(CallbackBox(collect: onBatch != nil))
         guard let rb = ring_buffer__new(mapFD, { ctx, data, size in
             guard let ctx, let data else { return 0 }
             let box = Unmanaged<CallbackBox>.fromOpaque(ctx).takeUnretainedValue()
@@ -68,14 +58,12 @@ public final class RingBufferReader: @unchecked Sendable {
             case .expired: box.kinds.3 += 1
             }
             if box.collect { box.batch.append(ev) }
-            if box.deliver { box.continuation.yield(ev) }
             return 0
         }, box.toOpaque(), nil) else {
             box.release()
             throw DatapathError("ring_buffer__new", errno: errno)
         }
         let flag = stopFlag
-        let cont = continuation
         let handle = RingBufferHandle(rb)
         let onBatch = onBatch
         let t = Thread {
@@ -95,7 +83,6 @@ public final class RingBufferReader: @unchecked Sendable {
             }
             ring_buffer__free(handle.rb)
             box.release()
-            cont.finish()
         }
         t.name = "tandem-ringbuf"
         thread = t
@@ -115,15 +102,11 @@ private final class RingBufferHandle: @unchecked Sendable {
 
 /// State of the polling thread's callback; touched only by that thread.
 private final class CallbackBox: @unchecked Sendable {
-    let continuation: AsyncStream<ConnectionEvent>.Continuation
-    let deliver: Bool
     let collect: Bool
     var batch: [ConnectionEvent] = []
     var kinds: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
     var malformed = 0
-    init(continuation: AsyncStream<ConnectionEvent>.Continuation, deliver: Bool, collect: Bool) {
-        self.continuation = continuation
-        self.deliver = deliver
+    init(collect: Bool) {
         self.collect = collect
     }
 }

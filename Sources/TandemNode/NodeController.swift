@@ -20,8 +20,7 @@ public actor NodeController: LoadBalancerController {
     /// Slots by service key for replication's event loop.
     nonisolated let directory: ServiceDirectory
     private var replication: ReplicationShell?
-    private var reaps = 0
-    /// Replication's scan (refreshes, missed events, silent deletes) runs on every Nth reap: it
+    /// Replication's scan (refreshes, missed events, silent deletes) runs on every Nth scan: it
     /// only needs to beat the shortest idle timeout, and it costs a pass over the whole table.
     let replicationScanEvery = 5
 
@@ -159,13 +158,5 @@ public actor NodeController: LoadBalancerController {
 
     func record(expired events: [ConnectionEvent]) {
         for e in events { record(e) }
-    }
-
-    /// A scan pass from async code (tests); the daemon's scanner thread calls `scan` directly.
-    func reap() async -> [ConnectionEvent] {
-        reaps += 1
-        let events = scan(replicateTo: reaps % replicationScanEvery == 0 ? replication : nil)
-        record(expired: events)
-        return events
     }
 }

@@ -93,7 +93,7 @@ public enum NodeRunner {
             }
         }
         let timeouts = settings.timeouts
-        let reader = RingBufferReader(eventsMap: datapath.maps.events, deliver: false,
+        let reader = RingBufferReader(eventsMap: datapath.maps.events,
                                       onBatch: shell.map { s in
                                           { @Sendable events in
                                               let now = monotonicNanoseconds()

@@ -21,16 +21,20 @@ public final class ServiceDirectory: Sendable {
         box.withLockedValue { $0[key] = nil }
     }
 
-    /// This node's slot and endpoint index for a flow, matching the endpoint by address: the
-    /// owner's index may differ if services were configured in another order.
-    func locate(_ r: FlowRecord) -> (slot: UInt32, endpointIndex: UInt8) {
-        guard let key = r.serviceKey, let s = box.withLockedValue({ $0[key] }) else {
-            // Unknown here: forwarded by its tuples alone, counted nowhere (an out-of-range slot).
-            return (UInt32(TDM_MAX_SERVICES), r.endpointIndex)
+    /// This node's slot and endpoint index for each flow, matching the endpoint by address: the
+    /// owner's index may differ if services were configured in another order. One lock per batch.
+    func locate(_ records: [FlowRecord]) -> [(FlowRecord, UInt32, UInt8)] {
+        box.withLockedValue { services in
+            records.map { r in
+                guard let key = r.serviceKey, let s = services[key] else {
+                    // Unknown here: forwarded by its tuples alone, counted nowhere (an out-of-range slot).
+                    return (r, UInt32(TDM_MAX_SERVICES), r.endpointIndex)
+                }
+                let ep = r.translated
+                let index = s.endpoints.firstIndex { $0.ip == ep.destination && $0.port == ep.destinationPort }
+                return (r, s.slot, index.map { UInt8($0) } ?? r.endpointIndex)
+            }
         }
-        let ep = r.translated
-        let index = s.endpoints.firstIndex { $0.ip == ep.destination && $0.port == ep.destinationPort }
-        return (s.slot, index.map { UInt8($0) } ?? r.endpointIndex)
     }
 }
 
@@ -42,11 +46,7 @@ struct DatapathReplicationTarget: ReplicationDatapath {
     let logger: Logger
 
     func installReplicated(_ records: [FlowRecord]) -> Int {
-        let batch = records.map { r -> (FlowRecord, UInt32, UInt8) in
-            let (slot, index) = directory.locate(r)
-            return (r, slot, index)
-        }
-        let result = datapath.installReplicated(batch, timeouts: timeouts)
+        let result = datapath.installReplicated(directory.locate(records), timeouts: timeouts)
         if result.failed > 0 {
             logger.warning("replicated flows not installed", metadata: ["failed": "\(result.failed)"])
         }

@@ -58,10 +58,8 @@ public struct ReplicaTable: Sendable {
 
     public subscript(key: FlowTuple) -> ReplicaRecord? { records[key] }
 
-    /// The digest leaf (0..<fanout*fanout) a flow belongs to: the top 14 bits of its hash.
-    public static func leaf(of key: FlowTuple) -> Int {
-        Int(truncatingIfNeeded: SyncHashing.flowHash(key) >> 50)
-    }
+    /// The digest leaf (0..<fanout*fanout) a flow belongs to, as the spec defines it.
+    public static func leaf(of key: FlowTuple) -> Int { SyncHashing.leaf(of: key) }
 
     public static func bucket(ofLeaf leaf: Int) -> Int { leaf / fanout }
 

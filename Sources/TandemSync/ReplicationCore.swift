@@ -133,7 +133,6 @@ public struct ReplicationCore: Sendable {
         public var request: BulkRequest
         public var startedAt: UInt64
         public var begin: BulkBegin?
-        public var received: Int = 0
         /// Keys seen in a leaf pull, to find what the peer no longer has.
         public var seen: Set<FlowTuple> = []
         public var isFull: Bool { request.leaves.isEmpty }
@@ -510,7 +509,6 @@ public struct ReplicationCore: Sendable {
             apply(e, now: now, into: &actions)
             if !tr.isFull && counters.entriesApplied > before { counters.antiEntropyRepaired += 1 }
         }
-        tr.received += chunk.entries.count
         transfers[chunk.requestID] = tr
         return actions
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CNetfilterConntrack
 import Foundation
+import TandemBenchSupport
 
 /// The conntrackd half of the replication benchmark (bench/conntrackd-lib.sh runs it): creates
 /// kernel conntrack entries in node 1's network namespace through ctnetlink (what conntrackd on
@@ -122,36 +123,6 @@ final class CountBox {
 
 // MARK: Machinery
 
-struct Result {
-    var injected = 0
-    var injectFailed = 0
-    var replicated = 0
-    var injectSeconds = 0.0
-    var lastArrivalSeconds = 0.0
-    var lagsMicros: [UInt64] = []
-
-    func percentile(_ q: Double) -> Double {
-        guard !lagsMicros.isEmpty else { return -1 }
-        let sorted = lagsMicros.sorted()
-        let i = min(sorted.count - 1, Int((Double(sorted.count) * q).rounded(.up)) - 1)
-        return Double(sorted[max(0, i)]) / 1000
-    }
-
-    func json(extra: [String: String]) -> String {
-        var fields = extra
-        fields["injected"] = "\(injected)"
-        fields["inject_failed"] = "\(injectFailed)"
-        fields["replicated"] = "\(replicated)"
-        fields["inject_seconds"] = String(format: "%.3f", injectSeconds)
-        fields["all_arrived_seconds"] = String(format: "%.3f", lastArrivalSeconds)
-        fields["entries_per_second"] = String(format: "%.0f", lastArrivalSeconds > 0 ? Double(replicated) / lastArrivalSeconds : 0)
-        fields["lag_p50_ms"] = String(format: "%.2f", percentile(0.5))
-        fields["lag_p99_ms"] = String(format: "%.2f", percentile(0.99))
-        fields["lag_max_ms"] = String(format: "%.2f", percentile(1.0))
-        return "{" + fields.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}"
-    }
-}
-
 /// Creates the synthetic entries through ctnetlink in the calling thread's namespace.
 final class Creator {
     let handle: OpaquePointer
@@ -264,7 +235,7 @@ struct Bench {
 
     /// Creates the entries (paced when a rate is given) while a second thread, in node 2's
     /// namespace, takes the arrival time of each from ctnetlink NEW events.
-    func run(flows: Range<Int>, ratePerSecond: Int, timeout: Double) throws -> Result {
+    func run(flows: Range<Int>, ratePerSecond: Int, timeout: Double) throws -> BenchResult {
         let shared = Shared(flows: flows, server: server, port: port)
         let creator = try Creator(server: server, port: port, timeout: entryTimeout)
         let ready = DispatchSemaphore(value: 0)
@@ -285,7 +256,7 @@ struct Bench {
         ready.wait()
         if let e = errorBox.error { done.wait(); throw ValidationError(e) }
 
-        var result = Result()
+        var result = BenchResult()
         let start = monotonicNanos()
         // Paced in 1 ms steps: create what is due, then sleep. A busy-wait would take a core
         // away from the daemons being measured (this machine has two).
@@ -396,18 +367,6 @@ func enterNetns(_ name: String) throws {
     guard fd >= 0 else { throw ValidationError("netns \(name): \(errnoString())") }
     defer { close(fd) }
     guard ctb_setns_net(fd) == 0 else { throw ValidationError("setns \(name): \(errnoString())") }
-}
-
-func monotonicNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
-
-func ipv4(_ s: String) -> UInt32? {
-    let parts = s.split(separator: ".").compactMap { UInt32($0) }
-    guard parts.count == 4, parts.allSatisfy({ $0 < 256 }) else { return nil }
-    return parts[0] << 24 | parts[1] << 16 | parts[2] << 8 | parts[3]
 }
 
 /// Flow number -> client address and port: 10.200.0.0/16 clients, ports 10000-59999.

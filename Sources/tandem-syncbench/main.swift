@@ -2,6 +2,7 @@ import ArgumentParser
 import CLibBPF
 import CTandemShim
 import Foundation
+import TandemBenchSupport
 
 /// Drives the replication benchmark from outside the daemons: creates connections in node 1's
 /// datapath by running its own loaded program over synthetic SYNs (BPF_PROG_TEST_RUN, so the
@@ -88,36 +89,6 @@ struct Count: ParsableCommand {
 
 // MARK: Machinery
 
-struct Result {
-    var injected = 0
-    var injectFailed = 0
-    var replicated = 0
-    var injectSeconds = 0.0
-    var lastArrivalSeconds = 0.0
-    var lagsMicros: [UInt64] = []
-
-    func percentile(_ q: Double) -> Double {
-        guard !lagsMicros.isEmpty else { return -1 }
-        let sorted = lagsMicros.sorted()
-        let i = min(sorted.count - 1, Int((Double(sorted.count) * q).rounded(.up)) - 1)
-        return Double(sorted[max(0, i)]) / 1000
-    }
-
-    func json(extra: [String: String]) -> String {
-        var fields = extra
-        fields["injected"] = "\(injected)"
-        fields["inject_failed"] = "\(injectFailed)"
-        fields["replicated"] = "\(replicated)"
-        fields["inject_seconds"] = String(format: "%.3f", injectSeconds)
-        fields["all_arrived_seconds"] = String(format: "%.3f", lastArrivalSeconds)
-        fields["entries_per_second"] = String(format: "%.0f", lastArrivalSeconds > 0 ? Double(replicated) / lastArrivalSeconds : 0)
-        fields["lag_p50_ms"] = String(format: "%.2f", percentile(0.5))
-        fields["lag_p99_ms"] = String(format: "%.2f", percentile(0.99))
-        fields["lag_max_ms"] = String(format: "%.2f", percentile(1.0))
-        return "{" + fields.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}"
-    }
-}
-
 /// Flows waiting to show up in node 2's map, shared by the injecting and the polling thread.
 final class Pending: @unchecked Sendable {
     private let lock = NSLock()
@@ -146,7 +117,7 @@ struct Bench {
     }
 
     /// Opens the flows (paced when a rate is given) while a second thread polls node 2's map.
-    func run(flows: Range<Int>, ratePerSecond: Int, timeout: Double) -> Result {
+    func run(flows: Range<Int>, ratePerSecond: Int, timeout: Double) -> BenchResult {
         let pending = Pending()
         let box = ResultBox()
         let watch = watchFD
@@ -193,7 +164,7 @@ struct Bench {
             box.set(lags: lags, last: last)
         }
         poller.start()
-        var result = Result()
+        var result = BenchResult()
         let start = monotonicNanos()
         // Paced in 1 ms steps: inject what is due, then sleep. A busy-wait would take a core away
         // from the daemons being measured (this machine has two).
@@ -246,18 +217,6 @@ final class ResultBox: @unchecked Sendable {
         defer { cond.unlock() }
         return (lags ?? [], last)
     }
-}
-
-func monotonicNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
-
-func ipv4(_ s: String) -> UInt32? {
-    let parts = s.split(separator: ".").compactMap { UInt32($0) }
-    guard parts.count == 4, parts.allSatisfy({ $0 < 256 }) else { return nil }
-    return parts[0] << 24 | parts[1] << 16 | parts[2] << 8 | parts[3]
 }
 
 /// Flow number -> client address and port: 10.100.0.0/16 clients, ports 10000-59999.
