@@ -53,9 +53,35 @@ let package = Package(
                                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                                .product(name: "Logging", package: "swift-log")],
                 path: "Sources/TandemReplication"),
+        // SWIM membership: failure detection with suspicion and incarnations, piggybacked
+        // dissemination. Pure: time and randomness injected, methods return actions.
+        .target(name: "TandemMembership", dependencies: ["TandemCore", "TandemSyncWire"],
+                path: "Sources/TandemMembership"),
+        // MASTER/BACKUP/FAULT election per HA instance with terms (fencing epochs), sticky
+        // mastership and sync-gated eligibility. Pure.
+        .target(name: "TandemElection", dependencies: ["TandemCore", "TandemSyncWire"],
+                path: "Sources/TandemElection"),
+        // libmnl from Debian (libmnl-dev): netlink messages to add and remove the floating IP.
+        .systemLibrary(name: "CLibMnl", path: "Sources/CLibMnl", pkgConfig: "libmnl",
+                       providers: [.apt(["libmnl-dev"])]),
+        // Cloud providers that move the floating IP: none, l2 (address + repeated gratuitous ARP),
+        // oci (TandemOCI's atomic private-IP move).
+        .target(name: "TandemCloud",
+                dependencies: ["TandemCore", "CLibMnl", "TandemOCI", .product(name: "Logging", package: "swift-log")],
+                path: "Sources/TandemCloud"),
+        // The HA shell: SWIM and elections on one SwiftNIO loop (gossip over UDP, sealed with the
+        // cluster key), carrying out role changes through the datapath gate and a cloud provider.
+        .target(name: "TandemHA",
+                dependencies: ["TandemCore", "TandemSync", "TandemSyncWire", "TandemMembership", "TandemElection",
+                               "TandemCloud",
+                               .product(name: "NIOCore", package: "swift-nio"),
+                               .product(name: "NIOPosix", package: "swift-nio"),
+                               .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                               .product(name: "Logging", package: "swift-log")],
+                path: "Sources/TandemHA"),
         // LoxiLB-shaped REST API: wire models (shared with the CLI) and the Hummingbird server.
         .target(name: "TandemAPI",
-                dependencies: ["TandemCore", "TandemSync",
+                dependencies: ["TandemCore", "TandemSync", "TandemHA",
                                .product(name: "Hummingbird", package: "hummingbird"),
                                .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "Logging", package: "swift-log")],
@@ -63,13 +89,15 @@ let package = Package(
         // The node daemon: config file, datapath, API, lifecycle.
         .target(name: "TandemNode",
                 dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemSync", "TandemReplication",
+                               "TandemHA", "TandemCloud", "TandemOCI",
                                .product(name: "Yams", package: "Yams"),
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 path: "Sources/TandemNode"),
         .executableTarget(name: "tandem",
-                          dependencies: ["TandemCore", "TandemAPI", "TandemNode",
-                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          dependencies: ["TandemCore", "TandemAPI", "TandemNode", "TandemHA", "TandemCloud", "TandemOCI",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                         .product(name: "Logging", package: "swift-log")],
                           path: "Sources/tandem"),
         // What both replication benchmark drivers share: the result line, clocks, addresses.
         .target(name: "TandemBenchSupport", path: "Sources/TandemBenchSupport"),
@@ -99,8 +127,12 @@ let package = Package(
                     path: "Tests/TandemSyncWireTests"),
         .testTarget(name: "TandemSyncTests", dependencies: ["TandemSync", "TandemSyncWire", "TandemCore"],
                     path: "Tests/TandemSyncTests"),
+        .testTarget(name: "TandemMembershipTests", dependencies: ["TandemMembership", "TandemSyncWire", "TandemCore"],
+                    path: "Tests/TandemMembershipTests"),
+        .testTarget(name: "TandemElectionTests", dependencies: ["TandemElection", "TandemSyncWire", "TandemCore"],
+                    path: "Tests/TandemElectionTests"),
         .testTarget(name: "TandemPrivilegedTests",
-                    dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemSync",
+                    dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemSync", "TandemCloud",
                                    .product(name: "Logging", package: "swift-log")],
                     path: "Tests/TandemPrivilegedTests"),
         // OCI provider. OpenSSL's libcrypto (Debian libssl-dev, via pkg-config) loads every API-key

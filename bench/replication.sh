@@ -71,6 +71,7 @@ timeouts: {tcpSyn: 3600}
 cluster:
   peers: [$(tb_ip "$2")]
   keyFile: $OUT/cluster.key
+  election: false   # replication only: the injector drives both nodes directly
 services:
   - externalIP: 10.0.10.143
     port: 56002

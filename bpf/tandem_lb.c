@@ -65,6 +65,16 @@ struct {
     __type(value, __u32);
 } tdm_vips SEC(".maps");
 
+/* VIPs this node owns (MASTER of their HA instance). Consulted only when cfg->gate_vips is set:
+ * a BACKUP must not answer for a VIP, even if a stale route or ARP entry still sends it traffic.
+ * Value unused (1). */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, TDM_MAX_SERVICES);
+    __type(key, __be32);
+    __type(value, __u8);
+} tdm_active_vips SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
     __uint(max_entries, TDM_MAX_SERVICES * TDM_MAX_ENDPOINTS);
@@ -626,6 +636,15 @@ int tandem_ingress(struct __sk_buff *skb)
     if (!cfg)
         return TC_ACT_OK;
     __u64 now = bpf_ktime_get_ns();
+
+    /* Standby: traffic to a VIP this node does not own goes to the stack untouched (which drops
+     * it: the VIP is not a local address on a BACKUP). Both directions of fullnat flows carry the
+     * VIP as destination, so a BACKUP neither starts nor continues them. */
+    if (cfg->gate_vips && bpf_map_lookup_elem(&tdm_vips, &p.key.daddr) &&
+        !bpf_map_lookup_elem(&tdm_active_vips, &p.key.daddr)) {
+        stat_inc(TDM_STAT_STANDBY_PASSED);
+        return TC_ACT_OK;
+    }
 
     if (p.key.proto == IPPROTO_ICMP && p.icmp_type == ICMP_ECHO && cfg->answer_icmp &&
         bpf_map_lookup_elem(&tdm_vips, &p.key.daddr))

@@ -19,10 +19,14 @@
 #   NODES        1, 2 or 3 load-balancer nodes (default 1; 2 adds llb2, 3 adds llb3 10.0.10.89)
 #   TANDEM_ECHO  echo server binary (default <repo>/.build/debug/tandem-echo)
 #   TB_WAIT      seconds to wait for services to answer (default 15)
+#   TB_NET       routed (default: OCI-like, the VIP reaches whoever the vcn's /32 route names) or
+#                l2 (on-premises: the 10.0.10.0/24 hosts share a bridge in the vcn ns; the VIP
+#                reaches whichever node answers ARP for it, and gratuitous ARP moves it)
 
 TB="${TB:-tdm}"
 NODES="${NODES:-1}"
 TB_WAIT="${TB_WAIT:-15}"
+TB_NET="${TB_NET:-routed}"
 TB_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TANDEM_ECHO="${TANDEM_ECHO:-$TB_REPO/.build/debug/tandem-echo}"
 TB_STATE_ROOT="/run/tandem-testbed"
@@ -42,6 +46,7 @@ tb_check_name() {
     [[ "$TB" =~ ^[a-z][a-z0-9]{0,5}$ ]] ||
         { tb_die "TB='$TB' must be 1-6 chars of [a-z0-9], starting with a letter"; return 1; }
     [[ "$NODES" == 1 || "$NODES" == 2 || "$NODES" == 3 ]] || { tb_die "NODES must be 1, 2 or 3 (got '$NODES')"; return 1; }
+    [[ "$TB_NET" == routed || "$TB_NET" == l2 ]] || { tb_die "TB_NET must be routed or l2 (got '$TB_NET')"; return 1; }
 }
 
 # Roles of this test bed, in creation order.
@@ -100,9 +105,21 @@ tb_unroute_vip() {
     ip -n "$(tb_ns vcn)" route del "$ip/32" 2>/dev/null || true
 }
 
-# Which node the vcn currently routes the VIP to (empty if none).
+# Which node the vcn currently sends the VIP to (empty if none): by its /32 route (routed), or
+# by the MAC its neighbour entry for the VIP holds (l2).
 tb_vip_owner() {
-    local ip="${1:-$TB_VIP}" via r
+    local ip="${1:-$TB_VIP}" via r mac
+    if [[ "$TB_NET" == l2 ]]; then
+        # The vcn learns the VIP's MAC only when it talks to it (gratuitous ARP updates an entry
+        # but does not create one): one ping makes sure there is an entry to read.
+        ip netns exec "$(tb_ns vcn)" ping -c 1 -W 1 "$ip" >/dev/null 2>&1 || true
+        mac="$(ip -n "$(tb_ns vcn)" neigh show "$ip" dev br0 2>/dev/null | awk '{for(i=1;i<NF;i++) if($i=="lladdr") print $(i+1)}')"
+        for r in llb1 llb2 llb3; do
+            tb_ns_exists "$(tb_ns "$r")" || continue
+            [[ -n "$mac" && "$mac" == "$(ip -n "$(tb_ns "$r")" -br link show eth0 2>/dev/null | awk '{print $3}')" ]] && echo "$r"
+        done
+        return 0
+    fi
     via="$(ip -n "$(tb_ns vcn)" route show "$ip/32" 2>/dev/null | awk '{for(i=1;i<NF;i++) if($i=="via") print $(i+1)}')"
     for r in llb1 llb2 llb3; do [[ -n "$via" && "$via" == "$(tb_ip "$r")" ]] && echo "$r"; done
     return 0
@@ -120,9 +137,20 @@ tb_create_vcn() {
     tb_sysctl vcn net.ipv4.conf.default.proxy_arp=1   # proxy_delay is set per link (no netns default)
     tb_sysctl vcn net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
     # The gateways are local addresses of the router; ARP for them is answered on every link.
-    ip -n "$ns" addr add "$TB_GW_HOSTS/32" dev lo
     ip -n "$ns" addr add "$TB_GW_CLIENT/32" dev lo
+    if [[ "$TB_NET" == l2 ]]; then
+        # One broadcast domain for the 10.0.10.0/24 hosts, like an on-premises VLAN.
+        ip -n "$ns" link add br0 type bridge
+        tb_sysctl vcn net.ipv4.conf.br0.rp_filter=0
+        ip -n "$ns" addr add "$TB_GW_HOSTS/24" dev br0
+        ip -n "$ns" link set br0 up
+    else
+        ip -n "$ns" addr add "$TB_GW_HOSTS/32" dev lo
+    fi
 }
+
+# Whether a host role sits on the 10.0.10.0/24 segment (everything but the client).
+tb_on_segment() { [[ "$1" != client ]]; }
 
 # Creates host ROLE: its namespace, a veth pair (v-ROLE in vcn, eth0 in the host), addresses,
 # the host's default route and the vcn's /32 route to it.
@@ -134,14 +162,21 @@ tb_add_host() {
     ip -n "$ns" link set lo up
     tb_sysctl "$role" net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
     ip link add "$link" netns "$vns" type veth peer name eth0 netns "$ns"
-    # vcn side: proxy ARP, no reverse-path filter, no ARP proxy delay.
-    tb_sysctl vcn "net.ipv4.conf.$link.proxy_arp=1" "net.ipv4.conf.$link.rp_filter=0" \
-        "net.ipv4.neigh.$link.proxy_delay=0" "net.ipv4.conf.$link.send_redirects=0"
-    ip -n "$vns" link set "$link" up
+    if [[ "$TB_NET" == l2 ]] && tb_on_segment "$role"; then
+        ip -n "$vns" link set "$link" master br0
+        ip -n "$vns" link set "$link" up
+    else
+        # vcn side: proxy ARP, no reverse-path filter, no ARP proxy delay.
+        tb_sysctl vcn "net.ipv4.conf.$link.proxy_arp=1" "net.ipv4.conf.$link.rp_filter=0" \
+            "net.ipv4.neigh.$link.proxy_delay=0" "net.ipv4.conf.$link.send_redirects=0"
+        ip -n "$vns" link set "$link" up
+    fi
     ip -n "$ns" addr add "$ip/$(tb_prefix "$role")" dev eth0
     ip -n "$ns" link set eth0 up
     ip -n "$ns" route add default via "$gw" dev eth0
-    ip -n "$vns" route add "$ip/32" dev "$link" src "$gw"
+    if ! { [[ "$TB_NET" == l2 ]] && tb_on_segment "$role"; }; then
+        ip -n "$vns" route add "$ip/32" dev "$link" src "$gw"
+    fi
 }
 
 tb_nginx_conf() {
@@ -204,7 +239,7 @@ tb_start_echo() {
     mkdir -p "$dir"
     # setsid: own session, so the caller's terminal signals do not reach it. In a script without
     # job control setsid does not fork, and `ip netns exec` execs: $! is the server's pid.
-    setsid ip netns exec "$(tb_ns "$ep")" "$TANDEM_ECHO" --address 0.0.0.0 --port "$TB_ECHO_PORT" \
+    setsid ip netns exec "$(tb_ns "$ep")" "$TANDEM_ECHO" serve --name "$ep" --address 0.0.0.0 --port "$TB_ECHO_PORT" \
         </dev/null >"$dir/echo.log" 2>&1 &
     pid=$!
     echo "$pid" >"$dir/echo.pid"
@@ -244,7 +279,7 @@ tb_up() {
         { tb_die "echo server not found at TANDEM_ECHO=$TANDEM_ECHO (swift build --product tandem-echo, or set TANDEM_ECHO)"; return 1; }
     mkdir -p "$TB_STATE"
     echo "$NODES" >"$TB_STATE/nodes"
-    tb_log "creating namespaces (NODES=$NODES)"
+    tb_log "creating namespaces (NODES=$NODES TB_NET=$TB_NET)"
     tb_create_vcn
     for r in $(tb_roles); do tb_add_host "$r"; done
     for r in $(tb_endpoints); do
@@ -256,7 +291,8 @@ tb_up() {
         tb_wait_for "$TB_WAIT" "nginx on $r" tb_check_http "$r"
         tb_wait_for "$TB_WAIT" "tandem-echo on $r" tb_check_echo "$r"
     done
-    tb_route_vip llb1
+    # Routed: the vcn sends the VIP to llb1 until someone moves it. L2: whoever answers ARP.
+    [[ "$TB_NET" == l2 ]] || tb_route_vip llb1
 }
 
 tb_summary() {

@@ -47,6 +47,36 @@ public enum OpenAPIDocument {
           "type": "object", "properties": {"ctAttr": {"type": "array", "items": {"$ref": "#/components/schemas/Conntrack"}}}}}}}}
       }
     },
+    "/netlox/v1/config/cistate": {
+      "post": {
+        "summary": "Set an HA instance's role from outside (kube-loxilb): MASTER claims a new term, BACKUP steps down and stays out of the election",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CIState"}}}},
+        "responses": {
+          "200": {"description": "Applied", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
+          "400": {"description": "Invalid state, instance or body; nothing changed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
+          "404": {"description": "Not clustered", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}}
+        }
+      }
+    },
+    "/netlox/v1/config/cistate/all": {
+      "get": {
+        "summary": "Each HA instance's role on this node",
+        "responses": {
+          "200": {"description": "Roles", "content": {"application/json": {"schema": {"type": "object", "properties": {
+            "Attr": {"type": "array", "items": {"$ref": "#/components/schemas/CIState"}}}}}}},
+          "404": {"description": "Not clustered", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}}
+        }
+      }
+    },
+    "/netlox/v1/cluster": {
+      "get": {
+        "summary": "Members (SWIM state, incarnation, last heard, roles), HA instances (role, term, master, VIPs, transitions, takeover times), gossip counters and drops",
+        "responses": {
+          "200": {"description": "Cluster status", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "404": {"description": "Not clustered", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}}
+        }
+      }
+    },
     "/netlox/v1/status": {
       "get": {"summary": "Datapath counters", "responses": {"200": {"description": "Counters",
         "content": {"application/json": {"schema": {"type": "object", "additionalProperties": {"type": "integer"}}}}}}}
@@ -54,6 +84,10 @@ public enum OpenAPIDocument {
   },
   "components": {
     "schemas": {
+      "CIState": {"type": "object", "required": ["instance", "state"], "properties": {
+        "instance": {"type": "string", "example": "llb-inst0"},
+        "state": {"type": "string", "enum": ["MASTER", "BACKUP"]},
+        "vip": {"type": "string", "format": "ipv4", "example": "0.0.0.0"}}},
       "Result": {"type": "object", "required": ["code", "message"],
                  "properties": {"code": {"type": "integer"}, "message": {"type": "string"}}},
       "ServiceArguments": {

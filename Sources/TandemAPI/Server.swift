@@ -3,6 +3,7 @@ import Hummingbird
 import Logging
 import NIOCore
 import TandemCore
+import TandemHA
 import TandemSync
 
 /// An error the API answers with a status code and a JSON body, having changed nothing.
@@ -31,10 +32,27 @@ public protocol LoadBalancerController: Sendable {
     func status() async -> [String: UInt64]
     /// Connection-table replication: sync state, peers, counters; nil when not clustered.
     func sync() async -> ReplicationStatus?
+    /// Membership and elections; nil when not clustered.
+    func cluster() async -> HAStatus?
+    /// kube-loxilb's cistate: each HA instance's role on this node; nil when not clustered.
+    func ciStates() async -> [CIStateEntry]?
+    /// Sets an instance's role from outside; throws APIError (400 bad state or instance, 404 not clustered).
+    func setCIState(_ entry: CIStateEntry) async throws
 }
 
 extension LoadBalancerController {
     public func sync() async -> ReplicationStatus? { nil }
+    public func cluster() async -> HAStatus? { nil }
+    public func ciStates() async -> [CIStateEntry]? { nil }
+    public func setCIState(_ entry: CIStateEntry) async throws {
+        throw APIError.notFound("this node is not clustered (no cluster peers)")
+    }
+}
+
+/// `GET /netlox/v1/config/cistate/all`, shaped like LoxiLB's answer.
+public struct CIStateList: Codable, Sendable, Equatable {
+    public var Attr: [CIStateEntry]
+    public init(_ attr: [CIStateEntry]) { Attr = attr }
 }
 
 public enum APIRoutes {
@@ -45,6 +63,9 @@ public enum APIRoutes {
     public static let openAPI = "/netlox/v1/openapi.json"
     public static let status = "/netlox/v1/status"
     public static let sync = "/netlox/v1/sync"
+    public static let cluster = "/netlox/v1/cluster"
+    public static let ciState = "/netlox/v1/config/cistate"
+    public static let ciStateAll = "/netlox/v1/config/cistate/all"
 
     public static func deletePath(_ k: ServiceKey) -> String {
         "\(loadBalancer)/externalipaddress/\(k.vip)/port/\(k.port)/protocol/\(k.proto)"
@@ -105,6 +126,42 @@ public enum APIServer {
                     throw APIError.notFound("replication is not configured on this node (no cluster peers)")
                 }
                 return try json(s)
+            }
+        }
+        router.get(RouterPath(APIRoutes.cluster)) { _, _ -> Response in
+            await answer {
+                guard let s = await controller.cluster() else {
+                    throw APIError.notFound("this node is not clustered (no cluster peers)")
+                }
+                return try json(s)
+            }
+        }
+        router.get(RouterPath(APIRoutes.ciStateAll)) { _, _ -> Response in
+            await answer {
+                guard let s = await controller.ciStates() else {
+                    throw APIError.notFound("this node is not clustered (no cluster peers)")
+                }
+                return try json(CIStateList(s))
+            }
+        }
+        router.post(RouterPath(APIRoutes.ciState)) { request, _ -> Response in
+            await answer {
+                let body = try await collect(request)
+                let entry: CIStateEntry
+                do { entry = try JSONDecoder().decode(CIStateEntry.self, from: body) } catch let e as DecodingError {
+                    throw APIError.badRequest("invalid cistate body: \(describe(e))")
+                } catch {
+                    throw APIError.badRequest("invalid cistate body: \(error)")
+                }
+                guard !entry.instance.isEmpty else { throw APIError.badRequest("instance must not be empty") }
+                guard ["MASTER", "BACKUP"].contains(entry.state.uppercased()) else {
+                    throw APIError.badRequest("state '\(entry.state)' is not MASTER or BACKUP")
+                }
+                if let vip = entry.vip, IPv4Address(vip) == nil {
+                    throw APIError.badRequest("vip '\(vip)' is not an IPv4 address")
+                }
+                try await controller.setCIState(entry)
+                return try json(["result": "Success"])
             }
         }
         router.get(RouterPath(APIRoutes.openAPI)) { _, _ -> Response in

@@ -1,4 +1,6 @@
+import Foundation
 import TandemCore
+import TandemHA
 import TandemSync
 
 /// Renders the CLI's tables in loxicmd's boxed style.
@@ -78,6 +80,35 @@ public enum TableRenderer {
         return out + "\n\n" + render(headers: ["COUNTER", "VALUE"], rows: rows)
     }
 
+    /// `tandem get cluster`: members with their roles, then each HA instance.
+    public static func cluster(_ s: HAStatus, wide: Bool) -> String {
+        var out = "NODE \(s.address)  PROVIDER \(s.provider)  IN SYNC \(s.inSync ? "yes" : "no")  INCARNATION \(s.incarnation)\n\n"
+        let names = s.instances.map(\.name)
+        out += render(headers: ["MEMBER", "STATE", "INCARNATION", "LAST HEARD", "IN SYNC"] + names.map { "ROLE \($0)" } + ["TERM"],
+                      rows: s.members.map { m in
+            [m.address, m.state, "\(m.incarnation)", m.lastHeardMs.map { "\($0) ms ago" } ?? (m.state == "self" ? "-" : "never"),
+             m.inSync.map { $0 ? "yes" : "no" } ?? "-"]
+                + names.map { m.roles[$0] ?? "-" }
+                + [names.compactMap { m.terms[$0] }.map(String.init).joined(separator: ",")]
+        })
+        out += "\n\n" + render(headers: ["INSTANCE", "ROLE", "TERM", "MASTER", "PRIORITY", "VIPS", "TAKEOVERS", "LAST TAKEOVER"],
+                               rows: s.instances.map { i in
+            [i.name + (i.external ? " (external)" : ""), i.role, "\(i.term)", i.master.map { IPv4Address($0).description } ?? "-",
+             "\(i.priority)", i.vips.joined(separator: ","), "\(i.takeovers)" + (i.takeoverFailures > 0 ? " (\(i.takeoverFailures) failed)" : ""),
+             i.lastTakeoverMs.map { String(format: "%.1f ms", $0) } ?? "-"]
+        })
+        if wide {
+            for i in s.instances where !i.transitions.isEmpty {
+                out += "\n\n" + render(headers: ["\(i.name): FROM", "TO", "TERM", "REASON", "AT (unix ms)"],
+                                       rows: i.transitions.map { [$0.from, $0.to, "\($0.term)", $0.reason, "\($0.atUnixMs)"] })
+            }
+            var rows = s.counters.sorted { $0.key < $1.key }.map { [$0.key, "\($0.value)"] }
+            rows += s.drops.sorted { $0.key < $1.key }.map { ["dropped: \($0.key)", "\($0.value)"] }
+            out += "\n\n" + render(headers: ["COUNTER", "VALUE"], rows: rows)
+        }
+        return out
+    }
+
     static func selName(_ v: NumberOrName?) -> String {
         switch v {
         case .number(let n)?: ["rr", "hash", "priority", "persist"].indices.contains(n) ? ["rr", "hash", "priority", "persist"][n] : "\(n)"
@@ -131,5 +162,3 @@ public struct CLIError: Error, CustomStringConvertible {
     public init(_ d: String) { description = d }
 }
 
-import TandemCore
-import TandemSync

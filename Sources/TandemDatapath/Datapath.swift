@@ -12,15 +12,19 @@ public struct DatapathSettings: Equatable, Sendable {
     public var timeouts: Timeouts
     public var answerICMP: Bool
     public var emitEvents: Bool
+    /// In a cluster: serve a VIP only while this node owns it (`setActiveVIPs`); a standalone node
+    /// serves every VIP.
+    public var gateVIPs: Bool
 
     public init(nodeIP: IPv4Address, hashSeed: UInt32 = 0x7461_6e64, portSlice: PortSlice = PortSlice(low: 32768, high: 65535),
-                timeouts: Timeouts = Timeouts(), answerICMP: Bool = true, emitEvents: Bool = true) {
+                timeouts: Timeouts = Timeouts(), answerICMP: Bool = true, emitEvents: Bool = true, gateVIPs: Bool = false) {
         self.nodeIP = nodeIP
         self.hashSeed = hashSeed
         self.portSlice = portSlice
         self.timeouts = timeouts
         self.answerICMP = answerICMP
         self.emitEvents = emitEvents
+        self.gateVIPs = gateVIPs
     }
 }
 
@@ -42,6 +46,8 @@ public struct DatapathStats: Equatable, Sendable, Codable {
     public var redirectFailed: UInt64 = 0
     public var expiredReused: UInt64 = 0
     public var pickedUp: UInt64 = 0
+    /// Packets to a VIP this node does not own, left to the kernel (gated VIPs only).
+    public var standbyPassed: UInt64 = 0
     public init() {}
 }
 
@@ -61,7 +67,7 @@ public actor Datapath {
 
     public struct Maps: Sendable {
         public let ct, services, vips, endpoints, schedules, maglev, rr, persist: BPFMap
-        public let serviceStats, endpointStats, stats, config, events: BPFMap
+        public let serviceStats, endpointStats, stats, config, events, activeVIPs: BPFMap
     }
 
     /// Opens and loads the object: every program passes the kernel verifier here or this throws.
@@ -125,7 +131,8 @@ public actor Datapath {
                         endpoints: try map("tdm_endpoints"), schedules: try map("tdm_schedules"),
                         maglev: try map("tdm_maglev"), rr: try map("tdm_rr"), persist: try map("tdm_persist"),
                         serviceStats: try map("tdm_service_stats"), endpointStats: try map("tdm_endpoint_stats"),
-                        stats: try map("tdm_stats"), config: try map("tdm_config"), events: try map("tdm_events"))
+                        stats: try map("tdm_stats"), config: try map("tdm_config"), events: try map("tdm_events"),
+                        activeVIPs: try map("tdm_active_vips"))
         } catch {
             installer?.unmap()
             bpf_object__close(obj)
@@ -180,7 +187,23 @@ public actor Datapath {
         c.port_hi = s.portSlice.high
         c.answer_icmp = s.answerICMP ? 1 : 0
         c.emit_events = s.emitEvents ? 1 : 0
+        c.gate_vips = s.gateVIPs ? 1 : 0
         try maps.config.update(UInt32(0), c)
+    }
+
+    /// Makes `vips` exactly the set this node answers for (with `gateVIPs`). Additions are written
+    /// before removals, so a VIP that stays owned is never briefly unserved.
+    public nonisolated func setActiveVIPs(_ vips: Set<IPv4Address>) throws {
+        let one: UInt8 = 1
+        for v in vips { try maps.activeVIPs.update(v.networkOrder, one) }
+        for raw in maps.activeVIPs.keys(as: UInt32.self) where !vips.contains(IPv4Address(networkOrder: raw)) {
+            _ = maps.activeVIPs.delete(raw)
+        }
+    }
+
+    /// The VIPs this node currently answers for (gated mode).
+    public nonisolated func activeVIPs() -> Set<IPv4Address> {
+        Set(maps.activeVIPs.keys(as: UInt32.self).map { IPv4Address(networkOrder: $0) })
     }
 
     /// Writes a service and its endpoints, schedule and Maglev table into the maps. Tables are
@@ -298,6 +321,7 @@ public actor Datapath {
         d.redirectFailed = s(TDM_STAT_REDIRECT_FAILED)
         d.expiredReused = s(TDM_STAT_EXPIRED_REUSED)
         d.pickedUp = s(TDM_STAT_PICKED_UP)
+        d.standbyPassed = s(TDM_STAT_STANDBY_PASSED)
         return d
     }
 

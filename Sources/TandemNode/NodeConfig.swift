@@ -1,5 +1,6 @@
 import Foundation
 import TandemCore
+import TandemHA
 import Yams
 
 /// The node's YAML configuration file. Every field is optional except the interfaces, which may
@@ -24,8 +25,53 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         public var syncPort: Int?
         /// Pre-shared cluster key: 64 hex characters (or 32 raw bytes), mode 0600.
         public var keyFile: String?
+        /// UDP port of membership gossip, the same on every node (default 11113).
+        public var gossipPort: Int?
+        /// How the floating IP moves: l2, oci or none (default none).
+        public var cloud: String?
+        /// Interface for the l2 provider (default: the first datapath interface).
+        public var l2Interface: String?
+        /// Election priority of this node for instances that do not set their own (default 100).
+        public var priority: Int?
+        /// HA instances (groups of floating IPs). Default: one, "llb-inst0", holding every service VIP.
+        public var instances: [Instance]?
+        /// `self: N` as in LoxiLB's --self: this node's index (an alias of nodeIndex).
+        public var selfIndex: Int?
+        /// false: no membership or election; every node answers for every VIP and something
+        /// upstream (ECMP, BGP) spreads traffic over them (active-active). Replication still runs.
+        public var election: Bool?
 
         public init() {}
+
+        enum CodingKeys: String, CodingKey {
+            case seed, nodeIndex, nodeCount, peers, syncAddress, syncPort, keyFile, gossipPort, cloud, l2Interface
+            case priority, instances, election
+            case selfIndex = "self"
+        }
+    }
+
+    public struct Instance: Decodable, Sendable, Equatable {
+        public var name: String
+        public var priority: Int?
+        public var vips: [String]?
+    }
+
+    /// OCI provider settings (the seed's ~/.oci/config mounted into the node works as is).
+    public struct OCI: Decodable, Sendable, Equatable {
+        public var config: String?
+        public var profile: String?
+        public var apiEndpoint: String?
+        public var imdsEndpoint: String?
+        public var vnicId: String?
+        public init() {}
+    }
+
+    /// HA settings, validated.
+    public struct HASettings: Sendable, Equatable {
+        public var gossipPort: UInt16
+        public var cloud: String
+        public var l2Interface: String?
+        public var instances: [HAInstanceConfig]
     }
 
     /// Replication settings, validated.
@@ -72,6 +118,7 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
     public var connectionTableSize: UInt32?
     public var answerICMP: Bool?
     public var services: [ServiceConfig]?
+    public var oci: OCI?
 
     public init() {}
 
@@ -150,8 +197,9 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
     }
 
     public func portSlice() throws(ConfigError) -> PortSlice {
-        let index = cluster?.nodeIndex ?? 0
-        let count = cluster?.nodeCount ?? 1
+        let index = cluster?.nodeIndex ?? cluster?.selfIndex ?? 0
+        // In a cluster every node gets its own slice unless told otherwise.
+        let count = cluster?.nodeCount ?? ((cluster?.peers?.count).map { $0 + 1 } ?? 1)
         guard let s = PortSlice(nodeIndex: index, nodeCount: count) else {
             throw ConfigError("cluster: nodeIndex \(index) must be in 0..<nodeCount (\(count))")
         }
@@ -179,6 +227,44 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
             throw ConfigError("cluster: peers are set but keyFile is not; create one with `tandem cluster keygen > FILE`")
         }
         return ReplicationSettings(selfAddress: self_, port: UInt16(port), peers: addresses, keyFile: key)
+    }
+
+    /// Membership, election and provider settings; nil when not clustered.
+    public func ha(interfaces: [String]) throws(ConfigError) -> HASettings? {
+        guard let c = cluster, let peers = c.peers, !peers.isEmpty, c.election ?? true else { return nil }
+        let port = c.gossipPort ?? 11113
+        guard (1...65535).contains(port) else { throw ConfigError("cluster: gossipPort must be 1-65535, got \(port)") }
+        guard port != (c.syncPort ?? 11112) else { throw ConfigError("cluster: gossipPort and syncPort must differ (both \(port))") }
+        let cloud = (c.cloud ?? "none").lowercased()
+        guard ["l2", "oci", "none"].contains(cloud) else {
+            throw ConfigError("cluster: cloud '\(c.cloud ?? "")' is unknown; use l2, oci or none")
+        }
+        let l2 = c.l2Interface ?? interfaces.first
+        if cloud == "l2", l2 == nil { throw ConfigError("cluster: cloud l2 needs an interface (l2Interface or --interface)") }
+        let defaultPriority = c.priority ?? 100
+        guard (1...255).contains(defaultPriority) else { throw ConfigError("cluster: priority must be 1-255, got \(defaultPriority)") }
+        var instances: [HAInstanceConfig] = []
+        for (i, inst) in (c.instances ?? [Instance(name: HAInstanceConfig.defaultName, priority: nil, vips: nil)]).enumerated() {
+            let at = "cluster.instances[\(i)]"
+            guard !inst.name.isEmpty, inst.name.utf8.count <= 64 else { throw ConfigError("\(at): name must be 1-64 bytes") }
+            guard !instances.contains(where: { $0.name == inst.name }) else { throw ConfigError("\(at): instance '\(inst.name)' is listed twice") }
+            let p = inst.priority ?? defaultPriority
+            guard (1...255).contains(p) else { throw ConfigError("\(at): priority must be 1-255, got \(p)") }
+            var vips: [IPv4Address]?
+            if let list = inst.vips {
+                vips = []
+                for t in list {
+                    guard let a = IPv4Address(t) else { throw ConfigError("\(at): vip '\(t)' is not an IPv4 address") }
+                    vips?.append(a)
+                }
+            }
+            instances.append(HAInstanceConfig(name: inst.name, priority: UInt8(p), vips: vips))
+        }
+        guard instances.count <= 16 else { throw ConfigError("cluster: at most 16 instances") }
+        guard instances.filter({ $0.vips == nil }).count <= 1 else {
+            throw ConfigError("cluster: only one instance may leave out 'vips' (it takes every other service VIP)")
+        }
+        return HASettings(gossipPort: UInt16(port), cloud: cloud, l2Interface: l2, instances: instances)
     }
 
     static func describe(_ e: DecodingError) -> String {

@@ -3,6 +3,7 @@ import Logging
 import TandemAPI
 import TandemCore
 import TandemDatapath
+import TandemHA
 import TandemReplication
 import TandemSync
 
@@ -20,6 +21,7 @@ public actor NodeController: LoadBalancerController {
     /// Slots by service key for replication's event loop.
     nonisolated let directory: ServiceDirectory
     private var replication: ReplicationShell?
+    private var ha: HAShell?
     /// Replication's scan (refreshes, missed events, silent deletes) runs on every Nth scan: it
     /// only needs to beat the shortest idle timeout, and it costs a pass over the whole table.
     let replicationScanEvery = 5
@@ -56,6 +58,7 @@ public actor NodeController: LoadBalancerController {
         }
         table = next
         directory.set(service.key, slot: slot, endpoints: service.endpoints)
+        ha?.servicesChanged()
         logger.info("service created", metadata: ["service": "\(service.key)", "mode": "\(service.mode)",
                                                   "sel": "\(service.selection)", "endpoints": "\(service.endpoints.count)"])
     }
@@ -67,6 +70,7 @@ public actor NodeController: LoadBalancerController {
         await datapath.uninstall(key, slot: slot)
         table = next
         directory.remove(key)
+        ha?.servicesChanged()
         logger.info("service deleted", metadata: ["service": "\(key)"])
     }
 
@@ -123,6 +127,26 @@ public actor NodeController: LoadBalancerController {
         for (k, v) in eventCounts { out["events_\(k)"] = v }
         for (k, v) in ringEventCounts() { out["events_\(k)", default: 0] += v }
         return out
+    }
+
+    func attach(ha shell: HAShell) {
+        ha = shell
+    }
+
+    public func cluster() async -> HAStatus? {
+        await ha?.status()
+    }
+
+    public func ciStates() async -> [CIStateEntry]? {
+        guard let s = await ha?.status() else { return nil }
+        return s.instances.map { CIStateEntry(instance: $0.name, state: $0.role, vip: $0.vips.first ?? "0.0.0.0") }
+    }
+
+    public func setCIState(_ entry: CIStateEntry) async throws {
+        guard let ha else { throw APIError.notFound("this node is not clustered (no cluster peers)") }
+        do { try await ha.setExternal(instance: entry.instance, state: entry.state) } catch {
+            throw APIError.badRequest(error.description)
+        }
     }
 
     func attach(replication shell: ReplicationShell) {

@@ -3,7 +3,9 @@ import Logging
 import ServiceLifecycle
 import TandemAPI
 import TandemCore
+import TandemCloud
 import TandemDatapath
+import TandemHA
 import TandemReplication
 import TandemSync
 
@@ -30,7 +32,7 @@ public struct NodeOptions: Sendable {
 public enum NodeRunner {
     /// Checks everything that can be checked before touching the kernel; throws a clear message.
     public static func preflight(_ o: NodeOptions) throws(ConfigError)
-        -> (DatapathSettings, [TandemCore.Service], NodeConfig.ReplicationSettings?, ClusterKey?) {
+        -> (DatapathSettings, [TandemCore.Service], NodeConfig.ReplicationSettings?, ClusterKey?, NodeConfig.HASettings?) {
         guard SystemChecks.isRoot else {
             throw ConfigError("tandem node must run as root (it loads BPF programs and attaches them to interfaces)")
         }
@@ -50,9 +52,14 @@ public enum NodeRunner {
         } else {
             throw ConfigError("interface \(o.interfaces[0]) has no IPv4 address; set nodeIP in the config")
         }
+        let ha = try o.config.ha(interfaces: o.interfaces)
+        if let l2 = ha?.l2Interface, ha?.cloud == "l2", !SystemChecks.interfaceExists(l2) {
+            throw ConfigError("cluster: l2Interface \(l2) does not exist")
+        }
+        // In a cluster the datapath answers only for the VIPs this node is MASTER of.
         let settings = DatapathSettings(nodeIP: nodeIP, hashSeed: o.config.cluster?.seed ?? 0x7461_6e64,
                                         portSlice: try o.config.portSlice(), timeouts: o.config.resolvedTimeouts(),
-                                        answerICMP: o.config.answerICMP ?? true)
+                                        answerICMP: o.config.answerICMP ?? true, gateVIPs: ha != nil)
         let services = try o.config.validatedServices()
         for s in services {
             for ep in s.endpoints {
@@ -66,12 +73,16 @@ public enum NodeRunner {
         if let r = replication {
             do { key = try ClusterKey.load(path: r.keyFile) } catch { throw ConfigError("cluster: \(error)") }
         }
-        return (settings, services, replication, key)
+        return (settings, services, replication, key, ha)
     }
 
     /// Runs the node until SIGTERM or SIGINT, then detaches everything it attached.
     public static func run(_ o: NodeOptions, logger: Logger) async throws {
-        let (settings, services, replicationSettings, clusterKey) = try preflight(o)
+        let (settings, services, replicationSettings, clusterKey, haSettings) = try preflight(o)
+        // Built before the datapath loads, so a broken provider setup (a missing OCI key, say)
+        // stops the node before it touches the kernel.
+        var provider: (any CloudProvider)?
+        if let h = haSettings { provider = try await HAWiring.makeProvider(h, config: o.config, logger: logger) }
         let datapath = try Datapath(objectPath: o.objectPath,
                                     connectionTableSize: o.config.connectionTableSize ?? 262_144, logger: logger)
         let directory = ServiceDirectory()
@@ -120,9 +131,21 @@ public enum NodeRunner {
             }
             await controller.attach(replication: s)
         }
+        var ha: HAShell?
+        if let h = haSettings, let r = replicationSettings, let key = clusterKey, let provider {
+            let haShell = HAWiring.makeShell(h, replication: r, key: key, provider: provider, datapath: datapath,
+                                             directory: directory, replicationShell: shell, logger: logger)
+            do { try await haShell.start() } catch {
+                await shell?.stop()
+                await datapath.close()
+                throw ConfigError("cluster: cannot listen on \(r.selfAddress):\(h.gossipPort) for gossip: \(error)")
+            }
+            await controller.attach(ha: haShell)
+            ha = haShell
+        }
         try reader.start()
         let dpService = DatapathService(datapath: datapath, controller: controller, reader: reader,
-                                        reapInterval: o.reapInterval, replication: shell,
+                                        reapInterval: o.reapInterval, replication: shell, ha: ha,
                                         timeouts: settings.timeouts, logger: logger)
         let api = APIServer.makeApplication(controller: controller, host: o.apiAddress, port: o.apiPort, logger: logger)
         logger.info("tandem node running", metadata: [
@@ -153,11 +176,13 @@ final class DatapathService: ServiceLifecycle.Service, @unchecked Sendable {
     let reader: RingBufferReader
     let reapInterval: Duration
     let replication: ReplicationShell?
+    let ha: HAShell?
     let timeouts: Timeouts
     let logger: Logger
 
     init(datapath: Datapath, controller: NodeController, reader: RingBufferReader, reapInterval: Duration,
-         replication: ReplicationShell?, timeouts: Timeouts, logger: Logger) {
+         replication: ReplicationShell?, ha: HAShell?, timeouts: Timeouts, logger: Logger) {
+        self.ha = ha
         self.datapath = datapath
         self.controller = controller
         self.reader = reader
@@ -180,6 +205,9 @@ final class DatapathService: ServiceLifecycle.Service, @unchecked Sendable {
     }
 
     func shutdown() async {
+        // Leave the cluster first: peers elect at once, and this node stops answering for the
+        // VIPs before anything else is torn down.
+        await ha?.stop()
         reader.stop()
         await replication?.stop()
         await datapath.close()

@@ -21,6 +21,11 @@ public final class ServiceDirectory: Sendable {
         box.withLockedValue { $0[key] = nil }
     }
 
+    /// Every configured service VIP (the HA shell's default instance holds them all).
+    public func vips() -> Set<IPv4Address> {
+        box.withLockedValue { Set($0.keys.map(\.vip)) }
+    }
+
     /// This node's slot and endpoint index for each flow, matching the endpoint by address: the
     /// owner's index may differ if services were configured in another order. One lock per batch.
     func locate(_ records: [FlowRecord]) -> [(FlowRecord, UInt32, UInt8)] {

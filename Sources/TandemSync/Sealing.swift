@@ -82,8 +82,8 @@ public struct SyncSealer: Sendable {
     public let sender: UInt32
     public let epoch: UInt64
     private let subkey: SymmetricKey
-    /// Next header sequence per channel; both start at 1.
-    private var next: [UInt64] = [1, 1]
+    /// Next header sequence per channel; each starts at 1.
+    private var next = [UInt64](repeating: 1, count: SyncChannel.allCases.count)
 
     public init(key: ClusterKey, sender: UInt32, epoch: UInt64) {
         self.sender = sender
@@ -136,6 +136,10 @@ public struct SyncOpener: Sendable {
         var epoch: UInt64
         var subkey: SymmetricKey
         var windows: [ReplayWindow]
+    }
+
+    private static var freshWindows: [ReplayWindow] {
+        [ReplayWindow](repeating: ReplayWindow(), count: SyncChannel.allCases.count)
     }
 
     private let key: ClusterKey
@@ -212,13 +216,13 @@ public struct SyncOpener: Sendable {
             return .failure(SyncDecodeError(.authFailed, "tag did not verify (sender \(header.sender), epoch \(header.epoch), sequence \(header.sequence)); the cluster key may differ"))
         }
 
-        var peer = known ?? Peer(epoch: header.epoch, subkey: subkey, windows: [ReplayWindow(), ReplayWindow()])
+        var peer = known ?? Peer(epoch: header.epoch, subkey: subkey, windows: Self.freshWindows)
         if header.epoch < peer.epoch {
             return .failure(SyncDecodeError(.staleEpoch, "sender \(header.sender) epoch \(header.epoch) is older than \(peer.epoch)"))
         }
         if header.epoch > peer.epoch {
             // The sender restarted: its sequences begin again under a new subkey.
-            peer = Peer(epoch: header.epoch, subkey: subkey, windows: [ReplayWindow(), ReplayWindow()])
+            peer = Peer(epoch: header.epoch, subkey: subkey, windows: Self.freshWindows)
         }
         let index = Int(channel.rawValue)
         switch peer.windows[index].accept(header.sequence) {

@@ -7,11 +7,13 @@ public enum SyncChannel: UInt32, Sendable, CaseIterable, Hashable, CustomStringC
     case datagram = 0
     /// TCP: bulk requests and transfers, sealed frames back to back.
     case stream = 1
+    /// UDP on the gossip port: membership probes and election adverts.
+    case gossip = 2
 
     /// Largest whole sealed message (header, ciphertext and tag) on this channel.
     public var maxFrame: Int {
         switch self {
-        case .datagram: SyncWire.maxDatagram
+        case .datagram, .gossip: SyncWire.maxDatagram
         case .stream: SyncWire.maxStreamFrame
         }
     }
@@ -20,12 +22,27 @@ public enum SyncChannel: UInt32, Sendable, CaseIterable, Hashable, CustomStringC
     public var maxPayload: Int { maxFrame - SyncWire.headerSize - SyncWire.tagSize }
 
     /// The header flags a message sealed for this channel carries.
-    public var headerFlags: SyncHeaderFlags { self == .stream ? .stream : [] }
+    public var headerFlags: SyncHeaderFlags {
+        switch self {
+        case .datagram: []
+        case .stream: .stream
+        case .gossip: .gossip
+        }
+    }
 
-    /// The channel a header says its message was sealed for.
-    public init(flags: SyncHeaderFlags) { self = flags.contains(.stream) ? .stream : .datagram }
+    /// The channel a header says its message was sealed for (the header decoder refuses both
+    /// flags together).
+    public init(flags: SyncHeaderFlags) {
+        self = flags.contains(.stream) ? .stream : flags.contains(.gossip) ? .gossip : .datagram
+    }
 
-    public var description: String { self == .stream ? "stream" : "datagram" }
+    public var description: String {
+        switch self {
+        case .datagram: "datagram"
+        case .stream: "stream"
+        case .gossip: "gossip"
+        }
+    }
 }
 
 /// Byte codec for the sync protocol (layouts in proto/SPEC.md). All integers are big-endian.
@@ -48,6 +65,16 @@ public enum SyncCodec {
     static let nackFixed = 17
     /// Fixed part of a digest: level u8, bucket u16, entryCount u64, count u16.
     static let digestFixed = 13
+    /// Gossip section: update count u8, advert count u8.
+    static let gossipFixed = 2
+    /// Member update: node u32, incarnation u32, status u8.
+    public static let memberUpdateSize = 9
+    /// Instance advert: instance u32, term u64, role u8, priority u8, flags u8, reserved u8.
+    public static let advertSize = 16
+    /// Most member updates in one gossip section (the sender's own plus piggybacked ones).
+    public static let maxGossipUpdates = 32
+    /// Most instance adverts in one gossip section (one per HA instance).
+    public static let maxGossipAdverts = 16
 
     /// Most entries in one delta batch datagram: (1472 - 28 - 16 - 10) / 52 = 27.
     public static let maxEntriesPerDatagram = (SyncChannel.datagram.maxPayload - deltaBatchFixed) / SyncWire.entrySize
@@ -101,6 +128,14 @@ public enum SyncCodec {
         guard SyncHeaderFlags.known.isSuperset(of: flags) else {
             throw SyncDecodeError(.badFlags, "undefined flag bits 0x\(hex(flags.subtracting(.known).rawValue))")
         }
+        guard !(flags.contains(.stream) && flags.contains(.gossip)) else {
+            throw SyncDecodeError(.badFlags, "stream and gossip flags together")
+        }
+        // Membership messages travel only on the gossip channel, and only they do.
+        guard type.isGossip == flags.contains(.gossip) else {
+            throw SyncDecodeError(.badFlags, type.isGossip ? "\(type.wireName) without the gossip flag"
+                                                           : "\(type.wireName) with the gossip flag")
+        }
         let reserved = try r.u8("reserved")
         guard reserved == 0 else {
             throw SyncDecodeError(.badFlags, "reserved header byte is 0x\(hex(reserved)), must be 0")
@@ -132,7 +167,14 @@ public enum SyncCodec {
         case .keepalive: 17
         case .digest(let d): digestFixed + d.hashes.count * 8
         case .digestRequest(let r): 2 + r.buckets.count * 2
+        case .probe(let p): 12 + gossipSize(p.gossip)
+        case .probeRequest(let p): 8 + gossipSize(p.gossip)
+        case .probeAck(let a): 12 + gossipSize(a.gossip)
         }
+    }
+
+    static func gossipSize(_ g: Gossip) -> Int {
+        gossipFixed + g.updates.count * memberUpdateSize + g.adverts.count * advertSize
     }
 
     public static func encodePayload(_ m: SyncMessage) -> [UInt8] {
@@ -187,6 +229,20 @@ public enum SyncCodec {
         case .digestRequest(let r):
             w.u16(count16(r.buckets.count, "digest request buckets"))
             for b in r.buckets { w.u16(b) }
+        case .probe(let p):
+            w.u32(p.probeID)
+            w.u32(p.target)
+            w.u32(p.requester)
+            encodeGossip(p.gossip, into: &w)
+        case .probeRequest(let p):
+            w.u32(p.probeID)
+            w.u32(p.target)
+            encodeGossip(p.gossip, into: &w)
+        case .probeAck(let a):
+            w.u32(a.probeID)
+            w.u32(a.target)
+            w.u32(a.requester)
+            encodeGossip(a.gossip, into: &w)
         }
         return w.bytes
     }
@@ -321,6 +377,23 @@ public enum SyncCodec {
             try r.expectItems(count, size: 2, "count")
             let buckets = try ascendingU16s(&r, count: count, below: SyncWire.digestFanout, "bucket")
             message = .digestRequest(DigestRequest(buckets: buckets))
+
+        case .probe:
+            let id = try r.u32("probeID")
+            let target = try nodeID(&r, "target")
+            let requester = try r.u32("requester")
+            message = .probe(Probe(probeID: id, target: target, requester: requester, gossip: try decodeGossip(&r)))
+
+        case .probeRequest:
+            let id = try r.u32("probeID")
+            let target = try nodeID(&r, "target")
+            message = .probeRequest(ProbeRequest(probeID: id, target: target, gossip: try decodeGossip(&r)))
+
+        case .probeAck:
+            let id = try r.u32("probeID")
+            let target = try nodeID(&r, "target")
+            let requester = try r.u32("requester")
+            message = .probeAck(ProbeAck(probeID: id, target: target, requester: requester, gossip: try decodeGossip(&r)))
         }
         try r.expectEnd()
         return message
@@ -423,6 +496,71 @@ public enum SyncCodec {
                          proto: proto)
     }
 
+    // MARK: Gossip
+
+    static func encodeGossip(_ g: Gossip, into w: inout ByteWriter) {
+        precondition(g.updates.count <= maxGossipUpdates && g.adverts.count <= maxGossipAdverts,
+                     "gossip with \(g.updates.count) updates and \(g.adverts.count) adverts")
+        w.u8(UInt8(g.updates.count))
+        w.u8(UInt8(g.adverts.count))
+        for u in g.updates {
+            w.u32(u.node)
+            w.u32(u.incarnation)
+            w.u8(u.status.rawValue)
+        }
+        for a in g.adverts {
+            w.u32(a.instance)
+            w.u64(a.term)
+            w.u8(a.role.rawValue)
+            w.u8(a.priority)
+            w.u8(a.flags.rawValue)
+            w.u8(0)  // reserved
+        }
+    }
+
+    private static func nodeID(_ r: inout ByteReader, _ field: StaticString) throws(SyncDecodeError) -> UInt32 {
+        let v = try r.u32(field)
+        guard v != 0 else { throw r.fail("\(field) is 0; node ids are non-zero") }
+        return v
+    }
+
+    private static func decodeGossip(_ r: inout ByteReader) throws(SyncDecodeError) -> Gossip {
+        let updateCount = Int(try r.u8("updateCount"))
+        let advertCount = Int(try r.u8("advertCount"))
+        guard updateCount <= maxGossipUpdates else {
+            throw r.fail("updateCount \(updateCount) exceeds \(maxGossipUpdates)")
+        }
+        guard advertCount <= maxGossipAdverts else {
+            throw r.fail("advertCount \(advertCount) exceeds \(maxGossipAdverts)")
+        }
+        try r.expectItems(updateCount * memberUpdateSize + advertCount * advertSize, size: 1, "counts")
+        var g = Gossip()
+        g.updates.reserveCapacity(updateCount)
+        g.adverts.reserveCapacity(advertCount)
+        for _ in 0..<updateCount {
+            let node = try nodeID(&r, "update node")
+            let incarnation = try r.u32("incarnation")
+            let raw = try r.u8("status")
+            guard let status = MemberStatus(rawValue: raw) else { throw r.fail("unknown member status \(raw)") }
+            g.updates.append(MemberUpdate(node: node, incarnation: incarnation, status: status))
+        }
+        for _ in 0..<advertCount {
+            let instance = try r.u32("instance")
+            let term = try r.u64("term")
+            let rawRole = try r.u8("role")
+            guard let role = HARole(rawValue: rawRole) else { throw r.fail("unknown role \(rawRole)") }
+            let priority = try r.u8("priority")
+            let flags = InstanceAdvert.Flags(rawValue: try r.u8("flags"))
+            guard InstanceAdvert.Flags.known.isSuperset(of: flags) else {
+                throw r.fail("undefined advert flag bits 0x\(hex(flags.subtracting(.known).rawValue))")
+            }
+            let reserved = try r.u8("reserved")
+            guard reserved == 0 else { throw r.fail("advert reserved is 0x\(hex(reserved)), must be 0") }
+            g.adverts.append(InstanceAdvert(instance: instance, term: term, role: role, priority: priority, flags: flags))
+        }
+        return g
+    }
+
     // MARK: Validation
 
     /// Whether `m` would survive a round trip: encodes it and decodes the result. The sealer
@@ -492,6 +630,17 @@ extension SyncMessageType {
         case .keepalive: "keepalive"
         case .digest: "digest"
         case .digestRequest: "digestRequest"
+        case .probe: "probe"
+        case .probeRequest: "probeRequest"
+        case .probeAck: "probeAck"
+        }
+    }
+
+    /// Membership types, which travel only on the gossip channel.
+    public var isGossip: Bool {
+        switch self {
+        case .probe, .probeRequest, .probeAck: true
+        default: false
         }
     }
 }

@@ -33,6 +33,10 @@ public enum SyncMessageType: UInt8, Sendable, CaseIterable {
     case keepalive = 9
     case digest = 10
     case digestRequest = 11
+    // Membership and election (gossip channel, proto/SPEC.md §12).
+    case probe = 12
+    case probeRequest = 13
+    case probeAck = 14
 }
 
 /// Header flag bits.
@@ -41,7 +45,9 @@ public struct SyncHeaderFlags: OptionSet, Sendable, Hashable {
     public init(rawValue: UInt8) { self.rawValue = rawValue }
     /// Sent on the TCP (bulk) channel: its own nonce space and replay rule.
     public static let stream = SyncHeaderFlags(rawValue: 0x01)
-    public static let known: SyncHeaderFlags = [.stream]
+    /// Sealed for the gossip channel (membership and election); never together with `stream`.
+    public static let gossip = SyncHeaderFlags(rawValue: 0x02)
+    public static let known: SyncHeaderFlags = [.stream, .gossip]
 }
 
 /// The clear-text header, authenticated as AEAD associated data.
@@ -220,6 +226,116 @@ public struct DigestRequest: Hashable, Sendable {
     public init(buckets: [UInt16]) { self.buckets = buckets }
 }
 
+// MARK: - Membership and election (gossip channel)
+
+/// A member's liveness as SWIM disseminates it. A higher incarnation always wins; at equal
+/// incarnation dead > suspect > alive (left is final, like dead, but announced by the node itself).
+public enum MemberStatus: UInt8, Sendable, CaseIterable, Hashable {
+    case alive = 1
+    case suspect = 2
+    case dead = 3
+    case left = 4
+}
+
+/// One membership fact, piggybacked on probes and acks.
+public struct MemberUpdate: Hashable, Sendable {
+    public var node: UInt32
+    public var incarnation: UInt32
+    public var status: MemberStatus
+    public init(node: UInt32, incarnation: UInt32, status: MemberStatus) {
+        self.node = node
+        self.incarnation = incarnation
+        self.status = status
+    }
+}
+
+/// A node's role in one HA instance.
+public enum HARole: UInt8, Sendable, CaseIterable, Hashable {
+    case backup = 1
+    case master = 2
+    case fault = 3
+}
+
+/// What the sender says about itself in one HA instance: carried in every gossip message, so a
+/// higher term fences an old master as soon as any message reaches it.
+public struct InstanceAdvert: Hashable, Sendable {
+    public struct Flags: OptionSet, Sendable, Hashable {
+        public let rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// The sender's connection table is in sync (replication), so it may become master.
+        public static let inSync = Flags(rawValue: 0x01)
+        /// The role was set from outside (cistate API), not by the election.
+        public static let external = Flags(rawValue: 0x02)
+        public static let known: Flags = [.inSync, .external]
+    }
+    /// FNV-1a 32 of the instance name (SyncHashing.instanceID).
+    public var instance: UInt32
+    /// Fencing epoch: raised by every node that becomes master.
+    public var term: UInt64
+    public var role: HARole
+    public var priority: UInt8
+    public var flags: Flags
+    public init(instance: UInt32, term: UInt64, role: HARole, priority: UInt8, flags: Flags) {
+        self.instance = instance
+        self.term = term
+        self.role = role
+        self.priority = priority
+        self.flags = flags
+    }
+}
+
+/// What every gossip message carries besides its probe fields: membership updates (the sender's
+/// own alive update first) and the sender's adverts, one per HA instance.
+public struct Gossip: Hashable, Sendable {
+    public var updates: [MemberUpdate]
+    public var adverts: [InstanceAdvert]
+    public init(updates: [MemberUpdate] = [], adverts: [InstanceAdvert] = []) {
+        self.updates = updates
+        self.adverts = adverts
+    }
+}
+
+/// SWIM ping. `requester` is 0 for a direct probe, or the node that asked for this indirect
+/// probe (then `probeID` is the requester's id and the ack goes back through the sender).
+public struct Probe: Hashable, Sendable {
+    public var probeID: UInt32
+    public var target: UInt32
+    public var requester: UInt32
+    public var gossip: Gossip
+    public init(probeID: UInt32, target: UInt32, requester: UInt32, gossip: Gossip) {
+        self.probeID = probeID
+        self.target = target
+        self.requester = requester
+        self.gossip = gossip
+    }
+}
+
+/// SWIM ping-req: asks the receiver to probe `target` on the sender's behalf.
+public struct ProbeRequest: Hashable, Sendable {
+    public var probeID: UInt32
+    public var target: UInt32
+    public var gossip: Gossip
+    public init(probeID: UInt32, target: UInt32, gossip: Gossip) {
+        self.probeID = probeID
+        self.target = target
+        self.gossip = gossip
+    }
+}
+
+/// SWIM ack: `target` answered probe `probeID` of `requester` (0: the ack's receiver probed directly).
+public struct ProbeAck: Hashable, Sendable {
+    public var probeID: UInt32
+    public var target: UInt32
+    public var requester: UInt32
+    public var gossip: Gossip
+    public init(probeID: UInt32, target: UInt32, requester: UInt32, gossip: Gossip) {
+        self.probeID = probeID
+        self.target = target
+        self.requester = requester
+        self.gossip = gossip
+    }
+}
+
 public enum SyncMessage: Hashable, Sendable {
     case hello(Hello)
     case deltaBatch(DeltaBatch)
@@ -232,6 +348,9 @@ public enum SyncMessage: Hashable, Sendable {
     case keepalive(Keepalive)
     case digest(Digest)
     case digestRequest(DigestRequest)
+    case probe(Probe)
+    case probeRequest(ProbeRequest)
+    case probeAck(ProbeAck)
 
     public var type: SyncMessageType {
         switch self {
@@ -246,6 +365,9 @@ public enum SyncMessage: Hashable, Sendable {
         case .keepalive: .keepalive
         case .digest: .digest
         case .digestRequest: .digestRequest
+        case .probe: .probe
+        case .probeRequest: .probeRequest
+        case .probeAck: .probeAck
         }
     }
 }

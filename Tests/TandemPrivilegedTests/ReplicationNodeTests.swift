@@ -34,6 +34,7 @@ extension Privileged {
             cluster:
               peers: [\(peers.compactMap { Self.addresses[$0] }.joined(separator: ", "))]
               keyFile: \(key)
+              election: false  # these tests pin traffic to llb1 (active-active); failover has its own tests
             """) + """
 
               - externalIP: 10.0.10.143

@@ -101,7 +101,26 @@ enum Fixtures {
         ("digest-level0", .datagram, .digest(Digest(level: 0, bucket: 0, entryCount: 1234, hashes: digestHashes(0)))),
         ("digest-level1", .datagram, .digest(Digest(level: 1, bucket: 127, entryCount: 1234, hashes: digestHashes(1000)))),
         ("digest-request", .datagram, .digestRequest(DigestRequest(buckets: [0, 5, 127]))),
+        ("probe", .gossip, probe),
+        ("probe-request", .gossip, .probeRequest(ProbeRequest(probeID: 9, target: 3, gossip: Gossip(
+            updates: [MemberUpdate(node: 1, incarnation: 1_700_000_000, status: .alive)], adverts: [])))),
+        ("probe-ack", .gossip, probeAck),
+        ("probe-indirect", .gossip, .probe(Probe(probeID: 9, target: 3, requester: 2, gossip: Gossip(
+            updates: [MemberUpdate(node: 1, incarnation: 1_700_000_000, status: .alive),
+                      MemberUpdate(node: 3, incarnation: 1_700_000_003, status: .dead),
+                      MemberUpdate(node: 4, incarnation: 0, status: .left)],
+            adverts: [advert, InstanceAdvert(instance: 0xdead_beef, term: 0, role: .fault, priority: 0, flags: [])])))),
     ]
+
+    /// An advert: master at term 7, in sync.
+    static let advert = InstanceAdvert(instance: 0x1234_5678, term: 7, role: .master, priority: 100, flags: [.inSync])
+    static let probe = SyncMessage.probe(Probe(probeID: 5, target: 2, requester: 0, gossip: Gossip(
+        updates: [MemberUpdate(node: 1, incarnation: 1_700_000_000, status: .alive),
+                  MemberUpdate(node: 3, incarnation: 1_700_000_003, status: .suspect)],
+        adverts: [advert])))
+    static let probeAck = SyncMessage.probeAck(ProbeAck(probeID: 5, target: 1, requester: 0, gossip: Gossip(
+        updates: [MemberUpdate(node: 1, incarnation: 1_700_000_000, status: .alive)],
+        adverts: [InstanceAdvert(instance: 0x1234_5678, term: 7, role: .backup, priority: 90, flags: [.inSync, .external])])))
 }
 
 enum Hex {
@@ -205,7 +224,19 @@ enum Describe {
              "hashes": d.hashes.map(hash)]
         case .digestRequest(let r):
             ["buckets": r.buckets.map { Int($0) }]
+        case .probe(let p):
+            ["probeID": Int(p.probeID), "target": Int(p.target), "requester": Int(p.requester), "gossip": gossip(p.gossip)]
+        case .probeRequest(let p):
+            ["probeID": Int(p.probeID), "target": Int(p.target), "gossip": gossip(p.gossip)]
+        case .probeAck(let a):
+            ["probeID": Int(a.probeID), "target": Int(a.target), "requester": Int(a.requester), "gossip": gossip(a.gossip)]
         }
+    }
+
+    static func gossip(_ g: Gossip) -> [String: Any] {
+        ["updates": g.updates.map { ["node": Int($0.node), "incarnation": Int($0.incarnation), "status": Int($0.status.rawValue)] },
+         "adverts": g.adverts.map { ["instance": Int($0.instance), "term": u64($0.term), "role": Int($0.role.rawValue),
+                                     "priority": Int($0.priority), "flags": Int($0.flags.rawValue)] }]
     }
 
     /// Pretty, key-sorted JSON text, newline-terminated.

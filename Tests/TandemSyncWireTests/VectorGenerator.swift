@@ -62,6 +62,7 @@ enum VectorGenerator {
         let all = valid()
         let hello = all.first { $0.name == "hello" }!.bytes
         let bulkBegin = all.first { $0.name == "bulk-begin" }!.bytes
+        let probe = all.first { $0.name == "probe" }!.bytes
         let helloPayload = SyncCodec.encodePayload(Fixtures.messages[0].message)
 
         func patched(_ bytes: [UInt8], _ edits: [(Int, UInt8)]) -> [UInt8] {
@@ -92,12 +93,20 @@ enum VectorGenerator {
                     note: "the hello vector with magic 0x5454"),
             Invalid(name: "bad-version", bytes: patched(hello, [(2, 2)]), channel: .datagram, expect: .badVersion,
                     note: "the hello vector with version 2"),
-            Invalid(name: "unknown-type", bytes: patched(hello, [(3, 12)]), channel: .datagram, expect: .unknownType,
-                    note: "the hello vector with type 12"),
+            Invalid(name: "unknown-type", bytes: patched(hello, [(3, 15)]), channel: .datagram, expect: .unknownType,
+                    note: "the hello vector with type 15"),
             Invalid(name: "unknown-type-zero", bytes: patched(hello, [(3, 0)]), channel: .datagram, expect: .unknownType,
                     note: "the hello vector with type 0"),
-            Invalid(name: "bad-flags", bytes: patched(hello, [(4, 0x02)]), channel: .datagram, expect: .badFlags,
-                    note: "the hello vector with the undefined flag bit 0x02"),
+            Invalid(name: "bad-flags", bytes: patched(hello, [(4, 0x04)]), channel: .datagram, expect: .badFlags,
+                    note: "the hello vector with the undefined flag bit 0x04"),
+            Invalid(name: "bad-flags-stream-and-gossip", bytes: patched(probe, [(4, 0x03)]), channel: .gossip,
+                    expect: .badFlags, note: "the probe vector with both the stream and the gossip flag"),
+            Invalid(name: "bad-flags-gossip-type-without-flag", bytes: patched(probe, [(4, 0x00)]), channel: .datagram,
+                    expect: .badFlags, note: "the probe vector without the gossip flag: membership types travel only on the gossip channel"),
+            Invalid(name: "bad-flags-replication-type-with-gossip-flag", bytes: patched(hello, [(4, 0x02)]), channel: .gossip,
+                    expect: .badFlags, note: "the hello vector with the gossip flag: replication types never travel on the gossip channel"),
+            Invalid(name: "bad-flags-gossip-on-datagram", bytes: probe, channel: .datagram, expect: .badFlags,
+                    note: "the probe vector (sealed for the gossip channel) received on the datagram channel"),
             Invalid(name: "bad-flags-reserved", bytes: patched(hello, [(5, 0x01)]), channel: .datagram, expect: .badFlags,
                     note: "the hello vector with reserved byte 1"),
             Invalid(name: "bad-flags-stream-on-datagram", bytes: bulkBegin, channel: .datagram, expect: .badFlags,
@@ -130,9 +139,11 @@ enum VectorGenerator {
 
         // Authentic messages whose payload does not decode.
         func malformed(_ name: String, _ type: SyncMessageType, _ payload: [UInt8], _ note: String) -> Invalid {
-            Invalid(name: "malformed-" + name, bytes: sealRaw(type, payload), channel: .datagram,
-                    expect: .malformedPayload, note: note, payload: (type, payload))
+            let channel: SyncChannel = type.isGossip ? .gossip : .datagram
+            return Invalid(name: "malformed-" + name, bytes: sealRaw(type, payload, channel: channel), channel: channel,
+                           expect: .malformedPayload, note: note, payload: (type, payload))
         }
+        let probePayload = SyncCodec.encodePayload(Fixtures.probe)
         let batch = SyncCodec.encodePayload(.deltaBatch(DeltaBatch(firstSequence: 42, entries: [Fixtures.tcpUpsert, Fixtures.udpDelete])))
         let ack = SyncCodec.encodePayload(.ack(Ack(streamEpoch: Fixtures.epoch, cumulative: 41)))
         list += [
@@ -170,6 +181,22 @@ enum VectorGenerator {
             malformed("bulk-request-order", .bulkRequest,
                       SyncCodec.encodePayload(.bulkRequest(BulkRequest(requestID: 1, leaves: [5, 5]))),
                       "bulk request listing leaf 5 twice"),
+            malformed("probe-target-zero", .probe, patched(probePayload, [(4, 0), (5, 0), (6, 0), (7, 0)]),
+                      "probe with target 0 (node ids are non-zero)"),
+            malformed("gossip-count", .probe, patched(probePayload, [(12, 3)]),
+                      "probe whose gossip says 3 updates but carries 2"),
+            malformed("gossip-count-over-limit", .probe, patched(probePayload, [(12, 33)]),
+                      "probe whose gossip says 33 updates (limit 32; checked before the bytes)"),
+            malformed("gossip-status", .probe, patched(probePayload, [(14 + 8, 5)]),
+                      "probe whose first member update has status 5"),
+            malformed("gossip-update-node-zero", .probe, patched(probePayload, [(14, 0), (15, 0), (16, 0), (17, 0)]),
+                      "probe whose first member update is about node 0"),
+            malformed("advert-role", .probeAck, patched(SyncCodec.encodePayload(Fixtures.probeAck), [(14 + 9 + 12, 4)]),
+                      "probe ack whose advert has role 4"),
+            malformed("advert-flags", .probeAck, patched(SyncCodec.encodePayload(Fixtures.probeAck), [(14 + 9 + 14, 0x04)]),
+                      "probe ack whose advert has the undefined flag bit 0x04"),
+            malformed("advert-reserved", .probeAck, patched(SyncCodec.encodePayload(Fixtures.probeAck), [(14 + 9 + 15, 1)]),
+                      "probe ack whose advert has reserved 1"),
         ]
         return list
     }

@@ -166,6 +166,7 @@ enum tdm_stat {
     TDM_STAT_EXPIRED_REUSED  = 6, /* an expired entry was replaced by a new flow */
     TDM_STAT_PICKED_UP       = 7, /* a mid-flow TCP packet created an entry */
     TDM_STAT_NOT_SYN_DROPPED = 8, /* reserved */
+    TDM_STAT_STANDBY_PASSED  = 9, /* packet to a VIP this node does not own (BACKUP): left to the stack */
     TDM_STAT_COUNT           = 16,
 };
 
@@ -179,7 +180,8 @@ struct tdm_config {
     __u16  port_hi;
     __u8   answer_icmp;      /* answer ICMP echo to a VIP in the datapath */
     __u8   emit_events;
-    __u8   pad[2];
+    __u8   gate_vips;        /* 1 in a cluster: serve a VIP only while it is in tdm_active_vips */
+    __u8   pad[1];
 };
 
 enum tdm_event_type {

@@ -61,7 +61,8 @@ def main():
         assert (length, sender, str(epoch), str(seq)) == (hd["length"], hd["sender"], hd["epoch"], hd["sequence"]), path
         assert len(frame) == 28 + length, path
         subkey = hkdf(KEY, b"tandem-sync-v1", struct.pack(">IQ", sender, epoch))
-        nonce = struct.pack(">IQ", flags & 1, seq)
+        channel = 2 if flags & 2 else flags & 1  # datagram 0, stream 1, gossip 2
+        nonce = struct.pack(">IQ", channel, seq)
         plain = ChaCha20Poly1305(subkey).decrypt(nonce, frame[28:], frame[:28])
         assert plain.hex() == d["payload"], path
         count += 1

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import TandemAPI
 import TandemCore
+import TandemHA
 import TandemNode
 import TandemSync
 
@@ -11,7 +12,7 @@ struct Tandem: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tandem",
         abstract: "Tandem: a self-managed eBPF load balancer.",
-        subcommands: [Node.self, Cluster.self, Create.self, Delete.self, Get.self])
+        subcommands: [Node.self, Cluster.self, Create.self, Delete.self, Get.self, SetCommand.self, Cloud.self])
 }
 
 struct APIOptions: ParsableArguments {
@@ -45,6 +46,17 @@ struct Node: AsyncParsableCommand {
         @Option(name: .long, help: "Cluster key file (mode 0600), from `tandem cluster keygen`.") var clusterKey: String?
         @Option(name: .long, help: "This node's sync address (default: its node IP).") var syncAddress: String?
         @Option(name: .long, help: "UDP/TCP sync port, the same on every node (default 11112).") var syncPort: Int?
+        @Option(name: .long, help: "This node's index in the cluster, 0-based (cuts the SNAT port space into per-node slices).")
+        var `self`: Int?
+        @Option(name: .long, help: "How the floating IP moves: l2 (address + gratuitous ARP), oci (private-IP move), none.")
+        var cloud: String?
+        @Option(name: .long, help: "UDP gossip port (membership and election), the same on every node (default 11113).")
+        var gossipPort: Int?
+        @Option(name: .long, help: "Election priority of this node, 1-255 (default 100).") var priority: Int?
+        @Option(name: .long, help: "OCI: config file (default ~/.oci/config or $OCI_CONFIG_FILE).") var ociConfig: String?
+        @Option(name: .long, help: "OCI: config profile (default DEFAULT).") var profile: String?
+        @Option(name: .long, help: "OCI: Core API base URL (default from the region).") var apiEndpoint: String?
+        @Option(name: .long, help: "OCI: instance metadata base URL (default http://169.254.169.254).") var imdsEndpoint: String?
 
         func run() async throws {
             var logger = Logger(label: "tandem")
@@ -52,13 +64,26 @@ struct Node: AsyncParsableCommand {
             do {
                 var cfg = try config.map { try NodeConfig.load(path: $0) } ?? NodeConfig()
                 // Flags override the file's cluster settings.
-                if cluster != nil || clusterKey != nil || syncAddress != nil || syncPort != nil {
+                if cluster != nil || clusterKey != nil || syncAddress != nil || syncPort != nil || self.`self` != nil
+                    || cloud != nil || gossipPort != nil || priority != nil {
                     var c = cfg.cluster ?? NodeConfig.Cluster()
                     if let cluster { c.peers = cluster.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
                     if let clusterKey { c.keyFile = clusterKey }
                     if let syncAddress { c.syncAddress = syncAddress }
                     if let syncPort { c.syncPort = syncPort }
+                    if let n = self.`self` { c.nodeIndex = n }
+                    if let cloud { c.cloud = cloud }
+                    if let gossipPort { c.gossipPort = gossipPort }
+                    if let priority { c.priority = priority }
                     cfg.cluster = c
+                }
+                if ociConfig != nil || profile != nil || apiEndpoint != nil || imdsEndpoint != nil {
+                    var o = cfg.oci ?? NodeConfig.OCI()
+                    if let ociConfig { o.config = ociConfig }
+                    if let profile { o.profile = profile }
+                    if let apiEndpoint { o.apiEndpoint = apiEndpoint }
+                    if let imdsEndpoint { o.imdsEndpoint = imdsEndpoint }
+                    cfg.oci = o
                 }
                 let opts = NodeOptions(
                     interfaces: interface.isEmpty ? (cfg.interfaces ?? []) : interface,
@@ -171,7 +196,7 @@ struct Delete: AsyncParsableCommand {
 }
 
 struct Get: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show objects.", subcommands: [LB.self, CT.self, Sync.self])
+    static let configuration = CommandConfiguration(abstract: "Show objects.", subcommands: [LB.self, CT.self, Sync.self, ClusterState.self])
 
     struct LB: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "lb", abstract: "Show load-balancer services.")
@@ -203,6 +228,21 @@ struct Get: AsyncParsableCommand {
         }
     }
 
+    struct ClusterState: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "cluster",
+                                                        abstract: "Show members, roles, terms and sync state.")
+        @Option(name: .shortAndLong, help: "table | wide | json") var output: OutputFormat = .table
+        @OptionGroup var apiOptions: APIOptions
+
+        func run() async throws {
+            let client = try apiOptions.client()
+            let data = try await client.send("GET", APIRoutes.cluster)
+            if output == .json { print(String(decoding: data, as: UTF8.self)); return }
+            let status = try JSONDecoder().decode(HAStatus.self, from: data)
+            print(TableRenderer.cluster(status, wide: output == .wide))
+        }
+    }
+
     struct Sync: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "sync",
                                                         abstract: "Show connection-table replication: peers and counters.")
@@ -215,6 +255,29 @@ struct Get: AsyncParsableCommand {
             if output == .json { print(String(decoding: data, as: UTF8.self)); return }
             let status = try JSONDecoder().decode(ReplicationStatus.self, from: data)
             print(TableRenderer.sync(status, wide: output == .wide))
+        }
+    }
+}
+
+
+/// `tandem set cistate --instance llb-inst0 --state MASTER`: the cistate API from the command line.
+struct SetCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "set", abstract: "Change node state through the API.",
+                                                    subcommands: [CIState.self])
+
+    struct CIState: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "cistate",
+            abstract: "Set an HA instance's role from outside (as kube-loxilb does): MASTER claims a new term, BACKUP steps down.")
+        @Option(name: .long, help: "HA instance.") var instance: String = HAInstanceConfig.defaultName
+        @Option(name: .long, help: "MASTER or BACKUP.") var state: String
+        @OptionGroup var apiOptions: APIOptions
+
+        func run() async throws {
+            let client = try apiOptions.client()
+            let body = try JSONEncoder().encode(CIStateEntry(instance: instance, state: state, vip: "0.0.0.0"))
+            _ = try await client.send("POST", APIRoutes.ciState, body: body)
+            print("cistate: \(instance) -> \(state.uppercased())")
         }
     }
 }

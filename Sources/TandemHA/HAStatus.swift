@@ -1,0 +1,67 @@
+/// The cluster as one node sees it: `GET /netlox/v1/cluster` and `tandem get cluster`.
+public struct HAStatus: Codable, Sendable, Equatable {
+    public struct Member: Codable, Sendable, Equatable {
+        public var node: UInt32
+        public var address: String
+        /// alive, suspect, dead, left (or "self").
+        public var state: String
+        public var incarnation: UInt32
+        /// Milliseconds since a message from this member was authenticated; nil: never.
+        public var lastHeardMs: UInt64?
+        /// The member's role per instance, from its latest advert.
+        public var roles: [String: String]
+        public var terms: [String: UInt64]
+        public var inSync: Bool?
+        /// When this node last saw the member's state change (wall clock, ms since 1970).
+        public var changedAtUnixMs: UInt64?
+    }
+
+    public struct Transition: Codable, Sendable, Equatable {
+        public var from: String
+        public var to: String
+        public var term: UInt64
+        public var reason: String
+        /// Wall clock, milliseconds since 1970.
+        public var atUnixMs: UInt64
+    }
+
+    public struct Instance: Codable, Sendable, Equatable {
+        public var name: String
+        public var role: String
+        public var term: UInt64
+        public var master: UInt32?
+        public var priority: UInt8
+        public var external: Bool
+        public var vips: [String]
+        public var transitions: [Transition]
+        public var takeovers: UInt64
+        public var takeoverFailures: UInt64
+        /// The last successful takeover: when it finished and how long the provider took.
+        public var lastTakeoverAtUnixMs: UInt64?
+        public var lastTakeoverMs: Double?
+        public var lastTakeoverDetail: String?
+        public var lastError: String?
+    }
+
+    public var node: UInt32
+    public var address: String
+    public var provider: String
+    public var inSync: Bool
+    public var incarnation: UInt32
+    public var members: [Member]
+    public var instances: [Instance]
+    public var counters: [String: UInt64]
+    public var drops: [String: UInt64]
+}
+
+/// kube-loxilb's cistate entry: `{"instance":"llb-inst0","state":"MASTER","vip":"0.0.0.0"}`.
+public struct CIStateEntry: Codable, Sendable, Equatable {
+    public var instance: String
+    public var state: String
+    public var vip: String?
+    public init(instance: String, state: String, vip: String? = nil) {
+        self.instance = instance
+        self.state = state
+        self.vip = vip
+    }
+}

@@ -1,0 +1,48 @@
+import Logging
+import TandemCloud
+import TandemCore
+import TandemDatapath
+import TandemOCI
+import TandemHA
+import TandemReplication
+import TandemSync
+
+/// Builds the HA shell and its cloud provider from the node's settings.
+enum HAWiring {
+    static func makeShell(_ h: NodeConfig.HASettings, replication r: NodeConfig.ReplicationSettings, key: ClusterKey,
+                          provider: any CloudProvider, datapath: Datapath, directory: ServiceDirectory,
+                          replicationShell: ReplicationShell?, logger: Logger) -> HAShell {
+        let config = HAShellConfig(selfID: r.selfAddress.value, bindAddress: r.selfAddress, port: h.gossipPort,
+                                   peers: r.peers.map { HAPeer(id: $0.value, address: $0) }, key: key,
+                                   instances: h.instances)
+        let hooks = HAHooks(serviceVIPs: { directory.vips() },
+                            setActiveVIPs: { try datapath.setActiveVIPs($0) },
+                            replicationInSync: { replicationShell?.inSync ?? true })
+        return HAShell(config: config, hooks: hooks, provider: provider, logger: logger)
+    }
+}
+
+extension HAWiring {
+    /// The cloud provider the config asks for. OCI's config and key are checked here, so a broken
+    /// setup stops the node before it touches the kernel.
+    static func makeProvider(_ h: NodeConfig.HASettings, config: NodeConfig, logger: Logger) async throws(ConfigError)
+        -> any CloudProvider
+    {
+        let kind: CloudKind
+        do { kind = try CloudKind.parse(h.cloud) } catch { throw ConfigError("cluster: \(error.message)") }
+        let o = config.oci
+        var options = OCIProviderOptions(configPath: o?.config, profile: o?.profile, apiEndpoint: o?.apiEndpoint,
+                                         vnicId: o?.vnicId)
+        if let imds = o?.imdsEndpoint { options.imdsEndpoint = imds }
+        let provider: any CloudProvider
+        do {
+            provider = try CloudProviders.make(kind: kind, interface: h.l2Interface, oci: options, logger: logger)
+        } catch {
+            throw ConfigError("cluster: \(error.message)")
+        }
+        if let oci = provider as? OCICloudProvider {
+            do { try await oci.prepare() } catch { throw ConfigError("cluster: cloud oci: \(error.message)") }
+        }
+        return provider
+    }
+}

@@ -1,0 +1,75 @@
+import Foundation
+import Testing
+
+extension Privileged {
+    /// The reboot-the-master story end to end: two daemons electing over gossip, real flows through
+    /// the floating IP, a node killed with its link taken down (testbed/failover.sh).
+    @Suite(.timeLimit(.minutes(10))) struct Failover {
+        /// Runs testbed/failover.sh under a unique test-bed name; returns its JSON summary.
+        func failover(_ args: [String], timeout: TimeInterval = 240) throws -> [String: Any] {
+            let name = "t" + String(UUID().uuidString.lowercased().filter { $0.isLetter || $0.isNumber }.prefix(5))
+            let r = try run(["bash", Env.repo.appendingPathComponent("testbed/failover.sh").path] + args,
+                            env: ["TB": name, "TANDEM_BIN": Env.bin.path], timeout: timeout)
+            defer { _ = try? run(["bash", Env.repo.appendingPathComponent("testbed/down.sh").path], env: ["TB": name]) }
+            let line = r.stdout.split(separator: "\n").last.map(String.init) ?? ""
+            guard let summary = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] else {
+                throw TestFailure("failover.sh printed no summary (exit \(r.status), timed out \(r.timedOut)): \(r.stderr.suffix(4000))")
+            }
+            #expect(r.status == 0, "failover.sh failed: \(r.stderr.suffix(4000))")
+            return summary
+        }
+
+        func count(_ s: [String: Any], _ proto: String, _ key: String) -> Int {
+            (s[proto] as? [String: Any])?[key] as? Int ?? -1
+        }
+
+        func checkAllSurvived(_ s: [String: Any]) {
+            #expect(s["ok"] as? Bool == true)
+            for proto in ["tcp", "udp", "late"] {
+                let total = count(s, proto, "total")
+                #expect(total > 0, "no \(proto) flows ran")
+                #expect(count(s, proto, "survived") == total, "\(proto): \(count(s, proto, "survived")) of \(total) survived")
+            }
+        }
+
+        @Test func rebootTheMasterTwiceL2() throws {
+            let s = try failover(["--tcp", "40", "--udp", "10", "--rounds", "2", "--cloud", "l2", "--down", "2"])
+            checkAllSurvived(s)
+            // Takeover within a second of the kill (the target), with room for a loaded CI machine.
+            for round in s["perRound"] as? [[String: Any]] ?? [] {
+                let take = round["takeoverMs"] as? Int ?? -1
+                #expect(take >= 0 && take < 1500, "takeover \(take) ms after the kill")
+                let dead = round["detectedMs"] as? Int ?? -1
+                #expect(dead >= 0 && dead < 1000, "death declared \(dead) ms after the kill")
+                #expect(round["returnedAs"] as? String == "BACKUP", "the old master preempted")
+            }
+        }
+
+        @Test func restartingTheBackupLeavesTheMastersFlowsAlone() throws {
+            let s = try failover(["--tcp", "30", "--udp", "10", "--rounds", "1", "--cloud", "l2", "--victim", "backup",
+                                  "--down", "1"])
+            checkAllSurvived(s)
+            let round = (s["perRound"] as? [[String: Any]])?.first ?? [:]
+            #expect(round["survivorRole"] as? String == "MASTER")
+            // The MASTER's flows must not even notice: no stall near a detection timeout.
+            let stall = s["longestStallMs"] as? Int ?? Int.max
+            #expect(stall < 1000, "longest stall \(stall) ms while only the BACKUP restarted")
+        }
+
+        @Test func rebootTheMasterThroughFakeOCI() throws {
+            let s = try failover(["--tcp", "30", "--udp", "10", "--rounds", "1", "--cloud", "oci", "--down", "2"])
+            checkAllSurvived(s)
+            let round = (s["perRound"] as? [[String: Any]])?.first ?? [:]
+            let take = round["takeoverMs"] as? Int ?? -1
+            #expect(take >= 0 && take < 2000, "OCI takeover \(take) ms after the kill")
+        }
+
+        @Test func partitionThenHealLeavesOneMasterOwningTheVIP() throws {
+            let name = "t" + String(UUID().uuidString.lowercased().filter { $0.isLetter || $0.isNumber }.prefix(5))
+            let r = try run(["bash", Env.repo.appendingPathComponent("testbed/partition.sh").path],
+                            env: ["TB": name, "TANDEM_BIN": Env.bin.path], timeout: 180)
+            defer { _ = try? run(["bash", Env.repo.appendingPathComponent("testbed/down.sh").path], env: ["TB": name]) }
+            #expect(r.status == 0, "partition.sh failed: \(r.stderr.suffix(4000))")
+        }
+    }
+}
