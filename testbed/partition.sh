@@ -2,7 +2,9 @@
 # Partition test: two Tandem nodes on the L2 test bed, the network between them cut one way, the
 # other way, and both ways, each followed by healing. What must hold (README, "Partitions"):
 #   - one-way cut: the side that stops hearing its peer elects itself with a higher term; the peer
-#     still hears that term and steps down, so there is one MASTER even during the cut;
+#     hears that term and steps down, but its own probes go unanswered, so it declares the other
+#     dead and claims a higher term still, which the other cannot hear: during a one-way cut both
+#     may be MASTER (no quorum: with two nodes, neither side can tell a cut from a death);
 #   - two-way cut: each side has a MASTER (neither can know the other is alive);
 #   - after healing, within seconds: exactly one MASTER (the higher term, ties to priority and
 #     node id), the other BACKUP, the VIP reaching the MASTER, curl through the VIP working.
@@ -80,7 +82,7 @@ for scenario in "llb1 llb2" "llb2 llb1" "both"; do
         sleep 2
         during="$(masters)"
         log "one-way cut ($to hears nothing from $from; MASTER was $m): MASTER now '$during'"
-        [[ -n "$during" && "$during" != *" "* ]] || { log "FAILED: not exactly one MASTER during a one-way cut"; exit 1; }
+        [[ -n "$during" ]] || { log "FAILED: no MASTER at all during a one-way cut"; exit 1; }
     fi
     heal
     check_healed "$scenario cut"

@@ -41,8 +41,8 @@ import TandemSyncWire
 //    (all peers dead) claims after settleNanos.
 // 5. External control (cistate): onExternal(.master) claims at once with a new term and the
 //    external flag, even while another node is MASTER (which rule 1 then fences: this is how an
-//    operator forces a failover); it is a no-op on a node already MASTER (no term churn when the
-//    call is repeated). onExternal(.backup) steps down if MASTER and keeps this node out of
+//    operator forces a failover), before settling, and from FAULT; it is a no-op on a node
+//    already MASTER (no term churn when the call is repeated). onExternal(.backup) steps down if MASTER and keeps this node out of
 //    candidacy (external flag) until a later onExternal(.master). Otherwise the internal election
 //    keeps running: an externally made MASTER can still be fenced by a higher term, and the other
 //    nodes elect among themselves when the externally set node leaves or stays out.

@@ -268,6 +268,39 @@ public final class HAShell: @unchecked Sendable {
         }
     }
 
+    /// NIO closes a UDP channel after some send errors (a local firewall's EPERM); membership must
+    /// not stop over it, so a closed socket is bound again.
+    fileprivate func channelClosed(_ channel: Channel) {
+        guard udp === channel, timer != nil else { return }
+        udp = nil
+        counters["socketRebinds", default: 0] += 1
+        logger.warning("gossip socket closed; binding it again")
+        rebind()
+    }
+
+    private func rebind() {
+        DatagramBootstrap(group: group)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelInitializer { [weak self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(GossipHandler(shell: self))
+                }
+            }
+            .bind(host: "\(config.bindAddress)", port: Int(config.port))
+            .whenComplete { [self] result in
+                switch result {
+                case .success(let c):
+                    if timer != nil { udp = c } else { c.close(promise: nil) }
+                case .failure(let error):
+                    logger.error("gossip socket could not be bound again", metadata: ["error": "\(error)"])
+                    loop.scheduleTask(in: .milliseconds(100)) { [weak self] in
+                        guard let self, self.udp == nil, self.timer != nil else { return }
+                        self.rebind()
+                    }
+                }
+            }
+    }
+
     private func send(_ message: SyncMessage, to node: UInt32) {
         guard let udp, let address = peerAddresses[node] else { return }
         let bytes = sealer.seal(message, channel: .gossip)
@@ -344,12 +377,18 @@ public final class HAShell: @unchecked Sendable {
         case .release(let vips):
             await provider.release(vips: vips)
         case .takeover(let instance, let vips, let term):
-            guard !vips.isEmpty else { return }
+            guard !vips.isEmpty, let shell else { return }
+            // A queued move for a term this node no longer holds as MASTER would pull the IP away
+            // from the node that won; skip it (its release is queued behind it).
+            let current = try? await shell.loop.submit {
+                shell.elections[instance].role == .master && shell.elections[instance].term == term
+            }.get()
+            guard current == true else { return }
             let started = ContinuousClock.now
             let result: Result<CloudTakeoverResult, Error>
             do { result = .success(try await provider.takeover(vips: vips, term: term)) } catch { result = .failure(error) }
             let elapsed = ContinuousClock.now - started
-            shell?.loop.execute { shell?.takeoverFinished(instance: instance, term: term, result: result, elapsed: elapsed) }
+            shell.loop.execute { shell.takeoverFinished(instance: instance, term: term, result: result, elapsed: elapsed) }
         }
     }
 
@@ -485,5 +524,10 @@ private final class GossipHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         // A refused send (ICMP unreachable from a dead peer) surfaces here; probing goes on.
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        shell?.channelClosed(context.channel)
+        context.fireChannelInactive()
     }
 }

@@ -20,7 +20,7 @@ extension Privileged {
         }
 
         func count(_ s: [String: Any], _ proto: String, _ key: String) -> Int {
-            (s[proto] as? [String: Any])?[key] as? Int ?? -1
+            ((s[proto] as? [String: Any])?[key] as? NSNumber)?.intValue ?? -1
         }
 
         func checkAllSurvived(_ s: [String: Any]) {
@@ -37,9 +37,9 @@ extension Privileged {
             checkAllSurvived(s)
             // Takeover within a second of the kill (the target), with room for a loaded CI machine.
             for round in s["perRound"] as? [[String: Any]] ?? [] {
-                let take = round["takeoverMs"] as? Int ?? -1
+                let take = (round["takeoverMs"] as? NSNumber)?.intValue ?? -1
                 #expect(take >= 0 && take < 1500, "takeover \(take) ms after the kill")
-                let dead = round["detectedMs"] as? Int ?? -1
+                let dead = (round["detectedMs"] as? NSNumber)?.intValue ?? -1
                 #expect(dead >= 0 && dead < 1000, "death declared \(dead) ms after the kill")
                 #expect(round["returnedAs"] as? String == "BACKUP", "the old master preempted")
             }
@@ -52,7 +52,7 @@ extension Privileged {
             let round = (s["perRound"] as? [[String: Any]])?.first ?? [:]
             #expect(round["survivorRole"] as? String == "MASTER")
             // The MASTER's flows must not even notice: no stall near a detection timeout.
-            let stall = s["longestStallMs"] as? Int ?? Int.max
+            let stall = (s["longestStallMs"] as? NSNumber)?.doubleValue ?? .infinity
             #expect(stall < 1000, "longest stall \(stall) ms while only the BACKUP restarted")
         }
 
@@ -60,7 +60,7 @@ extension Privileged {
             let s = try failover(["--tcp", "30", "--udp", "10", "--rounds", "1", "--cloud", "oci", "--down", "2"])
             checkAllSurvived(s)
             let round = (s["perRound"] as? [[String: Any]])?.first ?? [:]
-            let take = round["takeoverMs"] as? Int ?? -1
+            let take = (round["takeoverMs"] as? NSNumber)?.intValue ?? -1
             #expect(take >= 0 && take < 2000, "OCI takeover \(take) ms after the kill")
         }
 
