@@ -7,7 +7,7 @@ BPF_OBJS := bpf/obj/tandem_lb.o
 SWIFT ?= swift
 SWIFT_FLAGS ?=
 
-.PHONY: all deps bpf build test unit-test privileged-test demo bench bench-datapath bench-replication release clean
+.PHONY: all deps bpf build test unit-test privileged-test demo bench bench-datapath bench-replication bench-failover release clean
 
 all: build
 
@@ -35,14 +35,22 @@ release: bpf
 	$(SWIFT) build -c release --product tandem-echo
 	$(SWIFT) build -c release --product tandem-syncbench
 	$(SWIFT) build -c release --product tandem-ctbench
+	$(SWIFT) build -c release --product fake-oci
 
-bench: bench-datapath bench-replication
+bench: bench-datapath bench-replication bench-failover
 
 bench-datapath: deps build release
 	bash bench/datapath.sh
 
 bench-replication: deps build release
 	bash bench/replication.sh
+
+# Failover: Tandem vs keepalived (time to move the VIP), then 10 reboots of the MASTER with 200 TCP
+# + 50 UDP long-lived flows on each provider (l2, oci through the fake OCI).
+bench-failover: deps build release
+	bash bench/failover-compare.sh --rounds 5
+	TANDEM_BIN=$(CURDIR)/.build/release bash testbed/failover.sh --rounds 10 --cloud l2 > bench/results/failover-l2-latest.json
+	TANDEM_BIN=$(CURDIR)/.build/release bash testbed/failover.sh --rounds 10 --cloud oci > bench/results/failover-oci-latest.json
 
 clean:
 	rm -rf bpf/obj .build

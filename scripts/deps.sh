@@ -8,7 +8,7 @@ packages=(
     libmnl-dev libnetfilter-conntrack-dev                                          # netlink libraries (conntrack)
     libcurl4-openssl-dev libssl-dev                                                # URLSession (CLI), OpenSSL (OCI keys)
     iproute2 nftables iptables iputils-ping procps util-linux                      # test bed
-    nginx-light curl wrk haproxy socat conntrack conntrackd                        # peers and benchmark tools
+    nginx-light curl wrk haproxy socat conntrack conntrackd keepalived openssl     # peers and benchmark tools
 )
 
 missing=()
@@ -25,8 +25,8 @@ if ((${#missing[@]})); then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# nginx and conntrackd from Debian start system instances on install; the test bed and the
+# nginx, conntrackd and keepalived from Debian start system instances on install; the test bed and the
 # benchmark run their own per namespace.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx conntrackd >/dev/null 2>&1 || true; fi
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx conntrackd keepalived >/dev/null 2>&1 || true; fi
 command -v swift >/dev/null || { echo "deps: swift 6 toolchain not found on PATH" >&2; exit 1; }
 echo "deps: ok"

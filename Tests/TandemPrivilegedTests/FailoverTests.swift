@@ -64,6 +64,17 @@ extension Privileged {
             #expect(take >= 0 && take < 2000, "OCI takeover \(take) ms after the kill")
         }
 
+        @Test func saturatedCoresDeclareNobodyDead() throws {
+            let name = "t" + String(UUID().uuidString.lowercased().filter { $0.isLetter || $0.isNumber }.prefix(5))
+            let r = try run(["bash", Env.repo.appendingPathComponent("testbed/saturate.sh").path, "--duration", "20"],
+                            env: ["TB": name, "TANDEM_BIN": Env.bin.path], timeout: 120)
+            defer { _ = try? run(["bash", Env.repo.appendingPathComponent("testbed/down.sh").path], env: ["TB": name]) }
+            #expect(r.status == 0, "saturate.sh failed: \(r.stdout) \(r.stderr.suffix(3000))")
+            let line = r.stdout.split(separator: "\n").last.map(String.init) ?? ""
+            let s = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] ?? [:]
+            #expect((s["deathsAndTransitions"] as? NSNumber)?.intValue == 0, "\(line)")
+        }
+
         @Test func partitionThenHealLeavesOneMasterOwningTheVIP() throws {
             let name = "t" + String(UUID().uuidString.lowercased().filter { $0.isLetter || $0.isNumber }.prefix(5))
             let r = try run(["bash", Env.repo.appendingPathComponent("testbed/partition.sh").path],
