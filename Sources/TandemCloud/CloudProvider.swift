@@ -115,14 +115,3 @@ func elapsedNanos(since start: ContinuousClock.Instant) -> UInt64 {
     return UInt64(max(s, 0)) &* 1_000_000_000 &+ UInt64(max(atto, 0) / 1_000_000_000)
 }
 
-/// A small lock-protected box.
-final class CloudLocked<Value>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Value
-    init(_ value: Value) { self.value = value }
-    func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
-        lock.lock()
-        defer { lock.unlock() }
-        return try body(&value)
-    }
-}

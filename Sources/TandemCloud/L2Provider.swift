@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import TandemCore
+import TandemOCI
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -36,7 +37,7 @@ public final class L2Provider: CloudProvider {
         var owner: [IPv4Address: UInt64] = [:]
         var tasks: [UInt64: Task<Void, Never>] = [:]
     }
-    let state = CloudLocked(Announcements())
+    let state = Locked(Announcements())
 
     public init(interface: String, garpSchedule: [Duration] = L2Provider.defaultGARPSchedule,
                 logger: Logger = Logger(label: "tandem.cloud.l2")) {

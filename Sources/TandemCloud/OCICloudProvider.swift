@@ -16,7 +16,7 @@ public final class OCICloudProvider: CloudProvider {
     public let options: OCIProviderOptions
     let transport: any HTTPTransport
     let logger: Logger
-    let loaded = CloudLocked<OCIProvider?>(nil)
+    let loaded = Locked<OCIProvider?>(nil)
 
     public init(options: OCIProviderOptions, transport: any HTTPTransport = URLSessionTransport(),
                 logger: Logger = Logger(label: "tandem.cloud.oci")) {

@@ -79,12 +79,12 @@ public struct TakeoverReport: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// Small lock-protected box (no NIO dependency in this library).
-final class Locked<Value>: @unchecked Sendable {
+/// Small lock-protected box (no NIO dependency in this library; TandemCloud uses it too).
+public final class Locked<Value>: @unchecked Sendable {
     private let lock = NSLock()
     private var value: Value
-    init(_ value: Value) { self.value = value }
-    func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
+    public init(_ value: Value) { self.value = value }
+    public func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
         lock.lock()
         defer { lock.unlock() }
         return try body(&value)

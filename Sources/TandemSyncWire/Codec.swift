@@ -167,9 +167,8 @@ public enum SyncCodec {
         case .keepalive: 17
         case .digest(let d): digestFixed + d.hashes.count * 8
         case .digestRequest(let r): 2 + r.buckets.count * 2
-        case .probe(let p): 12 + gossipSize(p.gossip)
+        case .probe(let p), .probeAck(let p): 12 + gossipSize(p.gossip)
         case .probeRequest(let p): 8 + gossipSize(p.gossip)
-        case .probeAck(let a): 12 + gossipSize(a.gossip)
         }
     }
 
@@ -229,7 +228,7 @@ public enum SyncCodec {
         case .digestRequest(let r):
             w.u16(count16(r.buckets.count, "digest request buckets"))
             for b in r.buckets { w.u16(b) }
-        case .probe(let p):
+        case .probe(let p), .probeAck(let p):
             w.u32(p.probeID)
             w.u32(p.target)
             w.u32(p.requester)
@@ -238,11 +237,6 @@ public enum SyncCodec {
             w.u32(p.probeID)
             w.u32(p.target)
             encodeGossip(p.gossip, into: &w)
-        case .probeAck(let a):
-            w.u32(a.probeID)
-            w.u32(a.target)
-            w.u32(a.requester)
-            encodeGossip(a.gossip, into: &w)
         }
         return w.bytes
     }
@@ -378,22 +372,17 @@ public enum SyncCodec {
             let buckets = try ascendingU16s(&r, count: count, below: SyncWire.digestFanout, "bucket")
             message = .digestRequest(DigestRequest(buckets: buckets))
 
-        case .probe:
+        case .probe, .probeAck:
             let id = try r.u32("probeID")
             let target = try nodeID(&r, "target")
             let requester = try r.u32("requester")
-            message = .probe(Probe(probeID: id, target: target, requester: requester, gossip: try decodeGossip(&r)))
+            let p = Probe(probeID: id, target: target, requester: requester, gossip: try decodeGossip(&r))
+            message = type == .probe ? .probe(p) : .probeAck(p)
 
         case .probeRequest:
             let id = try r.u32("probeID")
             let target = try nodeID(&r, "target")
             message = .probeRequest(ProbeRequest(probeID: id, target: target, gossip: try decodeGossip(&r)))
-
-        case .probeAck:
-            let id = try r.u32("probeID")
-            let target = try nodeID(&r, "target")
-            let requester = try r.u32("requester")
-            message = .probeAck(ProbeAck(probeID: id, target: target, requester: requester, gossip: try decodeGossip(&r)))
         }
         try r.expectEnd()
         return message

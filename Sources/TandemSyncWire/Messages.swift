@@ -322,19 +322,9 @@ public struct ProbeRequest: Hashable, Sendable {
     }
 }
 
-/// SWIM ack: `target` answered probe `probeID` of `requester` (0: the ack's receiver probed directly).
-public struct ProbeAck: Hashable, Sendable {
-    public var probeID: UInt32
-    public var target: UInt32
-    public var requester: UInt32
-    public var gossip: Gossip
-    public init(probeID: UInt32, target: UInt32, requester: UInt32, gossip: Gossip) {
-        self.probeID = probeID
-        self.target = target
-        self.requester = requester
-        self.gossip = gossip
-    }
-}
+/// SWIM ack: `target` answered probe `probeID` of `requester` (0: the ack's receiver probed
+/// directly). The same fields as a probe, so the same type.
+public typealias ProbeAck = Probe
 
 public enum SyncMessage: Hashable, Sendable {
     case hello(Hello)
