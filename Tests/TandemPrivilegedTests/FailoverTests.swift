@@ -75,12 +75,21 @@ extension Privileged {
             #expect((s["deathsAndTransitions"] as? NSNumber)?.intValue == 0, "\(line)")
         }
 
-        @Test func partitionThenHealLeavesOneMasterOwningTheVIP() throws {
+        /// Runs a test-bed script that exits 0 only if its scenario held.
+        func scenario(_ script: String, timeout: TimeInterval = 180) throws {
             let name = "t" + String(UUID().uuidString.lowercased().filter { $0.isLetter || $0.isNumber }.prefix(5))
-            let r = try run(["bash", Env.repo.appendingPathComponent("testbed/partition.sh").path],
-                            env: ["TB": name, "TANDEM_BIN": Env.bin.path], timeout: 180)
+            let r = try run(["bash", Env.repo.appendingPathComponent("testbed/\(script)").path],
+                            env: ["TB": name, "TANDEM_BIN": Env.bin.path], timeout: timeout)
             defer { _ = try? run(["bash", Env.repo.appendingPathComponent("testbed/down.sh").path], env: ["TB": name]) }
-            #expect(r.status == 0, "partition.sh failed: \(r.stderr.suffix(4000))")
+            #expect(r.status == 0, "\(script) failed: \(r.stderr.suffix(4000))")
+        }
+
+        @Test func partitionThenHealLeavesOneMasterOwningTheVIP() throws {
+            try scenario("partition.sh")
+        }
+
+        @Test func cistateForcesAndReleasesMastership() throws {
+            try scenario("cistate.sh")
         }
     }
 }

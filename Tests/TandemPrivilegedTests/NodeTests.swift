@@ -166,6 +166,11 @@ extension Privileged {
             #expect(try node.api("DELETE", "/netlox/v1/config/loadbalancer/externalipaddress/bad/port/1/protocol/tcp").stdout.hasSuffix("400"))
             #expect(try node.api("GET", APIRoutes.loadBalancerAll).stdout == before, "nothing changed")
             #expect(try node.api("GET", APIRoutes.openAPI).stdout.contains("\"openapi\""))
+            // A standalone node has no cluster: the HA routes say so instead of inventing a state.
+            #expect(try node.api("GET", "/netlox/v1/cluster").stdout.hasSuffix("404"))
+            #expect(try node.api("GET", "/netlox/v1/config/cistate/all").stdout.hasSuffix("404"))
+            #expect(try node.api("POST", "/netlox/v1/config/cistate",
+                                 body: #"{"instance":"llb-inst0","state":"MASTER","vip":"0.0.0.0"}"#).stdout.hasSuffix("404"))
             // The CLI reports the API's refusal and exits non-zero.
             let cli = try node.cli(["create", "lb", "10.0.10.143", "--tcp=56002:80", "--endpoints=10.0.10.21:1"])
             #expect(!cli.ok && cli.stderr.contains("already exists"))
