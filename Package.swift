@@ -89,7 +89,7 @@ let package = Package(
         // The node daemon: config file, datapath, API, lifecycle.
         .target(name: "TandemNode",
                 dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemSync", "TandemReplication",
-                               "TandemHA", "TandemCloud", "TandemOCI",
+                               "TandemHA", "TandemCloud", "TandemOCI", "TandemElection",
                                .product(name: "Yams", package: "Yams"),
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
@@ -121,7 +121,7 @@ let package = Package(
                                          .product(name: "NIOPosix", package: "swift-nio"),
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/tandem-echo"),
-        .testTarget(name: "TandemCoreTests", dependencies: ["TandemCore", "TandemAPI", "TandemNode"],
+        .testTarget(name: "TandemCoreTests", dependencies: ["TandemCore", "TandemAPI", "TandemNode", "TandemHA"],
                     path: "Tests/TandemCoreTests"),
         .testTarget(name: "TandemSyncWireTests", dependencies: ["TandemSyncWire", "TandemSync", "TandemCore"],
                     path: "Tests/TandemSyncWireTests"),

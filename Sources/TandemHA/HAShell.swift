@@ -420,12 +420,15 @@ public final class HAShell: @unchecked Sendable {
 
     private func makeStatus() -> HAStatus {
         let now = Self.monotonicNanos()
-        let names = Dictionary(uniqueKeysWithValues: elections.enumerated().map { ($1.advert.instance, config.instances[$0].name) })
+        let names = Dictionary(elections.enumerated().map { ($1.advert.instance, config.instances[$0].name) },
+                               uniquingKeysWith: { first, _ in first })
         var members: [HAStatus.Member] = [
             .init(node: config.selfID, address: "\(config.bindAddress)", state: "self", incarnation: swim.incarnation,
                   lastHeardMs: nil,
-                  roles: Dictionary(uniqueKeysWithValues: elections.enumerated().map { (config.instances[$0].name, $1.role.label) }),
-                  terms: Dictionary(uniqueKeysWithValues: elections.enumerated().map { (config.instances[$0].name, $1.term) }),
+                  roles: Dictionary(elections.enumerated().map { (config.instances[$0].name, $1.role.label) },
+                                    uniquingKeysWith: { first, _ in first }),
+                  terms: Dictionary(elections.enumerated().map { (config.instances[$0].name, $1.term) },
+                                    uniquingKeysWith: { first, _ in first }),
                   inSync: lastInSync, changedAtUnixMs: nil),
         ]
         for m in swim.members {
@@ -466,7 +469,7 @@ public final class HAShell: @unchecked Sendable {
         return HAStatus(node: config.selfID, address: "\(config.bindAddress)", provider: provider.name,
                         inSync: lastInSync ?? false, incarnation: swim.incarnation, members: members,
                         instances: instances, counters: all,
-                        drops: Dictionary(uniqueKeysWithValues: opener.counters.map { ($0.key.rawValue, $0.value) }))
+                        drops: Dictionary(opener.counters.map { ($0.key.rawValue, $0.value) }, uniquingKeysWith: +))
     }
 
     // MARK: Clocks and scheduling

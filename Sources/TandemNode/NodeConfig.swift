@@ -1,5 +1,6 @@
 import Foundation
 import TandemCore
+import TandemElection
 import TandemHA
 import Yams
 
@@ -248,6 +249,10 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
             let at = "cluster.instances[\(i)]"
             guard !inst.name.isEmpty, inst.name.utf8.count <= 64 else { throw ConfigError("\(at): name must be 1-64 bytes") }
             guard !instances.contains(where: { $0.name == inst.name }) else { throw ConfigError("\(at): instance '\(inst.name)' is listed twice") }
+            // Adverts carry a 32-bit hash of the name; two names with one hash would be one instance.
+            if let clash = instances.first(where: { HAInstance.instanceID($0.name) == HAInstance.instanceID(inst.name) }) {
+                throw ConfigError("\(at): instance names '\(clash.name)' and '\(inst.name)' hash alike; rename one")
+            }
             let p = inst.priority ?? defaultPriority
             guard (1...255).contains(p) else { throw ConfigError("\(at): priority must be 1-255, got \(p)") }
             var vips: [IPv4Address]?
