@@ -76,4 +76,11 @@ log "cistate/all on $b: $all"
 code="$(post "$b" '{"instance":"llb-inst0","state":"MASTER","vip":"0.0.0.0"}')"
 [[ "$code" == 200 ]] || { log "FAILED: cistate MASTER answered $code"; exit 1; }
 expect_master "$b" "cistate MASTER on $b again"
+
+# The takeovers are timed in the Prometheus export too.
+metrics="$(tb_exec "$b" curl -sS -m 5 http://127.0.0.1:11111/netlox/v1/metrics)"
+grep -q '^tandem_takeover_duration_seconds_count{instance="llb-inst0",provider="l2"} [1-9]' <<<"$metrics" ||
+    { log "FAILED: no takeover timings in /netlox/v1/metrics"; exit 1; }
+grep -q '^tandem_ha_role{instance="llb-inst0"} 1.0' <<<"$metrics" || { log "FAILED: tandem_ha_role is not MASTER"; exit 1; }
+log "metrics: takeover durations and role exported"
 log "PASS"

@@ -68,6 +68,12 @@ public enum OpenAPIDocument {
         }
       }
     },
+    "/netlox/v1/metrics": {
+      "get": {
+        "summary": "Prometheus text exposition: datapath, replication, gossip counters, HA roles and terms, takeover durations",
+        "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}
+      }
+    },
     "/netlox/v1/cluster": {
       "get": {
         "summary": "Members (SWIM state, incarnation, last heard, roles), HA instances (role, term, master, VIPs, transitions, takeover times), gossip counters and drops",

@@ -38,12 +38,15 @@ public protocol LoadBalancerController: Sendable {
     func ciStates() async -> [CIStateEntry]?
     /// Sets an instance's role from outside; throws APIError (400 bad state or instance, 404 not clustered).
     func setCIState(_ entry: CIStateEntry) async throws
+    /// Prometheus text exposition of the node's metrics; nil where metrics are not kept.
+    func metrics() async -> String?
 }
 
 extension LoadBalancerController {
     public func sync() async -> ReplicationStatus? { nil }
     public func cluster() async -> HAStatus? { nil }
     public func ciStates() async -> [CIStateEntry]? { nil }
+    public func metrics() async -> String? { nil }
     public func setCIState(_ entry: CIStateEntry) async throws {
         throw APIError.notFound("this node is not clustered (no cluster peers)")
     }
@@ -66,6 +69,7 @@ public enum APIRoutes {
     public static let cluster = "/netlox/v1/cluster"
     public static let ciState = "/netlox/v1/config/cistate"
     public static let ciStateAll = "/netlox/v1/config/cistate/all"
+    public static let metrics = "/netlox/v1/metrics"
 
     public static func deletePath(_ k: ServiceKey) -> String {
         "\(loadBalancer)/externalipaddress/\(k.vip)/port/\(k.port)/protocol/\(k.proto)"
@@ -162,6 +166,13 @@ public enum APIServer {
                 }
                 try await controller.setCIState(entry)
                 return try json(["result": "Success"])
+            }
+        }
+        router.get(RouterPath(APIRoutes.metrics)) { _, _ -> Response in
+            await answer {
+                guard let text = await controller.metrics() else { throw APIError.notFound("metrics are not kept here") }
+                return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                                body: .init(byteBuffer: ByteBuffer(string: text)))
             }
         }
         router.get(RouterPath(APIRoutes.openAPI)) { _, _ -> Response in

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -344,6 +345,10 @@ public final class HAShell: @unchecked Sendable {
     }
 
     private func note(_ i: Int, to: String, term: UInt64, reason: String) {
+        let name = config.instances[i].name
+        Counter(label: "tandem_ha_role_changes_total", dimensions: [("instance", name), ("to", to)]).increment()
+        Gauge(label: "tandem_ha_role", dimensions: [("instance", name)])
+            .record(to == "MASTER" ? 1 : to == "FAULT" ? 2 : 0)
         let from = records[i].transitions.last?.to ?? "BACKUP"
         records[i].transitions.append(.init(from: from, to: to, term: term, reason: reason, atUnixMs: Self.wallMicros() / 1000))
         if records[i].transitions.count > 32 { records[i].transitions.removeFirst() }
@@ -403,12 +408,16 @@ public final class HAShell: @unchecked Sendable {
             records[i].lastTakeoverAt = Self.wallMicros() / 1000
             records[i].lastTakeoverMs = ms
             records[i].lastTakeoverDetail = r.detail
+            Timer(label: "tandem_takeover_duration_seconds", dimensions: [("instance", name), ("provider", r.provider)])
+                .recordNanoseconds(Int64(clamping: elapsed.components.seconds * 1_000_000_000
+                                                   + elapsed.components.attoseconds / 1_000_000_000))
             logger.notice("floating IPs taken over", metadata: ["instance": "\(name)", "term": "\(term)",
                                                                 "provider": "\(r.provider)", "ms": "\(String(format: "%.1f", ms))",
                                                                 "detail": "\(r.detail)"])
             handle(elections[i].onTakeover(succeeded: true, term: term, nowNanos: now), instance: i)
         case .failure(let error):
             records[i].takeoverFailures += 1
+            Counter(label: "tandem_takeover_failures_total", dimensions: [("instance", name)]).increment()
             records[i].lastError = "\(error)"
             logger.error("takeover failed", metadata: ["instance": "\(name)", "term": "\(term)", "error": "\(error)"])
             handle(elections[i].onTakeover(succeeded: false, term: term, nowNanos: now), instance: i)

@@ -79,6 +79,7 @@ public enum NodeRunner {
     /// Runs the node until SIGTERM or SIGINT, then detaches everything it attached.
     public static func run(_ o: NodeOptions, logger: Logger) async throws {
         let (settings, services, replicationSettings, clusterKey, haSettings) = try preflight(o)
+        NodeMetrics.bootstrap()
         // Built before the datapath loads, so a broken provider setup (a missing OCI key, say)
         // stops the node before it touches the kernel.
         var provider: (any CloudProvider)?
