@@ -81,6 +81,20 @@ if [[ "$CLOUD" == oci ]]; then
     [[ -x "$FAKE_OCI" ]] || { echo "failover: $FAKE_OCI not built" >&2; exit 1; }
     source "$REPO/testbed/oci.sh"
     oci_up   # sets OCI_API, writes $TB_STATE/oci/config, starts fake-oci in the vcn namespace
+    # The operator commands against the same fake, before any daemon runs: the preflight passes,
+    # and broken setups fail clearly without moving anything.
+    oci_flags=(--cloud=oci --oci-config "$TB_STATE/oci/config" --api-endpoint "$OCI_API" --imds-endpoint "$OCI_API/imds/llb2")
+    tb_exec llb2 "$TANDEM" cloud check "${oci_flags[@]}" --vip "$TB_VIP" >"$TB_STATE/oci/check.out" 2>&1 ||
+        { cat "$TB_STATE/oci/check.out" >&2; log "tandem cloud check failed on a good setup"; exit 1; }
+    if tb_exec llb2 "$TANDEM" cloud check "${oci_flags[@]}" --profile NOPE --vip "$TB_VIP" >"$TB_STATE/oci/bad.out" 2>&1; then
+        log "tandem cloud check passed with an unknown profile"; exit 1
+    fi
+    grep -qi "NOPE" "$TB_STATE/oci/bad.out" || { cat "$TB_STATE/oci/bad.out" >&2; log "unknown profile not named"; exit 1; }
+    if tb_exec llb2 "$TANDEM" cloud assign-vip "${oci_flags[@]}" --vip 192.168.9.9 >"$TB_STATE/oci/bad2.out" 2>&1; then
+        log "assign-vip moved a VIP outside every subnet"; exit 1
+    fi
+    [[ "$(tb_vip_owner)" == llb1 ]] || { log "a failed assign-vip moved the VIP"; exit 1; }
+    log "tandem cloud check passes; unknown profile and a VIP outside every subnet fail clearly, nothing moved"
 fi
 
 for n in llb1 llb2; do write_config "$n"; start_node "$n"; done
