@@ -82,9 +82,18 @@ let package = Package(
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "Metrics", package: "swift-metrics")],
                 path: "Sources/TandemHA"),
+        // Prometheus metrics: swift-metrics bootstrapped onto one swift-prometheus registry, and the
+        // scrape that copies the node's JSON-shaped state (datapath, services, replication, cluster)
+        // into it before rendering.
+        .target(name: "TandemMetrics",
+                dependencies: ["TandemSync", "TandemHA",
+                               .product(name: "Metrics", package: "swift-metrics"),
+                               .product(name: "Prometheus", package: "swift-prometheus"),
+                               .product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
+                path: "Sources/TandemMetrics"),
         // LoxiLB-shaped REST API: wire models (shared with the CLI) and the Hummingbird server.
         .target(name: "TandemAPI",
-                dependencies: ["TandemCore", "TandemSync", "TandemHA",
+                dependencies: ["TandemCore", "TandemSync", "TandemHA", "TandemMetrics",
                                .product(name: "Hummingbird", package: "hummingbird"),
                                .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "Logging", package: "swift-log")],
@@ -92,9 +101,7 @@ let package = Package(
         // The node daemon: config file, datapath, API, lifecycle.
         .target(name: "TandemNode",
                 dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemSync", "TandemReplication",
-                               "TandemHA", "TandemCloud", "TandemOCI", "TandemElection",
-                               .product(name: "Metrics", package: "swift-metrics"),
-                               .product(name: "Prometheus", package: "swift-prometheus"),
+                               "TandemHA", "TandemCloud", "TandemOCI", "TandemElection", "TandemMetrics",
                                .product(name: "Yams", package: "Yams"),
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
@@ -126,7 +133,10 @@ let package = Package(
                                          .product(name: "NIOPosix", package: "swift-nio"),
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/tandem-echo"),
-        .testTarget(name: "TandemCoreTests", dependencies: ["TandemCore", "TandemAPI", "TandemNode", "TandemHA"],
+        .testTarget(name: "TandemCoreTests", dependencies: ["TandemCore", "TandemAPI", "TandemNode", "TandemHA", "TandemMetrics",
+                                                            .product(name: "Metrics", package: "swift-metrics"),
+                                                            .product(name: "Hummingbird", package: "hummingbird"),
+                                                            .product(name: "NIOEmbedded", package: "swift-nio")],
                     path: "Tests/TandemCoreTests"),
         .testTarget(name: "TandemSyncWireTests", dependencies: ["TandemSyncWire", "TandemSync", "TandemCore"],
                     path: "Tests/TandemSyncWireTests"),

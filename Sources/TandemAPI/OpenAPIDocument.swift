@@ -70,8 +70,9 @@ public enum OpenAPIDocument {
     },
     "/netlox/v1/metrics": {
       "get": {
-        "summary": "Prometheus text exposition: datapath, replication, gossip counters, HA roles and terms, takeover durations",
-        "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}
+        "summary": "Prometheus metrics (text exposition format 0.0.4)",
+        "description": "The node's state as at GET /status, /config/loadbalancer/all, /sync and /cluster, copied in at each scrape (counters keep the node's exact values), plus what is recorded as it happens (HA role changes, takeover durations and failures). Datapath: tandem_datapath_dropped_packets_total{reason}, tandem_datapath_events_total{kind}, tandem_datapath_events_lost_total, ... Services and endpoints: tandem_service_active_connections, tandem_service_{packets,bytes,connections}_total, tandem_endpoint_active_connections, tandem_endpoint_{packets,bytes}_total. Replication: tandem_replication_in_sync, tandem_replication_entries, tandem_replication_lag_{p50,p99,max}_seconds, tandem_replication_<counter>_total, tandem_replication_dropped_messages_total{reason}, tandem_replication_peer_*{peer}. Cluster: tandem_ha_role{instance} (0 BACKUP, 1 MASTER, 2 FAULT), tandem_ha_term{instance}, tandem_cluster_member_state{member,state}, tandem_gossip_<counter>_total, tandem_gossip_dropped_messages_total{reason}, tandem_takeover_duration_seconds (histogram), tandem_takeover_failures_total. Replication and cluster series appear only on a clustered node.",
+        "responses": {"200": {"description": "Metrics", "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}}}}
       }
     },
     "/netlox/v1/cluster": {

@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import TandemCore
 import TandemHA
+import TandemMetrics
 import TandemSync
 
 /// An error the API answers with a status code and a JSON body, having changed nothing.
@@ -38,15 +39,12 @@ public protocol LoadBalancerController: Sendable {
     func ciStates() async -> [CIStateEntry]?
     /// Sets an instance's role from outside; throws APIError (400 bad state or instance, 404 not clustered).
     func setCIState(_ entry: CIStateEntry) async throws
-    /// Prometheus text exposition of the node's metrics; nil where metrics are not kept.
-    func metrics() async -> String?
 }
 
 extension LoadBalancerController {
     public func sync() async -> ReplicationStatus? { nil }
     public func cluster() async -> HAStatus? { nil }
     public func ciStates() async -> [CIStateEntry]? { nil }
-    public func metrics() async -> String? { nil }
     public func setCIState(_ entry: CIStateEntry) async throws {
         throw APIError.notFound("this node is not clustered (no cluster peers)")
     }
@@ -168,18 +166,38 @@ public enum APIServer {
                 return try json(["result": "Success"])
             }
         }
+        // Prometheus text: what swift-metrics recorded (HA role changes, takeovers) plus the node's
+        // JSON-shaped state (status, services, sync, cluster) copied into the registry first.
         router.get(RouterPath(APIRoutes.metrics)) { _, _ -> Response in
-            await answer {
-                guard let text = await controller.metrics() else { throw APIError.notFound("metrics are not kept here") }
-                return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                                body: .init(byteBuffer: ByteBuffer(string: text)))
-            }
+            let text = await TandemMetrics.scrape(
+                datapath: { await controller.status() },
+                services: { await controller.loadBalancers().map(metricsSample) },
+                replication: { await controller.sync() },
+                cluster: { await controller.cluster() })
+            return Response(status: .ok, headers: [.contentType: TandemMetrics.contentType],
+                            body: .init(byteBuffer: ByteBuffer(string: text)))
         }
         router.get(RouterPath(APIRoutes.openAPI)) { _, _ -> Response in
             Response(status: .ok, headers: [.contentType: "application/json"],
                      body: .init(byteBuffer: ByteBuffer(string: OpenAPIDocument.json)))
         }
         return router
+    }
+
+    /// A service's counters as the metrics scrape takes them; an endpoint's `counter` is
+    /// "packets:bytes:active" (LoxiLB's form).
+    static func metricsSample(_ e: LoadBalancerEntry) -> ServiceSample {
+        let a = e.serviceArguments
+        let endpoints = e.endpoints.compactMap { ep -> ServiceSample.Endpoint? in
+            let parts = (ep.counter ?? "").split(separator: ":")
+            guard parts.count == 3, let packets = UInt64(parts[0]), let bytes = UInt64(parts[1]),
+                  let active = Int(parts[2]) else { return nil }
+            return .init(address: "\(ep.endpointIP):\(ep.targetPort)", packets: packets, bytes: bytes, activeConnections: active)
+        }
+        return ServiceSample(name: a.name ?? "", vip: a.externalIP, port: a.port, proto: a.protocol_,
+                             packets: e.counters?.packets ?? 0, bytes: e.counters?.bytes ?? 0,
+                             newConnections: e.counters?.newConnections ?? 0,
+                             activeConnections: e.counters?.activeConnections ?? 0, endpoints: endpoints)
     }
 
     public static func makeApplication(controller: some LoadBalancerController, host: String, port: Int,

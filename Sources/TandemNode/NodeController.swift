@@ -129,10 +129,6 @@ public actor NodeController: LoadBalancerController {
         return out
     }
 
-    public func metrics() async -> String? {
-        NodeMetrics.render(datapath: await status(), replication: await sync(), cluster: await cluster())
-    }
-
     func attach(ha shell: HAShell) {
         ha = shell
     }

@@ -6,6 +6,7 @@ import TandemCore
 import TandemCloud
 import TandemDatapath
 import TandemHA
+import TandemMetrics
 import TandemReplication
 import TandemSync
 
@@ -79,7 +80,8 @@ public enum NodeRunner {
     /// Runs the node until SIGTERM or SIGINT, then detaches everything it attached.
     public static func run(_ o: NodeOptions, logger: Logger) async throws {
         let (settings, services, replicationSettings, clusterKey, haSettings) = try preflight(o)
-        NodeMetrics.bootstrap()
+        // swift-metrics onto the Prometheus registry that GET /netlox/v1/metrics renders (once per process).
+        TandemMetrics.bootstrap()
         // Built before the datapath loads, so a broken provider setup (a missing OCI key, say)
         // stops the node before it touches the kernel.
         var provider: (any CloudProvider)?
