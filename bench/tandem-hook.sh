@@ -6,6 +6,7 @@
 # Contract (sourced by bench/datapath.sh after testbed/lib.sh and bench/bench-lib.sh):
 #   tandem_setup     return 0 once the VIP serves through Tandem; non-zero marks the column unavailable.
 #   tandem_teardown  SIGTERM the daemon (it detaches its programs) and wait for it.
+# TANDEM_ARGS adds flags to `tandem node run` (e.g. --xdp).
 # TANDEM_BIN overrides the binary (default: .build/release/tandem if built, else .build/debug/tandem).
 
 tandem_bin() {
@@ -27,7 +28,7 @@ services:
      endpoints: [{ip: $(tb_ip ep1), port: $EP_UDP_PORT}, {ip: $(tb_ip ep2), port: $EP_UDP_PORT}]}
 YAML
     setsid ip netns exec "$(tb_ns llb1)" "$bin" node run --config "$cfg" --bpf-object "$TB_REPO/bpf/obj/tandem_lb.o" \
-        --log-level warning </dev/null >"$TB_STATE/tandem.log" 2>&1 &
+        --log-level warning ${TANDEM_ARGS:-} </dev/null >"$TB_STATE/tandem.log" 2>&1 &
     echo $! >"$TB_STATE/tandem.pid"
     tb_wait_for 20 "tandem API" tb_exec llb1 "$bin" get lb -o json || { tail -5 "$TB_STATE/tandem.log" >&2; return 1; }
     bench_log "tandem $(basename "$bin") running in $(tb_ns llb1)"
@@ -42,3 +43,12 @@ tandem_teardown() {
     kill -KILL "$pid" 2>/dev/null || true
     rm -f "$TB_STATE/tandem.pid"
 }
+
+# Mode tandem-xdp: the same daemon with the XDP fast path (--xdp) in front of the TC program.
+# bench/datapath.sh readies the bed for it (testbed/lib.sh tb_xdp_ready).
+tandem_xdp_setup() {
+    TANDEM_ARGS="--xdp ${TANDEM_ARGS:-}" tandem_setup || return 1
+    tb_exec llb1 ip -d link show eth0 | grep -q "name tandem_xdp" || { bench_log "no XDP program on llb1 eth0"; return 1; }
+}
+
+tandem_xdp_teardown() { tandem_teardown; }

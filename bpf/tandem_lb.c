@@ -17,6 +17,7 @@
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include <linux/pkt_cls.h>
+#include <linux/if_link.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -144,6 +145,15 @@ struct {
     __uint(max_entries, TDM_RINGBUF_BYTES);
 } tdm_events SEC(".maps");
 
+/* Reader/datapath handshake for ring-buffer wakeups (struct tdm_event_ctl), mmapped by the reader. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __type(key, __u32);
+    __type(value, struct tdm_event_ctl);
+} tdm_event_ctl SEC(".maps");
+
 /* Staging buffer for tandem_install, written by user space through mmap. */
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
@@ -231,6 +241,22 @@ static __always_inline void forget(const struct tdm_flow_key *key, const struct 
     bpf_map_delete_elem(&tdm_ct, key);
 }
 
+/* See struct tdm_event_ctl: wake the reader only when it sleeps or the ring fills up. */
+static __always_inline __u64 event_wakeup_flags(void)
+{
+    __u32 zero = 0;
+    struct tdm_event_ctl *ctl = bpf_map_lookup_elem(&tdm_event_ctl, &zero);
+    if (!ctl)
+        return 0; /* the kernel's own policy */
+    if (ctl->consumer_waiting) {
+        ctl->consumer_waiting = 0;
+        return BPF_RB_FORCE_WAKEUP;
+    }
+    if (bpf_ringbuf_query(&tdm_events, BPF_RB_AVAIL_DATA) > TDM_RINGBUF_BYTES / 2)
+        return BPF_RB_FORCE_WAKEUP;
+    return BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void emit_event(const struct tdm_config *cfg, __u8 type, const struct tdm_ct_entry *orig,
                                        const struct tdm_flow_key *key, __u64 now)
 {
@@ -253,7 +279,7 @@ static __always_inline void emit_event(const struct tdm_config *cfg, __u8 type, 
     ev->endpoint_index = orig->endpoint_index;
     ev->pad[0] = ev->pad[1] = ev->pad[2] = 0;
     ev->created_ns = orig->created_ns;
-    bpf_ringbuf_submit(ev, 0);
+    bpf_ringbuf_submit(ev, event_wakeup_flags());
 }
 
 /*
@@ -735,6 +761,125 @@ int tandem_ingress(struct __sk_buff *skb)
     if (rewrite(skb, &p, &to) < 0)
         return TC_ACT_SHOT;
     return forward(skb, &to, in_ifindex);
+}
+
+/*
+ * The XDP fast path (optional, attached in front of the TC program): packets of connections the
+ * TC program already tracks, in a steady state (TCP established without SYN, FIN or RST; UDP with
+ * replies seen), are rewritten and sent back out before the kernel allocates an skb. Everything
+ * else (new flows, state changes, expiry, ICMP, a next hop not yet resolved) is passed unchanged
+ * to the TC program, which stays the one place connections are created and events emitted.
+ *
+ * XDP sees no checksum metadata, so the L4 checksum is updated incrementally and must be a full
+ * one: packets a local stack sends with CHECKSUM_PARTIAL through veth (the test bed with TX
+ * offload on) would leave with a wrong checksum. Real NICs deliver full checksums.
+ */
+static __always_inline __u16 csum_fold32(__u32 s)
+{
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    return (__u16)~s;
+}
+
+SEC("xdp")
+int tandem_xdp(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    __u32 in_ifindex = ctx->ingress_ifindex;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+        return XDP_PASS;
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl != 5 || (ip->frag_off & bpf_htons(IP_FRAG_MASK)))
+        return XDP_PASS;
+    struct tdm_flow_key key = { .saddr = ip->saddr, .daddr = ip->daddr, .proto = ip->protocol };
+    __sum16 *l4csum;
+    __be16 *ports;
+    if (ip->protocol == IPPROTO_TCP) {
+        struct tcphdr *th = (void *)(ip + 1);
+        if ((void *)(th + 1) > end)
+            return XDP_PASS;
+        if (((__u8 *)th)[13] & 0x07) /* FIN, SYN, RST change state: TC's job */
+            return XDP_PASS;
+        ports = &th->source;
+        l4csum = &th->check;
+    } else if (ip->protocol == IPPROTO_UDP) {
+        struct udphdr *uh = (void *)(ip + 1);
+        if ((void *)(uh + 1) > end)
+            return XDP_PASS;
+        ports = &uh->source;
+        l4csum = &uh->check;
+    } else {
+        return XDP_PASS;
+    }
+    key.sport = ports[0];
+    key.dport = ports[1];
+
+    __u32 zero = 0;
+    struct tdm_config *cfg = bpf_map_lookup_elem(&tdm_config, &zero);
+    if (!cfg)
+        return XDP_PASS;
+    if (cfg->gate_vips && bpf_map_lookup_elem(&tdm_vips, &key.daddr))
+        return XDP_PASS; /* the standby gate is TC's */
+    struct tdm_ct_entry *e = bpf_map_lookup_elem(&tdm_ct, &key);
+    if (!e)
+        return XDP_PASS;
+    __u8 steady = key.proto == IPPROTO_TCP ? TDM_CT_ESTABLISHED : TDM_CT_UDP_EST;
+    __u64 now = bpf_ktime_get_ns();
+    if (e->state != steady || entry_expired(cfg, e, now))
+        return XDP_PASS;
+    struct tdm_flow_key to = e->xlate;
+
+    struct bpf_fib_lookup fib = {};
+    fib.family = AF_INET;
+    fib.l4_protocol = to.proto;
+    fib.sport = to.sport;
+    fib.dport = to.dport;
+    fib.tot_len = bpf_ntohs(ip->tot_len);
+    fib.ipv4_src = to.saddr;
+    fib.ipv4_dst = to.daddr;
+    fib.ifindex = in_ifindex;
+    long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+    if (rc == BPF_FIB_LKUP_RET_FWD_DISABLED) {
+        /* A one-armed node need not forward: look the route up as the node's own output. */
+        fib.ifindex = in_ifindex;
+        rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
+    }
+    if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+        return XDP_PASS; /* no neighbour yet: TC resolves it */
+
+    /* Addresses and ports, old and new, as the checksums see them. */
+    __u32 from[3] = { key.saddr, key.daddr, ((__u32)key.dport << 16) | key.sport };
+    __u32 into[3] = { to.saddr, to.daddr, ((__u32)to.dport << 16) | to.sport };
+    ip->check = csum_fold32(bpf_csum_diff(from, 8, into, 8, (__u16)~ip->check));
+    if (key.proto == IPPROTO_TCP || *l4csum != 0) { /* UDP may carry no checksum */
+        __u16 c = csum_fold32(bpf_csum_diff(from, 12, into, 12, (__u16)~*l4csum));
+        if (key.proto == IPPROTO_UDP && c == 0)
+            c = 0xffff;
+        *l4csum = c;
+    }
+    ip->saddr = to.saddr;
+    ip->daddr = to.daddr;
+    ports[0] = to.sport;
+    ports[1] = to.dport;
+    __builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+
+    e->last_seen_ns = now;
+    __u32 len = (__u32)(end - data);
+    __sync_fetch_and_add(&e->packets, 1);
+    __sync_fetch_and_add(&e->bytes, len);
+    __u32 sid = e->service_id;
+    if (sid < TDM_MAX_SERVICES) {
+        __u32 eidx = sid * TDM_MAX_ENDPOINTS + (e->endpoint_index & (TDM_MAX_ENDPOINTS - 1));
+        count(&tdm_endpoint_stats, eidx, len, 0);
+        count(&tdm_service_stats, sid, len, 0);
+    }
+    stat_inc(TDM_STAT_XDP_FORWARDED);
+    if (fib.ifindex == in_ifindex)
+        return XDP_TX;
+    return bpf_redirect(fib.ifindex, 0);
 }
 
 /*

@@ -8,7 +8,7 @@ packages=(
     libmnl-dev libnetfilter-conntrack-dev                                          # netlink libraries (conntrack)
     libcurl4-openssl-dev libssl-dev                                                # URLSession (CLI), OpenSSL (OCI keys)
     iproute2 nftables iptables iputils-ping procps util-linux                      # test bed
-    nginx-light curl wrk haproxy socat conntrack conntrackd keepalived openssl     # peers and benchmark tools
+    nginx-light curl wrk haproxy socat conntrack conntrackd keepalived openssl ethtool     # peers and benchmark tools
 )
 
 missing=()

@@ -127,6 +127,24 @@ tb_vip_owner() {
 
 tb_sysctl() { local role="$1"; shift; tb_exec "$role" sysctl -qw "$@" >/dev/null; }
 
+# Readies the bed for Tandem's XDP fast path on node $1: the senders (client, endpoints) compute
+# full checksums, as a NIC delivers them (XDP sees no checksum metadata, so veth's partial
+# checksums would leave wrong); the vcn side of the node's link runs an XDP program, so XDP_TX
+# frames are delivered (veth hands XDP frames only to a peer in NAPI mode); the node forwards
+# (the kernel's FIB lookup from XDP refuses on an interface that does not).
+tb_xdp_ready() {
+    local node="$1" obj="$TB_REPO/bpf/obj/testbed_xdp_pass.o" r
+    [[ -f "$obj" ]] || { tb_die "missing $obj: run make bpf"; return 1; }
+    command -v ethtool >/dev/null || { tb_die "ethtool not installed: apt-get install -y ethtool"; return 1; }
+    for r in client $(tb_endpoints); do
+        tb_exec "$r" ethtool -K eth0 tx off >/dev/null || { tb_die "ethtool -K eth0 tx off failed in $r"; return 1; }
+    done
+    tb_exec vcn ip link set dev "$(tb_link "$node")" xdpdrv obj "$obj" sec xdp ||
+        { tb_die "cannot attach the XDP pass program to $(tb_link "$node")"; return 1; }
+    tb_sysctl "$node" net.ipv4.conf.all.forwarding=1 net.ipv4.conf.eth0.forwarding=1 \
+        net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0
+}
+
 tb_create_vcn() {
     local ns; ns="$(tb_ns vcn)"
     ip netns add "$ns"

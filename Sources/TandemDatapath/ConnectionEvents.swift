@@ -24,9 +24,23 @@ extension ConnectionEvent {
 /// Polls the datapath's ring buffer on its own thread (the poll blocks, and the shared pool has
 /// only as many threads as cores). Events go to `onBatch`, one call per poll with everything that
 /// poll read (so consumers pay per burst, not per event); without it they are only counted.
+///
+/// Wakeups (see struct tdm_event_ctl): while events flow, the datapath submits them without
+/// waking anyone and this thread drains the ring every millisecond, so a burst costs one wakeup
+/// instead of one interrupt per event. After a few empty rounds it marks itself waiting and
+/// blocks; the next event wakes it at once. A millisecond of added delay is the price.
 public final class RingBufferReader: @unchecked Sendable {
+    /// How often the ring is drained while events flow.
+    public static let activeIntervalMilliseconds: Int32 = 1
+    /// Empty rounds before the thread blocks until woken.
+    static let idleRoundsBeforeWaiting = 4
+    /// Upper bound on a blocked wait: covers an event submitted just as the thread marked itself
+    /// waiting, which the datapath may have sent without a wakeup.
+    static let waitingTimeoutMilliseconds: Int32 = 20
+
     // Written only before the thread starts and read by the thread: no lock needed for these.
     private let mapFD: Int32
+    private let control: EventControl?
     private let stopFlag = StopFlag()
     private var thread: Thread?
     private let onBatch: (@Sendable ([ConnectionEvent]) -> Void)?
@@ -36,8 +50,11 @@ public final class RingBufferReader: @unchecked Sendable {
     /// Events seen per kind, counted on the polling thread.
     public var counts: [String: UInt64] { stopFlag.kindCounts }
 
-    public init(eventsMap: BPFMap, onBatch: (@Sendable ([ConnectionEvent]) -> Void)? = nil) {
+    /// `controlMap` is the datapath's tdm_event_ctl; without it (or if it cannot be mapped) the
+    /// thread never blocks for long and simply drains every millisecond.
+    public init(eventsMap: BPFMap, controlMap: BPFMap? = nil, onBatch: (@Sendable ([ConnectionEvent]) -> Void)? = nil) {
         mapFD = eventsMap.fd
+        control = controlMap.flatMap(EventControl.init)
         self.onBatch = onBatch
     }
 
@@ -66,13 +83,12 @@ public final class RingBufferReader: @unchecked Sendable {
         let flag = stopFlag
         let handle = RingBufferHandle(rb)
         let onBatch = onBatch
+        let control = control
         let t = Thread {
             // Events feed replication: keep up with the datapath (nice -5, this thread only).
             _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, -5)
             let b = box.takeUnretainedValue()
-            while !flag.isStopped {
-                let rc = ring_buffer__poll(handle.rb, 100)
-                if rc < 0 && rc != -EINTR { break }
+            func deliver() {
                 flag.add(b.kinds, malformed: b.malformed)
                 b.kinds = (0, 0, 0, 0)
                 b.malformed = 0
@@ -81,7 +97,36 @@ public final class RingBufferReader: @unchecked Sendable {
                     b.batch.removeAll(keepingCapacity: true)
                 }
             }
+            var idleRounds = 0
+            while !flag.isStopped {
+                var rc = ring_buffer__consume(handle.rb)
+                if rc < 0 && rc != -EINTR { break }
+                deliver()
+                if rc > 0 {
+                    idleRounds = 0
+                } else {
+                    idleRounds += 1
+                }
+                if let control, idleRounds >= RingBufferReader.idleRoundsBeforeWaiting {
+                    control.setWaiting(true)
+                    // An event submitted before the flag was visible came without a wakeup.
+                    rc = ring_buffer__consume(handle.rb)
+                    if rc == 0 {
+                        rc = ring_buffer__poll(handle.rb, RingBufferReader.waitingTimeoutMilliseconds)
+                    }
+                    control.setWaiting(false)
+                    if rc < 0 && rc != -EINTR { break }
+                    deliver()
+                    if rc > 0 { idleRounds = 0 }
+                    continue
+                }
+                // Sleeps the interval unless the datapath wakes us (a ring over half full).
+                rc = ring_buffer__poll(handle.rb, RingBufferReader.activeIntervalMilliseconds)
+                if rc < 0 && rc != -EINTR { break }
+                deliver()
+            }
             ring_buffer__free(handle.rb)
+            control?.unmap()
             box.release()
         }
         t.name = "tandem-ringbuf"
@@ -91,6 +136,30 @@ public final class RingBufferReader: @unchecked Sendable {
 
     public func stop() {
         stopFlag.stop()
+    }
+}
+
+/// The mmapped tdm_event_ctl value, shared with the datapath; used only by the polling thread.
+private final class EventControl: @unchecked Sendable {
+    private var base: UnsafeMutableRawPointer?
+    private let length: Int
+
+    init?(map: BPFMap) {
+        guard map.valueSize >= MemoryLayout<tdm_event_ctl>.size else { return nil }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        length = (map.valueSize + page - 1) / page * page
+        guard let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, map.fd, 0), p != MAP_FAILED else { return nil }
+        base = p
+    }
+
+    func setWaiting(_ waiting: Bool) {
+        guard let base else { return }
+        tdm_atomic_store_u32(base.assumingMemoryBound(to: UInt32.self), waiting ? 1 : 0)
+    }
+
+    func unmap() {
+        if let base { munmap(base, length) }
+        base = nil
     }
 }
 

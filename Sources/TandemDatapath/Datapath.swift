@@ -48,6 +48,8 @@ public struct DatapathStats: Equatable, Sendable, Codable {
     public var pickedUp: UInt64 = 0
     /// Packets to a VIP this node does not own, left to the kernel (gated VIPs only).
     public var standbyPassed: UInt64 = 0
+    /// Packets of established flows forwarded by the XDP fast path (0 without it).
+    public var xdpForwarded: UInt64 = 0
     public init() {}
 }
 
@@ -61,13 +63,17 @@ public actor Datapath {
     /// Installs replicated connections in the kernel; nil where the kernel lacks syscall programs
     /// (the user-space path in Replication.swift is used then).
     nonisolated let installer: KernelInstaller?
-    private var attached: [(name: String, ifindex: Int32, createdQdisc: Bool)] = []
+    private var attached: [(name: String, ifindex: Int32, createdQdisc: Bool, xdp: Bool)] = []
+    /// The optional XDP fast path (tandem_xdp), or -1 if the object has none.
+    private let xdpProgramFD: Int32
     private let logger: Logger
     private var closed = false
 
     public struct Maps: Sendable {
         public let ct, services, vips, endpoints, schedules, maglev, rr, persist: BPFMap
         public let serviceStats, endpointStats, stats, config, events, activeVIPs: BPFMap
+        /// The ring buffer's wakeup handshake (struct tdm_event_ctl), mmapped by `RingBufferReader`.
+        public let eventControl: BPFMap
     }
 
     /// Opens and loads the object: every program passes the kernel verifier here or this throws.
@@ -112,6 +118,7 @@ public actor Datapath {
         }
         object = obj
         programFD = bpf_program__fd(prog)
+        xdpProgramFD = bpf_object__find_program_by_name(obj, "tandem_xdp").map { bpf_program__fd($0) } ?? -1
         if let installProg, bpf_program__autoload(installProg),
            let m = bpf_object__find_map_by_name(obj, "tdm_install") {
             installer = KernelInstaller(programFD: bpf_program__fd(installProg), mapFD: bpf_map__fd(m),
@@ -132,7 +139,7 @@ public actor Datapath {
                         maglev: try map("tdm_maglev"), rr: try map("tdm_rr"), persist: try map("tdm_persist"),
                         serviceStats: try map("tdm_service_stats"), endpointStats: try map("tdm_endpoint_stats"),
                         stats: try map("tdm_stats"), config: try map("tdm_config"), events: try map("tdm_events"),
-                        activeVIPs: try map("tdm_active_vips"))
+                        activeVIPs: try map("tdm_active_vips"), eventControl: try map("tdm_event_ctl"))
         } catch {
             installer?.unmap()
             bpf_object__close(obj)
@@ -142,15 +149,24 @@ public actor Datapath {
 
     public nonisolated var ingressProgramFD: Int32 { programFD }
 
-    /// Attaches the ingress program to an interface by name.
-    public func attach(interface name: String) throws {
+    /// Attaches the ingress program to an interface by name, and with `xdp` the XDP fast path in
+    /// front of it (native mode only: generic XDP would cost more than it saves).
+    public func attach(interface name: String, xdp: Bool = false) throws {
         let ifindex = Int32(bitPattern: if_nametoindex(name))
         guard ifindex > 0 else { throw DatapathError("interface \(name) does not exist") }
+        if xdp && xdpProgramFD < 0 { throw DatapathError("the BPF object \(objectPath) has no XDP program (tandem_xdp)") }
         var created: Int32 = 0
         let rc = tdm_tc_attach_ingress(ifindex, programFD, &created)
         guard rc == 0 else { throw DatapathError("attach to \(name)", errno: rc) }
-        attached.append((name, ifindex, created != 0))
-        logger.info("datapath attached", metadata: ["interface": "\(name)", "ifindex": "\(ifindex)"])
+        if xdp {
+            let xrc = bpf_xdp_attach(ifindex, xdpProgramFD, UInt32(XDP_FLAGS_DRV_MODE), nil)
+            if xrc != 0 {
+                _ = tdm_tc_detach_ingress(ifindex, created)
+                throw DatapathError("attach XDP to \(name) (native mode; does its driver support XDP?)", errno: xrc)
+            }
+        }
+        attached.append((name, ifindex, created != 0, xdp))
+        logger.info("datapath attached", metadata: ["interface": "\(name)", "ifindex": "\(ifindex)", "xdp": "\(xdp)"])
     }
 
     public var attachedInterfaces: [String] { attached.map(\.name) }
@@ -161,6 +177,12 @@ public actor Datapath {
         guard !closed else { return }
         closed = true
         for a in attached.reversed() {
+            if a.xdp {
+                let xrc = bpf_xdp_detach(a.ifindex, UInt32(XDP_FLAGS_DRV_MODE), nil)
+                if xrc != 0 {
+                    logger.warning("XDP detach failed", metadata: ["interface": "\(a.name)", "error": "\(DatapathError("detach", errno: xrc))"])
+                }
+            }
             let rc = tdm_tc_detach_ingress(a.ifindex, a.createdQdisc ? 1 : 0)
             if rc != 0 {
                 logger.warning("detach failed", metadata: ["interface": "\(a.name)", "error": "\(DatapathError("detach", errno: rc))"])
@@ -322,6 +344,7 @@ public actor Datapath {
         d.expiredReused = s(TDM_STAT_EXPIRED_REUSED)
         d.pickedUp = s(TDM_STAT_PICKED_UP)
         d.standbyPassed = s(TDM_STAT_STANDBY_PASSED)
+        d.xdpForwarded = s(TDM_STAT_XDP_FORWARDED)
         return d
     }
 

@@ -118,6 +118,8 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
     public var timeouts: TimeoutSeconds?
     public var connectionTableSize: UInt32?
     public var answerICMP: Bool?
+    /// Attach the XDP fast path in front of the TC program (native XDP; default off).
+    public var xdp: Bool?
     public var services: [ServiceConfig]?
     public var oci: OCI?
 

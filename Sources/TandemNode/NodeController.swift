@@ -122,7 +122,8 @@ public actor NodeController: LoadBalancerController {
         var out: [String: UInt64] = [
             "drop_no_endpoint": s.noEndpoint, "drop_no_port": s.noPort, "drop_table_full": s.tableFull,
             "events_lost": s.eventsLost, "icmp_replied": s.icmpReplied, "redirect_failed": s.redirectFailed,
-            "expired_reused": s.expiredReused, "picked_up": s.pickedUp,
+            "expired_reused": s.expiredReused, "picked_up": s.pickedUp, "standby_passed": s.standbyPassed,
+            "xdp_forwarded": s.xdpForwarded,
         ]
         for (k, v) in eventCounts { out["events_\(k)"] = v }
         for (k, v) in ringEventCounts() { out["events_\(k)", default: 0] += v }

@@ -53,6 +53,11 @@ public enum NodeRunner {
         } else {
             throw ConfigError("interface \(o.interfaces[0]) has no IPv4 address; set nodeIP in the config")
         }
+        if o.config.xdp == true {
+            for i in o.interfaces where SystemChecks.forwardsIPv4(i) != true {
+                throw ConfigError("xdp: interface \(i) does not forward IPv4, and the kernel refuses FIB lookups from XDP on such an interface; enable it (sysctl -w net.ipv4.conf.\(i).forwarding=1) or run without xdp")
+            }
+        }
         let ha = try o.config.ha(interfaces: o.interfaces)
         if let l2 = ha?.l2Interface, ha?.cloud == "l2", !SystemChecks.interfaceExists(l2) {
             throw ConfigError("cluster: l2Interface \(l2) does not exist")
@@ -107,7 +112,7 @@ public enum NodeRunner {
             }
         }
         let timeouts = settings.timeouts
-        let reader = RingBufferReader(eventsMap: datapath.maps.events,
+        let reader = RingBufferReader(eventsMap: datapath.maps.events, controlMap: datapath.maps.eventControl,
                                       onBatch: shell.map { s in
                                           { @Sendable events in
                                               let now = monotonicNanoseconds()
@@ -122,7 +127,12 @@ public enum NodeRunner {
         do {
             try await datapath.apply(settings: settings)
             for s in services { try await controller.create(s) }
-            for i in o.interfaces { try await datapath.attach(interface: i) }
+            for i in o.interfaces {
+                try await datapath.attach(interface: i, xdp: o.config.xdp ?? false)
+                if o.config.xdp == true && SystemChecks.isVirtual(i) {
+                    logger.warning("XDP fast path on a virtual interface: packets sent by local stacks with checksum offload (veth) carry partial checksums XDP cannot see and would leave corrupted; use it only where senders compute full checksums, and give the peer device an XDP program so XDP_TX frames are delivered", metadata: ["interface": "\(i)"])
+                }
+            }
         } catch {
             await datapath.close()
             throw error

@@ -8,6 +8,19 @@ public enum SystemChecks {
 
     public static func interfaceExists(_ name: String) -> Bool { if_nametoindex(name) != 0 }
 
+    /// Whether the interface forwards IPv4 (net.ipv4.conf.<if>.forwarding), nil if unreadable.
+    public static func forwardsIPv4(_ name: String) -> Bool? {
+        guard !name.contains("/"), let text = try? String(contentsOfFile: "/proc/sys/net/ipv4/conf/\(name)/forwarding", encoding: .utf8)
+        else { return nil }
+        return text.trimmingCharacters(in: .whitespacesAndNewlines) == "1"
+    }
+
+    /// Whether the interface is a software device (veth, bridge, ...) rather than a NIC.
+    public static func isVirtual(_ name: String) -> Bool {
+        guard !name.contains("/") else { return false }
+        return !FileManager.default.fileExists(atPath: "/sys/class/net/\(name)/device")
+    }
+
     /// The first IPv4 address of an interface.
     public static func ipv4Address(of name: String) -> IPv4Address? {
         var list: UnsafeMutablePointer<ifaddrs>?

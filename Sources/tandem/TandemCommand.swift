@@ -57,6 +57,8 @@ struct Node: AsyncParsableCommand {
         @Option(name: .long, help: "OCI: config profile (default DEFAULT).") var profile: String?
         @Option(name: .long, help: "OCI: Core API base URL (default from the region).") var apiEndpoint: String?
         @Option(name: .long, help: "OCI: instance metadata base URL (default http://169.254.169.254).") var imdsEndpoint: String?
+        @Flag(name: .long, help: "Also attach the XDP fast path (native XDP) for established flows; see README.")
+        var xdp = false
 
         func run() async throws {
             var logger = Logger(label: "tandem")
@@ -85,6 +87,7 @@ struct Node: AsyncParsableCommand {
                     if let imdsEndpoint { o.imdsEndpoint = imdsEndpoint }
                     cfg.oci = o
                 }
+                if xdp { cfg.xdp = true }
                 let opts = NodeOptions(
                     interfaces: interface.isEmpty ? (cfg.interfaces ?? []) : interface,
                     objectPath: bpfObject ?? Self.defaultObjectPath(),

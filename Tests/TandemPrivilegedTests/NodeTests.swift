@@ -181,6 +181,61 @@ extension Privileged {
             #expect(try node.api("GET", APIRoutes.loadBalancerAll).stdout == before)
         }
 
+        @Test func xdpFastPathCarriesEstablishedFlowsAndDetaches() throws {
+            let bed = try TestBed()
+            defer { bed.down() }
+            let config = """
+            interfaces: [eth0]
+            xdp: true
+            services:
+              - {externalIP: 10.0.10.143, port: 56002, protocol: tcp, mode: fullnat, sel: rr, name: http,
+                 endpoints: [{ip: 10.0.10.21, port: 80}, {ip: 10.0.10.22, port: 80}]}
+              - {externalIP: 10.0.10.143, port: 56003, protocol: udp, mode: fullnat, sel: rr, name: udp,
+                 endpoints: [{ip: 10.0.10.21, port: 9000}, {ip: 10.0.10.22, port: 9000}]}
+            """
+            // The XDP FIB lookup needs forwarding on the interface: refused, nothing attached.
+            let cfgPath = FileManager.default.temporaryDirectory.appendingPathComponent("\(bed.name)-xdp.yaml").path
+            defer { try? FileManager.default.removeItem(atPath: cfgPath) }
+            try config.write(toFile: cfgPath, atomically: true, encoding: .utf8)
+            let refused = try bed.exec("llb1", [Env.tandem, "node", "run", "--config", cfgPath, "--bpf-object", Env.bpfObject], timeout: 20)
+            #expect(refused.status != 0 && refused.stderr.contains("does not forward IPv4"), "\(refused.stderr)")
+            #expect(!(try bed.exec("llb1", ["ip", "-d", "link", "show", "eth0"]).stdout.contains("tandem_xdp")))
+
+            let lib = Env.repo.appendingPathComponent("testbed/lib.sh").path
+            let ready = try run(["bash", "-c", "source '\(lib)' && tb_xdp_ready llb1"], env: ["TB": bed.name])
+            #expect(ready.ok, "tb_xdp_ready: \(ready.stderr)")
+            let node = try NodeDaemon(bed: bed, config: config)
+            defer { node.stop() }
+            #expect(try bed.exec("llb1", ["ip", "-d", "link", "show", "eth0"]).stdout.contains("tandem_xdp"))
+
+            // New connections still go through TC (selection, entries, events) and alternate.
+            #expect(Set(try whoami(bed, count: 4)) == ["ep1", "ep2"])
+            // Keep-alive HTTP: most packets belong to established flows, the fast path's share.
+            let r = try bed.exec("client", ["wrk", "-t", "1", "-c", "4", "-d", "2s", "http://10.0.10.143:56002/whoami"], timeout: 30)
+            #expect(r.ok, "\(r.stderr)")
+            let total = r.stdout.split(separator: "\n").first { $0.contains("requests in") }
+                .flatMap { Int($0.trimmingCharacters(in: .whitespaces).split(separator: " ")[0]) } ?? 0
+            #expect(total >= 500, "\(r.stdout)")
+            #expect(!r.stdout.contains("Socket errors") && !r.stdout.contains("Non-2xx"), "\(r.stdout)")
+            // UDP: replies turn the flows established, after which XDP carries them.
+            let udp = try bed.exec("client", [Env.echo, "flood", "--target", "10.0.10.143:56003", "--duration", "1",
+                                              "--flows", "4", "--window", "16"], timeout: 20)
+            let flood = try JSONSerialization.jsonObject(with: Data(udp.stdout.utf8)) as? [String: Any]
+            let sent = (flood?["sent"] as? NSNumber)?.intValue ?? 0
+            let received = (flood?["received"] as? NSNumber)?.intValue ?? -1
+            #expect(sent > 100 && received == sent, "\(udp.stdout) \(udp.stderr)")
+
+            let status = try node.api("GET", "/netlox/v1/status")
+            let body = status.stdout.split(separator: "\n").first.map(String.init) ?? ""
+            let counters = try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]
+            let forwarded = (counters?["xdp_forwarded"] as? NSNumber)?.intValue ?? 0
+            #expect(forwarded > total, "the fast path carried the established packets: \(body)")
+
+            #expect(node.stop() == 0)
+            #expect(!(try bed.exec("llb1", ["ip", "-d", "link", "show", "eth0"]).stdout.contains("tandem_xdp")), "XDP detached")
+            #expect(try bed.exec("llb1", ["tc", "filter", "show", "dev", "eth0", "ingress"]).stdout.isEmpty)
+        }
+
         @Test func startupRefusalsAndCleanShutdown() throws {
             let bed = try TestBed()
             defer { bed.down() }

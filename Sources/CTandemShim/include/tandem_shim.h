@@ -24,4 +24,7 @@ int tdm_prog_test_run(int prog_fd, const void *packet, uint32_t packet_len, void
 /* Routes libbpf's messages: 0 silences them, 1 prints warnings, 2 prints debug too. */
 void tdm_set_libbpf_verbosity(int level);
 
+/* A sequentially consistent store into memory shared with BPF programs (an mmapped map value). */
+static inline void tdm_atomic_store_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+
 #endif
