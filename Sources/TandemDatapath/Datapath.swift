@@ -15,9 +15,13 @@ public struct DatapathSettings: Equatable, Sendable {
     /// In a cluster: serve a VIP only while this node owns it (`setActiveVIPs`); a standalone node
     /// serves every VIP.
     public var gateVIPs: Bool
+    /// The node's interfaces do not forward IPv4, so the datapath skips the FIB lookup (the kernel
+    /// would refuse it) and redirects through the neighbour table out of the ingress interface.
+    public var skipFIB: Bool
 
     public init(nodeIP: IPv4Address, hashSeed: UInt32 = 0x7461_6e64, portSlice: PortSlice = PortSlice(low: 32768, high: 65535),
-                timeouts: Timeouts = Timeouts(), answerICMP: Bool = true, emitEvents: Bool = true, gateVIPs: Bool = false) {
+                timeouts: Timeouts = Timeouts(), answerICMP: Bool = true, emitEvents: Bool = true, gateVIPs: Bool = false,
+                skipFIB: Bool = false) {
         self.nodeIP = nodeIP
         self.hashSeed = hashSeed
         self.portSlice = portSlice
@@ -25,6 +29,7 @@ public struct DatapathSettings: Equatable, Sendable {
         self.answerICMP = answerICMP
         self.emitEvents = emitEvents
         self.gateVIPs = gateVIPs
+        self.skipFIB = skipFIB
     }
 }
 
@@ -210,6 +215,7 @@ public actor Datapath {
         c.answer_icmp = s.answerICMP ? 1 : 0
         c.emit_events = s.emitEvents ? 1 : 0
         c.gate_vips = s.gateVIPs ? 1 : 0
+        c.skip_fib = s.skipFIB ? 1 : 0
         try maps.config.update(UInt32(0), c)
     }
 

@@ -65,7 +65,8 @@ public enum NodeRunner {
         // In a cluster the datapath answers only for the VIPs this node is MASTER of.
         let settings = DatapathSettings(nodeIP: nodeIP, hashSeed: o.config.cluster?.seed ?? 0x7461_6e64,
                                         portSlice: try o.config.portSlice(), timeouts: o.config.resolvedTimeouts(),
-                                        answerICMP: o.config.answerICMP ?? true, gateVIPs: ha != nil)
+                                        answerICMP: o.config.answerICMP ?? true, gateVIPs: ha != nil,
+                                        skipFIB: !o.interfaces.allSatisfy { SystemChecks.forwardsIPv4($0) == true })
         let services = try o.config.validatedServices()
         for s in services {
             for ep in s.endpoints {

@@ -182,7 +182,7 @@ struct tdm_config {
     __u8   answer_icmp;      /* answer ICMP echo to a VIP in the datapath */
     __u8   emit_events;
     __u8   gate_vips;        /* 1 in a cluster: serve a VIP only while it is in tdm_active_vips */
-    __u8   pad[1];
+    __u8   skip_fib;         /* 1 when the interfaces do not forward: FIB lookups would only fail */
 };
 
 enum tdm_event_type {
