@@ -15,6 +15,7 @@
 #
 # Environment (defaults in brackets):
 #   RATES ["1000 5000 10000 20000"]  new flows/s     RATE_SECONDS [2]    BURST [100000]
+#   PIPELINE [200000]                flows queued in node 1 while its daemon is stopped, then released
 #   BULK ["100000 1000000"]          connections in node 1 when node 2 restarts
 #   SYSTEMS ["tandem conntrackd"]    TB [random]     RESULTS [bench/results/replication-latest.md]
 set -euo pipefail
@@ -24,6 +25,7 @@ REPO="$(cd "$BENCH_DIR/.." && pwd)"
 RATES="${RATES:-1000 5000 10000 20000}"
 RATE_SECONDS="${RATE_SECONDS:-2}"
 BURST="${BURST:-100000}"
+PIPELINE="${PIPELINE:-200000}"  # flows queued in a stopped node 1, then released (the nodes get a 32 MiB event ring)
 BULK="${BULK:-100000 1000000}"
 SYSTEMS="${SYSTEMS:-tandem conntrackd}"
 RESULTS="${RESULTS:-$BENCH_DIR/results/replication-latest.md}"
@@ -46,7 +48,7 @@ OUT="$TB_STATE/replication"
 MAX_BULK=0
 for n in $BULK; do (( n > MAX_BULK )) && MAX_BULK=$n; done
 # Two map entries per connection, plus the rate and burst phases' flows, plus headroom.
-CT_SIZE=$(( (MAX_BULK + BURST + 200000) * 2 + 65536 ))
+CT_SIZE=$(( (MAX_BULK + BURST + PIPELINE + 200000) * 2 + 65536 ))
 
 cleanup() {
     set +e
@@ -67,6 +69,7 @@ tandem_config() { # ROLE PEER_ROLE
     cat >"$OUT/$1.yaml" <<YAML
 interfaces: [eth0]
 connectionTableSize: $CT_SIZE
+eventRingBytes: 33554432   # room for PIPELINE events while node 1 is stopped
 timeouts: {tcpSyn: 3600}
 cluster:
   peers: [$(tb_ip "$2")]
@@ -143,6 +146,19 @@ run_tandem() {
     b1="$(sync_json llb1 | jget '["bytesSent"]')"; s1="$(sync_json llb1 | jget '["counters"]["entriesSent"]')"
     echo "{\"phase\":\"cost\",\"cpu_ms_per_100k\":$(( ( $(cpu_ticks "$p1") - c1 + $(cpu_ticks "$p2") - c2 ) * 10 * 100000 / BURST )),\"bytes_per_entry\":$(python3 -c "print(round(($b1-$b0)/max(1,$s1-$s0),1))"),\"entries_sent\":$(( s1 - s0 ))}" \
         | tee -a "$OUT/tandem.jsonl"
+    # The pipeline alone: node 1's daemon stopped while PIPELINE flows are created (their events
+    # wait in its ring buffer), then resumed; the injector no longer shares the CPU with it.
+    if (( PIPELINE > 0 )); then
+        local lost0 lost1
+        lost0="$(tb_exec llb1 curl -s -m 3 http://127.0.0.1:11111/netlox/v1/status | jget '["events_lost"]' 2>/dev/null || echo 0)"
+        kill -STOP "$p1"
+        "$SYNCBENCH" fill --prog "$prog" --count "$PIPELINE" --first "$next" >>"$OUT/tandem.jsonl" || kill -CONT "$p1"
+        "$SYNCBENCH" release --watch "$watch" --first "$next" --count "$PIPELINE" --pid "$p1" | tee -a "$OUT/tandem.jsonl"
+        kill -CONT "$p1" 2>/dev/null || true
+        next=$(( next + PIPELINE ))
+        lost1="$(tb_exec llb1 curl -s -m 3 http://127.0.0.1:11111/netlox/v1/status | jget '["events_lost"]' 2>/dev/null || echo 0)"
+        echo "{\"phase\":\"pipeline-events-lost\",\"lost\":$(( lost1 - lost0 ))}" | tee -a "$OUT/tandem.jsonl"
+    fi
     sync_json llb2 >"$OUT/llb2-sync.json"
     # Bulk resync: node 2 restarts with an empty table while node 1 holds N connections.
     local have n t0 t1

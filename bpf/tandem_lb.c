@@ -252,7 +252,7 @@ static __always_inline __u64 event_wakeup_flags(void)
         ctl->consumer_waiting = 0;
         return BPF_RB_FORCE_WAKEUP;
     }
-    if (bpf_ringbuf_query(&tdm_events, BPF_RB_AVAIL_DATA) > TDM_RINGBUF_BYTES / 2)
+    if (bpf_ringbuf_query(&tdm_events, BPF_RB_AVAIL_DATA) > bpf_ringbuf_query(&tdm_events, BPF_RB_RING_SIZE) / 2)
         return BPF_RB_FORCE_WAKEUP;
     return BPF_RB_NO_WAKEUP;
 }

@@ -44,6 +44,7 @@ public struct ConnectionReaper: Sendable {
     /// Pure part: which entries to delete, and the events to report for them.
     public func expired(in entries: [ConnectionEntry]) -> (delete: [FlowTuple], events: [ConnectionEvent]) {
         var byKey: [FlowTuple: ConnectionEntry] = [:]
+        byKey.reserveCapacity(entries.count) // growing it step by step rehashed every entry several times
         for e in entries { byKey[e.key] = e }
         var delete: [FlowTuple] = []
         var events: [ConnectionEvent] = []

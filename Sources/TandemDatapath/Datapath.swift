@@ -82,7 +82,8 @@ public actor Datapath {
     }
 
     /// Opens and loads the object: every program passes the kernel verifier here or this throws.
-    public init(objectPath: String, connectionTableSize: UInt32 = UInt32(TDM_CT_DEFAULT_MAX), logger: Logger) throws {
+    public init(objectPath: String, connectionTableSize: UInt32 = UInt32(TDM_CT_DEFAULT_MAX),
+                eventRingBytes: UInt32 = UInt32(TDM_RINGBUF_BYTES), logger: Logger) throws {
         self.objectPath = objectPath
         self.logger = logger
         tdm_set_libbpf_verbosity(1)
@@ -96,6 +97,9 @@ public actor Datapath {
             }
             if let ctMap = bpf_object__find_map_by_name(obj, "tdm_ct") {
                 bpf_map__set_max_entries(ctMap, connectionTableSize)
+            }
+            if let ring = bpf_object__find_map_by_name(obj, "tdm_events") {
+                bpf_map__set_max_entries(ring, eventRingBytes)
             }
             if !installer, let p = bpf_object__find_program_by_name(obj, "tandem_install") {
                 bpf_program__set_autoload(p, false)

@@ -117,6 +117,9 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
     public var cluster: Cluster?
     public var timeouts: TimeoutSeconds?
     public var connectionTableSize: UInt32?
+    /// Size of the datapath's event ring buffer in bytes (power of two; default 4 MiB, about 50k
+    /// events): what queues while the event reader is busy or descheduled.
+    public var eventRingBytes: UInt32?
     public var answerICMP: Bool?
     /// Attach the XDP fast path in front of the TC program (native XDP; default off).
     public var xdp: Bool?
@@ -140,6 +143,15 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
             throw ConfigError("cannot read config file \(path)")
         }
         return try parse(yaml: String(decoding: data, as: UTF8.self))
+    }
+
+    /// `eventRingBytes`, validated: the kernel wants a power of two and a whole number of pages.
+    public func validatedEventRingBytes() throws(ConfigError) -> UInt32 {
+        guard let n = eventRingBytes else { return 1 << 22 }
+        guard n >= 1 << 16, n <= 1 << 30, n & (n - 1) == 0 else {
+            throw ConfigError("eventRingBytes must be a power of two from 65536 to 1073741824, got \(n)")
+        }
+        return n
     }
 
     /// The services, validated; the first bad one stops everything with a clear message.

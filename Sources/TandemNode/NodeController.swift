@@ -172,7 +172,7 @@ public actor NodeController: LoadBalancerController {
         for k in delete { datapath.deleteEntry(k) }
         if let replication {
             let gone = Set(delete)
-            let live = Connection.join(entries).filter { !gone.contains($0.original.key) }.map {
+            let live = Connection.join(entries, sorted: false).filter { !gone.contains($0.original.key) }.map {
                 (record: FlowRecord(connection: $0, timeouts: settings.timeouts),
                  fromPeer: $0.original.flags.contains(.fromPeer))
             }

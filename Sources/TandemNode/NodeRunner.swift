@@ -58,6 +58,7 @@ public enum NodeRunner {
                 throw ConfigError("xdp: interface \(i) does not forward IPv4, and the kernel refuses FIB lookups from XDP on such an interface; enable it (sysctl -w net.ipv4.conf.\(i).forwarding=1) or run without xdp")
             }
         }
+        _ = try o.config.validatedEventRingBytes()
         let ha = try o.config.ha(interfaces: o.interfaces)
         if let l2 = ha?.l2Interface, ha?.cloud == "l2", !SystemChecks.interfaceExists(l2) {
             throw ConfigError("cluster: l2Interface \(l2) does not exist")
@@ -93,7 +94,8 @@ public enum NodeRunner {
         var provider: (any CloudProvider)?
         if let h = haSettings { provider = try await HAWiring.makeProvider(h, config: o.config, logger: logger) }
         let datapath = try Datapath(objectPath: o.objectPath,
-                                    connectionTableSize: o.config.connectionTableSize ?? 262_144, logger: logger)
+                                    connectionTableSize: o.config.connectionTableSize ?? 262_144,
+                                    eventRingBytes: try o.config.validatedEventRingBytes(), logger: logger)
         let directory = ServiceDirectory()
         // Replication consumes every event, a poll's worth at a time; without it they are only
         // counted on the reader thread. The shell is created first and started later: events

@@ -141,6 +141,12 @@ public final class ReplicationShell: @unchecked Sendable {
             .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)
             .channelInitializer { [weak self] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // net.core.rmem_max (212 KB by default) caps SO_RCVBUF; a root daemon may go
+                    // past it. A bulk of events (a table's worth after a pause) arrives as
+                    // thousands of datagrams at once; overflowing the buffer costs nacks and
+                    // retransmissions. Best effort: without the privilege the capped size stays.
+                    try? channel.syncOptions?.setOption(ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_RCVBUFFORCE)),
+                                                        value: 16 << 20)
                     try channel.pipeline.syncOperations.addHandler(DatagramHandler(shell: self))
                 }
             }

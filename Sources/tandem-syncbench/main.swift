@@ -13,7 +13,7 @@ struct SyncBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tandem-syncbench",
         abstract: "Replication benchmark driver: inject flows into one node, time their arrival in another.",
-        subcommands: [Rates.self, Burst.self, Fill.self, Count.self])
+        subcommands: [Rates.self, Burst.self, Fill.self, Release.self, Count.self])
 }
 
 struct Target: ParsableArguments {
@@ -74,6 +74,48 @@ struct Fill: ParsableCommand {
         var failed = 0
         for i in first..<(first + count) where !inject(fd: fd, flow: i, vip: vipAddr, port: port) { failed += 1 }
         print("{\"phase\":\"fill\",\"flows\":\(count),\"failed\":\(failed),\"seconds\":\(Date().timeIntervalSince(start))}")
+    }
+}
+
+struct Release: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Resume a stopped node 1 (SIGCONT) whose datapath queued --count new flows, and time until node 2 holds them all (JSON).",
+        discussion: """
+        Measures the replication pipeline alone (ring buffer -> sender -> network -> receiver -> \
+        node 2's map), without an injector competing for the CPU: the flows were created by `fill` \
+        while node 1's daemon was stopped, so their events wait in the ring buffer.
+        """)
+    @Option(help: "Map id of node 2's tdm_ct.") var watch: UInt32
+    @Option var vip: String = "10.0.10.143"
+    @Option var port: UInt16 = 56002
+    @Option var first: Int = 0
+    @Option(help: "Flows queued in node 1.") var count: Int = 40_000
+    @Option(help: "Process id of node 1's (stopped) daemon.") var pid: Int32
+    @Option(help: "Seconds to wait for the last flow.") var timeout: Double = 60
+
+    func run() throws {
+        let fd = bpf_map_get_fd_by_id(watch)
+        guard fd >= 0 else { throw ValidationError("map id \(watch): \(String(cString: strerror(errno)))") }
+        guard let v = ipv4(vip) else { throw ValidationError("bad --vip") }
+        let keys = (first..<(first + count)).map { flowKey($0, vip: v, port: port) }
+        var value = [UInt8](repeating: 0, count: 88)
+        let start = monotonicNanos()
+        guard kill(pid, SIGCONT) == 0 else { throw ValidationError("SIGCONT \(pid): \(String(cString: strerror(errno)))") }
+        var found = 0
+        var last = start
+        let deadline = start + UInt64(timeout * 1e9)
+        // In order, stopping at the first missing flow: one lookup per arrival, not per waiting flow.
+        while found < keys.count && monotonicNanos() < deadline {
+            while found < keys.count {
+                var k = keys[found]
+                guard value.withUnsafeMutableBytes({ bpf_map_lookup_elem(fd, &k, $0.baseAddress) }) == 0 else { break }
+                found += 1
+                last = monotonicNanos()
+            }
+            if found < keys.count { usleep(200) }
+        }
+        let seconds = Double(last - start) / 1e9
+        print("{\"phase\":\"pipeline\",\"flows\":\(count),\"replicated\":\(found),\"seconds\":\(seconds),\"entries_per_second\":\(seconds > 0 ? Int(Double(found) / seconds) : 0)}")
     }
 }
 

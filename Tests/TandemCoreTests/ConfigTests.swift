@@ -67,6 +67,16 @@ import Testing
         #expect(throws: ConfigError.self) { try NodeConfig.parse(yaml: "services:\n  - port: 80\n    endpoints: []") }
     }
 
+    @Test func eventRingSizeMustBeAPowerOfTwoInRange() throws {
+        #expect(try NodeConfig.parse(yaml: "interfaces: [eth0]").validatedEventRingBytes() == 1 << 22)
+        #expect(try NodeConfig.parse(yaml: "eventRingBytes: 33554432").validatedEventRingBytes() == 1 << 25)
+        for bad in ["1000000", "4096", "2147483648", "0"] { // not a power of two, too small, too big
+            let c = try NodeConfig.parse(yaml: "eventRingBytes: \(bad)")
+            #expect(throws: ConfigError.self) { try c.validatedEventRingBytes() }
+        }
+        #expect(throws: ConfigError.self) { try NodeConfig.parse(yaml: "eventRingBytes: -1") }
+    }
+
     @Test func badClusterSlice() throws {
         let c = try NodeConfig.parse(yaml: "cluster: {nodeIndex: 2, nodeCount: 2}")
         #expect(throws: ConfigError.self) { try c.portSlice() }
