@@ -782,6 +782,66 @@ int tandem_ingress(struct __sk_buff *skb)
 }
 
 /*
+ * The periodic reap, in the kernel: one pass over the connection table (bpf_for_each_map_elem,
+ * run by user space through BPF_PROG_TEST_RUN) that removes what the datapath cannot notice by
+ * itself, with the same rules as the user-space fallback (TandemCore's ConnectionReaper):
+ *  - a connection both of whose halves are idle past the timeout of their state: both halves go,
+ *    and an EXPIRE event tells replication;
+ *  - a reply half whose original is gone (LRU eviction), once idle 2 s (the datapath writes the
+ *    reply half first, so a fresh one may be mid-creation);
+ *  - a reply half whose original now belongs to a newer connection, once idle past its timeout.
+ * Copying a million entries to user space for this took most of a core; here a pass costs tens
+ * of nanoseconds per entry. Deleting during the walk may make it skip or revisit a few entries,
+ * which the next pass makes up for.
+ */
+struct reap_ctx {
+    __u64 now;
+    __u32 connections; /* expired connections removed */
+    __u32 halves;      /* orphaned or stale reply halves removed */
+};
+
+#define TDM_REAP_ORPHAN_IDLE_NS 2000000000ULL
+
+static long reap_one(void *map, struct tdm_flow_key *key, struct tdm_ct_entry *e, struct reap_ctx *c)
+{
+    __u32 zero = 0;
+    struct tdm_config *cfg = bpf_map_lookup_elem(&tdm_config, &zero);
+    if (!cfg)
+        return 1;
+    struct tdm_flow_key k = *key, peer = e->peer;
+    if (e->dir == TDM_DIR_ORIGINAL) {
+        if (!conn_expired(cfg, e, &k, c->now))
+            return 0;
+        emit_event(cfg, TDM_EV_EXPIRE, e, &k, c->now);
+        forget(&k, &peer);
+        c->connections += 1;
+        stat_inc(TDM_STAT_REAPED);
+        return 0;
+    }
+    struct tdm_ct_entry *oe = bpf_map_lookup_elem(&tdm_ct, &peer);
+    if (!oe) {
+        if (c->now > e->last_seen_ns && c->now - e->last_seen_ns > TDM_REAP_ORPHAN_IDLE_NS) {
+            bpf_map_delete_elem(&tdm_ct, &k);
+            c->halves += 1;
+            stat_inc(TDM_STAT_REAPED_HALVES);
+        }
+    } else if (!same_key(&oe->peer, &k) && entry_expired(cfg, e, c->now)) {
+        bpf_map_delete_elem(&tdm_ct, &k);
+        c->halves += 1;
+        stat_inc(TDM_STAT_REAPED_HALVES);
+    }
+    return 0;
+}
+
+SEC("syscall")
+int tandem_reap(void *ctx)
+{
+    struct reap_ctx c = { .now = bpf_ktime_get_ns() };
+    bpf_for_each_map_elem(&tdm_ct, reap_one, &c, 0);
+    return c.connections;
+}
+
+/*
  * The XDP fast path (optional, attached in front of the TC program): packets of connections the
  * TC program already tracks, in a steady state (TCP established without SYN, FIN or RST; UDP with
  * replies seen), are rewritten and sent back out before the kernel allocates an skb. Everything

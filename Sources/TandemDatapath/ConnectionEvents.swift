@@ -10,6 +10,7 @@ extension ConnectionEvent {
         case Int32(TDM_EV_NEW.rawValue): kind = .new
         case Int32(TDM_EV_STATE.rawValue): kind = .stateChanged
         case Int32(TDM_EV_DELETE.rawValue): kind = .deleted
+        case Int32(TDM_EV_EXPIRE.rawValue): kind = .expired
         default: return nil
         }
         self.init(kind: kind, key: e.key.tuple, translated: e.xlate.tuple,

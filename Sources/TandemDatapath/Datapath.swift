@@ -55,6 +55,9 @@ public struct DatapathStats: Equatable, Sendable, Codable {
     public var standbyPassed: UInt64 = 0
     /// Packets of established flows forwarded by the XDP fast path (0 without it).
     public var xdpForwarded: UInt64 = 0
+    /// Idle connections, and orphaned or stale reply halves, removed by the in-kernel reap.
+    public var reaped: UInt64 = 0
+    public var reapedHalves: UInt64 = 0
     public init() {}
 }
 
@@ -71,6 +74,8 @@ public actor Datapath {
     private var attached: [(name: String, ifindex: Int32, createdQdisc: Bool, xdp: Bool)] = []
     /// The optional XDP fast path (tandem_xdp), or -1 if the object has none.
     private let xdpProgramFD: Int32
+    /// The in-kernel reap (tandem_reap), or -1 where the kernel has no syscall programs.
+    private let reapProgramFD: Int32
     private let logger: Logger
     private var closed = false
 
@@ -101,8 +106,11 @@ public actor Datapath {
             if let ring = bpf_object__find_map_by_name(obj, "tdm_events") {
                 bpf_map__set_max_entries(ring, eventRingBytes)
             }
-            if !installer, let p = bpf_object__find_program_by_name(obj, "tandem_install") {
-                bpf_program__set_autoload(p, false)
+            if !installer {
+                // Both are BPF_PROG_TYPE_SYSCALL programs: without them the user-space paths run.
+                for name in ["tandem_install", "tandem_reap"] {
+                    if let p = bpf_object__find_program_by_name(obj, name) { bpf_program__set_autoload(p, false) }
+                }
             }
             return (obj, bpf_object__load(obj))
         }
@@ -128,6 +136,8 @@ public actor Datapath {
         object = obj
         programFD = bpf_program__fd(prog)
         xdpProgramFD = bpf_object__find_program_by_name(obj, "tandem_xdp").map { bpf_program__fd($0) } ?? -1
+        reapProgramFD = bpf_object__find_program_by_name(obj, "tandem_reap")
+            .flatMap { bpf_program__autoload($0) ? bpf_program__fd($0) : nil } ?? -1
         if let installProg, bpf_program__autoload(installProg),
            let m = bpf_object__find_map_by_name(obj, "tdm_install") {
             installer = KernelInstaller(programFD: bpf_program__fd(installProg), mapFD: bpf_map__fd(m),
@@ -304,6 +314,18 @@ public actor Datapath {
         }
     }
 
+    /// One pass of the in-kernel reap (tandem_reap): removes idle connections (reporting each with
+    /// an `expired` event on the ring buffer) and orphaned reply halves. Returns the connections
+    /// removed, or nil where the program is unavailable (use `ConnectionReaper` over
+    /// `connectionEntries()` then).
+    public nonisolated func reapInKernel() -> Int? {
+        guard reapProgramFD >= 0 else { return nil }
+        var opts = bpf_test_run_opts()
+        opts.sz = MemoryLayout<bpf_test_run_opts>.size
+        guard bpf_prog_test_run_opts(reapProgramFD, &opts) == 0 else { return nil }
+        return Int(opts.retval)
+    }
+
     @discardableResult
     public nonisolated func deleteEntry(_ key: FlowTuple) -> Bool {
         maps.ct.delete(tdm_flow_key(key))
@@ -355,6 +377,8 @@ public actor Datapath {
         d.pickedUp = s(TDM_STAT_PICKED_UP)
         d.standbyPassed = s(TDM_STAT_STANDBY_PASSED)
         d.xdpForwarded = s(TDM_STAT_XDP_FORWARDED)
+        d.reaped = s(TDM_STAT_REAPED)
+        d.reapedHalves = s(TDM_STAT_REAPED_HALVES)
         return d
     }
 

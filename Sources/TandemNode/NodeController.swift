@@ -123,7 +123,7 @@ public actor NodeController: LoadBalancerController {
             "drop_no_endpoint": s.noEndpoint, "drop_no_port": s.noPort, "drop_table_full": s.tableFull,
             "events_lost": s.eventsLost, "icmp_replied": s.icmpReplied, "redirect_failed": s.redirectFailed,
             "expired_reused": s.expiredReused, "picked_up": s.pickedUp, "standby_passed": s.standbyPassed,
-            "xdp_forwarded": s.xdpForwarded,
+            "xdp_forwarded": s.xdpForwarded, "reaped": s.reaped, "reaped_halves": s.reapedHalves,
         ]
         for (k, v) in eventCounts { out["events_\(k)"] = v }
         for (k, v) in ringEventCounts() { out["events_\(k)", default: 0] += v }
@@ -166,16 +166,24 @@ public actor NodeController: LoadBalancerController {
     /// asked) hands the live ones to replication, which refreshes them on peers and notices
     /// silent deletes. Synchronous and nonisolated: it runs on the scanner's own low-priority
     /// thread, so a long pass over a big table never delays the datapath's event handling.
+    /// The reap runs in the kernel where it can (its expiries arrive as ring-buffer events, like
+    /// every other change); only a replication pass copies the table out.
     nonisolated func scan(replicateTo replication: ReplicationShell?) -> [ConnectionEvent] {
-        let entries = datapath.connectionEntries()
-        let (delete, events) = ConnectionReaper(timeouts: settings.timeouts).expired(in: entries)
-        for k in delete { datapath.deleteEntry(k) }
+        var events: [ConnectionEvent] = []
+        var entries: [ConnectionEntry]?
+        var gone = Set<FlowTuple>()
+        if datapath.reapInKernel() == nil {
+            let all = datapath.connectionEntries()
+            let (delete, expired) = ConnectionReaper(timeouts: settings.timeouts).expired(in: all)
+            for k in delete { datapath.deleteEntry(k) }
+            events = expired
+            gone = Set(delete)
+            entries = all
+        }
         if let replication {
-            let gone = Set(delete)
-            let live = Connection.join(entries, sorted: false).filter { !gone.contains($0.original.key) }.map {
-                (record: FlowRecord(connection: $0, timeouts: settings.timeouts),
-                 fromPeer: $0.original.flags.contains(.fromPeer))
-            }
+            let live = Connection.join(entries ?? datapath.connectionEntries(), sorted: false)
+                .filter { !gone.contains($0.original.key) }
+                .map { (record: FlowRecord(connection: $0, timeouts: settings.timeouts), fromPeer: $0.original.flags.contains(.fromPeer)) }
             replication.submit(scan: live)
         }
         return events

@@ -181,6 +181,38 @@ extension Privileged {
             }
         }
 
+        @Test func inKernelReapRemovesIdleConnectionsAndOrphansOnly() async throws {
+            var timeouts = Timeouts()
+            timeouts.synSent = 1
+            let dp = try Datapath(objectPath: Env.bpfObject, connectionTableSize: 4096, logger: Logger(label: "test"))
+            defer { Task { await dp.close() } }
+            try await dp.apply(settings: DatapathSettings(nodeIP: IPv4Address(10, 0, 10, 141), hashSeed: Self.seed,
+                                                          portSlice: PortSlice(low: 40000, high: 40999), timeouts: timeouts))
+            try await dp.install(service(.fullnat), slot: 0, hashSeed: Self.seed)
+            let idle = [tuple(46_001), tuple(46_002)]
+            let orphaned = tuple(46_003)
+            for t in idle + [orphaned] { _ = try dp.testRun(packet: Packets.frame(t, tcpFlags: .syn)) }
+            // LRU eviction of an original leaves its reply half behind.
+            #expect(dp.deleteEntry(orphaned))
+            try await Task.sleep(for: .milliseconds(2300))
+            let fresh = tuple(46_004)
+            _ = try dp.testRun(packet: Packets.frame(fresh, tcpFlags: .syn))
+            _ = try dp.drainEvents()
+
+            #expect(dp.reapInKernel() == 2)
+            let left = dp.connectionEntries()
+            #expect(left.count == 2, "only the fresh connection's halves: \(left.map(\.key))")
+            #expect(left.contains { $0.key == fresh && $0.direction == .original })
+            let events = try dp.drainEvents().map(\.event)
+            #expect(events.count == 2 && events.allSatisfy { $0.kind == .expired })
+            #expect(Set(events.map(\.key)) == Set(idle))
+            let stats = dp.stats()
+            #expect(stats.reaped == 2 && stats.reapedHalves == 1)
+            // Nothing more to do: a second pass removes nothing.
+            #expect(dp.reapInKernel() == 0)
+            #expect(dp.connectionEntries().count == 2)
+        }
+
         @Test func closedFlowIsReplacedByANewSyn() async throws {
             let dp = try await load([service(.fullnat, endpoints: [Self.ep1])])
             defer { Task { await dp.close() } }

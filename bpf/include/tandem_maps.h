@@ -168,6 +168,8 @@ enum tdm_stat {
     TDM_STAT_NOT_SYN_DROPPED = 8, /* reserved */
     TDM_STAT_STANDBY_PASSED  = 9, /* packet to a VIP this node does not own (BACKUP): left to the stack */
     TDM_STAT_XDP_FORWARDED   = 10, /* packet of an established flow forwarded by the XDP fast path */
+    TDM_STAT_REAPED          = 11, /* idle connections removed by the periodic reap */
+    TDM_STAT_REAPED_HALVES   = 12, /* orphaned or stale reply halves removed by the reap */
     TDM_STAT_COUNT           = 16,
 };
 
@@ -189,6 +191,7 @@ enum tdm_event_type {
     TDM_EV_NEW    = 1,
     TDM_EV_STATE  = 2,
     TDM_EV_DELETE = 3, /* replaced after expiry or removed by the datapath */
+    TDM_EV_EXPIRE = 4, /* idle past its timeout, removed by the periodic reap (tandem_reap) */
 };
 
 /*
