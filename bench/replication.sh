@@ -9,7 +9,7 @@
 # Metrics: lag p50/p99/max at rising new-flow rates, entries/s in a burst, bytes on the wire per
 # entry, CPU per 100k entries (both daemons), and for Tandem the bulk resync time of a restarted
 # node for 100k and 1M connections. Markdown to stdout and bench/results/replication-latest.md.
-# The service has 32 endpoints (addresses in the vcn with no host behind them: the synthetic SYNs
+# The service has 64 endpoints (addresses in the vcn with no host behind them: the synthetic SYNs
 # are never sent anywhere) because fullnat to the VIP allows one connection per endpoint and port,
 # and 1M connections need more than two endpoints' 64k ports each.
 #
@@ -83,7 +83,7 @@ services:
     sel: rr
     name: svc
     endpoints:
-$(for i in $(seq 100 131); do echo "      - {ip: 10.0.10.$i, port: 80}"; done)
+$(for i in $(seq 160 223); do echo "      - {ip: 10.0.10.$i, port: 80}"; done)
 YAML
 }
 

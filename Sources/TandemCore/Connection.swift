@@ -139,6 +139,13 @@ public struct FlowTuple: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { "\(source):\(sourcePort)->\(destination):\(destinationPort)/\(proto)" }
+
+    /// Two words into the hasher instead of five fields: the tables replication keeps hash every
+    /// flow several times, and the per-field calls showed up in profiles. Equality is unchanged.
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(UInt64(source.value) << 32 | UInt64(destination.value))
+        hasher.combine(UInt64(sourcePort) << 24 | UInt64(destinationPort) << 8 | UInt64(proto))
+    }
 }
 
 /// One direction of a tracked connection, as read from the datapath's table.

@@ -96,6 +96,25 @@ public struct BPFMap: Sendable {
     /// Every (key, value) pair currently in the map: batched reads (BPF_MAP_LOOKUP_BATCH, a few
     /// syscalls per thousands of entries), falling back to a key walk where batching is refused.
     public func entries<K, V>(key: K.Type, value: V.Type, chunk: Int = 4096) -> [(K, V)] {
+        var out: [(K, V)] = []
+        let batched = forEachBatch(chunk: chunk) { keys, values, count in
+            for i in 0..<count {
+                out.append((keys.loadUnaligned(fromByteOffset: i * keySize, as: K.self),
+                            values.loadUnaligned(fromByteOffset: i * valueSize, as: V.self)))
+            }
+        }
+        if batched { return out }
+        // EINVAL (no batch support) or ENOSPC (a bucket larger than the chunk): walk keys.
+        return keys(as: K.self).compactMap { k in lookup(k, as: V.self).map { (k, $0) } }
+    }
+
+    /// Reads the map a chunk at a time (BPF_MAP_LOOKUP_BATCH) and hands each chunk's raw keys and
+    /// values to `body`, so a caller can walk a big table without copying all of it at once, and
+    /// the kernel is left between chunks. False when the kernel refused batching part way (the
+    /// chunks already delivered stand).
+    @discardableResult
+    public func forEachBatch(chunk: Int = 4096,
+                             _ body: (_ keys: UnsafeRawPointer, _ values: UnsafeRawPointer, _ count: Int) -> Void) -> Bool {
         let keysBuf = UnsafeMutableRawPointer.allocate(byteCount: chunk * keySize, alignment: 8)
         let valuesBuf = UnsafeMutableRawPointer.allocate(byteCount: chunk * valueSize, alignment: 8)
         // For hash maps the batch cursor is a bucket index; size it generously.
@@ -107,21 +126,13 @@ public struct BPFMap: Sendable {
             cursorIn.deallocate()
             cursorOut.deallocate()
         }
-        var out: [(K, V)] = []
         var first = true
         while true {
             var count = UInt32(chunk)
             let rc = bpf_map_lookup_batch(fd, first ? nil : cursorIn, cursorOut, keysBuf, valuesBuf, &count, nil)
             let err = errno
-            for i in 0..<Int(count) {
-                out.append((keysBuf.loadUnaligned(fromByteOffset: i * keySize, as: K.self),
-                            valuesBuf.loadUnaligned(fromByteOffset: i * valueSize, as: V.self)))
-            }
-            if rc != 0 {
-                if err == ENOENT { return out }
-                // EINVAL (no batch support) or ENOSPC (a bucket larger than the chunk): walk keys.
-                return keys(as: K.self).compactMap { k in lookup(k, as: V.self).map { (k, $0) } }
-            }
+            if count > 0 { body(keysBuf, valuesBuf, Int(count)) }
+            if rc != 0 { return err == ENOENT }
             cursorIn.copyMemory(from: cursorOut, byteCount: max(keySize, 8))
             first = false
         }

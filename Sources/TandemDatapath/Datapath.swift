@@ -74,8 +74,6 @@ public actor Datapath {
     private var attached: [(name: String, ifindex: Int32, createdQdisc: Bool, xdp: Bool)] = []
     /// The optional XDP fast path (tandem_xdp), or -1 if the object has none.
     private let xdpProgramFD: Int32
-    /// The in-kernel reap (tandem_reap), or -1 where the kernel has no syscall programs.
-    private let reapProgramFD: Int32
     private let logger: Logger
     private var closed = false
 
@@ -136,12 +134,12 @@ public actor Datapath {
         object = obj
         programFD = bpf_program__fd(prog)
         xdpProgramFD = bpf_object__find_program_by_name(obj, "tandem_xdp").map { bpf_program__fd($0) } ?? -1
-        reapProgramFD = bpf_object__find_program_by_name(obj, "tandem_reap")
-            .flatMap { bpf_program__autoload($0) ? bpf_program__fd($0) : nil } ?? -1
         if let installProg, bpf_program__autoload(installProg),
            let m = bpf_object__find_map_by_name(obj, "tdm_install") {
-            installer = KernelInstaller(programFD: bpf_program__fd(installProg), mapFD: bpf_map__fd(m),
-                                        valueSize: Int(bpf_map__value_size(m)))
+            let reapProg = bpf_object__find_program_by_name(obj, "tandem_reap")
+            installer = KernelInstaller(programFD: bpf_program__fd(installProg),
+                                        reapProgramFD: reapProg.map { bpf_program__fd($0) } ?? -1,
+                                        mapFD: bpf_map__fd(m), valueSize: Int(bpf_map__value_size(m)))
         } else {
             installer = nil
         }
@@ -314,16 +312,50 @@ public actor Datapath {
         }
     }
 
-    /// One pass of the in-kernel reap (tandem_reap): removes idle connections (reporting each with
-    /// an `expired` event on the ring buffer) and orphaned reply halves. Returns the connections
-    /// removed, or nil where the program is unavailable (use `ConnectionReaper` over
-    /// `connectionEntries()` then).
+    /// One reap pass (see tandem_reap in bpf/): walks the table a chunk at a time, picks the keys
+    /// idle by their own half, and lets the kernel decide and remove (idle connections, reported
+    /// with `expired` events on the ring buffer; orphaned and stale reply halves). Returns the
+    /// connections removed, or nil where the program is unavailable or the kernel refuses batched
+    /// reads (use `ConnectionReaper` over `connectionEntries()` then).
     public nonisolated func reapInKernel() -> Int? {
-        guard reapProgramFD >= 0 else { return nil }
-        var opts = bpf_test_run_opts()
-        opts.sz = MemoryLayout<bpf_test_run_opts>.size
-        guard bpf_prog_test_run_opts(reapProgramFD, &opts) == 0 else { return nil }
-        return Int(opts.retval)
+        guard let installer, installer.canReap,
+              let cfg = maps.config.lookup(UInt32(0), as: tdm_config.self) else { return nil }
+        let timeouts: [UInt64] = withUnsafeBytes(of: cfg.timeout_ns) { Array($0.bindMemory(to: UInt64.self)) }
+        let orphanIdle: UInt64 = 2_000_000_000
+        let now = monotonicNanoseconds()
+        var candidates: [tdm_flow_key] = []
+        var reaped = 0
+        var failed = false
+        func flush() {
+            guard !candidates.isEmpty else { return }
+            var i = 0
+            while i < candidates.count {
+                let end = min(i + Int(TDM_INSTALL_BATCH), candidates.count)
+                if let n = try? installer.reap(candidates[i..<end]) { reaped += n } else { failed = true }
+                i = end
+            }
+            candidates.removeAll(keepingCapacity: true)
+        }
+        let stateOffset = MemoryLayout<tdm_ct_entry>.offset(of: \tdm_ct_entry.state) ?? 0
+        let dirOffset = MemoryLayout<tdm_ct_entry>.offset(of: \tdm_ct_entry.dir) ?? 0
+        let seenOffset = MemoryLayout<tdm_ct_entry>.offset(of: \tdm_ct_entry.last_seen_ns) ?? 0
+        let keySize = maps.ct.keySize, valueSize = maps.ct.valueSize
+        let walked = maps.ct.forEachBatch { keys, values, count in
+            for i in 0..<count {
+                let v = values + i * valueSize
+                let seen = v.loadUnaligned(fromByteOffset: seenOffset, as: UInt64.self)
+                let idle = now > seen ? now - seen : 0
+                let state = Int(v.load(fromByteOffset: stateOffset, as: UInt8.self))
+                let isReply = v.load(fromByteOffset: dirOffset, as: UInt8.self) == UInt8(TDM_DIR_REPLY.rawValue)
+                let timeout = state < timeouts.count ? timeouts[state] : 0
+                if idle > timeout || (isReply && idle > orphanIdle) {
+                    candidates.append(keys.loadUnaligned(fromByteOffset: i * keySize, as: tdm_flow_key.self))
+                }
+            }
+            if candidates.count >= Int(TDM_INSTALL_BATCH) { flush() }
+        }
+        flush()
+        return walked && !failed ? reaped : (reaped > 0 ? reaped : nil)
     }
 
     @discardableResult

@@ -272,11 +272,12 @@ struct ReplicaPair {
 /// (on close) waits for a running batch.
 final class KernelInstaller: @unchecked Sendable {
     private let programFD: Int32
+    private let reapProgramFD: Int32
     private let lock = NSLock()
     private var base: UnsafeMutableRawPointer?
     private let length: Int
 
-    init?(programFD: Int32, mapFD: Int32, valueSize: Int) {
+    init?(programFD: Int32, reapProgramFD: Int32 = -1, mapFD: Int32, valueSize: Int) {
         guard programFD >= 0, mapFD >= 0,
               valueSize == Int(TDM_INSTALL_HDR) + Int(TDM_INSTALL_BATCH) * MemoryLayout<tdm_install_req>.size else { return nil }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
@@ -284,6 +285,32 @@ final class KernelInstaller: @unchecked Sendable {
         guard let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, mapFD, 0), p != MAP_FAILED else { return nil }
         base = p
         self.programFD = programFD
+        self.reapProgramFD = reapProgramFD
+    }
+
+    var canReap: Bool { reapProgramFD >= 0 }
+
+    /// Stages up to TDM_INSTALL_BATCH reap candidates (keys of either half) and runs tandem_reap
+    /// once; returns the connections it removed.
+    func reap(_ keys: ArraySlice<tdm_flow_key>) throws -> Int {
+        try lock.withLock {
+            guard let base, reapProgramFD >= 0 else {
+                throw ConnectionInstallError.map(call: "tandem_reap (unavailable)", errno: EBADF)
+            }
+            let n = min(keys.count, Int(TDM_INSTALL_BATCH))
+            let size = MemoryLayout<tdm_install_req>.size
+            for (i, k) in keys.prefix(n).enumerated() {
+                var r = tdm_install_req()
+                r.key = k
+                base.storeBytes(of: r, toByteOffset: Int(TDM_INSTALL_HDR) + i * size, as: tdm_install_req.self)
+            }
+            base.storeBytes(of: UInt32(n), toByteOffset: 0, as: UInt32.self)
+            var opts = bpf_test_run_opts()
+            opts.sz = MemoryLayout<bpf_test_run_opts>.size
+            let rc = bpf_prog_test_run_opts(reapProgramFD, &opts)
+            if rc != 0 { throw ConnectionInstallError.map(call: "BPF_PROG_TEST_RUN tandem_reap", errno: rc < 0 ? -rc : errno) }
+            return Int(Int32(bitPattern: opts.retval))
+        }
     }
 
     var isOpen: Bool { lock.withLock { base != nil } }
