@@ -65,6 +65,12 @@ def main():
         return f"{r['replicated']:,}/{r['injected']:,}" if r else "n/a"
     if t or c:
         out.append(f"| burst: replicated/created | {counts(t)} | {counts(c)} | |")
+    p = by_phase(tandem, "pipeline")
+    if p:
+        lost = by_phase(tandem, "pipeline-events-lost")
+        out.append(f"| pipeline alone: {p['flows']:,} flows queued in a stopped node 1, entries/s once resumed "
+                   f"({p['replicated']:,} arrived, {lost['lost'] if lost else '?'} events lost) | "
+                   f"{fmt(float(p['entries_per_second']))} | not measured | |")
     t, c = by_phase(tandem, "cost"), by_phase(ctd, "cost")
     tv, cv = t and t.get("bytes_per_entry"), c and c.get("bytes_per_entry")
     out.append(f"| UDP payload bytes per entry | {fmt(tv)} | {fmt(cv)} | {ratio(tv, cv, True)} |")
