@@ -920,8 +920,9 @@ int tandem_xdp(struct xdp_md *ctx)
     struct tdm_config *cfg = bpf_map_lookup_elem(&tdm_config, &zero);
     if (!cfg)
         return XDP_PASS;
-    if (cfg->gate_vips && bpf_map_lookup_elem(&tdm_vips, &key.daddr))
-        return XDP_PASS; /* the standby gate is TC's */
+    /* A VIP this node does not own (BACKUP): TC applies the standby gate and counts it. */
+    if (cfg->gate_vips && bpf_map_lookup_elem(&tdm_vips, &key.daddr) && !bpf_map_lookup_elem(&tdm_active_vips, &key.daddr))
+        return XDP_PASS;
     struct tdm_ct_entry *e = bpf_map_lookup_elem(&tdm_ct, &key);
     if (!e)
         return XDP_PASS;

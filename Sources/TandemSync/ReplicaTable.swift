@@ -41,6 +41,11 @@ public struct ReplicaTable: Sendable {
     public private(set) var level0: [UInt64]
     public private(set) var leaves: [UInt64]
     public private(set) var liveCount = 0
+    /// Tombstones in the order they were written, so expiry pops the old ones off the front
+    /// instead of sweeping every record each second (tens of milliseconds on the event loop at a
+    /// million flows). An item whose record has changed since is skipped when it comes up.
+    private var tombstoneQueue: [(key: FlowTuple, changedAt: UInt64)] = []
+    private var tombstoneHead = 0
 
     public static let fanout = SyncWire.digestFanout
 
@@ -109,13 +114,24 @@ public struct ReplicaTable: Sendable {
         if let current = records[key] { replace(key, old: current, new: nil) }
     }
 
-    /// Drops tombstones older than `ttl` milliseconds; returns how many.
+    /// Drops tombstones older than `ttl` milliseconds; returns how many. Callers pass a clock that
+    /// does not go backwards (the tombstones queue in the order they were written).
     @discardableResult
     public mutating func expireTombstones(now: UInt64, ttl: UInt64) -> Int {
-        var gone: [FlowTuple] = []
-        for (k, r) in records where r.isTombstone && now >= r.changedAt &+ ttl { gone.append(k) }
-        for k in gone { remove(k) }
-        return gone.count
+        var gone = 0
+        while tombstoneHead < tombstoneQueue.count, now >= tombstoneQueue[tombstoneHead].changedAt &+ ttl {
+            let (k, at) = tombstoneQueue[tombstoneHead]
+            tombstoneHead += 1
+            if let r = records[k], r.isTombstone, r.changedAt == at {
+                remove(k)
+                gone += 1
+            }
+        }
+        if tombstoneHead > 4096 && tombstoneHead * 2 > tombstoneQueue.count {
+            tombstoneQueue.removeFirst(tombstoneHead)
+            tombstoneHead = 0
+        }
+        return gone
     }
 
     private mutating func replace(_ key: FlowTuple, old: ReplicaRecord?, new: ReplicaRecord?) {
@@ -131,7 +147,11 @@ public struct ReplicaTable: Sendable {
             let h = SyncHashing.entryHash(new.entry)
             leaves[leaf] &+= h
             level0[bucket] &+= h
-            if !new.isTombstone { liveCount += 1 }
+            if new.isTombstone {
+                tombstoneQueue.append((key, new.changedAt))
+            } else {
+                liveCount += 1
+            }
             records[key] = new
         } else {
             records[key] = nil

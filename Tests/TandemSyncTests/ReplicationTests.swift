@@ -28,6 +28,22 @@ private func entry(_ n: Int, version: UInt64, op: SyncEntry.Operation = .upsert,
         #expect(t.count == 0)
     }
 
+    @Test func tombstonesExpireInOrderAndOnlyWhileStillTombstones() {
+        var t = ReplicaTable()
+        t.merge(entry(1, version: 10, op: .delete), source: .peer, now: 1_000)
+        t.merge(entry(2, version: 10, op: .delete), source: .peer, now: 2_000)
+        t.merge(entry(3, version: 10, op: .delete), source: .peer, now: 3_000)
+        // Flow 2 comes back to life; flow 3 is deleted again later (a newer tombstone).
+        t.merge(entry(2, version: 11), source: .peer, now: 2_500)
+        t.merge(entry(3, version: 12, op: .delete), source: .peer, now: 9_000)
+        #expect(t.expireTombstones(now: 60_999, ttl: 60_000) == 0)
+        #expect(t.expireTombstones(now: 61_000, ttl: 60_000) == 1) // flow 1
+        #expect(t.expireTombstones(now: 63_500, ttl: 60_000) == 0) // 2 is live, 3's first tombstone was replaced
+        #expect(t[entry(2, version: 11).record.key] != nil && t.liveCount == 1)
+        #expect(t.expireTombstones(now: 69_000, ttl: 60_000) == 1) // flow 3's newer tombstone
+        #expect(t.count == 1 && t.tombstoneCount == 0)
+    }
+
     @Test func incrementalDigestsEqualDigestsBuiltFromScratch() {
         var rng = SplitMix64(seed: 42)
         var t = ReplicaTable()
