@@ -175,7 +175,9 @@ run_tandem() {
         tandem_start llb2
         wait_in_sync llb2 120 || { log "llb2 did not get in sync with $have connections"; continue; }
         t1=$(now_ms)
-        echo "{\"phase\":\"bulk\",\"connections\":$have,\"seconds\":$(python3 -c "print(($t1-$t0)/1000)"),\"node2_entries\":$("$SYNCBENCH" count --map "$(ct_map_id llb2)")}" \
+        local at_sync; at_sync="$("$SYNCBENCH" count --map "$(ct_map_id llb2)")"
+        sleep 2
+        echo "{\"phase\":\"bulk\",\"connections\":$have,\"seconds\":$(python3 -c "print(($t1-$t0)/1000)"),\"node2_entries\":$at_sync,\"node2_entries_2s_later\":$("$SYNCBENCH" count --map "$(ct_map_id llb2)"),\"node1_entries\":$("$SYNCBENCH" count --map "$(ct_map_id llb1)"),\"node1_replica_live\":$(sync_json llb1 | jget '["liveEntries"]'),\"node2_replica_live\":$(sync_json llb2 | jget '["liveEntries"]'),\"node2_install_failures\":$(sync_json llb2 | jget '["installFailures"]'),\"node1_events_lost\":$(tb_exec llb1 curl -s -m 3 http://127.0.0.1:11111/netlox/v1/status | jget '["events_lost"]')}" \
             | tee -a "$OUT/tandem.jsonl"
     done
     tandem_stop llb2

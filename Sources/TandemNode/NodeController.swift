@@ -169,6 +169,9 @@ public actor NodeController: LoadBalancerController {
     /// The reap runs in the kernel where it can (its expiries arrive as ring-buffer events, like
     /// every other change); only a replication pass copies the table out.
     nonisolated func scan(replicateTo replication: ReplicationShell?) -> [ConnectionEvent] {
+        // Before any copy of the table: flows whose events the replication loop takes only
+        // later are missing from the copy and must not be judged deleted.
+        let readAt = ReplicationShell.clockMillis()
         var events: [ConnectionEvent] = []
         var entries: [ConnectionEntry]?
         var gone = Set<FlowTuple>()
@@ -184,7 +187,7 @@ public actor NodeController: LoadBalancerController {
             let live = Connection.join(entries ?? datapath.connectionEntries(), sorted: false)
                 .filter { !gone.contains($0.original.key) }
                 .map { (record: FlowRecord(connection: $0, timeouts: settings.timeouts), fromPeer: $0.original.flags.contains(.fromPeer)) }
-            replication.submit(scan: live)
+            replication.submit(scan: live, readAtMillis: readAt)
         }
         return events
     }

@@ -54,6 +54,12 @@ public final class ReplicationShell: @unchecked Sendable {
     public let config: ReplicationShellConfig
     private let group: MultiThreadedEventLoopGroup
     private let loop: EventLoop
+    /// Writes learned flows into the datapath, in order, on its own thread: a bulk transfer's
+    /// decoding and merging (on `loop`) and its map writes then use both cores instead of one.
+    /// The in-sync flag is set through the same queue, so it turns true only after every flow
+    /// received before it is in the maps.
+    private let installGroup: MultiThreadedEventLoopGroup
+    private let installLoop: EventLoop
     private let datapath: ReplicationDatapath
     private let logger: Logger
     private var core: ReplicationCore
@@ -67,7 +73,8 @@ public final class ReplicationShell: @unchecked Sendable {
     private var datagramsSent: UInt64 = 0
     private var datagramsReceived: UInt64 = 0
     private var bytesSent: UInt64 = 0
-    private var installFailures: UInt64 = 0
+    /// Written on `installLoop`, read anywhere.
+    private let installFailuresBox = NIOLockedValueBox<UInt64>(0)
     private var lastAuthWarning: UInt64 = 0
     private var lastSummary: UInt64 = 0
     private var flushScheduled = false
@@ -83,6 +90,8 @@ public final class ReplicationShell: @unchecked Sendable {
         self.logger = logger
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         loop = group.next()
+        installGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        installLoop = installGroup.next()
         let epoch = Self.wallMicros()
         core = ReplicationCore(config: config.core, epoch: epoch, seed: epoch ^ UInt64(config.core.selfID))
         sealer = SyncSealer(key: config.key, sender: config.core.selfID, epoch: epoch)
@@ -200,6 +209,10 @@ public final class ReplicationShell: @unchecked Sendable {
         }.get()) ?? []
         for c in closing { try? await c.close() }
         try? await group.shutdownGracefully()
+        // After the main loop, which queues installs: the queue drains here, before the caller
+        // closes the datapath.
+        _ = try? await installLoop.submit {}.get()
+        try? await installGroup.shutdownGracefully()
     }
 
     // MARK: Input from the local datapath
@@ -227,10 +240,11 @@ public final class ReplicationShell: @unchecked Sendable {
 
     /// The periodic scan of the local table (original directions), from any thread. Worked
     /// through in slices, each its own loop task, so deltas and datagrams interleave with it.
-    public func submit(scan live: [(record: FlowRecord, fromPeer: Bool)]) {
+    /// `readAtMillis` is `ReplicationShell.clockMillis()` taken before reading the table began.
+    public func submit(scan live: [(record: FlowRecord, fromPeer: Bool)], readAtMillis: UInt64) {
         guard !stoppedBox.withLockedValue({ $0 }) else { return }
         loop.execute { [self] in
-            core.beginScan(now: now())
+            core.beginScan(now: now(), readAtMillis: readAtMillis)
             scanSlice(live, from: 0)
         }
     }
@@ -265,8 +279,11 @@ public final class ReplicationShell: @unchecked Sendable {
     // MARK: Loop-confined work
 
     private func now() -> SyncTime {
-        SyncTime(monotonicMillis: NIODeadline.now().uptimeNanoseconds / 1_000_000, wallMicros: Self.wallMicros())
+        SyncTime(monotonicMillis: Self.clockMillis(), wallMicros: Self.wallMicros())
     }
+
+    /// The monotonic clock the core's times are on, in milliseconds.
+    public static func clockMillis() -> UInt64 { NIODeadline.now().uptimeNanoseconds / 1_000_000 }
 
     static func wallMicros() -> UInt64 {
         var ts = timespec()
@@ -290,14 +307,18 @@ public final class ReplicationShell: @unchecked Sendable {
         var removals: [FlowTuple] = []
         func applyDatapath() {
             if !installs.isEmpty {
-                let failed = datapath.installReplicated(installs)
-                installFailures += UInt64(failed)
-                logger.trace("installed learned flows", metadata: ["count": "\(installs.count)", "failed": "\(failed)"])
+                let batch = installs
                 installs.removeAll(keepingCapacity: true)
+                installLoop.execute { [datapath, installFailuresBox, logger] in
+                    let failed = datapath.installReplicated(batch)
+                    if failed > 0 { installFailuresBox.withLockedValue { $0 += UInt64(failed) } }
+                    logger.trace("installed learned flows", metadata: ["count": "\(batch.count)", "failed": "\(failed)"])
+                }
             }
             if !removals.isEmpty {
-                datapath.removeReplicated(removals)
+                let batch = removals
                 removals.removeAll(keepingCapacity: true)
+                installLoop.execute { [datapath] in datapath.removeReplicated(batch) }
             }
         }
         for a in actions {
@@ -316,9 +337,13 @@ public final class ReplicationShell: @unchecked Sendable {
             case .pull(let from, let request):
                 startPull(from: from, request: request)
             case .inSyncChanged(let v):
-                inSyncBox.withLockedValue { $0 = v }
-                logger.info(v ? "replication in sync" : "replication out of sync",
-                            metadata: ["entries": "\(core.table.liveCount)"])
+                // Behind the installs queued so far: in sync means in the maps, not just received.
+                applyDatapath()
+                let entries = core.table.liveCount
+                installLoop.execute { [inSyncBox, logger] in
+                    inSyncBox.withLockedValue { $0 = v }
+                    logger.info(v ? "replication in sync" : "replication out of sync", metadata: ["entries": "\(entries)"])
+                }
             }
         }
         applyDatapath()
@@ -477,7 +502,7 @@ public final class ReplicationShell: @unchecked Sendable {
             liveEntries: core.table.liveCount, nextSequence: core.sender.nextSequence,
             retransmitWindow: core.sender.windowCount, peers: peers, counters: core.counters, dropped: dropped,
             datagramsSent: datagramsSent, datagramsReceived: datagramsReceived, bytesSent: bytesSent,
-            installFailures: installFailures, lagP50Micros: core.lag.quantile(0.5), lagP99Micros: core.lag.quantile(0.99),
+            installFailures: installFailuresBox.withLockedValue { $0 }, lagP50Micros: core.lag.quantile(0.5), lagP99Micros: core.lag.quantile(0.99),
             lagMaxMicros: core.lag.max, socketRebinds: socketRebinds)
     }
 

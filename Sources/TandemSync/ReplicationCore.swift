@@ -185,8 +185,9 @@ public struct ReplicationCore: Sendable {
     /// The periodic scan of the local datapath's table (original directions, with remaining
     /// lifetimes): catches changes whose events were lost, deletes without events (LRU eviction),
     /// and refreshes long-lived flows on peers before their copies would expire.
-    public mutating func onLocalScan(_ live: [(record: FlowRecord, fromPeer: Bool)], now: SyncTime) -> [ReplicationAction] {
-        beginScan(now: now)
+    public mutating func onLocalScan(_ live: [(record: FlowRecord, fromPeer: Bool)], now: SyncTime,
+                                     readAtMillis: UInt64? = nil) -> [ReplicationAction] {
+        beginScan(now: now, readAtMillis: readAtMillis)
         var actions = onLocalScanChunk(live, now: now)
         actions += finishScan(now: now)
         return actions
@@ -194,10 +195,13 @@ public struct ReplicationCore: Sendable {
 
     /// A scan in chunks, so a big table never holds the event loop for long: `beginScan` when the
     /// table has been read, `onLocalScanChunk` for each slice of it, then `finishScan`.
-    public mutating func beginScan(now: SyncTime) {
+    /// `readAtMillis` is when the reading of the datapath's table began (same monotonic clock as
+    /// `now`). Only records older than that (by a second) may be judged missing from it: a busy
+    /// loop can take a flow's event long after the copy was made, and that flow is not in the copy.
+    public mutating func beginScan(now: SyncTime, readAtMillis: UInt64? = nil) {
         scanGeneration &+= 1
         if scanGeneration == 0 { scanGeneration = 1 }
-        scanStartedAt = now.monotonicMillis
+        scanStartedAt = min(readAtMillis ?? now.monotonicMillis, now.monotonicMillis)
     }
 
     public mutating func onLocalScanChunk(_ live: [(record: FlowRecord, fromPeer: Bool)], now: SyncTime) -> [ReplicationAction] {

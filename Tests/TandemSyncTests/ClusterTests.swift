@@ -202,6 +202,33 @@ private func churn(_ sim: inout SimulatedCluster, node: UInt32, steps: Int, flow
         #expect(sim.liveTable(2) == sim.liveTable(1))
     }
 
+    @Test func aScanReadBeforeAFlowsEventCannotDeleteIt() {
+        var sim = SimulatedCluster(seed: 11)
+        sim.addNode(1, peers: [2])
+        sim.addNode(2, peers: [1])
+        sim.run(ms: 2000)
+        let old = Flows.record(1)
+        sim.localChange(1, old)
+        sim.run(ms: 10)
+        // The scanner copies the table (neither flow in it: `old` was evicted silently), then the
+        // loop, busy, takes `fresh`'s event, and only 3 s after the copy runs the scan.
+        let readAt = sim.time.monotonicMillis + 5_000
+        sim.now += 5_500
+        let fresh = Flows.record(2)
+        sim.localChange(1, fresh)
+        sim.run(ms: 10)
+        sim.now += 3_000
+        var core = sim.nodes[1]!
+        var actions = core.onLocalScan([], now: sim.time, readAtMillis: readAt)
+        actions += core.flush(now: sim.time)
+        sim.nodes[1] = core
+        sim.perform(actions, at: 1)
+        sim.run(ms: 50)
+        #expect(sim.datapaths[2]?[old.key] == nil, "gone before the copy: deleted")
+        #expect(sim.datapaths[2]?[fresh.key] != nil, "newer than the copy: kept")
+        #expect(sim.nodes[1]?.table[fresh.key]?.isTombstone == false)
+    }
+
     @Test func aFlowTakenOverByThePeerMovesOwnership() {
         var sim = SimulatedCluster(seed: 10)
         sim.addNode(1, peers: [2])
