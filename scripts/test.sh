@@ -22,8 +22,15 @@ done
 # the timing-sensitive unit tests (OCI retry schedules).
 # Both run whatever the other's outcome (errexit off around them); the status is the worse one.
 set +e
-swift test --skip-build --parallel --skip Privileged --skip CloudCommandTests 2>&1 | tee .build/test-output.txt
+# The OCI takeover tests time retries against deadlines of a few seconds; beside the CPU-bound
+# simulations they could wait seconds for a thread of the two-thread cooperative pool (seen in CI:
+# a 5 s takeover deadline passed with no request answered), so they run after, on their own.
+swift test --skip-build --parallel --skip Privileged --skip CloudCommandTests --skip EndToEndTests --skip MeasurementTests \
+    2>&1 | tee .build/test-output.txt
 unit=${PIPESTATUS[0]}
+swift test --skip-build --filter 'TandemOCITests\.(EndToEndTests|MeasurementTests)' 2>&1 | tee -a .build/test-output.txt
+oci=${PIPESTATUS[0]}
+((unit == 0)) && unit=$oci
 # The CLI tests start the tandem binary and openssl dozens of times; alone, so their CPU does not
 # stretch the OCI retry-schedule timings above.
 swift test --skip-build --filter CloudCommandTests 2>&1 | tee -a .build/test-output.txt
