@@ -17,7 +17,6 @@
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include <linux/pkt_cls.h>
-#include <linux/if_link.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -383,13 +382,6 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
     return -1;
 }
 
-/*
- * Rewrites the packet's tuple from `from` to `to`, fixing the IP and L4 checksums. The address
- * pair and the port pair are each one checksum difference (computed inline) and one store (tdm_flow_key keeps
- * saddr/daddr and sport/dport adjacent, as the headers do): two to five helper calls instead of
- * ten. The L4 update goes through bpf_l4_csum_replace, which knows CHECKSUM_PARTIAL (veth, virtio):
- * there only the pseudo-header part (the addresses) may change the checksum field.
- */
 /* Ones' complement sum of 32-bit words, as csum_partial folds them: cheaper inline than a
  * bpf_csum_diff call for the two or four words a rewrite changes. */
 static __always_inline __u32 csum_add32(__u32 a, __u32 b)
@@ -404,6 +396,13 @@ static __always_inline __u32 csum_diff2(__u32 a0, __u32 a1, __u32 b0, __u32 b1)
     return csum_add32(csum_add32(~a0, ~a1), csum_add32(b0, b1));
 }
 
+/*
+ * Rewrites the packet's tuple from `from` to `to`, fixing the IP and L4 checksums. The address
+ * pair and the port pair are each one checksum difference (computed inline) and one store (tdm_flow_key keeps
+ * saddr/daddr and sport/dport adjacent, as the headers do): two to five helper calls instead of
+ * ten. The L4 update goes through bpf_l4_csum_replace, which knows CHECKSUM_PARTIAL (veth, virtio):
+ * there only the pseudo-header part (the addresses) may change the checksum field.
+ */
 static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, const struct tdm_flow_key *to)
 {
     const struct tdm_flow_key *from = &p->key;
@@ -781,6 +780,18 @@ int tandem_ingress(struct __sk_buff *skb)
     return forward(skb, cfg, &to, in_ifindex);
 }
 
+/* Records user space staged in tdm_install (for tandem_install or tandem_reap), capped at the
+ * buffer's size; -1 without the buffer. */
+static __always_inline long staged_count(void)
+{
+    __u32 zero = 0;
+    struct tdm_install_buf *b = bpf_map_lookup_elem(&tdm_install, &zero);
+    if (!b)
+        return -1;
+    __u32 n = b->count;
+    return n > TDM_INSTALL_BATCH ? TDM_INSTALL_BATCH : n;
+}
+
 /*
  * The periodic reap. User space walks the table in chunks (batched map reads, preemptible between
  * them) and hands this program the keys that look idle by their own half; the decision and the
@@ -796,8 +807,7 @@ int tandem_ingress(struct __sk_buff *skb)
  */
 struct reap_ctx {
     __u64 now;
-    __u32 connections; /* expired connections removed */
-    __u32 halves;      /* orphaned or stale reply halves removed */
+    __u32 connections; /* expired connections removed (reply halves are only counted in tdm_stats) */
 };
 
 #define TDM_REAP_ORPHAN_IDLE_NS 2000000000ULL
@@ -819,12 +829,10 @@ static __always_inline void reap_one(const struct tdm_config *cfg, const struct 
     if (!oe) {
         if (c->now > e->last_seen_ns && c->now - e->last_seen_ns > TDM_REAP_ORPHAN_IDLE_NS) {
             bpf_map_delete_elem(&tdm_ct, &k);
-            c->halves += 1;
             stat_inc(TDM_STAT_REAPED_HALVES);
         }
     } else if (!same_key(&oe->peer, &k) && entry_expired(cfg, e, c->now)) {
         bpf_map_delete_elem(&tdm_ct, &k);
-        c->halves += 1;
         stat_inc(TDM_STAT_REAPED_HALVES);
     }
 }
@@ -851,13 +859,9 @@ static long reap_key(__u32 i, void *data)
 SEC("syscall")
 int tandem_reap(void *ctx)
 {
-    __u32 zero = 0;
-    struct tdm_install_buf *b = bpf_map_lookup_elem(&tdm_install, &zero);
-    if (!b)
+    long n = staged_count();
+    if (n < 0)
         return -1;
-    __u32 n = b->count;
-    if (n > TDM_INSTALL_BATCH)
-        n = TDM_INSTALL_BATCH;
     struct reap_ctx c = { .now = bpf_ktime_get_ns() };
     bpf_loop(n, reap_key, &c, 0);
     return c.connections;
@@ -941,21 +945,17 @@ int tandem_xdp(struct xdp_md *ctx)
     fib.ipv4_src = to.saddr;
     fib.ipv4_dst = to.daddr;
     fib.ifindex = in_ifindex;
-    long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-    if (rc == BPF_FIB_LKUP_RET_FWD_DISABLED) {
-        /* A one-armed node need not forward: look the route up as the node's own output. */
-        fib.ifindex = in_ifindex;
-        rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
-    }
-    if (rc != BPF_FIB_LKUP_RET_SUCCESS)
-        return XDP_PASS; /* no neighbour yet: TC resolves it */
+    /* The daemon attaches this only where the interface forwards (the kernel refuses the lookup
+     * otherwise). No neighbour yet, or any other answer: TC resolves it. */
+    if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+        return XDP_PASS;
 
-    /* Addresses and ports, old and new, as the checksums see them. */
-    __u32 from[3] = { key.saddr, key.daddr, ((__u32)key.dport << 16) | key.sport };
-    __u32 into[3] = { to.saddr, to.daddr, ((__u32)to.dport << 16) | to.sport };
-    ip->check = csum_fold32(bpf_csum_diff(from, 8, into, 8, (__u16)~ip->check));
+    /* The same checksum differences as rewrite(), applied by hand: XDP has no csum helpers. */
+    __u32 addr_diff = csum_diff2(key.saddr, key.daddr, to.saddr, to.daddr);
+    __u32 port_diff = csum_diff2(((__u32)key.dport << 16) | key.sport, 0, ((__u32)to.dport << 16) | to.sport, 0);
+    ip->check = csum_fold32(csum_add32(addr_diff, (__u16)~ip->check));
     if (key.proto == IPPROTO_TCP || *l4csum != 0) { /* UDP may carry no checksum */
-        __u16 c = csum_fold32(bpf_csum_diff(from, 12, into, 12, (__u16)~*l4csum));
+        __u16 c = csum_fold32(csum_add32(csum_add32(addr_diff, port_diff), (__u16)~*l4csum));
         if (key.proto == IPPROTO_UDP && c == 0)
             c = 0xffff;
         *l4csum = c;
@@ -1113,11 +1113,9 @@ int tandem_install(void *ctx)
 {
     __u32 zero = 0;
     struct tdm_install_buf *b = bpf_map_lookup_elem(&tdm_install, &zero);
-    if (!b)
+    long n = staged_count();
+    if (!b || n < 0)
         return -1;
-    __u32 n = b->count;
-    if (n > TDM_INSTALL_BATCH)
-        n = TDM_INSTALL_BATCH;
     struct install_loop l = { .now = bpf_ktime_get_ns(), .installed = 0 };
     bpf_loop(n, install_one, &l, 0);
     b->installed = l.installed;

@@ -315,8 +315,8 @@ public actor Datapath {
     /// One reap pass (see tandem_reap in bpf/): walks the table a chunk at a time, picks the keys
     /// idle by their own half, and lets the kernel decide and remove (idle connections, reported
     /// with `expired` events on the ring buffer; orphaned and stale reply halves). Returns the
-    /// connections removed, or nil where the program is unavailable or the kernel refuses batched
-    /// reads (use `ConnectionReaper` over `connectionEntries()` then).
+    /// connections removed, or nil where the program is unavailable or the pass could not finish
+    /// (use `ConnectionReaper` over `connectionEntries()` then).
     public nonisolated func reapInKernel() -> Int? {
         guard let installer, installer.canReap,
               let cfg = maps.config.lookup(UInt32(0), as: tdm_config.self) else { return nil }
@@ -355,7 +355,8 @@ public actor Datapath {
             if candidates.count >= Int(TDM_INSTALL_BATCH) { flush() }
         }
         flush()
-        return walked && !failed ? reaped : (reaped > 0 ? reaped : nil)
+        // A pass cut short falls back to the Swift reaper, which reads everything again: removals are idempotent.
+        return walked && !failed ? reaped : nil
     }
 
     @discardableResult

@@ -294,22 +294,13 @@ final class KernelInstaller: @unchecked Sendable {
     /// once; returns the connections it removed.
     func reap(_ keys: ArraySlice<tdm_flow_key>) throws -> Int {
         try lock.withLock {
-            guard let base, reapProgramFD >= 0 else {
-                throw ConnectionInstallError.map(call: "tandem_reap (unavailable)", errno: EBADF)
-            }
-            let n = min(keys.count, Int(TDM_INSTALL_BATCH))
-            let size = MemoryLayout<tdm_install_req>.size
-            for (i, k) in keys.prefix(n).enumerated() {
+            guard reapProgramFD >= 0 else { throw ConnectionInstallError.map(call: "tandem_reap (unavailable)", errno: EBADF) }
+            let (_, retval) = try stageAndRun(reapProgramFD, name: "tandem_reap", keys.map { k in
                 var r = tdm_install_req()
                 r.key = k
-                base.storeBytes(of: r, toByteOffset: Int(TDM_INSTALL_HDR) + i * size, as: tdm_install_req.self)
-            }
-            base.storeBytes(of: UInt32(n), toByteOffset: 0, as: UInt32.self)
-            var opts = bpf_test_run_opts()
-            opts.sz = MemoryLayout<bpf_test_run_opts>.size
-            let rc = bpf_prog_test_run_opts(reapProgramFD, &opts)
-            if rc != 0 { throw ConnectionInstallError.map(call: "BPF_PROG_TEST_RUN tandem_reap", errno: rc < 0 ? -rc : errno) }
-            return Int(Int32(bitPattern: opts.retval))
+                return r
+            }[...])
+            return Int(Int32(bitPattern: retval))
         }
     }
 
@@ -319,22 +310,31 @@ final class KernelInstaller: @unchecked Sendable {
     /// (0 or a negative errno) in order.
     func run(_ reqs: ArraySlice<tdm_install_req>, _ result: (Int, Int32) -> Void) throws {
         try lock.withLock {
-            guard let base else { throw ConnectionInstallError.map(call: "tandem_install (datapath closed)", errno: EBADF) }
-            let n = min(reqs.count, Int(TDM_INSTALL_BATCH))
+            let (base, _) = try stageAndRun(programFD, name: "tandem_install", reqs)
             let size = MemoryLayout<tdm_install_req>.size
-            for (i, r) in reqs.prefix(n).enumerated() {
-                base.storeBytes(of: r, toByteOffset: Int(TDM_INSTALL_HDR) + i * size, as: tdm_install_req.self)
-            }
-            base.storeBytes(of: UInt32(n), toByteOffset: 0, as: UInt32.self)
-            var opts = bpf_test_run_opts()
-            opts.sz = MemoryLayout<bpf_test_run_opts>.size
-            let rc = bpf_prog_test_run_opts(programFD, &opts)
-            if rc != 0 { throw ConnectionInstallError.map(call: "BPF_PROG_TEST_RUN tandem_install", errno: rc < 0 ? -rc : errno) }
             let resultOffset = MemoryLayout<tdm_install_req>.offset(of: \tdm_install_req.result) ?? 56
-            for i in 0..<n {
+            for i in 0..<min(reqs.count, Int(TDM_INSTALL_BATCH)) {
                 result(i, base.load(fromByteOffset: Int(TDM_INSTALL_HDR) + i * size + resultOffset, as: Int32.self))
             }
         }
+    }
+
+    /// Writes up to TDM_INSTALL_BATCH records into the shared buffer and runs `program` over them
+    /// once (BPF_PROG_TEST_RUN). Called under `lock`; returns the buffer and the program's value.
+    private func stageAndRun(_ program: Int32, name: String,
+                             _ reqs: ArraySlice<tdm_install_req>) throws -> (UnsafeMutableRawPointer, UInt32) {
+        guard let base else { throw ConnectionInstallError.map(call: "\(name) (datapath closed)", errno: EBADF) }
+        let n = min(reqs.count, Int(TDM_INSTALL_BATCH))
+        let size = MemoryLayout<tdm_install_req>.size
+        for (i, r) in reqs.prefix(n).enumerated() {
+            base.storeBytes(of: r, toByteOffset: Int(TDM_INSTALL_HDR) + i * size, as: tdm_install_req.self)
+        }
+        base.storeBytes(of: UInt32(n), toByteOffset: 0, as: UInt32.self)
+        var opts = bpf_test_run_opts()
+        opts.sz = MemoryLayout<bpf_test_run_opts>.size
+        let rc = bpf_prog_test_run_opts(program, &opts)
+        if rc != 0 { throw ConnectionInstallError.map(call: "BPF_PROG_TEST_RUN \(name)", errno: rc < 0 ? -rc : errno) }
+        return (base, opts.retval)
     }
 
     func unmap() {
