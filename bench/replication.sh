@@ -88,7 +88,11 @@ YAML
 }
 
 tandem_start() { # ROLE
-    setsid ip netns exec "$(tb_ns "$1")" "$TANDEM" node run --config "$OUT/$1.yaml" \
+    # In the benchmark's session, as conntrackd is: with autogroup scheduling (on by default) a
+    # new session is a scheduling group of its own, and the two nodes' groups then share the two
+    # cores evenly whatever their threads' priorities, which a node on a machine of its own never
+    # meets (measured: a replication loop waiting 63-246 ms behind the other node's table scan).
+    ip netns exec "$(tb_ns "$1")" "$TANDEM" node run --config "$OUT/$1.yaml" \
         --bpf-object "$REPO/bpf/obj/tandem_lb.o" --log-level warning </dev/null >"$OUT/$1.log" 2>&1 &
     echo $! >"$OUT/$1.pid"
 }

@@ -799,7 +799,8 @@ static __always_inline long staged_count(void)
  *  - a connection both of whose halves are idle past the timeout of their state: both halves go,
  *    and an EXPIRE event tells replication;
  *  - a reply half whose original is gone (LRU eviction), once idle 2 s (the datapath writes the
- *    reply half first, so a fresh one may be mid-creation);
+ *    reply half first, so a fresh one may be mid-creation); user space stages idle reply halves
+ *    for this check on some passes only, as one-way flows leave every reply half idle;
  *  - a reply half whose original now belongs to a newer connection, once idle past its timeout.
  * One pass over the whole table in the kernel (bpf_for_each_map_elem) was tried first: it cannot
  * be preempted here, and on a table sized for millions it held a CPU for 30 ms every 2 s, which

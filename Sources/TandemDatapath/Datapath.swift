@@ -317,7 +317,12 @@ public actor Datapath {
     /// with `expired` events on the ring buffer; orphaned and stale reply halves). Returns the
     /// connections removed, or nil where the program is unavailable or the pass could not finish
     /// (use `ConnectionReaper` over `connectionEntries()` then).
-    public nonisolated func reapInKernel() -> Int? {
+    ///
+    /// - Parameter checkOrphans: also hand the kernel every reply half idle over 2 s, to find the
+    ///   ones whose original is gone (LRU eviction). Every one-way flow's reply half is idle, so
+    ///   on a table of a million such flows this is a million lookups; the scanner asks for it on
+    ///   some passes only. Without it a reply half is a candidate once idle past its timeout.
+    public nonisolated func reapInKernel(checkOrphans: Bool = true) -> Int? {
         guard let installer, installer.canReap,
               let cfg = maps.config.lookup(UInt32(0), as: tdm_config.self) else { return nil }
         let timeouts: [UInt64] = withUnsafeBytes(of: cfg.timeout_ns) { Array($0.bindMemory(to: UInt64.self)) }
@@ -348,7 +353,7 @@ public actor Datapath {
                 let state = Int(v.load(fromByteOffset: stateOffset, as: UInt8.self))
                 let isReply = v.load(fromByteOffset: dirOffset, as: UInt8.self) == UInt8(TDM_DIR_REPLY.rawValue)
                 let timeout = state < timeouts.count ? timeouts[state] : 0
-                if idle > timeout || (isReply && idle > orphanIdle) {
+                if idle > timeout || (checkOrphans && isReply && idle > orphanIdle) {
                     candidates.append(keys.loadUnaligned(fromByteOffset: i * keySize, as: tdm_flow_key.self))
                 }
             }

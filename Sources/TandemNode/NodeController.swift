@@ -25,6 +25,9 @@ public actor NodeController: LoadBalancerController {
     /// Replication's scan (refreshes, missed events, silent deletes) runs on every Nth scan: it
     /// only needs to beat the shortest idle timeout, and it costs a pass over the whole table.
     let replicationScanEvery = 5
+    /// Reply halves left by an LRU-evicted original are looked for on every Nth scan (about every
+    /// 30 s): the check costs a kernel lookup per idle reply half, and one-way flows have many.
+    let orphanScanEvery = 15
 
     public init(datapath: Datapath, settings: DatapathSettings, logger: Logger, directory: ServiceDirectory = ServiceDirectory(),
                 ringEventCounts: @escaping @Sendable () -> [String: UInt64] = { [:] },
@@ -168,14 +171,14 @@ public actor NodeController: LoadBalancerController {
     /// thread, so a long pass over a big table never delays the datapath's event handling.
     /// The reap runs in the kernel where it can (its expiries arrive as ring-buffer events, like
     /// every other change); only a replication pass copies the table out.
-    nonisolated func scan(replicateTo replication: ReplicationShell?) -> [ConnectionEvent] {
+    nonisolated func scan(replicateTo replication: ReplicationShell?, checkOrphans: Bool = true) -> [ConnectionEvent] {
         // Before any copy of the table: flows whose events the replication loop takes only
         // later are missing from the copy and must not be judged deleted.
         let readAt = ReplicationShell.clockMillis()
         var events: [ConnectionEvent] = []
         var entries: [ConnectionEntry]?
         var gone = Set<FlowTuple>()
-        if datapath.reapInKernel() == nil {
+        if datapath.reapInKernel(checkOrphans: checkOrphans) == nil {
             let all = datapath.connectionEntries()
             let (delete, expired) = ConnectionReaper(timeouts: settings.timeouts).expired(in: all)
             for k in delete { datapath.deleteEntry(k) }

@@ -35,11 +35,17 @@ public enum MergeOutcome: Sendable, Hashable {
 /// Every node's view of the cluster's connection table, one record per flow (keyed by the
 /// original tuple), with a two-level digest maintained incrementally for anti-entropy.
 /// Newest version wins; at equal versions a delete wins over an upsert.
+///
+/// Records are kept in one small dictionary per digest leaf (16384 of them), so an anti-entropy
+/// pull of a few leaves reads only those leaves instead of filtering the whole table on the
+/// event loop, and the table grows a leaf at a time instead of rehashing a million records at
+/// once (hundreds of milliseconds on the loop).
 public struct ReplicaTable: Sendable {
-    public private(set) var records: [FlowTuple: ReplicaRecord] = [:]
+    private var parts: [[FlowTuple: ReplicaRecord]]
     /// Wrapping sum of entry hashes per level-0 bucket and per leaf (bucket * fanout + sub).
     public private(set) var level0: [UInt64]
     public private(set) var leaves: [UInt64]
+    public private(set) var count = 0
     public private(set) var liveCount = 0
     /// Tombstones in the order they were written, so expiry pops the old ones off the front
     /// instead of sweeping every record each second (tens of milliseconds on the event loop at a
@@ -48,20 +54,28 @@ public struct ReplicaTable: Sendable {
     private var tombstoneHead = 0
 
     public static let fanout = SyncWire.digestFanout
+    public static let leafCount = fanout * fanout
 
-    /// - Parameter capacity: flows to make room for up front. Growing a dictionary of a million
-    ///   records rehashes all of them at once (hundreds of milliseconds on the event loop), so the
-    ///   node reserves what its connection table can hold, as the BPF maps do.
-    public init(capacity: Int = 0) {
+    public init() {
         level0 = [UInt64](repeating: 0, count: Self.fanout)
-        leaves = [UInt64](repeating: 0, count: Self.fanout * Self.fanout)
-        if capacity > 0 { records.reserveCapacity(capacity) }
+        leaves = [UInt64](repeating: 0, count: Self.leafCount)
+        parts = [[FlowTuple: ReplicaRecord]](repeating: [:], count: Self.leafCount)
     }
 
-    public var count: Int { records.count }
-    public var tombstoneCount: Int { records.count - liveCount }
+    public var tombstoneCount: Int { count - liveCount }
 
-    public subscript(key: FlowTuple) -> ReplicaRecord? { records[key] }
+    public subscript(key: FlowTuple) -> ReplicaRecord? { parts[Self.leaf(of: key)][key] }
+
+    /// Every key (live and tombstones).
+    public var keys: [FlowTuple] {
+        var out: [FlowTuple] = []
+        out.reserveCapacity(count)
+        for part in parts { out.append(contentsOf: part.keys) }
+        return out
+    }
+
+    /// Every record, leaf by leaf.
+    public var allRecords: some Sequence<(key: FlowTuple, value: ReplicaRecord)> { parts.lazy.flatMap { $0 } }
 
     /// The digest leaf (0..<fanout*fanout) a flow belongs to, as the spec defines it.
     public static func leaf(of key: FlowTuple) -> Int { SyncHashing.leaf(of: key) }
@@ -80,38 +94,39 @@ public struct ReplicaTable: Sendable {
     public mutating func merge(_ entry: SyncEntry, source: ReplicaSource, now: UInt64,
                                peerDeadline: UInt64 = 0) -> MergeOutcome {
         let key = entry.record.key
-        if let current = records[key] {
+        let leaf = Self.leaf(of: key)
+        let current = parts[leaf][key]
+        if let current {
             if current.entry.version == entry.version && current.entry.operation == entry.operation {
                 return .duplicate
             }
             guard Self.supersedes(entry, current.entry) else { return .stale }
-            replace(key, old: current, new: ReplicaRecord(entry: entry, source: source, changedAt: now,
-                                                          peerDeadline: peerDeadline))
-            return .applied(previous: current.entry)
         }
-        replace(key, old: nil, new: ReplicaRecord(entry: entry, source: source, changedAt: now,
-                                                  peerDeadline: peerDeadline))
-        return .applied(previous: nil)
+        replace(key, leaf: leaf, old: current, new: ReplicaRecord(entry: entry, source: source, changedAt: now,
+                                                                  peerDeadline: peerDeadline))
+        return .applied(previous: current?.entry)
     }
 
     /// Updates bookkeeping without changing the entry (and so without changing digests).
     public mutating func setPeerDeadline(_ key: FlowTuple, _ deadline: UInt64) {
-        records[key]?.peerDeadline = deadline
+        parts[Self.leaf(of: key)][key]?.peerDeadline = deadline
     }
 
-    /// Grows the table once ahead of a bulk transfer instead of rehashing as it fills.
+    /// Grows the table once ahead of a bulk transfer instead of rehashing its leaves as they fill.
     public mutating func reserve(_ capacity: Int) {
-        records.reserveCapacity(capacity)
+        let perLeaf = capacity / Self.leafCount + capacity / Self.leafCount / 4 + 1
+        for i in parts.indices where parts[i].capacity < perLeaf { parts[i].reserveCapacity(perLeaf) }
     }
 
     /// Notes that a scan of the local datapath saw this flow.
     public mutating func markScanned(_ key: FlowTuple, scan: UInt32) {
-        records[key]?.scanned = scan
+        parts[Self.leaf(of: key)][key]?.scanned = scan
     }
 
     /// Forgets a flow outright (tombstone expiry, or a learned flow that timed out locally).
     public mutating func remove(_ key: FlowTuple) {
-        if let current = records[key] { replace(key, old: current, new: nil) }
+        let leaf = Self.leaf(of: key)
+        if let current = parts[leaf][key] { replace(key, leaf: leaf, old: current, new: nil) }
     }
 
     /// Drops tombstones older than `ttl` milliseconds; returns how many. Callers pass a clock that
@@ -122,7 +137,7 @@ public struct ReplicaTable: Sendable {
         while tombstoneHead < tombstoneQueue.count, now >= tombstoneQueue[tombstoneHead].changedAt &+ ttl {
             let (k, at) = tombstoneQueue[tombstoneHead]
             tombstoneHead += 1
-            if let r = records[k], r.isTombstone, r.changedAt == at {
+            if let r = self[k], r.isTombstone, r.changedAt == at {
                 remove(k)
                 gone += 1
             }
@@ -134,14 +149,14 @@ public struct ReplicaTable: Sendable {
         return gone
     }
 
-    private mutating func replace(_ key: FlowTuple, old: ReplicaRecord?, new: ReplicaRecord?) {
-        let leaf = Self.leaf(of: key)
+    private mutating func replace(_ key: FlowTuple, leaf: Int, old: ReplicaRecord?, new: ReplicaRecord?) {
         let bucket = Self.bucket(ofLeaf: leaf)
         if let old {
             let h = SyncHashing.entryHash(old.entry)
             leaves[leaf] &-= h
             level0[bucket] &-= h
             if !old.isTombstone { liveCount -= 1 }
+            count -= 1
         }
         if let new {
             let h = SyncHashing.entryHash(new.entry)
@@ -152,19 +167,20 @@ public struct ReplicaTable: Sendable {
             } else {
                 liveCount += 1
             }
-            records[key] = new
+            count += 1
+            parts[leaf][key] = new
         } else {
-            records[key] = nil
+            parts[leaf][key] = nil
         }
     }
 
     /// The level-0 digest (128 hashes), or level 1 for one bucket.
     public func digest(level: UInt8, bucket: Int = 0) -> Digest {
         if level == 0 {
-            return Digest(level: 0, bucket: 0, entryCount: UInt64(records.count), hashes: level0)
+            return Digest(level: 0, bucket: 0, entryCount: UInt64(count), hashes: level0)
         }
         let b = max(0, min(bucket, Self.fanout - 1))
-        return Digest(level: 1, bucket: UInt16(b), entryCount: UInt64(records.count),
+        return Digest(level: 1, bucket: UInt16(b), entryCount: UInt64(count),
                       hashes: Array(leaves[(b * Self.fanout)..<((b + 1) * Self.fanout)]))
     }
 
@@ -182,16 +198,20 @@ public struct ReplicaTable: Sendable {
     }
 
     /// Every record (live and tombstones), for a full bulk transfer.
-    public func allEntries() -> [SyncEntry] { records.values.map(\.entry) }
+    public func allEntries() -> [SyncEntry] {
+        var out: [SyncEntry] = []
+        out.reserveCapacity(count)
+        for part in parts { for r in part.values { out.append(r.entry) } }
+        return out
+    }
 
     /// The records in the given leaves, for an anti-entropy pull.
     public func entries(inLeaves wanted: [UInt16]) -> [SyncEntry] {
-        let set = Set(wanted.map(Int.init))
-        return records.values.filter { set.contains(Self.leaf(of: $0.entry.record.key)) }.map(\.entry)
+        Set(wanted).filter { Int($0) < Self.leafCount }.sorted().flatMap { parts[Int($0)].values.map(\.entry) }
     }
 
     /// Keys held in the given leaves (to find what a pulled leaf no longer has).
     public func keys(inLeaves wanted: Set<Int>) -> [FlowTuple] {
-        records.keys.filter { wanted.contains(Self.leaf(of: $0)) }
+        wanted.filter { $0 >= 0 && $0 < Self.leafCount }.sorted().flatMap { Array(parts[$0].keys) }
     }
 }

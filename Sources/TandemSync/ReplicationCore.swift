@@ -33,8 +33,6 @@ public struct ReplicationConfig: Sendable {
     public var peers: [UInt32]
     /// TCP port this node serves bulk transfers on (announced in hellos).
     public var bulkPort: UInt16 = 0
-    /// Flows the replica table makes room for at start (no stop-the-loop rehash as it grows).
-    public var expectedFlows = 0
     public var sender = DeltaSender.Config()
     public var receiver = DeltaReceiver.Config()
     /// Milliseconds between keepalives (they carry the stream's next sequence).
@@ -51,7 +49,7 @@ public struct ReplicationConfig: Sendable {
     public var peerTimeout: UInt64 = 1000
     /// A transfer that has not finished after this long is abandoned and retried.
     public var transferTimeout: UInt64 = 30_000
-    /// More differing leaves than this and a pull asks for the whole table.
+    /// Leaves one anti-entropy pull asks for at most; more differing wait for later rounds.
     public var maxPulledLeaves = 2048
     /// Refresh a live flow on peers once their copy has less than this fraction of its timeout left.
     public var refreshFraction = 0.5
@@ -144,7 +142,7 @@ public struct ReplicationCore: Sendable {
     public init(config: ReplicationConfig, epoch: UInt64, seed: UInt64) {
         self.config = config
         self.epoch = epoch
-        table = ReplicaTable(capacity: config.expectedFlows)
+        table = ReplicaTable()
         sender = DeltaSender(config: config.sender)
         rng = SplitMix64(seed: seed)
         for p in config.peers {
@@ -242,11 +240,11 @@ public struct ReplicationCore: Sendable {
     /// reaper). Only flows that changed a while before the scan began count: a newer one may
     /// simply postdate the read.
     public mutating func finishScan(now: SyncTime) -> [ReplicationAction] {
-        finishScan(checking: Array(table.records.keys)[...], now: now)
+        finishScan(checking: table.keys[...], now: now)
     }
 
     /// The keys `finishScan(checking:)` has to look at; a big table is checked in slices.
-    public var scanCandidates: [FlowTuple] { Array(table.records.keys) }
+    public var scanCandidates: [FlowTuple] { table.keys }
 
     public mutating func finishScan(checking keys: ArraySlice<FlowTuple>, now: SyncTime) -> [ReplicationAction] {
         var actions: [ReplicationAction] = []
@@ -471,15 +469,28 @@ public struct ReplicationCore: Sendable {
         for p in leavesToPull.keys.sorted() where !transfers.values.contains(where: { $0.peer == p }) {
             guard let leaves = leavesToPull.removeValue(forKey: p), !leaves.isEmpty else { continue }
             counters.antiEntropyPulls += 1
-            actions += startPull(from: p, leaves: leaves.sorted(), now: t)
+            actions += startPull(from: p, leaves: boundedLeaves(leaves), now: t)
         }
         return actions
     }
 
+    /// At most `maxPulledLeaves` of the differing leaves, from a random starting point, in
+    /// ascending order; the rest differ again in a later round. Never the whole table: many
+    /// leaves differ while a burst is in flight on the delta stream, and pulling the whole table
+    /// then would only add load when the nodes are busiest.
+    private mutating func boundedLeaves(_ leaves: Set<UInt16>) -> [UInt16] {
+        let sorted = leaves.sorted()
+        let cap = max(1, config.maxPulledLeaves)
+        guard sorted.count > cap else { return sorted }
+        let start = Int(rng.next() % UInt64(sorted.count))
+        return (0..<cap).map { sorted[(start + $0) % sorted.count] }.sorted()
+    }
+
+    /// `leaves` empty pulls the whole table.
     private mutating func startPull(from p: UInt32, leaves: [UInt16], now t: UInt64) -> [ReplicationAction] {
         let id = nextRequestID
         nextRequestID = nextRequestID == UInt32.max ? 1 : nextRequestID + 1
-        let request = BulkRequest(requestID: id, leaves: leaves.count > config.maxPulledLeaves ? [] : leaves)
+        let request = BulkRequest(requestID: id, leaves: leaves)
         transfers[id] = Transfer(peer: p, request: request, startedAt: t)
         return [.pull(from: p, request)]
     }

@@ -220,7 +220,7 @@ struct Bench {
                 var worst: [Int: UInt64] = [:]
                 for (at, lag) in timeline { worst[Int((at - t0) / 100_000_000), default: 0] = max(worst[Int((at - t0) / 100_000_000), default: 0], lag) }
                 let line = worst.keys.sorted().map { "\($0 * 100)ms:\(worst[$0]! / 1000)" }.joined(separator: " ")
-                FileHandle.standardError.write(Data(("max lag per 100 ms (ms): " + line + "\n").utf8))
+                FileHandle.standardError.write(Data(("max lag per 100 ms (ms) from CLOCK_MONOTONIC \(Double(t0) / 1e9) s: " + line + "\n").utf8))
             }
             box.set(lags: lags, last: last)
         }

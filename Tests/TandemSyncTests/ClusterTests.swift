@@ -157,6 +157,27 @@ private func churn(_ sim: inout SimulatedCluster, node: UInt32, steps: Int, flow
         #expect((sim.nodes[3]?.counters.antiEntropyRepaired ?? 0) > 0)
     }
 
+    @Test func manyDifferingLeavesArePulledAFewAtATimeNeverAsTheWholeTable() {
+        var sim = SimulatedCluster(seed: 17)
+        for id in UInt32(1)...2 { sim.addNode(id, peers: [1, 2]) { $0.maxPulledLeaves = 128 } }
+        sim.run(ms: 2000)
+        let joined = sim.pulls.count
+        sim.blocked = { _, to, m in
+            if to == 2, case .deltaBatch = m { return true }
+            if to == 2, case .keepalive = m { return true }
+            return false
+        }
+        // 1000 flows touch far more than 128 of the 16384 leaves: eight rounds or more (one a second).
+        for n in 0..<1000 { sim.localChange(1, Flows.record(n)) }
+        sim.run(ms: 20_000)
+        let converged = sim.liveTable(2) == sim.liveTable(1)
+        #expect(converged, "node 2 holds \(sim.liveTable(2).count) of \(sim.liveTable(1).count)")
+        let later = sim.pulls.dropFirst(joined)
+        #expect(later.count > 1)
+        #expect(later.allSatisfy { !$0.request.leaves.isEmpty && $0.request.leaves.count <= 128 })
+        #expect(later.allSatisfy { $0.request.leaves == $0.request.leaves.sorted() })
+    }
+
     @Test func digestRoundsAreQuietWhenTablesAgree() {
         var sim = SimulatedCluster(seed: 8)
         sim.addNode(1, peers: [2])

@@ -74,6 +74,22 @@ private func entry(_ n: Int, version: UInt64, op: SyncEntry.Operation = .upsert,
         #expect(leaves == [UInt16(leaf)])
         #expect(b.entries(inLeaves: leaves).contains(entry(77, version: 2)))
     }
+
+    @Test func leafQueriesReturnExactlyTheRecordsInThoseLeaves() {
+        var t = ReplicaTable()
+        for n in 0..<2000 { t.merge(entry(n, version: 1, op: n % 7 == 0 ? .delete : .upsert), source: .peer, now: 0) }
+        let all = t.allEntries()
+        #expect(all.count == 2000 && t.count == 2000 && Set(t.keys).count == 2000)
+        let wanted: [UInt16] = Array(Set(all.prefix(40).map { UInt16(ReplicaTable.leaf(of: $0.record.key)) })).sorted()
+        let expected = all.filter { wanted.contains(UInt16(ReplicaTable.leaf(of: $0.record.key))) }
+        #expect(Set(t.entries(inLeaves: wanted).map(\.record.key)) == Set(expected.map(\.record.key)))
+        #expect(Set(t.keys(inLeaves: Set(wanted.map(Int.init)))) == Set(expected.map(\.record.key)))
+        // Leaves out of range (a peer's request is checked by the codec, but not only it calls this).
+        #expect(t.entries(inLeaves: [UInt16.max]).isEmpty)
+        #expect(t.keys(inLeaves: [-1, 1 << 20]).isEmpty)
+        t.reserve(100_000)
+        #expect(t.count == 2000 && t.allEntries().count == 2000)
+    }
 }
 
 @Suite struct DeltaSenderTests {

@@ -47,6 +47,8 @@ struct SimulatedCluster {
     var order: UInt64 = 0
     var datagramsSent = 0
     var codecRoundTrip = true
+    /// Every bulk request made, in order: (requester, server, request).
+    var pulls: [(requester: UInt32, server: UInt32, request: BulkRequest)] = []
 
     init(seed: UInt64) { rng = SplitMix64(seed: seed) }
 
@@ -109,6 +111,7 @@ struct SimulatedCluster {
 
     mutating func bulk(request: BulkRequest, requester: UInt32, server: UInt32) {
         guard var s = nodes[server], var r = nodes[requester] else { return }
+        pulls.append((requester, server, request))
         if bulkBlocked(server, requester) {
             let actions = r.onTransferFailed(requestID: request.requestID, now: time)
             nodes[requester] = r
@@ -171,7 +174,7 @@ struct SimulatedCluster {
     /// Live flows per the node's replica table: key -> (version, state).
     func liveTable(_ id: UInt32) -> [FlowTuple: UInt64] {
         var out: [FlowTuple: UInt64] = [:]
-        for (k, r) in nodes[id]?.table.records ?? [:] where !r.isTombstone { out[k] = r.entry.version }
+        for (k, r) in nodes[id]?.table.allRecords.map({ $0 }) ?? [] where !r.isTombstone { out[k] = r.entry.version }
         return out
     }
 
