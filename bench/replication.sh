@@ -157,7 +157,8 @@ run_tandem() {
         lost0="$(tb_exec llb1 curl -s -m 3 http://127.0.0.1:11111/netlox/v1/status | jget '["events_lost"]' 2>/dev/null || echo 0)"
         kill -STOP "$p1"
         "$SYNCBENCH" fill --prog "$prog" --count "$PIPELINE" --first "$next" >>"$OUT/tandem.jsonl" || kill -CONT "$p1"
-        "$SYNCBENCH" release --watch "$watch" --first "$next" --count "$PIPELINE" --pid "$p1" | tee -a "$OUT/tandem.jsonl"
+        "$SYNCBENCH" release --watch "$watch" --source "$(ct_map_id llb1)" --first "$next" --count "$PIPELINE" --pid "$p1" \
+            | tee -a "$OUT/tandem.jsonl"
         kill -CONT "$p1" 2>/dev/null || true
         next=$(( next + PIPELINE ))
         lost1="$(tb_exec llb1 curl -s -m 3 http://127.0.0.1:11111/netlox/v1/status | jget '["events_lost"]' 2>/dev/null || echo 0)"

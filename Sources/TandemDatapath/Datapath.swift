@@ -65,6 +65,8 @@ public struct DatapathStats: Equatable, Sendable, Codable {
 /// others get map descriptors. Detaches everything it attached on `close()`.
 public actor Datapath {
     public let objectPath: String
+    /// The connection map's capacity (its hash has the next power of two of buckets).
+    public nonisolated let connectionTableSize: UInt32
     private let object: OpaquePointer
     private let programFD: Int32
     public nonisolated let maps: Maps
@@ -89,6 +91,7 @@ public actor Datapath {
                 eventRingBytes: UInt32 = UInt32(TDM_RINGBUF_BYTES), logger: Logger) throws {
         self.objectPath = objectPath
         self.logger = logger
+        self.connectionTableSize = connectionTableSize
         tdm_set_libbpf_verbosity(1)
         guard access(objectPath, R_OK) == 0 else {
             throw DatapathError("BPF object \(objectPath) is missing or unreadable; run `make bpf` first")
@@ -323,6 +326,27 @@ public actor Datapath {
     ///   on a table of a million such flows this is a million lookups; the scanner asks for it on
     ///   some passes only. Without it a reply half is a candidate once idle past its timeout.
     public nonisolated func reapInKernel(checkOrphans: Bool = true) -> Int? {
+        reapInKernel(checkOrphans: checkOrphans, visit: nil)
+    }
+
+    /// A reap pass that also returns every entry it read (before reaping), so a pass that needs
+    /// the table too (replication's scan) walks the map once, not twice. nil as `reapInKernel`.
+    public nonisolated func reapInKernelCollecting(checkOrphans: Bool = true) -> (reaped: Int, entries: [ConnectionEntry])? {
+        var entries: [ConnectionEntry] = []
+        let now = monotonicNanoseconds()
+        let ks = maps.ct.keySize, vs = maps.ct.valueSize
+        guard let n = reapInKernel(checkOrphans: checkOrphans, visit: { keys, values, count in
+            for i in 0..<count {
+                entries.append(ConnectionEntry(key: keys.loadUnaligned(fromByteOffset: i * ks, as: tdm_flow_key.self),
+                                               value: values.loadUnaligned(fromByteOffset: i * vs, as: tdm_ct_entry.self),
+                                               nowNanoseconds: now))
+            }
+        }) else { return nil }
+        return (n, entries)
+    }
+
+    private nonisolated func reapInKernel(checkOrphans: Bool,
+                                          visit: ((UnsafeRawPointer, UnsafeRawPointer, Int) -> Void)?) -> Int? {
         guard let installer, installer.canReap,
               let cfg = maps.config.lookup(UInt32(0), as: tdm_config.self) else { return nil }
         let timeouts: [UInt64] = withUnsafeBytes(of: cfg.timeout_ns) { Array($0.bindMemory(to: UInt64.self)) }
@@ -346,6 +370,7 @@ public actor Datapath {
         let seenOffset = MemoryLayout<tdm_ct_entry>.offset(of: \tdm_ct_entry.last_seen_ns) ?? 0
         let keySize = maps.ct.keySize, valueSize = maps.ct.valueSize
         let walked = maps.ct.forEachBatch { keys, values, count in
+            visit?(keys, values, count)
             for i in 0..<count {
                 let v = values + i * valueSize
                 let seen = v.loadUnaligned(fromByteOffset: seenOffset, as: UInt64.self)

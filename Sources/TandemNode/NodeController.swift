@@ -22,12 +22,13 @@ public actor NodeController: LoadBalancerController {
     nonisolated let directory: ServiceDirectory
     private var replication: ReplicationShell?
     private var ha: HAShell?
-    /// Replication's scan (refreshes, missed events, silent deletes) runs on every Nth scan: it
-    /// only needs to beat the shortest idle timeout, and it costs a pass over the whole table.
-    let replicationScanEvery = 5
-    /// Reply halves left by an LRU-evicted original are looked for on every Nth scan (about every
-    /// 30 s): the check costs a kernel lookup per idle reply half, and one-way flows have many.
-    let orphanScanEvery = 15
+    /// When the scanner runs: replication's scan (refreshes, missed events, silent deletes) on
+    /// every Nth pass, about every 10 s, as it costs a pass over the whole table; reply halves
+    /// left by an LRU-evicted original about every 30 s, as the check costs a kernel lookup per
+    /// idle reply half and one-way flows have many.
+    nonisolated func scanSchedule(minimumInterval: Double) -> ScanSchedule {
+        ScanSchedule(tableSize: datapath.connectionTableSize, timeouts: settings.timeouts, minimumInterval: minimumInterval)
+    }
 
     public init(datapath: Datapath, settings: DatapathSettings, logger: Logger, directory: ServiceDirectory = ServiceDirectory(),
                 ringEventCounts: @escaping @Sendable () -> [String: UInt64] = { [:] },
@@ -178,7 +179,18 @@ public actor NodeController: LoadBalancerController {
         var events: [ConnectionEvent] = []
         var entries: [ConnectionEntry]?
         var gone = Set<FlowTuple>()
-        if datapath.reapInKernel(checkOrphans: checkOrphans) == nil {
+        var reaped = false
+        if replication != nil {
+            // One walk for both. The entries were read before the kernel reaped: the expired
+            // connections among them are dropped below by the same rule.
+            if let pass = datapath.reapInKernelCollecting(checkOrphans: checkOrphans) {
+                entries = pass.entries
+                reaped = true
+            }
+        } else {
+            reaped = datapath.reapInKernel(checkOrphans: checkOrphans) != nil
+        }
+        if !reaped {
             let all = datapath.connectionEntries()
             let (delete, expired) = ConnectionReaper(timeouts: settings.timeouts).expired(in: all)
             for k in delete { datapath.deleteEntry(k) }
@@ -188,7 +200,7 @@ public actor NodeController: LoadBalancerController {
         }
         if let replication {
             let live = Connection.join(entries ?? datapath.connectionEntries(), sorted: false)
-                .filter { !gone.contains($0.original.key) }
+                .filter { !gone.contains($0.original.key) && !$0.isExpired(timeouts: settings.timeouts) }
                 .map { (record: FlowRecord(connection: $0, timeouts: settings.timeouts), fromPeer: $0.original.flags.contains(.fromPeer)) }
             replication.submit(scan: live, readAtMillis: readAt)
         }

@@ -267,15 +267,19 @@ final class TableScanner: @unchecked Sendable {
         running = true
         let t = Thread { [self] in
             TableScanner.lowerOwnPriority()
-            var pause = Double(interval.components.seconds) + Double(interval.components.attoseconds) / 1e18
-            let base = pause
+            let configured = Double(interval.components.seconds) + Double(interval.components.attoseconds) / 1e18
+            let schedule = controller.scanSchedule(minimumInterval: configured)
+            logger.debug("table scan schedule", metadata: [
+                "pass_s": "\(schedule.passInterval)", "replication_every": "\(schedule.replicationEvery)",
+                "orphans_every": "\(schedule.orphansEvery)"])
+            let base = schedule.passInterval
+            var pause = base
             var passes = 0
             while waitOrStop(seconds: pause) {
                 let started = Date()
                 passes += 1
-                let replicate = passes % controller.replicationScanEvery == 0 ? replication : nil
-                let expired = controller.scan(replicateTo: replicate,
-                                              checkOrphans: passes % controller.orphanScanEvery == 0)
+                let replicate = passes % schedule.replicationEvery == 0 ? replication : nil
+                let expired = controller.scan(replicateTo: replicate, checkOrphans: passes % schedule.orphansEvery == 0)
                 if !expired.isEmpty {
                     let c = controller
                     Task { await c.record(expired: expired) }

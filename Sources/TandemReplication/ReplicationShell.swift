@@ -79,6 +79,10 @@ public final class ReplicationShell: @unchecked Sendable {
     private var lastSummary: UInt64 = 0
     private var flushScheduled = false
     private var scanInProgress = false
+    /// Datagrams written and not yet flushed.
+    private var unflushed = 0
+    /// Actions of the datagrams read so far in the current read burst.
+    private var receivedActions: [ReplicationAction] = []
     private var socketRebinds: UInt64 = 0
     private var lastRebindWarning: UInt64 = 0
     private var summarised = ReplicationCounters()
@@ -148,11 +152,17 @@ public final class ReplicationShell: @unchecked Sendable {
 
     /// The UDP socket. A send the kernel refuses (a local firewall's EPERM, say) makes NIO close
     /// the channel; `datagramClosed` binds a new one, so replication never stops over it.
+    static let datagramsPerRead = 16
+
     private func bindDatagram() -> EventLoopFuture<Channel> {
         DatagramBootstrap(group: group)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
             // Deltas come in bursts; a bigger receive buffer rides them out.
             .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)
+            // recvmmsg: up to 16 datagrams per read syscall, 4 reads per wakeup. NIO splits one
+            // receive buffer evenly between them, so it must hold 16 of the largest datagram.
+            .channelOption(.datagramVectorReadMessageCount, value: Self.datagramsPerRead)
+            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: Self.datagramsPerRead * 2048))
             .channelInitializer { [weak self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     // net.core.rmem_max (212 KB by default) caps SO_RCVBUF; a root daemon may go
@@ -227,10 +237,22 @@ public final class ReplicationShell: @unchecked Sendable {
         guard !changes.isEmpty, !stoppedBox.withLockedValue({ $0 }) else { return }
         loop.execute { [self] in
             let t = now()
-            for c in changes { perform(core.onLocalChange(c.record, deleted: c.deleted, now: t)) }
+            // A big batch (the ring buffer after a pause) goes out a slice at a time, so the peers
+            // decode and install the first datagrams while this loop encodes the rest.
+            var start = 0
+            while changes.count - start > Self.submitSlice {
+                for c in changes[start..<(start + Self.submitSlice)] {
+                    perform(core.onLocalChange(c.record, deleted: c.deleted, now: t))
+                }
+                perform(core.flush(now: t))
+                start += Self.submitSlice
+            }
+            for c in changes[start...] { perform(core.onLocalChange(c.record, deleted: c.deleted, now: t)) }
             scheduleFlush()
         }
     }
+
+    static let submitSlice = 1024
 
     /// Sends queued changes once the loop has run the work already queued behind this call, so a
     /// burst of events leaves in full datagrams instead of one datagram per event.
@@ -255,34 +277,64 @@ public final class ReplicationShell: @unchecked Sendable {
         loop.execute { [self] in
             guard !scanInProgress else { return }
             scanInProgress = true
+            scanTiming = ScanTiming(startedNanos: NIODeadline.now().uptimeNanoseconds, flows: live.count)
             core.beginScan(now: now(), readAtMillis: readAtMillis)
             scanSlice(live, from: 0)
         }
     }
 
+    /// Loop time a scan took, and its longest slice (the most it delayed deltas), for the log.
+    private struct ScanTiming {
+        var startedNanos: UInt64
+        var flows: Int
+        var loopNanos: UInt64 = 0
+        var longestSliceNanos: UInt64 = 0
+        mutating func add(_ started: UInt64) {
+            let d = NIODeadline.now().uptimeNanoseconds &- started
+            loopNanos += d
+            longestSliceNanos = max(longestSliceNanos, d)
+        }
+    }
+    private var scanTiming = ScanTiming(startedNanos: 0, flows: 0)
+
     /// Flows per scan slice (about a millisecond of loop time each).
-    static let scanSliceSize = 2048
+    static let scanSliceSize = 1024
+    /// The pause after each scan slice: the scan takes at most a third of the loop, so the loop's
+    /// share of the CPU stays what deltas need (a loop that runs the scan flat out exhausts its
+    /// fair share, and the scheduler then holds it back behind other work for tens of ms).
+    static let scanSlicePause = TimeAmount.microseconds(100)
 
     private func scanSlice(_ live: [(record: FlowRecord, fromPeer: Bool)], from start: Int) {
+        let began = NIODeadline.now().uptimeNanoseconds
+        defer { scanTiming.add(began) }
         let end = min(start + Self.scanSliceSize, live.count)
         let t = now()
         perform(core.onLocalScanChunk(Array(live[start..<end]), now: t))
         if end < live.count {
-            loop.scheduleTask(in: Self.slicePause) { [self] in scanSlice(live, from: end) }
+            loop.scheduleTask(in: Self.scanSlicePause) { [self] in scanSlice(live, from: end) }
         } else {
-            let keys = core.scanCandidates
-            loop.scheduleTask(in: Self.slicePause) { [self] in finishSlice(keys, from: 0) }
+            // About 4 slices' worth of records per slice of leaves.
+            let leaves = max(1, min(ReplicaTable.leafCount,
+                                    ReplicaTable.leafCount * 4 * Self.scanSliceSize / max(1, core.table.count)))
+            loop.scheduleTask(in: Self.scanSlicePause) { [self] in finishSlice(fromLeaf: 0, leaves: leaves) }
         }
     }
 
-    private func finishSlice(_ keys: [FlowTuple], from start: Int) {
-        let end = min(start + 4 * Self.scanSliceSize, keys.count)
-        perform(core.finishScan(checking: keys[start..<end], now: now()))
-        if end < keys.count {
-            loop.scheduleTask(in: Self.slicePause) { [self] in finishSlice(keys, from: end) }
+    private func finishSlice(fromLeaf start: Int, leaves: Int) {
+        let began = NIODeadline.now().uptimeNanoseconds
+        let end = min(start + leaves, ReplicaTable.leafCount)
+        perform(core.finishScan(leaves: start..<end, now: now()))
+        scanTiming.add(began)
+        if end < ReplicaTable.leafCount {
+            loop.scheduleTask(in: Self.scanSlicePause) { [self] in finishSlice(fromLeaf: end, leaves: leaves) }
         } else {
             scanInProgress = false
             scheduleFlush()
+            let s = scanTiming
+            logger.debug("replication scan done", metadata: [
+                "flows": "\(s.flows)", "records": "\(core.table.count)",
+                "took_ms": "\((NIODeadline.now().uptimeNanoseconds &- s.startedNanos) / 1_000_000)",
+                "loop_ms": "\(s.loopNanos / 1_000_000)", "longest_slice_us": "\(s.longestSliceNanos / 1000)"])
         }
     }
 
@@ -362,8 +414,14 @@ public final class ReplicationShell: @unchecked Sendable {
             }
         }
         applyDatapath()
+        if unflushed > 0 {
+            unflushed = 0
+            udp?.flush()
+        }
     }
 
+    /// Queues a datagram; `perform` flushes what it sent, so a burst leaves in sendmmsg calls of
+    /// up to 32 datagrams instead of a syscall per datagram.
     private func send(_ bytes: [UInt8], to addresses: [SocketAddress]) {
         guard let udp, !addresses.isEmpty else { return }
         for address in addresses {
@@ -372,21 +430,33 @@ public final class ReplicationShell: @unchecked Sendable {
             udp.write(AddressedEnvelope(remoteAddress: address, data: buffer), promise: nil)
             datagramsSent += 1
             bytesSent += UInt64(bytes.count)
+            unflushed += 1
         }
-        udp.flush()
+        // NIO's pending-write queue slows down when thousands of datagrams wait in it.
+        if unflushed >= 32 {
+            unflushed = 0
+            udp.flush()
+        }
     }
 
+    /// One datagram of a read burst. Its actions wait for the end of the burst (NIO reads up to
+    /// 64 datagrams per wakeup: 4 recvmmsg of 16): their map writes then go to the install thread
+    /// as one batch, and their answers out with one flush, instead of one of each per datagram.
     fileprivate func received(datagram bytes: [UInt8]) {
         datagramsReceived += 1
         switch opener.open(bytes, channel: .datagram) {
         case .success(let (header, message)):
-            let t = now()
-            var actions = core.onMessage(message, from: header, now: t)
-            actions += core.flush(now: t)
-            perform(actions)
+            receivedActions += core.onMessage(message, from: header, now: now())
         case .failure(let error):
             noteDrop(error)
         }
+    }
+
+    fileprivate func receivedBurstEnded() {
+        var actions = receivedActions
+        receivedActions.removeAll(keepingCapacity: true)
+        actions += core.flush(now: now())
+        perform(actions)
     }
 
     private func noteDrop(_ error: SyncDecodeError) {
@@ -568,6 +638,11 @@ private final class DatagramHandler: ChannelInboundHandler {
         let n = min(envelope.data.readableBytes, SyncWire.maxDatagram + 1)
         guard let bytes = envelope.data.readBytes(length: n) else { return }
         shell?.received(datagram: bytes)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        shell?.receivedBurstEnded()
+        context.fireChannelReadComplete()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

@@ -210,6 +210,14 @@ public struct ReplicaTable: Sendable {
         Set(wanted).filter { Int($0) < Self.leafCount }.sorted().flatMap { parts[Int($0)].values.map(\.entry) }
     }
 
+    /// Keys held in a range of leaves (a slice of a scan).
+    public func keys(inLeafRange range: Range<Int>) -> [FlowTuple] {
+        let r = range.clamped(to: 0..<Self.leafCount)
+        var out: [FlowTuple] = []
+        for leaf in r { out.append(contentsOf: parts[leaf].keys) }
+        return out
+    }
+
     /// Keys held in the given leaves (to find what a pulled leaf no longer has).
     public func keys(inLeaves wanted: Set<Int>) -> [FlowTuple] {
         wanted.filter { $0 >= 0 && $0 < Self.leafCount }.sorted().flatMap { Array(parts[$0].keys) }

@@ -240,15 +240,13 @@ public struct ReplicationCore: Sendable {
     /// reaper). Only flows that changed a while before the scan began count: a newer one may
     /// simply postdate the read.
     public mutating func finishScan(now: SyncTime) -> [ReplicationAction] {
-        finishScan(checking: table.keys[...], now: now)
+        finishScan(leaves: 0..<ReplicaTable.leafCount, now: now)
     }
 
-    /// The keys `finishScan(checking:)` has to look at; a big table is checked in slices.
-    public var scanCandidates: [FlowTuple] { table.keys }
-
-    public mutating func finishScan(checking keys: ArraySlice<FlowTuple>, now: SyncTime) -> [ReplicationAction] {
+    /// `finishScan` over some digest leaves: a big table is checked a slice of leaves at a time.
+    public mutating func finishScan(leaves: Range<Int>, now: SyncTime) -> [ReplicationAction] {
         var actions: [ReplicationAction] = []
-        for k in keys {
+        for k in table.keys(inLeafRange: leaves) {
             guard let rec = table[k], !rec.isTombstone, rec.scanned != scanGeneration,
                   scanStartedAt >= rec.changedAt &+ 1000 else { continue }
             if rec.source == .local {

@@ -51,3 +51,34 @@ import Testing
         #expect(ConnectionReaper(timeouts: t).expired(in: [entry(.reply, idle: 3)]).delete == [reply])
     }
 }
+
+@Suite struct ScanScheduleTests {
+    @Test func smallTablesScanEveryTwoSecondsAndReplicateEveryTen() {
+        let s = ScanSchedule(tableSize: 262_144, timeouts: Timeouts())
+        #expect(s.passInterval == 2)
+        #expect(s.replicationEvery == 5)
+        #expect(s.orphansEvery == 15)
+    }
+
+    @Test func bigTablesSpaceTheirPassesByTheirBucketWalk() {
+        // 3M entries: 4M buckets, about 5.2 s of walk budget; the default shortest timeout (10 s)
+        // caps the interval at 5 s.
+        let s = ScanSchedule(tableSize: 3_000_000, timeouts: Timeouts())
+        #expect(s.passInterval == 5)
+        #expect(s.replicationEvery == 2)
+        #expect(s.orphansEvery == 6)
+        var longer = Timeouts()
+        longer.timeWait = 60
+        longer.closed = 60
+        let l = ScanSchedule(tableSize: 3_000_000, timeouts: longer)
+        #expect(abs(l.passInterval - 4_194_304 * ScanSchedule.secondsPerBucket) < 1e-9)
+        #expect(l.replicationEvery == 1)
+    }
+
+    @Test func shortTimeoutsAndAConfiguredMinimumWin() {
+        var short = Timeouts()
+        short.udpNew = 4
+        #expect(ScanSchedule(tableSize: 3_000_000, timeouts: short).passInterval == 2)
+        #expect(ScanSchedule(tableSize: 1024, timeouts: Timeouts(), minimumInterval: 0.5).passInterval == 0.5)
+    }
+}
