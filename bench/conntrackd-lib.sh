@@ -116,6 +116,12 @@ ctd_setup() {
     CTD_STATE_DIR="$dir"
     echo "$ns1" >"$dir/ns1"; echo "$ns2" >"$dir/ns2"; echo "$ip1" >"$dir/ip1"; echo "$ip2" >"$dir/ip2"
     echo 0 >"$dir/next"
+    # The kernel's table limit is global (262144 by default): room for the rate phases and a
+    # burst at once, restored by ctd_teardown.
+    if [[ ! -e "$dir/conntrack_max" && -w /proc/sys/net/netfilter/nf_conntrack_max ]]; then
+        cat /proc/sys/net/netfilter/nf_conntrack_max >"$dir/conntrack_max"
+        if (( $(cat "$dir/conntrack_max") < 1048576 )); then echo 1048576 >/proc/sys/net/netfilter/nf_conntrack_max; fi
+    fi
     for n in 1 2; do
         if [[ $n == 1 ]]; then ns=$ns1 me=$ip1 peer=$ip2; else ns=$ns2 me=$ip2 peer=$ip1; fi
         [[ -e "/run/netns/$ns" ]] || { ctd_log "no network namespace $ns"; return 1; }
@@ -166,6 +172,10 @@ EOF
 ctd_teardown() {
     local dir=${1:-} n pid ns _
     [[ -n "$dir" && -d "$dir" ]] || return 0
+    if [[ -s "$dir/conntrack_max" ]]; then
+        cat "$dir/conntrack_max" >/proc/sys/net/netfilter/nf_conntrack_max 2>/dev/null || true
+        rm -f "$dir/conntrack_max"
+    fi
     for n in 1 2; do
         pid="$(cat "$dir/node$n.pid" 2>/dev/null || true)"
         if ctd_pid_alive "$pid"; then

@@ -14,7 +14,7 @@
 # and 1M connections need more than two endpoints' 64k ports each.
 #
 # Environment (defaults in brackets):
-#   RATES ["1000 5000 10000 20000"]  new flows/s     RATE_SECONDS [2]    BURST [100000]
+#   RATES ["1000 5000 10000 20000"]  new flows/s     RATE_SECONDS [5]    BURST [100000]
 #   PIPELINE [200000]                flows queued in node 1 while its daemon is stopped, then released
 #   BULK ["100000 1000000"]          connections in node 1 when node 2 restarts
 #   SYSTEMS ["tandem conntrackd"]    TB [random]     RESULTS [bench/results/replication-latest.md]
@@ -23,7 +23,7 @@ set -euo pipefail
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$BENCH_DIR/.." && pwd)"
 RATES="${RATES:-1000 5000 10000 20000}"
-RATE_SECONDS="${RATE_SECONDS:-2}"
+RATE_SECONDS="${RATE_SECONDS:-5}"
 BURST="${BURST:-100000}"
 PIPELINE="${PIPELINE:-200000}"  # flows queued in a stopped node 1, then released (the nodes get a 32 MiB event ring)
 BULK="${BULK:-100000 1000000}"

@@ -30,6 +30,9 @@ struct ByteReader {
     private(set) var offset = 0
     /// What the message is, for error details ("delta batch", "entry 3").
     var context: String
+    /// The entry being decoded inside a message, named in error details. Kept apart from
+    /// `context` so that decoding does not build a string per entry.
+    var entryIndex: Int?
 
     init(_ bytes: UnsafeRawBufferPointer, context: String) {
         self.bytes = bytes
@@ -39,7 +42,7 @@ struct ByteReader {
     var remaining: Int { bytes.count - offset }
 
     func fail(_ detail: String) -> SyncDecodeError {
-        SyncDecodeError(.malformedPayload, "\(context): \(detail)")
+        SyncDecodeError(.malformedPayload, "\(context)\(entryIndex.map { " entry \($0)" } ?? ""): \(detail)")
     }
 
     private mutating func need(_ n: Int, _ field: StaticString) throws(SyncDecodeError) {

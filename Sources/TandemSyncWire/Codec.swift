@@ -437,12 +437,11 @@ public enum SyncCodec {
     private static func decodeEntries(_ r: inout ByteReader, count: Int) throws(SyncDecodeError) -> [SyncEntry] {
         var entries: [SyncEntry] = []
         entries.reserveCapacity(count)
-        let outer = r.context
         for i in 0..<count {
-            r.context = "\(outer) entry \(i)"
+            r.entryIndex = i
             entries.append(try decodeEntry(&r))
         }
-        r.context = outer
+        r.entryIndex = nil
         return entries
     }
 
