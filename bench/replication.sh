@@ -201,10 +201,21 @@ run_conntrackd() {
     ctd_teardown "$OUT/ctd"
 }
 
+# CPU time the hypervisor took from this VM (the steal column of /proc/stat), and all CPU time.
+cpu_steal_total() { awk '/^cpu / {s=0; for (i=2;i<=NF;i++) s+=$i; print $9, s}' /proc/stat; }
+
 : >"$OUT/tandem.jsonl"; : >"$OUT/conntrackd.jsonl"
+steal_notes=""
 for s in $SYSTEMS; do
     log "system: $s"
+    read -r st0 tot0 < <(cpu_steal_total)
     "run_$s" || log "$s: measurement failed"
+    read -r st1 tot1 < <(cpu_steal_total)
+    steal_notes+="$s $(python3 -c "print(round(100*($st1-$st0)/max(1,$tot1-$tot0),1))")% "
 done
 
-python3 "$BENCH_DIR/replication-report.py" "$OUT/tandem.jsonl" "$OUT/conntrackd.jsonl" "$RATES" | tee "$RESULTS"
+{
+    python3 "$BENCH_DIR/replication-report.py" "$OUT/tandem.jsonl" "$OUT/conntrackd.jsonl" "$RATES"
+    echo
+    echo "CPU time taken by the hypervisor (steal) during each system's run: $steal_notes(both systems slow down together when it is high)."
+} | tee "$RESULTS"

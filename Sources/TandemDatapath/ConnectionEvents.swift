@@ -36,7 +36,10 @@ public final class RingBufferReader: @unchecked Sendable {
     /// Empty rounds before the thread blocks until woken.
     static let idleRoundsBeforeWaiting = 4
     /// Upper bound on a blocked wait: covers an event submitted just as the thread marked itself
-    /// waiting, which the datapath may have sent without a wakeup.
+    /// waiting, which the datapath may have sent without a wakeup (it reads the flag before it
+    /// commits the record). The first wait after going idle is short, since that is when the race
+    /// can happen; later ones are long, to keep an idle node quiet.
+    static let firstWaitMilliseconds: Int32 = 2
     static let waitingTimeoutMilliseconds: Int32 = 20
 
     // Written only before the thread starts and read by the thread: no lock needed for these.
@@ -113,7 +116,10 @@ public final class RingBufferReader: @unchecked Sendable {
                     // An event submitted before the flag was visible came without a wakeup.
                     rc = ring_buffer__consume(handle.rb)
                     if rc == 0 {
-                        rc = ring_buffer__poll(handle.rb, RingBufferReader.waitingTimeoutMilliseconds)
+                        let first = idleRounds == RingBufferReader.idleRoundsBeforeWaiting
+                        rc = ring_buffer__poll(handle.rb, first ? RingBufferReader.firstWaitMilliseconds
+                                                                : RingBufferReader.waitingTimeoutMilliseconds)
+                        if rc == 0 { idleRounds += 1 }
                     }
                     control.setWaiting(false)
                     if rc < 0 && rc != -EINTR { break }
