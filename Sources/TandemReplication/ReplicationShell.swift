@@ -150,10 +150,10 @@ public final class ReplicationShell: @unchecked Sendable {
         ])
     }
 
-    /// The UDP socket. A send the kernel refuses (a local firewall's EPERM, say) makes NIO close
-    /// the channel; `datagramClosed` binds a new one, so replication never stops over it.
     static let datagramsPerRead = 16
 
+    /// The UDP socket. A send the kernel refuses (a local firewall's EPERM, say) makes NIO close
+    /// the channel; `datagramClosed` binds a new one, so replication never stops over it.
     private func bindDatagram() -> EventLoopFuture<Channel> {
         DatagramBootstrap(group: group)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -299,9 +299,8 @@ public final class ReplicationShell: @unchecked Sendable {
 
     /// Flows per scan slice (about a millisecond of loop time each).
     static let scanSliceSize = 1024
-    /// The pause after each scan slice: the scan takes at most a third of the loop, so the loop's
-    /// share of the CPU stays what deltas need (a loop that runs the scan flat out exhausts its
-    /// fair share, and the scheduler then holds it back behind other work for tens of ms).
+    /// The pause after each scan slice, in which the loop reads its sockets. (Longer pauses, 2 ms,
+    /// were tried: the scan then overlapped more deltas and lag got worse, not better.)
     static let scanSlicePause = TimeAmount.microseconds(100)
 
     private func scanSlice(_ live: [(record: FlowRecord, fromPeer: Bool)], from start: Int) {
