@@ -237,17 +237,12 @@ public final class ReplicationShell: @unchecked Sendable {
         guard !changes.isEmpty, !stoppedBox.withLockedValue({ $0 }) else { return }
         loop.execute { [self] in
             let t = now()
-            // A big batch (the ring buffer after a pause) goes out a slice at a time, so the peers
-            // decode and install the first datagrams while this loop encodes the rest.
-            var start = 0
-            while changes.count - start > Self.submitSlice {
-                for c in changes[start..<(start + Self.submitSlice)] {
-                    perform(core.onLocalChange(c.record, deleted: c.deleted, now: t))
-                }
-                perform(core.flush(now: t))
-                start += Self.submitSlice
+            for (i, c) in changes.enumerated() {
+                perform(core.onLocalChange(c.record, deleted: c.deleted, now: t))
+                // A big batch (the ring buffer after a pause) goes out a slice at a time, so the
+                // peers decode and install the first datagrams while this loop encodes the rest.
+                if (i + 1) % Self.submitSlice == 0 { perform(core.flush(now: t)) }
             }
-            for c in changes[start...] { perform(core.onLocalChange(c.record, deleted: c.deleted, now: t)) }
             scheduleFlush()
         }
     }
@@ -299,9 +294,6 @@ public final class ReplicationShell: @unchecked Sendable {
 
     /// Flows per scan slice (about a millisecond of loop time each).
     static let scanSliceSize = 1024
-    /// The pause after each scan slice, in which the loop reads its sockets. (Longer pauses, 2 ms,
-    /// were tried: the scan then overlapped more deltas and lag got worse, not better.)
-    static let scanSlicePause = TimeAmount.microseconds(100)
 
     private func scanSlice(_ live: [(record: FlowRecord, fromPeer: Bool)], from start: Int) {
         let began = NIODeadline.now().uptimeNanoseconds
@@ -310,12 +302,12 @@ public final class ReplicationShell: @unchecked Sendable {
         let t = now()
         perform(core.onLocalScanChunk(Array(live[start..<end]), now: t))
         if end < live.count {
-            loop.scheduleTask(in: Self.scanSlicePause) { [self] in scanSlice(live, from: end) }
+            loop.scheduleTask(in: Self.slicePause) { [self] in scanSlice(live, from: end) }
         } else {
             // About 4 slices' worth of records per slice of leaves.
             let leaves = max(1, min(ReplicaTable.leafCount,
                                     ReplicaTable.leafCount * 4 * Self.scanSliceSize / max(1, core.table.count)))
-            loop.scheduleTask(in: Self.scanSlicePause) { [self] in finishSlice(fromLeaf: 0, leaves: leaves) }
+            loop.scheduleTask(in: Self.slicePause) { [self] in finishSlice(fromLeaf: 0, leaves: leaves) }
         }
     }
 
@@ -325,7 +317,7 @@ public final class ReplicationShell: @unchecked Sendable {
         perform(core.finishScan(leaves: start..<end, now: now()))
         scanTiming.add(began)
         if end < ReplicaTable.leafCount {
-            loop.scheduleTask(in: Self.scanSlicePause) { [self] in finishSlice(fromLeaf: end, leaves: leaves) }
+            loop.scheduleTask(in: Self.slicePause) { [self] in finishSlice(fromLeaf: end, leaves: leaves) }
         } else {
             scanInProgress = false
             scheduleFlush()
@@ -492,8 +484,7 @@ public final class ReplicationShell: @unchecked Sendable {
     }
 
     /// Frames of a bulk answer encoded and sealed per slice; the loop reads its sockets between
-    /// slices, so serving a million entries (about a second of sealing) does not hold up the
-    /// delta stream to every other peer.
+    /// slices, so serving a big table does not hold up the delta stream to every other peer.
     static let bulkFramesPerSlice = 4
 
     private func serveSlice(_ entries: [SyncEntry], from start: Int, requestID: UInt32, on channel: Channel) {
@@ -517,8 +508,10 @@ public final class ReplicationShell: @unchecked Sendable {
         }
     }
 
-    /// A pause that lets the loop read its sockets before the next slice of a long job: a task
-    /// queued with `execute` would run before any I/O (NIO drains its task queue first).
+    /// A pause that lets the loop read its sockets before the next slice of a long job (a scan, a
+    /// bulk answer): a task queued with `execute` would run before any I/O (NIO drains its task
+    /// queue first). Longer pauses (2 ms) were tried for the scan: it then overlapped more deltas
+    /// and lag got worse, not better.
     static let slicePause = TimeAmount.microseconds(100)
 
     private func write(_ m: SyncMessage, on channel: Channel) {

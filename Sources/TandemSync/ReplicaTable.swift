@@ -66,14 +66,6 @@ public struct ReplicaTable: Sendable {
 
     public subscript(key: FlowTuple) -> ReplicaRecord? { parts[Self.leaf(of: key)][key] }
 
-    /// Every key (live and tombstones).
-    public var keys: [FlowTuple] {
-        var out: [FlowTuple] = []
-        out.reserveCapacity(count)
-        for part in parts { out.append(contentsOf: part.keys) }
-        return out
-    }
-
     /// Every record, leaf by leaf.
     public var allRecords: some Sequence<(key: FlowTuple, value: ReplicaRecord)> { parts.lazy.flatMap { $0 } }
 
