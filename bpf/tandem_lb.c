@@ -208,6 +208,17 @@ static __always_inline __u64 state_timeout(const struct tdm_config *cfg, __u8 st
     return cfg->timeout_ns[state];
 }
 
+/* A packet on a flow whose peers were last told about it a quarter of its timeout ago: time to
+ * re-announce it. Packets change nothing peers are told otherwise, so without this a flow that
+ * lives long in one state (a UDP stream, an established TCP connection) would run out on its
+ * peers while it is still busy here. A shift, not a division: timeout >> 32 in 2^30 ns units is a
+ * quarter of it (~0.23 s short per second of timeout). */
+static __always_inline int refresh_due(const struct tdm_config *cfg, const struct tdm_ct_entry *e, __u64 now)
+{
+    __u32 every = (__u32)(state_timeout(cfg, e->state) >> 32);
+    return (__u32)(now >> 30) - e->refreshed >= (every ? every : 1);
+}
+
 static __always_inline int entry_expired(const struct tdm_config *cfg, const struct tdm_ct_entry *e, __u64 now)
 {
     __u64 t = state_timeout(cfg, e->state);
@@ -583,7 +594,7 @@ static __always_inline int new_flow(struct __sk_buff *skb, const struct tdm_conf
         .created_ns = now, .last_seen_ns = now, .service_id = svc->id, .version = 1,
         .endpoint_ip = ep->ip, .endpoint_port = ep->port, .endpoint_index = (__u8)ei,
         .nat_mode = svc->nat_mode, .dir = TDM_DIR_ORIGINAL, .state = initial_state(p),
-        .packets = 1, .bytes = p->len,
+        .packets = 1, .bytes = p->len, .refreshed = (__u32)(now >> 30),
     };
     if (p->key.proto == IPPROTO_TCP && orig.state == TDM_CT_ESTABLISHED) {
         orig.flags |= TDM_CT_F_PICKED_UP;
@@ -742,16 +753,30 @@ int tandem_ingress(struct __sk_buff *skb)
             /* The peer may already belong to a newer connection that reused its key. */
             if (pe && !same_key(&pe->peer, &p.key))
                 pe = NULL;
+            e->refreshed = (__u32)(now >> 30);
             if (pe) {
                 pe->state = state;
                 pe->flags = flags;
                 pe->version = e->version;
                 pe->last_seen_ns = now;
+                pe->refreshed = e->refreshed;
             }
             if (e->dir == TDM_DIR_ORIGINAL)
                 emit_event(cfg, TDM_EV_STATE, e, &p.key, now);
             else if (pe)
                 emit_event(cfg, TDM_EV_STATE, pe, &e->peer, now);
+        } else if (cfg->emit_events && refresh_due(cfg, e, now)) {
+            /* Both halves are marked, so a busy two-way flow is announced once per period. */
+            e->refreshed = (__u32)(now >> 30);
+            struct tdm_ct_entry *pe = bpf_map_lookup_elem(&tdm_ct, &e->peer);
+            if (pe && !same_key(&pe->peer, &p.key))
+                pe = NULL;
+            if (pe)
+                pe->refreshed = e->refreshed;
+            if (e->dir == TDM_DIR_ORIGINAL)
+                emit_event(cfg, TDM_EV_REFRESH, e, &p.key, now);
+            else if (pe)
+                emit_event(cfg, TDM_EV_REFRESH, pe, &e->peer, now);
         }
         /* A peer's flow of a service this node does not have carries an out-of-range slot: it is
          * forwarded but counted nowhere (the multiplication below must not wrap into a real slot). */
@@ -933,7 +958,8 @@ int tandem_xdp(struct xdp_md *ctx)
         return XDP_PASS;
     __u8 steady = key.proto == IPPROTO_TCP ? TDM_CT_ESTABLISHED : TDM_CT_UDP_EST;
     __u64 now = bpf_ktime_get_ns();
-    if (e->state != steady || entry_expired(cfg, e, now))
+    /* A flow due for a refresh goes through TC once, which announces it. */
+    if (e->state != steady || entry_expired(cfg, e, now) || (cfg->emit_events && refresh_due(cfg, e, now)))
         return XDP_PASS;
     struct tdm_flow_key to = e->xlate;
 
@@ -1018,6 +1044,7 @@ static __always_inline int install_req(struct tdm_install_req *r, __u64 now)
         .service_id = r->service_id, .version = 1, .endpoint_ip = xl.daddr, .endpoint_port = xl.dport,
         .endpoint_index = r->endpoint_index, .nat_mode = r->nat_mode, .dir = TDM_DIR_ORIGINAL, .state = r->state,
         .flags = r->flags | TDM_CT_F_FROM_PEER,
+        .refreshed = (__u32)(now >> 30), /* the owner has just told every peer about it */
     };
     struct tdm_ct_entry p = o;
     p.dir = TDM_DIR_REPLY;

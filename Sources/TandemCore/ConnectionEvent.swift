@@ -1,10 +1,13 @@
 
 
-/// A change in the connection table: from the datapath's ring buffer (new, state, delete), or
-/// from user space's periodic scan (expired), which catches what the datapath cannot report.
+/// A change in the connection table: from the datapath's ring buffer (new, state, delete,
+/// refresh), or from user space's periodic scan (expired), which catches what the datapath cannot
+/// report.
 public struct ConnectionEvent: Sendable, Hashable {
-    public enum Kind: Sendable, Hashable {
-        case new, stateChanged, deleted, expired
+    public enum Kind: Int, Sendable, Hashable, CaseIterable {
+        /// `refreshed`: unchanged, but still busy a quarter of its timeout after peers were last
+        /// told about it (so replication gives their copies a new lifetime).
+        case new, stateChanged, deleted, expired, refreshed
     }
     public var kind: Kind
     public var key: FlowTuple

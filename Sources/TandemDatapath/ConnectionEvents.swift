@@ -11,6 +11,7 @@ extension ConnectionEvent {
         case Int32(TDM_EV_STATE.rawValue): kind = .stateChanged
         case Int32(TDM_EV_DELETE.rawValue): kind = .deleted
         case Int32(TDM_EV_EXPIRE.rawValue): kind = .expired
+        case Int32(TDM_EV_REFRESH.rawValue): kind = .refreshed
         default: return nil
         }
         self.init(kind: kind, key: e.key.tuple, translated: e.xlate.tuple,
@@ -72,12 +73,7 @@ public final class RingBufferReader: @unchecked Sendable {
                 box.malformed += 1
                 return 0
             }
-            switch ev.kind {
-            case .new: box.kinds.0 += 1
-            case .stateChanged: box.kinds.1 += 1
-            case .deleted: box.kinds.2 += 1
-            case .expired: box.kinds.3 += 1
-            }
+            box.kinds[ev.kind.rawValue] += 1
             if box.collect { box.batch.append(ev) }
             return 0
         }, box.toOpaque(), nil) else {
@@ -94,7 +90,7 @@ public final class RingBufferReader: @unchecked Sendable {
             let b = box.takeUnretainedValue()
             func deliver() {
                 flag.add(b.kinds, malformed: b.malformed)
-                b.kinds = (0, 0, 0, 0)
+                for i in b.kinds.indices { b.kinds[i] = 0 }
                 b.malformed = 0
                 if !b.batch.isEmpty {
                     onBatch?(b.batch)
@@ -180,7 +176,8 @@ private final class RingBufferHandle: @unchecked Sendable {
 private final class CallbackBox: @unchecked Sendable {
     let collect: Bool
     var batch: [ConnectionEvent] = []
-    var kinds: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+    /// Per `ConnectionEvent.Kind.rawValue`.
+    var kinds = [UInt64](repeating: 0, count: ConnectionEvent.Kind.allCases.count)
     var malformed = 0
     init(collect: Bool) {
         self.collect = collect
@@ -195,13 +192,13 @@ private final class StopFlag: @unchecked Sendable {
     func stop() { lock.withLock { stopped = true } }
     private var kinds: [String: UInt64] = [:]
     /// Folds one poll's counts in: one lock per poll, not per event.
-    func add(_ k: (UInt64, UInt64, UInt64, UInt64), malformed m: Int) {
-        guard k != (0, 0, 0, 0) || m != 0 else { return }
+    func add(_ k: [UInt64], malformed m: Int) {
+        guard k.contains(where: { $0 != 0 }) || m != 0 else { return }
         lock.withLock {
-            kinds["new", default: 0] += k.0
-            kinds["stateChanged", default: 0] += k.1
-            kinds["deleted", default: 0] += k.2
-            if k.3 > 0 { kinds["expired", default: 0] += k.3 }
+            // new, stateChanged and deleted always appear (as 0 too); the rarer kinds once seen.
+            for kind in ConnectionEvent.Kind.allCases where k[kind.rawValue] > 0 || [.new, .stateChanged, .deleted].contains(kind) {
+                kinds["\(kind)", default: 0] += k[kind.rawValue]
+            }
             bad += m
         }
     }

@@ -254,6 +254,7 @@ struct ReplicaPair {
         e.nat_mode = q.nat_mode
         e.state = q.state
         e.flags = q.flags | UInt8(TDM_CT_F_FROM_PEER)
+        e.refreshed = UInt32(truncatingIfNeeded: now >> 30) // the owner has just told every peer about it
         var o = e
         o.dir = UInt8(TDM_DIR_ORIGINAL.rawValue)
         o.xlate = q.xlate

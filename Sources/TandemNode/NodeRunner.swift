@@ -260,6 +260,13 @@ final class TableScanner: @unchecked Sendable {
         }
     }
 
+    /// CPU time this thread has used, in seconds.
+    static func threadCPUSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
     /// SCHED_IDLE from <sched.h> (behind _GNU_SOURCE, so not imported).
     static let schedIdlePolicy: Int32 = 5
 
@@ -269,23 +276,27 @@ final class TableScanner: @unchecked Sendable {
             TableScanner.lowerOwnPriority()
             let configured = Double(interval.components.seconds) + Double(interval.components.attoseconds) / 1e18
             let schedule = controller.scanSchedule(minimumInterval: configured)
-            logger.debug("table scan schedule", metadata: [
-                "pass_s": "\(schedule.passInterval)", "replication_every": "\(schedule.replicationEvery)",
-                "orphans_every": "\(schedule.orphansEvery)"])
-            let base = schedule.passInterval
-            var pause = base
-            var passes = 0
+            logger.debug("table scan schedule", metadata: ["pass_s": "\(schedule.passInterval)"])
+            let clock = { Double(monotonicNanoseconds()) / 1e9 }
+            var planner = ScanPlanner(schedule: schedule, now: clock(), eventsLost: controller.eventsLost)
+            var pause = schedule.passInterval
             while waitOrStop(seconds: pause) {
-                let started = Date()
-                passes += 1
-                let replicate = passes % schedule.replicationEvery == 0 ? replication : nil
-                let expired = controller.scan(replicateTo: replicate, checkOrphans: passes % schedule.orphansEvery == 0)
+                let started = clock()
+                let cpuBefore = TableScanner.threadCPUSeconds()
+                let pass = planner.nextPass(now: started, eventsLost: controller.eventsLost)
+                let expired = controller.scan(replicateTo: pass.replicate ? replication : nil, checkOrphans: pass.checkOrphans)
                 if !expired.isEmpty {
                     let c = controller
                     Task { await c.record(expired: expired) }
                     logger.debug("expired connections", metadata: ["count": "\(expired.count)"])
                 }
-                pause = max(base, Date().timeIntervalSince(started) * 4)
+                // CPU time, not wall time: the budget is a share of a CPU, and a pass that other
+                // threads kept waiting (it runs SCHED_IDLE) has not cost more.
+                let took = TableScanner.threadCPUSeconds() - cpuBefore
+                pause = planner.pause(after: pass, took: took)
+                logger.debug("table scan pass", metadata: [
+                    "replicate": "\(pass.replicate)", "orphans": "\(pass.checkOrphans)",
+                    "cpu_ms": "\(Int(took * 1000))", "next_in_s": "\(pause)"])
             }
             condition.lock()
             running = false

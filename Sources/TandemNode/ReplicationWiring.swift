@@ -64,8 +64,8 @@ struct DatapathReplicationTarget: ReplicationDatapath {
 }
 
 extension FlowRecord {
-    /// A ring-buffer event as a replicated record: the state just changed, so it has its full
-    /// timeout ahead of it.
+    /// A ring-buffer event as a replicated record: the state just changed, or a packet just came
+    /// (a refresh), so it has its full timeout ahead of it.
     init(event e: ConnectionEvent, timeouts: Timeouts, nowNanoseconds now: UInt64) {
         let age = e.createdNanoseconds > 0 && now > e.createdNanoseconds ? (now - e.createdNanoseconds) / 1_000_000 : 0
         self.init(key: e.key, translated: e.translated, natMode: e.natMode, state: e.state, flags: e.flags,

@@ -53,26 +53,19 @@ import Testing
 }
 
 @Suite struct ScanScheduleTests {
-    @Test func smallTablesScanEveryTwoSecondsAndReplicateEveryTen() {
-        let s = ScanSchedule(tableSize: 262_144, timeouts: Timeouts())
-        #expect(s.passInterval == 2)
-        #expect(s.replicationEvery == 5)
-        #expect(s.orphansEvery == 15)
+    @Test func smallTablesScanEveryTwoSeconds() {
+        #expect(ScanSchedule(tableSize: 262_144, timeouts: Timeouts()).passInterval == 2)
     }
 
     @Test func bigTablesSpaceTheirPassesByTheirBucketWalk() {
         // 3M entries: 4M buckets, about 5.2 s of walk budget; the default shortest timeout (10 s)
         // caps the interval at 5 s.
-        let s = ScanSchedule(tableSize: 3_000_000, timeouts: Timeouts())
-        #expect(s.passInterval == 5)
-        #expect(s.replicationEvery == 2)
-        #expect(s.orphansEvery == 6)
+        #expect(ScanSchedule(tableSize: 3_000_000, timeouts: Timeouts()).passInterval == 5)
         var longer = Timeouts()
         longer.timeWait = 60
         longer.closed = 60
         let l = ScanSchedule(tableSize: 3_000_000, timeouts: longer)
         #expect(abs(l.passInterval - 4_194_304 * ScanSchedule.secondsPerBucket) < 1e-9)
-        #expect(l.replicationEvery == 1)
     }
 
     @Test func shortTimeoutsAndAConfiguredMinimumWin() {
@@ -80,5 +73,51 @@ import Testing
         short.udpNew = 4
         #expect(ScanSchedule(tableSize: 3_000_000, timeouts: short).passInterval == 2)
         #expect(ScanSchedule(tableSize: 1024, timeouts: Timeouts(), minimumInterval: 0.5).passInterval == 0.5)
+    }
+
+    /// Runs the planner over cheap passes of `cost` seconds for `seconds`; returns the passes' start times.
+    func run(_ p: inout ScanPlanner, from start: Double, seconds: Double, cost: Double,
+             lost: (Double) -> UInt64 = { _ in 0 }) -> [(at: Double, pass: ScanPlanner.Pass)] {
+        var t = start + p.schedule.passInterval
+        var out: [(at: Double, pass: ScanPlanner.Pass)] = []
+        while t < start + seconds {
+            let pass = p.nextPass(now: t, eventsLost: lost(t))
+            out.append((t, pass))
+            t += cost + p.pause(after: pass, took: cost)
+        }
+        return out
+    }
+
+    @Test func cheapPassesReplicateEveryTenSecondsAndCheckOrphansEveryThirty() {
+        var p = ScanPlanner(schedule: ScanSchedule(tableSize: 262_144, timeouts: Timeouts()), now: 0, eventsLost: 0)
+        let passes = run(&p, from: 0, seconds: 61, cost: 0)
+        #expect(passes.count == 30, "a pass every 2 s")
+        #expect(passes.filter(\.pass.replicate).map(\.at) == [10, 20, 30, 40, 50, 60])
+        #expect(passes.filter(\.pass.checkOrphans).map(\.at) == [30, 60])
+    }
+
+    @Test func costlyPassesAreSpacedToTheCPUBudget() {
+        // A million flows: a reap pass of 0.4 s waits 20 s; a replication pass of 0.9 s makes the
+        // next one wait 90 s (its loop share counted), not 10.
+        var p = ScanPlanner(schedule: ScanSchedule(tableSize: 3_000_000, timeouts: Timeouts()), now: 0, eventsLost: 0)
+        let first = p.nextPass(now: 10, eventsLost: 0)
+        #expect(first.replicate)
+        #expect(abs(p.pause(after: first, took: 0.9) - 45) < 1e-9)
+        let second = p.nextPass(now: 56, eventsLost: 0)
+        #expect(!second.replicate)
+        #expect(abs(p.pause(after: second, took: 0.4) - 20) < 1e-9)
+        #expect(!p.nextPass(now: 99, eventsLost: 0).replicate)
+        #expect(p.nextPass(now: 100.5, eventsLost: 0).replicate)
+        // Busy CPU time over 10 minutes of such passes stays within the budget (plus the loop's share).
+        var q = ScanPlanner(schedule: ScanSchedule(tableSize: 3_000_000, timeouts: Timeouts()), now: 0, eventsLost: 0)
+        let passes = run(&q, from: 0, seconds: 600, cost: 0.9)
+        #expect(Double(passes.count) * 0.9 / 600 <= ScanSchedule.cpuBudget + 1e-9)
+    }
+
+    @Test func lostEventsCallForAReplicationPassAtOnce() {
+        var p = ScanPlanner(schedule: ScanSchedule(tableSize: 262_144, timeouts: Timeouts()), now: 0, eventsLost: 7)
+        #expect(!p.nextPass(now: 2, eventsLost: 7).replicate, "losses before the scanner started were already counted")
+        #expect(p.nextPass(now: 4, eventsLost: 9).replicate)
+        #expect(!p.nextPass(now: 6, eventsLost: 9).replicate, "only new losses count")
     }
 }

@@ -520,6 +520,44 @@ extension Privileged {
             }
         }
 
+        @Test func busyFlowsAreReannouncedEveryQuarterTimeoutNotEveryPacket() async throws {
+            // 10 s timeouts: a refresh is due once 2 units of 2^30 ns have passed (1.07-2.15 s).
+            var t = Timeouts()
+            t.udpNew = 10
+            t.udpEstablished = 10
+            try await with([service(.udp)], timeouts: t, events: true) { dp in
+                let flow = FlowTuple(source: P.client, destination: P.vip, sourcePort: 47_900, destinationPort: 56002, proto: 17)
+                let out = try #require(Packets.parse(try dp.testRun(packet: Packets.frame(flow)).packet))
+                #expect(try dp.drainEvents().map(\.event.kind) == [.new])
+                func send(_ key: FlowTuple, for seconds: Double) async throws -> [DatapathEventRecord] {
+                    let until = monotonicNanoseconds() + UInt64(seconds * 1e9)
+                    var packets = 0
+                    while monotonicNanoseconds() < until {
+                        _ = try dp.testRun(packet: Packets.frame(key))
+                        packets += 1
+                        try await Task.sleep(for: .milliseconds(50))
+                    }
+                    #expect(packets > Int(seconds * 10))
+                    return try dp.drainEvents()
+                }
+                #expect(try await send(flow, for: 0.9).isEmpty, "no refresh within the first unit")
+                let refreshes = try await send(flow, for: 2.6)
+                #expect((1...3).contains(refreshes.count), "\(refreshes.count) refreshes for ~50 packets")
+                for r in refreshes {
+                    #expect(r.event.kind == .refreshed && r.event.key == flow && r.event.translated == out.tuple)
+                    #expect(r.event.state == .udpNew && r.event.version == 1, "a refresh changes nothing")
+                }
+                // The endpoint answers: one state change, then its packets alone keep the flow
+                // announced, each refresh describing the original direction.
+                let reply = out.tuple.reversed
+                let answered = try await send(reply, for: 3.5)
+                #expect(answered.first?.event.kind == .stateChanged)
+                let later = answered.dropFirst()
+                #expect((1...3).contains(later.count), "\(later.count) refreshes")
+                #expect(later.allSatisfy { $0.event.kind == .refreshed && $0.event.key == flow && $0.event.state == .udpEstablished })
+            }
+        }
+
         @Test(arguments: paths) func flowOfAnUnknownServiceIsForwardedButNotCounted(path: InstallPath) async throws {
             try await with([service()]) { dp in
                 // 256 is the "no such service here" slot; 0x0400_0000 * 64 would wrap to slot 0.

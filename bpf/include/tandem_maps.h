@@ -96,7 +96,10 @@ struct tdm_ct_entry {
     __u8   dir;           /* enum tdm_ct_dir */
     __u8   state;         /* enum tdm_ct_state */
     __u8   flags;         /* TDM_CT_F_* */
-    __u8   pad[5];
+    __u8   pad;
+    __u32  refreshed;     /* when peers were last told about this flow, in 2^30 ns (~1.07 s) units of
+                           * bpf_ktime_get_ns(): a busy flow is re-announced every quarter timeout
+                           * (TDM_EV_REFRESH) so its peers' copies never run out while it lives */
 };
 
 struct tdm_service_key {
@@ -192,6 +195,7 @@ enum tdm_event_type {
     TDM_EV_STATE  = 2,
     TDM_EV_DELETE = 3, /* replaced after expiry or removed by the datapath */
     TDM_EV_EXPIRE = 4, /* idle past its timeout, removed by the periodic reap (tandem_reap) */
+    TDM_EV_REFRESH = 5, /* unchanged but still busy: peers' copies get a new lifetime */
 };
 
 /*
