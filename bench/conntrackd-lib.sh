@@ -266,5 +266,15 @@ print('{"phase":"cost","cpu_ms_per_100k":%d,"bytes_per_entry":%.1f,"entries_sent
       % ((c1 - c0) * 1000 // hz * 100000 // n, payload / n, n, ack_payload / n, pk / n, o1 + o2))
 EOF
     if (( over1 + over2 > 0 )); then ctd_log "netlink overruns: node 1 $over1, node 2 $over2 (events were lost; conntrackd resyncs)"; fi
+    # Idle: both daemons holding the table, no new flows.
+    local idle="${CTD_IDLE_SECONDS:-0}"
+    if (( idle > 0 )); then
+        # shellcheck disable=SC2086
+        c0="$(ctd_cpu_ticks $pids)"
+        sleep "$idle"
+        # shellcheck disable=SC2086
+        c1="$(ctd_cpu_ticks $pids)"
+        echo "{\"phase\":\"idle\",\"seconds\":$idle,\"connections\":$(ip netns exec "$ns1" conntrack -C 2>/dev/null || echo 0),\"cpu_percent\":$(python3 -c "print(round(($c1 - $c0) * 100 / $hz / $idle, 2))")}"
+    fi
     return 0
 }

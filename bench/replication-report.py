@@ -76,6 +76,12 @@ def main():
     out.append(f"| UDP payload bytes per entry | {fmt(tv)} | {fmt(cv)} | {ratio(tv, cv, True)} |")
     tv, cv = t and t.get("cpu_ms_per_100k"), c and c.get("cpu_ms_per_100k")
     out.append(f"| CPU ms per 100k entries (both nodes) | {fmt(tv)} | {fmt(cv)} | {ratio(tv, cv, True)} |")
+    t, c = by_phase(tandem, "idle"), by_phase(ctd, "idle")
+    if t or c:
+        tv, cv = t and float(t["cpu_percent"]), c and float(c["cpu_percent"])
+        held = " / ".join(f"{x['connections']:,}" for x in (t, c) if x)
+        out.append(f"| idle CPU, % of one core (both nodes holding {held} connections, {(t or c)['seconds']} s, no new flows) | "
+                   f"{fmt(tv, ' %')} | {fmt(cv, ' %')} | {ratio(tv, cv, True) if cv else 'conntrackd ~0 (kernel timers expire its entries)'} |")
     for b in [r for r in tandem if r.get("phase") == "bulk"]:
         out.append(f"| bulk resync of {b['connections']:,} connections (restart to in sync) | "
                    f"{fmt(float(b['seconds']), ' s')} | not measured (a restarted conntrackd requests a resend, `-n`) | |")

@@ -17,6 +17,7 @@
 #   RATES ["1000 5000 10000 20000"]  new flows/s     RATE_SECONDS [5]    BURST [100000]
 #   PIPELINE [200000]                flows queued in node 1 while its daemon is stopped, then released
 #   BULK ["100000 1000000"]          connections in node 1 when node 2 restarts
+#   IDLE_SECONDS [30]                CPU of both daemons holding the table after the burst, no new flows
 #   SYSTEMS ["tandem conntrackd"]    TB [random]     RESULTS [bench/results/replication-latest.md]
 set -euo pipefail
 
@@ -27,6 +28,7 @@ RATE_SECONDS="${RATE_SECONDS:-5}"
 BURST="${BURST:-100000}"
 PIPELINE="${PIPELINE:-200000}"  # flows queued in a stopped node 1, then released (the nodes get a 32 MiB event ring)
 BULK="${BULK:-100000 1000000}"
+IDLE_SECONDS="${IDLE_SECONDS:-30}"  # after the burst: both daemons' CPU while they only hold the table
 SYSTEMS="${SYSTEMS:-tandem conntrackd}"
 RESULTS="${RESULTS:-$BENCH_DIR/results/replication-latest.md}"
 export TB="${TB:-r$(tr -dc 'a-z0-9' </dev/urandom | head -c 5)}" NODES=2
@@ -150,6 +152,13 @@ run_tandem() {
     b1="$(sync_json llb1 | jget '["bytesSent"]')"; s1="$(sync_json llb1 | jget '["counters"]["entriesSent"]')"
     echo "{\"phase\":\"cost\",\"cpu_ms_per_100k\":$(( ( $(cpu_ticks "$p1") - c1 + $(cpu_ticks "$p2") - c2 ) * 10 * 100000 / BURST )),\"bytes_per_entry\":$(python3 -c "print(round(($b1-$b0)/max(1,$s1-$s0),1))"),\"entries_sent\":$(( s1 - s0 ))}" \
         | tee -a "$OUT/tandem.jsonl"
+    # Idle: what holding the table costs once the flows stop (scans, timers), both daemons.
+    if (( IDLE_SECONDS > 0 )); then
+        c1="$(cpu_ticks "$p1")"; c2="$(cpu_ticks "$p2")"
+        sleep "$IDLE_SECONDS"
+        echo "{\"phase\":\"idle\",\"seconds\":$IDLE_SECONDS,\"connections\":$(( $("$SYNCBENCH" count --map "$(ct_map_id llb1)") / 2 )),\"cpu_percent\":$(python3 -c "print(round(($(cpu_ticks "$p1") - $c1 + $(cpu_ticks "$p2") - $c2) * 100 / $(getconf CLK_TCK) / $IDLE_SECONDS, 2))")}" \
+            | tee -a "$OUT/tandem.jsonl"
+    fi
     # The pipeline alone: node 1's daemon stopped while PIPELINE flows are created (their events
     # wait in its ring buffer), then resumed; the injector no longer shares the CPU with it.
     if (( PIPELINE > 0 )); then
@@ -196,7 +205,7 @@ run_conntrackd() {
     # shellcheck source=bench/conntrackd-lib.sh
     source "$BENCH_DIR/conntrackd-lib.sh"
     ctd_setup "$(tb_ns llb1)" "$(tb_ip llb1)" "$(tb_ns llb2)" "$(tb_ip llb2)" "$OUT/ctd" || return 1
-    CTBENCH="$CTBENCH" ctd_measure "$(tb_ns llb1)" "$(tb_ns llb2)" "$(echo "$RATES" | tr ' ' ,)" "$RATE_SECONDS" "$BURST" \
+    CTBENCH="$CTBENCH" CTD_IDLE_SECONDS="$IDLE_SECONDS" ctd_measure "$(tb_ns llb1)" "$(tb_ns llb2)" "$(echo "$RATES" | tr ' ' ,)" "$RATE_SECONDS" "$BURST" \
         | tee -a "$OUT/conntrackd.jsonl"
     ctd_teardown "$OUT/ctd"
 }

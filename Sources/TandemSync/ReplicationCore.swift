@@ -436,6 +436,14 @@ public struct ReplicationCore: Sendable {
         return actions
     }
 
+    /// Whether the next `onTick` has work that cannot wait (acks or nacks to send, pulls to start,
+    /// transfers or joining under way). When false, only keepalives, anti-entropy rounds and
+    /// tombstone sweeps are left, which run every 100 ms or slower, so an idle node may tick rarely.
+    public var wantsPromptTick: Bool {
+        !inSync || !transfers.isEmpty || !leavesToPull.isEmpty
+            || receivers.contains { p, r in r.hasGap || r.cumulative != lastAckedCumulative[p] }
+    }
+
     private func alivePeers(now t: UInt64) -> [UInt32] {
         peers.filter { _, v in v.lastHeard.map { t < $0 &+ config.peerTimeout } ?? false }.map(\.key).sorted()
     }
