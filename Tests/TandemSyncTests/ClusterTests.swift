@@ -57,6 +57,33 @@ private func churn(_ sim: inout SimulatedCluster, node: UInt32, steps: Int, flow
         #expect(sim.liveTable(2) == sim.liveTable(1))
     }
 
+    @Test func onlyPendingAcksNacksAndTransfersAskForPromptTicks() {
+        var sim = SimulatedCluster(seed: 12)
+        sim.addNode(1, peers: [2])
+        sim.addNode(2, peers: [1])
+        sim.run(ms: 2000)
+        #expect(sim.nodes[1]?.wantsPromptTick == false && sim.nodes[2]?.wantsPromptTick == false,
+                "joined and quiet: keepalives and digests only")
+        for n in 0..<50 { sim.localChange(1, Flows.record(n)) }
+        sim.deliverDue() // node 2 receives (node 1 flushed at once), before its next tick
+        #expect(sim.nodes[2]?.counters.entriesApplied == 50)
+        #expect(sim.nodes[2]?.wantsPromptTick == true, "deltas received, an ack is due")
+        sim.run(ms: 30)
+        #expect(sim.nodes[2]?.wantsPromptTick == false, "acked")
+        // A lost datagram leaves a gap: prompt ticks until the nack has repaired it.
+        sim.dropPercent = 100
+        sim.localChange(1, Flows.record(60))
+        sim.dropPercent = 0
+        sim.localChange(1, Flows.record(61))
+        sim.deliverDue()
+        #expect(sim.nodes[2]?.receivers[1]?.hasGap == true)
+        #expect(sim.nodes[2]?.wantsPromptTick == true)
+        sim.run(ms: 100)
+        #expect(sim.nodes[2]?.receivers[1]?.hasGap == false)
+        #expect(sim.nodes[2]?.wantsPromptTick == false)
+        #expect(sim.liveTable(2) == sim.liveTable(1))
+    }
+
     @Test func entriesLearnedFromAPeerAreNotEchoed() {
         var sim = SimulatedCluster(seed: 3)
         sim.addNode(1, peers: [2])
