@@ -170,11 +170,9 @@ public struct ReplicationCore: Sendable {
     public mutating func onLocalChange(_ record: FlowRecord, deleted: Bool, now: SyncTime) -> [ReplicationAction] {
         var r = record
         r.flags.remove(.fromPeer)
-        let previous = table[r.key]?.entry.version ?? 0
-        let entry = SyncEntry(operation: deleted ? .delete : .upsert, record: r,
-                              version: max(now.wallMicros, previous &+ 1), origin: config.selfID)
-        table.merge(entry, source: .local, now: now.monotonicMillis,
-                    peerDeadline: now.monotonicMillis &+ UInt64(r.remainingMilliseconds))
+        let entry = table.recordLocal(deleted ? .delete : .upsert, r, clock: now.wallMicros, origin: config.selfID,
+                                      now: now.monotonicMillis,
+                                      peerDeadline: now.monotonicMillis &+ UInt64(r.remainingMilliseconds))
         sender.enqueue(entry)
         counters.deltasQueued += 1
         return []

@@ -20,6 +20,38 @@ private func entry(_ n: Int, version: UInt64, op: SyncEntry.Operation = .upsert,
         #expect(t.liveCount == 1)
     }
 
+    @Test func refusedMergesLeaveTheHeldRecordAndDigestsAlone() {
+        var t = ReplicaTable()
+        t.merge(entry(2, version: 10), source: .local, now: 5, peerDeadline: 99)
+        let before = (t[entry(2, version: 10).record.key], t.digest(level: 0), t.count)
+        #expect(t.merge(entry(2, version: 10), source: .peer, now: 7) == .duplicate)
+        #expect(t.merge(entry(2, version: 3), source: .peer, now: 7) == .stale)
+        #expect(t[entry(2, version: 10).record.key] == before.0, "source, times and deadline kept")
+        #expect(t.digest(level: 0) == before.1 && t.count == before.2)
+    }
+
+    @Test func localChangesTakeTheClockOrOnePastTheHeldVersion() {
+        var t = ReplicaTable()
+        var reference = ReplicaTable()
+        let r = entry(3, version: 0).record
+        // First change: the clock. A clock behind what is held (a peer's newer version, or a
+        // clock step back): one past the held version. Both as read-then-merge would give.
+        let first = t.recordLocal(.upsert, r, clock: 1_000, origin: 9, now: 1, peerDeadline: 50)
+        #expect(first.version == 1_000 && first.origin == 9)
+        reference.merge(first, source: .local, now: 1, peerDeadline: 50)
+        t.merge(entry(3, version: 5_000), source: .peer, now: 2)
+        reference.merge(entry(3, version: 5_000), source: .peer, now: 2)
+        let behind = t.recordLocal(.delete, r, clock: 2_000, origin: 9, now: 3, peerDeadline: 60)
+        #expect(behind.version == 5_001 && behind.operation == .delete)
+        reference.merge(behind, source: .local, now: 3, peerDeadline: 60)
+        let ahead = t.recordLocal(.upsert, r, clock: 9_000, origin: 9, now: 4, peerDeadline: 70)
+        #expect(ahead.version == 9_000)
+        reference.merge(ahead, source: .local, now: 4, peerDeadline: 70)
+        #expect(t[r.key] == reference[r.key])
+        #expect(t.digest(level: 0) == reference.digest(level: 0))
+        #expect(t.count == reference.count && t.liveCount == reference.liveCount)
+    }
+
     @Test func deleteOfUnknownFlowIsKeptAsTombstoneAndRefusesOlderUpsert() {
         var t = ReplicaTable()
         t.merge(entry(5, version: 20, op: .delete), source: .peer, now: 0)
