@@ -361,7 +361,7 @@ public final class ReplicationShell: @unchecked Sendable {
         timer = loop.scheduleTask(deadline: at) { [weak self] in self?.tick() }
     }
 
-    /// New work for the timer (deltas arrived, a transfer started): make sure it comes soon.
+    /// New work for the timer (deltas arrived: an ack is due): make sure it comes soon.
     private func tickSoon() {
         if timer != nil { scheduleTick(in: config.tickMilliseconds) }
     }
