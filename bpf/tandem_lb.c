@@ -745,38 +745,35 @@ int tandem_ingress(struct __sk_buff *skb)
             state = tcp_next_state(state, &flags, e->dir, p.tcp_flags);
         else if (p.key.proto == IPPROTO_UDP && e->dir == TDM_DIR_REPLY && state == TDM_CT_UDP_NEW)
             state = TDM_CT_UDP_EST;
-        if (state != e->state || flags != e->flags) {
-            e->state = state;
-            e->flags = flags;
-            e->version += 1;
+        int changed = state != e->state || flags != e->flags;
+        /* A state change, or a busy flow due for a refresh (see refresh_due): both halves take it
+         * and are marked as announced, so a two-way flow is announced once per period; the
+         * event describes the original half. */
+        if (changed || (cfg->emit_events && refresh_due(cfg, e, now))) {
+            if (changed) {
+                e->state = state;
+                e->flags = flags;
+                e->version += 1;
+            }
+            e->refreshed = (__u32)(now >> 30);
             struct tdm_ct_entry *pe = bpf_map_lookup_elem(&tdm_ct, &e->peer);
             /* The peer may already belong to a newer connection that reused its key. */
             if (pe && !same_key(&pe->peer, &p.key))
                 pe = NULL;
-            e->refreshed = (__u32)(now >> 30);
             if (pe) {
-                pe->state = state;
-                pe->flags = flags;
-                pe->version = e->version;
-                pe->last_seen_ns = now;
+                if (changed) {
+                    pe->state = state;
+                    pe->flags = flags;
+                    pe->version = e->version;
+                    pe->last_seen_ns = now;
+                }
                 pe->refreshed = e->refreshed;
             }
+            __u8 type = changed ? TDM_EV_STATE : TDM_EV_REFRESH;
             if (e->dir == TDM_DIR_ORIGINAL)
-                emit_event(cfg, TDM_EV_STATE, e, &p.key, now);
+                emit_event(cfg, type, e, &p.key, now);
             else if (pe)
-                emit_event(cfg, TDM_EV_STATE, pe, &e->peer, now);
-        } else if (cfg->emit_events && refresh_due(cfg, e, now)) {
-            /* Both halves are marked, so a busy two-way flow is announced once per period. */
-            e->refreshed = (__u32)(now >> 30);
-            struct tdm_ct_entry *pe = bpf_map_lookup_elem(&tdm_ct, &e->peer);
-            if (pe && !same_key(&pe->peer, &p.key))
-                pe = NULL;
-            if (pe)
-                pe->refreshed = e->refreshed;
-            if (e->dir == TDM_DIR_ORIGINAL)
-                emit_event(cfg, TDM_EV_REFRESH, e, &p.key, now);
-            else if (pe)
-                emit_event(cfg, TDM_EV_REFRESH, pe, &e->peer, now);
+                emit_event(cfg, type, pe, &e->peer, now);
         }
         /* A peer's flow of a service this node does not have carries an out-of-range slot: it is
          * forwarded but counted nowhere (the multiplication below must not wrap into a real slot). */

@@ -191,12 +191,13 @@ private final class StopFlag: @unchecked Sendable {
     var isStopped: Bool { lock.withLock { stopped } }
     func stop() { lock.withLock { stopped = true } }
     private var kinds: [String: UInt64] = [:]
+    /// Reported from the first poll on (as 0 too); the rarer kinds once seen.
+    private static let alwaysShown: Set<ConnectionEvent.Kind> = [.new, .stateChanged, .deleted]
     /// Folds one poll's counts in: one lock per poll, not per event.
     func add(_ k: [UInt64], malformed m: Int) {
         guard k.contains(where: { $0 != 0 }) || m != 0 else { return }
         lock.withLock {
-            // new, stateChanged and deleted always appear (as 0 too); the rarer kinds once seen.
-            for kind in ConnectionEvent.Kind.allCases where k[kind.rawValue] > 0 || [.new, .stateChanged, .deleted].contains(kind) {
+            for kind in ConnectionEvent.Kind.allCases where k[kind.rawValue] > 0 || Self.alwaysShown.contains(kind) {
                 kinds["\(kind)", default: 0] += k[kind.rawValue]
             }
             bad += m

@@ -22,10 +22,6 @@ public actor NodeController: LoadBalancerController {
     nonisolated let directory: ServiceDirectory
     private var replication: ReplicationShell?
     private var ha: HAShell?
-    /// When the scanner runs: replication's scan (refreshes, missed events, silent deletes) on
-    /// every Nth pass, about every 10 s, as it costs a pass over the whole table; reply halves
-    /// left by an LRU-evicted original about every 30 s, as the check costs a kernel lookup per
-    /// idle reply half and one-way flows have many.
     /// Events the datapath could not queue (ring buffer full), so far.
     nonisolated var eventsLost: UInt64 { datapath.stats().eventsLost }
 

@@ -226,11 +226,12 @@ public struct ReplicaTable: Sendable {
         Set(wanted).filter { Int($0) < Self.leafCount }.sorted().flatMap { parts[Int($0)].values.map(\.entry) }
     }
 
-    /// Keys held in a range of leaves (a slice of a scan).
-    public func keys(inLeafRange range: Range<Int>) -> [FlowTuple] {
+    /// The records held in a range of leaves (a slice of a scan), copied out so the caller may
+    /// change the table while it goes through them.
+    public func records(inLeafRange range: Range<Int>) -> [(key: FlowTuple, value: ReplicaRecord)] {
         let r = range.clamped(to: 0..<Self.leafCount)
-        var out: [FlowTuple] = []
-        for leaf in r { out.append(contentsOf: parts[leaf].keys) }
+        var out: [(key: FlowTuple, value: ReplicaRecord)] = []
+        for leaf in r { out.append(contentsOf: parts[leaf]) }
         return out
     }
 

@@ -244,9 +244,9 @@ public struct ReplicationCore: Sendable {
     /// `finishScan` over some digest leaves: a big table is checked a slice of leaves at a time.
     public mutating func finishScan(leaves: Range<Int>, now: SyncTime) -> [ReplicationAction] {
         var actions: [ReplicationAction] = []
-        for k in table.keys(inLeafRange: leaves) {
-            guard let rec = table[k], !rec.isTombstone, rec.scanned != scanGeneration,
-                  scanStartedAt >= rec.changedAt &+ 1000 else { continue }
+        // Each record is read once; handling one changes only that record.
+        for (k, rec) in table.records(inLeafRange: leaves) {
+            guard !rec.isTombstone, rec.scanned != scanGeneration, scanStartedAt >= rec.changedAt &+ 1000 else { continue }
             if rec.source == .local {
                 actions += onLocalChange(rec.entry.record, deleted: true, now: now)
             } else {

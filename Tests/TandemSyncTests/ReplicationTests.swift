@@ -111,7 +111,7 @@ private func entry(_ n: Int, version: UInt64, op: SyncEntry.Operation = .upsert,
         var t = ReplicaTable()
         for n in 0..<2000 { t.merge(entry(n, version: 1, op: n % 7 == 0 ? .delete : .upsert), source: .peer, now: 0) }
         let all = t.allEntries()
-        #expect(all.count == 2000 && t.count == 2000 && Set(t.keys(inLeafRange: 0..<ReplicaTable.leafCount)).count == 2000)
+        #expect(all.count == 2000 && t.count == 2000 && Set(t.records(inLeafRange: 0..<ReplicaTable.leafCount).map(\.key)).count == 2000)
         let wanted: [UInt16] = Array(Set(all.prefix(40).map { UInt16(ReplicaTable.leaf(of: $0.record.key)) })).sorted()
         let expected = all.filter { wanted.contains(UInt16(ReplicaTable.leaf(of: $0.record.key))) }
         #expect(Set(t.entries(inLeaves: wanted).map(\.record.key)) == Set(expected.map(\.record.key)))
