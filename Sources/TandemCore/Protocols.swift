@@ -47,25 +47,29 @@ public enum Selection: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case weighted = 1
     case persist = 2
     case maglev = 3
+    /// The endpoint with the fewest active connections, counted in the kernel (LoxiLB's `lc`).
+    case leastConnections = 4
 
-    /// Accepts Tandem's names and loxicmd's (`rr`, `hash`, `priority`, `persist`).
+    /// Accepts Tandem's names and loxicmd's (`rr`, `hash`, `priority`, `persist`, `lc`).
     public init?(name: String) {
         switch name.lowercased() {
         case "rr", "roundrobin", "round-robin": self = .roundRobin
         case "weighted", "priority", "wrr": self = .weighted
         case "persist", "persistence": self = .persist
         case "maglev", "hash", "consistent": self = .maglev
+        case "lc", "leastconnections", "least-connections": self = .leastConnections
         default: return nil
         }
     }
 
-    /// LoxiLB's API numbers for `sel`: 0 rr, 1 hash, 2 priority, 3 persist.
+    /// LoxiLB's API numbers for `sel`: 0 rr, 1 hash, 2 priority, 3 persist, 4 lc.
     public init?(loxiNumber: Int) {
         switch loxiNumber {
         case 0: self = .roundRobin
         case 1: self = .maglev
         case 2: self = .weighted
         case 3: self = .persist
+        case 4: self = .leastConnections
         default: return nil
         }
     }
@@ -76,6 +80,7 @@ public enum Selection: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .maglev: 1
         case .weighted: 2
         case .persist: 3
+        case .leastConnections: 4
         }
     }
 
@@ -85,6 +90,7 @@ public enum Selection: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .weighted: "priority"
         case .persist: "persist"
         case .maglev: "hash"
+        case .leastConnections: "lc"
         }
     }
 }

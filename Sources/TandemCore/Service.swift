@@ -5,6 +5,10 @@ public enum DatapathLimits {
     public static let scheduleLength = 256
     public static let maglevM = 16381
     public static let maglevSlots = 16384
+    /// Source prefixes per service (allowedSources).
+    public static let maxAllowedSources = 64
+    /// Longest per-service idle timeout, seconds (a day; the datapath stores nanoseconds).
+    public static let maxIdleTimeout: UInt32 = 86_400
 }
 
 /// Identifies a service the way packets do: VIP, port and protocol.
@@ -56,10 +60,17 @@ public struct Service: Hashable, Sendable {
     public var persistTimeout: UInt32
     /// Firewall mark, shown for LoxiLB compatibility.
     public var mark: UInt32
+    /// Source prefixes allowed to open connections to the service (Kubernetes'
+    /// `loadBalancerSourceRanges`, LoxiLB's `allowedSources`); empty allows every source. The
+    /// datapath drops the rest and counts them per service.
+    public var allowedSources: [IPv4Prefix]
+    /// Idle timeout in seconds of this service's established connections (LoxiLB's
+    /// `inactiveTimeOut`); nil keeps the node's timeouts.
+    public var idleTimeout: UInt32?
 
     public init(key: ServiceKey, name: String = "", mode: NATMode = .default, selection: Selection = .roundRobin,
                 endpoints: [Endpoint], snatIP: IPv4Address? = nil, persistTimeout: UInt32 = 10_800,
-                mark: UInt32 = 0) {
+                mark: UInt32 = 0, allowedSources: [IPv4Prefix] = [], idleTimeout: UInt32? = nil) {
         self.key = key
         self.name = name
         self.mode = mode
@@ -68,6 +79,8 @@ public struct Service: Hashable, Sendable {
         self.snatIP = snatIP
         self.persistTimeout = persistTimeout
         self.mark = mark
+        self.allowedSources = allowedSources
+        self.idleTimeout = idleTimeout
     }
 }
 
@@ -104,6 +117,12 @@ extension Service {
         }
         if let s = snatIP, s.isUnspecified || s.isMulticastOrBroadcast {
             throw ServiceError("source IP \(s) is not a unicast address")
+        }
+        if allowedSources.count > DatapathLimits.maxAllowedSources {
+            throw ServiceError("service \(key) has \(allowedSources.count) allowed sources; the limit is \(DatapathLimits.maxAllowedSources)")
+        }
+        if let t = idleTimeout, t == 0 || t > DatapathLimits.maxIdleTimeout {
+            throw ServiceError("inactiveTimeOut must be 1-\(DatapathLimits.maxIdleTimeout) seconds, got \(t)")
         }
         if selection == .persist && persistTimeout == 0 {
             throw ServiceError("persist selection needs a timeout above 0 seconds")
