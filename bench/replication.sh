@@ -95,7 +95,7 @@ tandem_start() { # ROLE
     # cores evenly whatever their threads' priorities, which a node on a machine of its own never
     # meets (measured: a replication loop waiting 63-246 ms behind the other node's table scan).
     ip netns exec "$(tb_ns "$1")" "$TANDEM" node run --config "$OUT/$1.yaml" \
-        --bpf-object "$REPO/bpf/obj/tandem_lb.o" --log-level warning </dev/null >"$OUT/$1.log" 2>&1 &
+        --bpf-object "$REPO/bpf/obj/tandem_lb.o" --log-level warning --no-state </dev/null >"$OUT/$1.log" 2>&1 &
     echo $! >"$OUT/$1.pid"
 }
 

@@ -28,7 +28,7 @@ services:
      endpoints: [{ip: $(tb_ip ep1), port: $EP_UDP_PORT}, {ip: $(tb_ip ep2), port: $EP_UDP_PORT}]}
 YAML
     setsid ip netns exec "$(tb_ns llb1)" "$bin" node run --config "$cfg" --bpf-object "$TB_REPO/bpf/obj/tandem_lb.o" \
-        --log-level warning ${TANDEM_ARGS:-} </dev/null >"$TB_STATE/tandem.log" 2>&1 &
+        --log-level warning --no-state ${TANDEM_ARGS:-} </dev/null >"$TB_STATE/tandem.log" 2>&1 &
     echo $! >"$TB_STATE/tandem.pid"
     tb_wait_for 20 "tandem API" tb_exec llb1 "$bin" get lb -o json || { tail -5 "$TB_STATE/tandem.log" >&2; return 1; }
     bench_log "tandem $(basename "$bin") running in $(tb_ns llb1)"

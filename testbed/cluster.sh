@@ -42,7 +42,7 @@ YAML
 
 start_node() {
     local node="$1"
-    setsid ip netns exec "$(tb_ns "$node")" "$TANDEM" node run --config "$TB_STATE/$node.yaml" </dev/null \
+    setsid ip netns exec "$(tb_ns "$node")" "$TANDEM" node run --config "$TB_STATE/$node.yaml" --state-file "$TB_STATE/$node-state.jsonl" </dev/null \
         >>"$TB_STATE/$node.log" 2>&1 &
     echo $! >"$TB_STATE/$node.pid"
 }

@@ -7,10 +7,13 @@ import FoundationNetworking
 public struct APIClient: Sendable {
     public var baseURL: URL
     public var timeout: TimeInterval
+    /// Sent as `Authorization: Bearer <token>`.
+    public var token: String?
 
-    public init(baseURL: URL, timeout: TimeInterval = 10) {
+    public init(baseURL: URL, timeout: TimeInterval = 10, token: String? = nil) {
         self.baseURL = baseURL
         self.timeout = timeout
+        self.token = token
     }
 
     public struct Failure: Error, CustomStringConvertible {
@@ -25,6 +28,7 @@ public struct APIClient: Sendable {
         }
         var req = URLRequest(url: url, timeoutInterval: timeout)
         req.httpMethod = method
+        if let token, !token.isEmpty { req.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
         if let body {
             req.httpBody = body
             req.setValue("application/json", forHTTPHeaderField: "Content-Type")
@@ -37,9 +41,13 @@ public struct APIClient: Sendable {
         }
         let status = (response as? HTTPURLResponse)?.statusCode ?? 0
         guard (200..<300).contains(status) else {
-            let msg = (try? JSONDecoder().decode(APIErrorBody.self, from: data))?.message
+            let msg = (try? JSONDecoder().decode(APIErrorBody.self, from: data))?.reason
                 ?? String(decoding: data, as: UTF8.self)
             throw Failure(status: status, message: msg)
+        }
+        // LoxiLB's convention, which kube-loxilb enforces: a change answered 200 must say Success.
+        if method != "GET", let body = try? JSONDecoder().decode(APIErrorBody.self, from: data), body.result != "Success" {
+            throw Failure(status: status, message: body.reason)
         }
         return data
     }

@@ -1,5 +1,7 @@
 import Foundation
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
 import Logging
 import NIOCore
 import TandemCore
@@ -24,10 +26,18 @@ public struct APIError: Error, Sendable {
 
 /// What the API needs from the node. The daemon implements it; tests can too.
 public protocol LoadBalancerController: Sendable {
-    /// Creates a service; throws APIError (400 invalid, 409 duplicate) and changes nothing on error.
-    func create(_ service: Service) async throws
+    /// Carries out a POST to config/loadbalancer: create; the same rule again (a success, changing
+    /// nothing); a changed rule (replaced in place, flows kept); attach or detach endpoints.
+    /// Throws APIError (400 invalid, 404 missing, 409 conflict) and changes nothing on error.
+    func apply(_ request: LoadBalancerRequest) async throws
+    /// Deletes a service. Deleting one that was already deleted is a success (kube-loxilb and
+    /// peers replay deletes); one that never existed is a 404.
     func delete(_ key: ServiceKey) async throws
+    /// Deletes every service of that name (LoxiLB's DELETE config/loadbalancer/name/{name}).
+    func delete(named name: String) async throws
     func loadBalancers() async -> [LoadBalancerEntry]
+    /// Every endpoint host with its probe settings and state (loxicmd's `get ep`).
+    func endpointHosts() async -> [EndpointHostEntry]
     func conntrack() async -> [ConntrackEntry]
     /// Free-form status for /netlox/v1/status: datapath counters and the like.
     func status() async -> [String: UInt64]
@@ -42,6 +52,16 @@ public protocol LoadBalancerController: Sendable {
 }
 
 extension LoadBalancerController {
+    public func delete(named name: String) async throws {
+        let keys = await loadBalancers().filter { $0.serviceArguments.name == name }
+        guard !keys.isEmpty else { throw APIError.notFound("no-rule error: no service is named '\(name)'") }
+        for e in keys {
+            guard let ip = IPv4Address(e.serviceArguments.externalIP), let proto = L4Protocol(name: e.serviceArguments.protocol_),
+                  let port = UInt16(exactly: e.serviceArguments.port) else { continue }
+            try await delete(ServiceKey(vip: ip, port: port, proto: proto))
+        }
+    }
+    public func endpointHosts() async -> [EndpointHostEntry] { EndpointHostEntry.from(await loadBalancers()) }
     public func sync() async -> ReplicationStatus? { nil }
     public func cluster() async -> HAStatus? { nil }
     public func ciStates() async -> [CIStateEntry]? { nil }
@@ -52,8 +72,80 @@ extension LoadBalancerController {
 
 /// `GET /netlox/v1/config/cistate/all`, shaped like LoxiLB's answer.
 public struct CIStateList: Codable, Sendable, Equatable {
-    public var Attr: [CIStateEntry]
-    public init(_ attr: [CIStateEntry]) { Attr = attr }
+    public var Attr: [CIStateGetEntry]
+    public init(_ attr: [CIStateGetEntry]) { Attr = attr }
+}
+
+/// One instance of `GET config/cistate/all` (LoxiLB's CIStatusGetEntry; loxicmd's HAStateInfo):
+/// `sync` is 1 while this node's connection table is in sync with its peers, else 0.
+public struct CIStateGetEntry: Codable, Sendable, Equatable {
+    public var instance: String
+    public var state: String
+    public var vip: String
+    public var sync: Int
+    public init(instance: String, state: String, vip: String, sync: Int) {
+        self.instance = instance
+        self.state = state
+        self.vip = vip
+        self.sync = sync
+    }
+}
+
+/// One endpoint host of `GET config/endpoint/all` (LoxiLB's EndPointGetEntry, loxicmd's `get ep`).
+public struct EndpointHostEntry: Codable, Sendable, Equatable {
+    public var hostName: String
+    public var name: String
+    public var inactiveReTries: Int
+    public var probeType: String
+    public var probeReq: String
+    public var probeResp: String
+    public var probeDuration: Int
+    public var probePort: Int
+    public var minDelay: String
+    public var avgDelay: String
+    public var maxDelay: String
+    public var currState: String
+
+    public init(hostName: String, name: String, inactiveReTries: Int = 0, probeType: String, probeReq: String = "",
+                probeResp: String = "", probeDuration: Int = 0, probePort: Int = 0, minDelay: String = "",
+                avgDelay: String = "", maxDelay: String = "", currState: String) {
+        self.hostName = hostName
+        self.name = name
+        self.inactiveReTries = inactiveReTries
+        self.probeType = probeType
+        self.probeReq = probeReq
+        self.probeResp = probeResp
+        self.probeDuration = probeDuration
+        self.probePort = probePort
+        self.minDelay = minDelay
+        self.avgDelay = avgDelay
+        self.maxDelay = maxDelay
+        self.currState = currState
+    }
+
+    /// One entry per endpoint of each service, with the service's probe; until endpoints are
+    /// probed, the state is each endpoint's state as the service lists it.
+    public static func from(_ services: [LoadBalancerEntry]) -> [EndpointHostEntry] {
+        var out: [EndpointHostEntry] = []
+        for e in services {
+            let a = e.serviceArguments
+            let type = (a.probetype ?? "").isEmpty ? "none" : (a.probetype ?? "none")
+            for ep in e.endpoints {
+                out.append(EndpointHostEntry(hostName: ep.endpointIP, name: "\(a.externalIP):\(a.port)/\(a.protocol_)",
+                                             inactiveReTries: a.probeRetries ?? 0, probeType: type,
+                                             probeReq: a.probereq ?? "", probeResp: a.proberesp ?? "",
+                                             probeDuration: a.probeTimeout ?? 0,
+                                             probePort: (a.probeport ?? 0) == 0 ? ep.targetPort : (a.probeport ?? 0),
+                                             currState: ep.state ?? "-"))
+            }
+        }
+        return out.sorted { ($0.hostName, $0.probePort, $0.name) < ($1.hostName, $1.probePort, $1.name) }
+    }
+}
+
+public struct EndpointHostList: Codable, Sendable, Equatable {
+    public var Attr: [EndpointHostEntry]
+    public init(_ attr: [EndpointHostEntry]) { Attr = attr }
 }
 
 public enum APIRoutes {
@@ -68,6 +160,7 @@ public enum APIRoutes {
     public static let ciState = "/netlox/v1/config/cistate"
     public static let ciStateAll = "/netlox/v1/config/cistate/all"
     public static let metrics = "/netlox/v1/metrics"
+    public static let endpointAll = "/netlox/v1/config/endpoint/all"
 
     public static func deletePath(_ k: ServiceKey) -> String {
         "\(loadBalancer)/externalipaddress/\(k.vip)/port/\(k.port)/protocol/\(k.proto)"
@@ -78,8 +171,11 @@ public enum APIRoutes {
 public enum APIServer {
     public static let maxBodyBytes = 1 << 20
 
-    public static func makeRouter(controller: some LoadBalancerController) -> Router<BasicRequestContext> {
+    public static func makeRouter(controller: some LoadBalancerController, token: APIToken? = nil,
+                                  authCounters: APIAuthCounters = APIAuthCounters()) -> Router<BasicRequestContext> {
         let router = Router()
+        // Before every route: middleware applies only to routes added after it.
+        if let token { router.add(middleware: TokenMiddleware(token: token, counters: authCounters)) }
         router.post(RouterPath(APIRoutes.loadBalancer)) { request, _ -> Response in
             await answer {
                 let body = try await collect(request)
@@ -91,10 +187,10 @@ public enum APIServer {
                 } catch {
                     throw APIError(.badRequest, "malformed request body: \(error)")
                 }
-                let service: Service
-                do throws(ServiceError) { service = try entry.toService() } catch { throw APIError(.badRequest, error.message) }
-                try await controller.create(service)
-                return try json(APIErrorBody(code: 200, message: "ok"), status: .ok)
+                let request: LoadBalancerRequest
+                do throws(ServiceError) { request = try entry.toRequest() } catch { throw APIError(.badRequest, error.message) }
+                try await controller.apply(request)
+                return try json(APIErrorBody.success)
             }
         }
         router.get(RouterPath(APIRoutes.loadBalancerAll)) { _, _ -> Response in
@@ -113,8 +209,23 @@ public enum APIServer {
                     throw APIError(.badRequest, "protocol '\(protoText)' is not supported; use tcp or udp")
                 }
                 try await controller.delete(ServiceKey(vip: ip, port: port, proto: proto))
-                return try json(APIErrorBody(code: 200, message: "ok"))
+                return try json(APIErrorBody.success)
             }
+        }
+        router.delete("/netlox/v1/config/loadbalancer/name/:name") { _, context -> Response in
+            await answer {
+                let name = context.parameters.get("name") ?? ""
+                guard !name.isEmpty else { throw APIError.badRequest("the rule name must not be empty") }
+                try await controller.delete(named: name)
+                return try json(APIErrorBody.success)
+            }
+        }
+        router.get(RouterPath(APIRoutes.endpointAll)) { _, _ -> Response in
+            await answer { try json(EndpointHostList(await controller.endpointHosts())) }
+        }
+        // kube-loxilb's liveness poll (every 2 s): any answer means the node is up.
+        router.get(RouterPath(APIRoutes.base)) { _, _ -> Response in
+            await answer { try json(APIErrorBody.success) }
         }
         router.get(RouterPath(APIRoutes.conntrackAll)) { _, _ -> Response in
             await answer { try json(ConntrackList(ctAttr: await controller.conntrack())) }
@@ -143,7 +254,10 @@ public enum APIServer {
                 guard let s = await controller.ciStates() else {
                     throw APIError.notFound("this node is not clustered (no cluster peers)")
                 }
-                return try json(CIStateList(s))
+                let inSync = await controller.sync()?.inSync ?? true
+                return try json(CIStateList(s.map {
+                    CIStateGetEntry(instance: $0.instance, state: $0.state, vip: $0.vip ?? "0.0.0.0", sync: inSync ? 1 : 0)
+                }))
             }
         }
         router.post(RouterPath(APIRoutes.ciState)) { request, _ -> Response in
@@ -163,7 +277,7 @@ public enum APIServer {
                     throw APIError.badRequest("vip '\(vip)' is not an IPv4 address")
                 }
                 try await controller.setCIState(entry)
-                return try json(["result": "Success"])
+                return try json(APIErrorBody.success)
             }
         }
         // Prometheus text: what swift-metrics recorded (HA role changes, takeovers) plus the node's
@@ -200,11 +314,19 @@ public enum APIServer {
                              activeConnections: e.counters?.activeConnections ?? 0, endpoints: endpoints)
     }
 
+    /// The API server: plain HTTP, or HTTPS when `tls` is given; with a token, every route but
+    /// the liveness GET requires it.
     public static func makeApplication(controller: some LoadBalancerController, host: String, port: Int,
-                                       logger: Logger) -> some ApplicationProtocol {
-        Application(router: makeRouter(controller: controller),
-                    configuration: .init(address: .hostname(host, port: port), serverName: "tandem"),
-                    logger: logger)
+                                       security: APISecurity = APISecurity(), logger: Logger) throws -> some ApplicationProtocol {
+        let router = makeRouter(controller: controller, token: security.token, authCounters: security.counters)
+        let configuration = ApplicationConfiguration(address: .hostname(host, port: port), serverName: "tandem")
+        let server: HTTPServerBuilder
+        if let tls = security.tls {
+            server = try .tls(.http1(), tlsConfiguration: tls.serverConfiguration())
+        } else {
+            server = .http1()
+        }
+        return Application(router: router, server: server, configuration: configuration, logger: logger)
     }
 
     static func collect(_ request: Request) async throws -> Data {
@@ -220,15 +342,17 @@ public enum APIServer {
         do {
             return try await body()
         } catch let e as APIError {
-            return (try? json(APIErrorBody(code: Int(e.status.code), message: e.message), status: e.status))
-                ?? Response(status: e.status)
+            return errorResponse(status: e.status, reason: e.message)
         } catch let e as ServiceError {
-            return (try? json(APIErrorBody(code: 400, message: e.message), status: .badRequest))
-                ?? Response(status: .badRequest)
+            return errorResponse(status: .badRequest, reason: e.message)
         } catch {
-            return (try? json(APIErrorBody(code: 500, message: "\(error)"), status: .internalServerError))
-                ?? Response(status: .internalServerError)
+            return errorResponse(status: .internalServerError, reason: "\(error)")
         }
+    }
+
+    /// LoxiLB's error answer: its status code and `{"result": reason, "code", "message"}`.
+    static func errorResponse(status: HTTPResponse.Status, reason: String) -> Response {
+        (try? json(APIErrorBody(code: Int(status.code), message: reason), status: status)) ?? Response(status: status)
     }
 
     static func json(_ value: some Encodable, status: HTTPResponse.Status = .ok) throws -> Response {

@@ -29,7 +29,7 @@ public enum TableRenderer {
             let a = e.serviceArguments
             let sel = selName(a.sel)
             let mode = modeName(a.mode)
-            let base = [a.externalIP, "\(a.port)", a.protocol_, a.name ?? "", "0", sel, mode, "\(e.endpoints.count)",
+            let base = [a.externalIP, "\(a.port)", a.protocol_, a.name ?? "", "\(a.block ?? 0)", sel, mode, "\(e.endpoints.count)",
                         (a.monitor ?? false) ? "On" : "Off"]
             if !wide {
                 rows.append(base)
@@ -39,6 +39,16 @@ public enum TableRenderer {
                 let lead = i == 0 ? base : Array(repeating: "", count: base.count)
                 rows.append(lead + [ep.endpointIP, "\(ep.targetPort)", "\(ep.weight ?? 1)", ep.state ?? "-", ep.counter ?? "-"])
             }
+        }
+        return render(headers: headers, rows: rows)
+    }
+
+    /// `tandem get ep`: loxicmd's endpoint table.
+    public static func endpointHosts(_ list: [EndpointHostEntry]) -> String {
+        let headers = ["HOST", "NAME", "PTYPE", "PORT", "DURATION", "RETRIES", "MINDELAY", "AVGDELAY", "MAXDELAY", "STATE"]
+        let rows = list.map { e in
+            [e.hostName, e.name, e.probeReq.isEmpty ? e.probeType : "\(e.probeType):\(e.probeReq)", "\(e.probePort)",
+             "\(e.probeDuration)", "\(e.inactiveReTries)", e.minDelay, e.avgDelay, e.maxDelay, e.currState]
         }
         return render(headers: headers, rows: rows)
     }

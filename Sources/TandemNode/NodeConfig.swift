@@ -10,6 +10,11 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
     public struct API: Decodable, Sendable, Equatable {
         public var address: String?
         public var port: Int?
+        /// Bearer token file (mode 0600): every route but the liveness GET then requires it.
+        public var tokenFile: String?
+        /// Serve HTTPS with this PEM certificate chain and key.
+        public var tlsCertificate: String?
+        public var tlsKey: String?
     }
 
     public struct Cluster: Decodable, Sendable, Equatable {
@@ -125,6 +130,8 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
     public var xdp: Bool?
     public var services: [ServiceConfig]?
     public var oci: OCI?
+    /// Where API changes are kept across restarts (default /var/lib/tandem/state.jsonl).
+    public var stateFile: String?
 
     public init() {}
 

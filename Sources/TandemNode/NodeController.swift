@@ -22,6 +22,17 @@ public actor NodeController: LoadBalancerController {
     nonisolated let directory: ServiceDirectory
     private var replication: ReplicationShell?
     private var ha: HAShell?
+    /// What the control plane keeps beside each service (monitor, probe, managed).
+    private var options: [ServiceKey: ServiceOptions] = [:]
+    /// Where API changes are written before they are answered; nil keeps them in memory only.
+    private let store: StateStore?
+    /// Services the config file defines: deleting one through the API is remembered.
+    private var configKeys: Set<ServiceKey> = []
+    /// Deleted through the API, oldest first (see NodeState.deleted).
+    private var deleted: [ServiceKey] = []
+    static let maxRememberedDeletes = 1024
+    private let authCounters: APIAuthCounters
+    var serviceCount: Int { table.services.count }
     /// Events the datapath could not queue (ring buffer full), so far.
     nonisolated var eventsLost: UInt64 { datapath.stats().eventsLost }
 
@@ -30,8 +41,12 @@ public actor NodeController: LoadBalancerController {
     }
 
     public init(datapath: Datapath, settings: DatapathSettings, logger: Logger, directory: ServiceDirectory = ServiceDirectory(),
+                store: StateStore? = nil,
                 ringEventCounts: @escaping @Sendable () -> [String: UInt64] = { [:] },
+                authCounters: APIAuthCounters = APIAuthCounters(),
                 reachability: @escaping @Sendable (IPv4Address) -> String? = SystemChecks.routeProblem) {
+        self.store = store
+        self.authCounters = authCounters
         self.ringEventCounts = ringEventCounts
         self.directory = directory
         self.datapath = datapath
@@ -40,7 +55,77 @@ public actor NodeController: LoadBalancerController {
         self.reachability = reachability
     }
 
+    /// Creates a service (the config file's, at start). Refuses one that exists.
     public func create(_ service: Service) async throws {
+        guard table.services[service.key] == nil else {
+            throw APIError.conflict("lbrule-exists error: service \(service.key) already exists")
+        }
+        try await install(service, options: ServiceOptions())
+    }
+
+    public func apply(_ request: LoadBalancerRequest) async throws {
+        let key = request.service.key
+        let existing = table.services[key]
+        switch request.operation {
+        case .add:
+            guard let old = existing else { return try await createPersisted(request.service, request.options) }
+            if old.mark != request.service.mark {
+                throw APIError.conflict("lbrule-exists error: service \(key) exists with block \(old.mark); a rule of block \(request.service.mark) would need its own VIP:port")
+            }
+            // The same rule again is what kube-loxilb sends for every cached rule when a node
+            // comes back: a success that changes nothing.
+            if old == request.service && options[key] == request.options { return }
+            // "Replace if existing" (LoxiLB's LBOPAdd): kube-loxilb re-posts a rule whose
+            // endpoints changed and takes any error containing "exist" as success, so an error
+            // here would silently lose the change.
+            try await replacePersisted(request.service, request.options)
+        case .attach:
+            guard var next = existing else { return try await createPersisted(request.service, request.options) }
+            for ep in request.service.endpoints {
+                if let i = next.endpoints.firstIndex(where: { $0.identity == ep.identity }) {
+                    next.endpoints[i].weight = ep.weight
+                } else {
+                    next.endpoints.append(ep)
+                }
+            }
+            if next == existing { return }
+            try await replacePersisted(next, options[key] ?? ServiceOptions())
+        case .detach:
+            guard var next = existing else {
+                if deleted.contains(key) { return }
+                throw APIError.notFound("lbrule not-exists error: service \(key) does not exist")
+            }
+            let gone = Set(request.service.endpoints.map(\.identity))
+            next.endpoints.removeAll { gone.contains($0.identity) }
+            if next.endpoints.count == existing?.endpoints.count { return }
+            if next.endpoints.isEmpty { return try await delete(key) }
+            try await replacePersisted(next, options[key] ?? ServiceOptions())
+        }
+    }
+
+    private func createPersisted(_ service: Service, _ opts: ServiceOptions) async throws {
+        try await install(service, options: opts)
+        let before = deleted
+        deleted.removeAll { $0 == service.key }
+        do { try persist() } catch {
+            await rollBackCreate(service.key)
+            deleted = before
+            throw error
+        }
+    }
+
+    private func replacePersisted(_ service: Service, _ opts: ServiceOptions) async throws {
+        guard let old = table.services[service.key] else { return }
+        let oldOptions = options[service.key] ?? ServiceOptions()
+        try await replace(service, options: opts)
+        do { try persist() } catch {
+            try? await replace(old, options: oldOptions)
+            throw error
+        }
+    }
+
+    /// Puts a new service into the table and the datapath.
+    private func install(_ service: Service, options opts: ServiceOptions) async throws {
         for ep in service.endpoints {
             if let why = reachability(ep.ip) {
                 throw APIError.badRequest("endpoint \(ep.identity) is unreachable from this node: \(why)")
@@ -49,7 +134,9 @@ public actor NodeController: LoadBalancerController {
         var next = table
         let slot: UInt32
         do { slot = try next.add(service) } catch {
-            throw error.message.contains("already exists") ? APIError.conflict(error.message) : APIError.badRequest(error.message)
+            throw error.message.contains("already exists") ? APIError.conflict("lbrule-exists error: \(error.message)")
+                : error.message.contains("table is full") ? APIError(.forbidden, "rule-hwm error: \(error.message)")
+                : APIError.badRequest(error.message)
         }
         do {
             try await datapath.resetCounters(slot: slot)
@@ -60,19 +147,112 @@ public actor NodeController: LoadBalancerController {
             throw APIError.internalError("datapath refused the service: \(error)")
         }
         table = next
+        options[service.key] = opts
         directory.set(service.key, slot: slot, endpoints: service.endpoints)
         ha?.servicesChanged()
         logger.info("service created", metadata: ["service": "\(service.key)", "mode": "\(service.mode)",
                                                   "sel": "\(service.selection)", "endpoints": "\(service.endpoints.count)"])
     }
 
+    /// Rewrites an existing service in its slot: its connections keep flowing.
+    private func replace(_ service: Service, options opts: ServiceOptions) async throws {
+        for ep in service.endpoints {
+            if let why = reachability(ep.ip) {
+                throw APIError.badRequest("endpoint \(ep.identity) is unreachable from this node: \(why)")
+            }
+        }
+        var next = table
+        let slot: UInt32
+        do { slot = try next.replace(service) } catch { throw APIError.badRequest(error.message) }
+        do {
+            try await datapath.reinstall(service, slot: slot, hashSeed: settings.hashSeed)
+        } catch {
+            if let old = table.services[service.key] { try? await datapath.reinstall(old, slot: slot, hashSeed: settings.hashSeed) }
+            throw APIError.internalError("datapath refused the service: \(error)")
+        }
+        table = next
+        options[service.key] = opts
+        directory.set(service.key, slot: slot, endpoints: service.endpoints)
+        ha?.servicesChanged()
+        logger.info("service updated", metadata: ["service": "\(service.key)", "mode": "\(service.mode)",
+                                                  "sel": "\(service.selection)", "endpoints": "\(service.endpoints.count)"])
+    }
+
+    private func rollBackCreate(_ key: ServiceKey) async {
+        var next = table
+        guard let slot = try? next.remove(key) else { return }
+        await datapath.uninstall(key, slot: slot)
+        table = next
+        options[key] = nil
+        directory.remove(key)
+        ha?.servicesChanged()
+    }
+
+    /// Loads what a restart must bring back: services from the state file (they win over the
+    /// config file's), then the config file's services the state neither holds nor deleted.
+    /// Services the state holds that this node cannot install now (an endpoint unreachable) are
+    /// logged and skipped, not dropped from the file.
+    func restore(config: [Service], state: NodeState?) async throws {
+        configKeys = Set(config.map(\.key))
+        guard let state else {
+            for s in config { try await create(s) }
+            return
+        }
+        deleted = state.deleted.compactMap(ServiceKey.init(text:))
+        var held = Set<ServiceKey>()
+        for e in state.services {
+            let r: LoadBalancerRequest
+            do { r = try e.toRequest() } catch {
+                logger.error("state file: service refused", metadata: ["error": "\(error.message)"])
+                continue
+            }
+            held.insert(r.service.key)
+            do { try await install(r.service, options: r.options) } catch {
+                logger.error("state file: service not restored", metadata: ["service": "\(r.service.key)", "error": "\(error)"])
+            }
+        }
+        for s in config where !held.contains(s.key) && !deleted.contains(s.key) { try await create(s) }
+        logger.info("state restored", metadata: ["services": "\(table.services.count)", "fromState": "\(state.services.count)",
+                                                 "deleted": "\(deleted.count)"])
+    }
+
+    /// The state as it is now, written before the change is answered.
+    private func persist() throws {
+        guard let store else { return }
+        let state = NodeState(services: table.sorted.map { LoadBalancerEntry(service: $0.service, options: options[$0.service.key] ?? ServiceOptions()) },
+                              deleted: deleted.map(\.description))
+        do { try store.save(state) } catch {
+            logger.error("state file not written", metadata: ["error": "\(error.message)"])
+            throw APIError.internalError("the change was not made: \(error.message)")
+        }
+    }
+
     public func delete(_ key: ServiceKey) async throws {
         var next = table
         let slot: UInt32
-        do { slot = try next.remove(key) } catch { throw APIError.notFound(error.message) }
+        do { slot = try next.remove(key) } catch {
+            // A replayed delete (kube-loxilb retries, peers forward) is done already.
+            if deleted.contains(key) { return }
+            throw APIError.notFound("no-rule error: \(error.message)")
+        }
+        let old = table.services[key]
+        let oldOptions = options[key]
         await datapath.uninstall(key, slot: slot)
         table = next
+        options[key] = nil
         directory.remove(key)
+        let before = deleted
+        deleted.removeAll { $0 == key }
+        deleted.append(key)
+        // Forget the oldest deletes, but never a config-file service's (it would come back).
+        while deleted.count > Self.maxRememberedDeletes, let i = deleted.firstIndex(where: { !configKeys.contains($0) }) {
+            deleted.remove(at: i)
+        }
+        do { try persist() } catch {
+            deleted = before
+            if let old { try? await install(old, options: oldOptions ?? ServiceOptions()) }
+            throw error
+        }
         ha?.servicesChanged()
         logger.info("service deleted", metadata: ["service": "\(key)"])
     }
@@ -87,12 +267,14 @@ public actor NodeController: LoadBalancerController {
             activePerEndpoint[c.original.serviceSlot, default: [:]][c.original.endpointIndex, default: 0] += 1
         }
         return table.sorted.map { slot, svc in
-            var e = LoadBalancerEntry(service: svc)
+            let opts = options[svc.key] ?? ServiceOptions()
+            var e = LoadBalancerEntry(service: svc, options: opts)
             let c = datapath.serviceCounters(slot: slot)
             e.counters = ServiceCountersBody(packets: c.packets, bytes: c.bytes, newConnections: c.newFlows,
                                              activeConnections: active[slot] ?? 0)
             for i in e.endpoints.indices {
                 let ec = datapath.endpointCounters(slot: slot, index: i)
+                // Not probed yet (health monitoring): every endpoint is in the rotation.
                 e.endpoints[i].state = "active"
                 e.endpoints[i].counter = "\(ec.packets):\(ec.bytes):\(activePerEndpoint[slot]?[UInt8(i)] ?? 0)"
             }
@@ -128,6 +310,7 @@ public actor NodeController: LoadBalancerController {
             "expired_reused": s.expiredReused, "picked_up": s.pickedUp, "standby_passed": s.standbyPassed,
             "xdp_forwarded": s.xdpForwarded, "reaped": s.reaped, "reaped_halves": s.reapedHalves,
         ]
+        out["api_auth_refused"] = authCounters.refusedRequests
         for (k, v) in eventCounts { out["events_\(k)"] = v }
         for (k, v) in ringEventCounts() { out["events_\(k)", default: 0] += v }
         return out

@@ -18,9 +18,22 @@ public struct NodeOptions: Sendable {
     public var apiAddress: String
     public var apiPort: Int
     public var reapInterval: Duration
+    /// The state file; nil keeps API changes in memory only.
+    public var statePath: String?
+    /// Start from the config file alone (a damaged state file is left as it is until the first
+    /// API change replaces it).
+    public var ignoreState: Bool
+    /// TLS certificate/key and token files for the API.
+    public var tokenFile: String?
+    public var tls: APITLSFiles?
 
     public init(interfaces: [String], objectPath: String, config: NodeConfig, apiAddress: String, apiPort: Int,
-                reapInterval: Duration = .seconds(2)) {
+                reapInterval: Duration = .seconds(2), statePath: String? = StateStore.defaultPath, ignoreState: Bool = false,
+                tokenFile: String? = nil, tls: APITLSFiles? = nil) {
+        self.statePath = statePath
+        self.ignoreState = ignoreState
+        self.tokenFile = tokenFile
+        self.tls = tls
         self.interfaces = interfaces
         self.objectPath = objectPath
         self.config = config
@@ -32,6 +45,28 @@ public struct NodeOptions: Sendable {
 
 public enum NodeRunner {
     /// Checks everything that can be checked before touching the kernel; throws a clear message.
+    /// The state file's contents (nil: none yet, or ignored) and the API's protection, checked
+    /// before the kernel is touched: a damaged state file or a missing key stops the node here.
+    public static func preflightControlPlane(_ o: NodeOptions, logger: Logger) throws(ConfigError) -> (NodeState?, APISecurity) {
+        var state: NodeState?
+        if let p = o.statePath, !o.ignoreState {
+            do { state = try StateStore(path: p).load() } catch {
+                throw ConfigError("\(error.message); fix or move it, or start with --ignore-state to serve the config file's services (the next API change then replaces the file)")
+            }
+        }
+        var security = APISecurity(tls: o.tls)
+        if let t = o.tokenFile {
+            do { security.token = try APIToken.load(path: t) } catch { throw ConfigError("api: \(error.message)") }
+        }
+        if let tls = o.tls {
+            do { _ = try tls.serverConfiguration() } catch { throw ConfigError("api: \(error.message)") }
+        }
+        if security.token == nil, !["127.0.0.1", "localhost", "::1"].contains(o.apiAddress) {
+            logger.warning("the API listens on a non-loopback address without a token: anyone who reaches \(o.apiAddress):\(o.apiPort) can change or delete every service; set api.tokenFile (or --api-token-file)")
+        }
+        return (state, security)
+    }
+
     public static func preflight(_ o: NodeOptions) throws(ConfigError)
         -> (DatapathSettings, [TandemCore.Service], NodeConfig.ReplicationSettings?, ClusterKey?, NodeConfig.HASettings?) {
         guard SystemChecks.isRoot else {
@@ -87,6 +122,7 @@ public enum NodeRunner {
     /// Runs the node until SIGTERM or SIGINT, then detaches everything it attached.
     public static func run(_ o: NodeOptions, logger: Logger) async throws {
         let (settings, services, replicationSettings, clusterKey, haSettings) = try preflight(o)
+        let (state, security) = try preflightControlPlane(o, logger: logger)
         // swift-metrics onto the Prometheus registry that GET /netlox/v1/metrics renders (once per process).
         TandemMetrics.bootstrap()
         // Built before the datapath loads, so a broken provider setup (a missing OCI key, say)
@@ -123,10 +159,11 @@ public enum NodeRunner {
                                           }
                                       })
         let controller = NodeController(datapath: datapath, settings: settings, logger: logger, directory: directory,
-                                        ringEventCounts: { reader.counts })
+                                        store: o.statePath.map(StateStore.init(path:)),
+                                        ringEventCounts: { reader.counts }, authCounters: security.counters)
         do {
             try await datapath.apply(settings: settings)
-            for s in services { try await controller.create(s) }
+            try await controller.restore(config: services, state: state)
             for i in o.interfaces {
                 try await datapath.attach(interface: i, xdp: o.config.xdp ?? false)
                 if o.config.xdp == true && SystemChecks.isVirtual(i) {
@@ -160,10 +197,19 @@ public enum NodeRunner {
         let dpService = DatapathService(datapath: datapath, controller: controller, reader: reader,
                                         reapInterval: o.reapInterval, replication: shell, ha: ha,
                                         timeouts: settings.timeouts, logger: logger)
-        let api = APIServer.makeApplication(controller: controller, host: o.apiAddress, port: o.apiPort, logger: logger)
+        let api: any ServiceLifecycle.Service
+        do {
+            api = try APIServer.makeApplication(controller: controller, host: o.apiAddress, port: o.apiPort,
+                                                security: security, logger: logger)
+        } catch {
+            await dpServiceStopEarly(datapath: datapath, reader: reader, shell: shell, ha: ha)
+            throw ConfigError("api: \(error)")
+        }
+        let serviceCount = await controller.serviceCount
         logger.info("tandem node running", metadata: [
             "interfaces": "\(o.interfaces.joined(separator: ","))", "nodeIP": "\(settings.nodeIP)",
-            "api": "\(o.apiAddress):\(o.apiPort)", "services": "\(services.count)",
+            "api": "\(o.tls == nil ? "http" : "https")://\(o.apiAddress):\(o.apiPort)", "services": "\(serviceCount)",
+            "token": "\(security.token != nil)",
             "ports": "\(settings.portSlice.low)-\(settings.portSlice.high)",
         ])
         // Services stop in reverse order: the API first, then the datapath detaches.
@@ -179,6 +225,14 @@ public enum NodeRunner {
         await dpService.shutdown()
         logger.info("tandem node stopped; datapath detached")
     }
+}
+
+/// Undoes a start that failed after the datapath was attached.
+private func dpServiceStopEarly(datapath: Datapath, reader: RingBufferReader, shell: ReplicationShell?, ha: HAShell?) async {
+    await ha?.stop()
+    await shell?.stop()
+    reader.stop()
+    await datapath.close()
 }
 
 /// Runs the periodic scan until shutdown, then stops the event reader and detaches.

@@ -19,9 +19,19 @@ struct APIOptions: ParsableArguments {
     @Option(name: .long, help: "Base URL of the node's API.")
     var api: String = ProcessInfo.processInfo.environment["TANDEM_API"] ?? "http://127.0.0.1:11111"
 
+    @Option(name: .long, help: "File holding the node's API token (or set TANDEM_TOKEN).")
+    var tokenFile: String?
+
     func client() throws -> APIClient {
         guard let url = URL(string: api), url.scheme != nil else { throw ValidationError("--api '\(api)' is not a URL") }
-        return APIClient(baseURL: url)
+        var token = ProcessInfo.processInfo.environment["TANDEM_TOKEN"]
+        if let tokenFile {
+            guard let data = FileManager.default.contents(atPath: tokenFile) else {
+                throw ValidationError("--token-file \(tokenFile) cannot be read")
+            }
+            token = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        return APIClient(baseURL: url, token: token)
     }
 }
 
@@ -59,6 +69,16 @@ struct Node: AsyncParsableCommand {
         @Option(name: .long, help: "OCI: instance metadata base URL (default http://169.254.169.254).") var imdsEndpoint: String?
         @Flag(name: .long, help: "Also attach the XDP fast path (native XDP) for established flows; see README.")
         var xdp = false
+        @Option(name: .long, help: "State file that keeps API changes across restarts (default /var/lib/tandem/state.jsonl).")
+        var stateFile: String?
+        @Flag(name: .long, help: "Keep API changes in memory only (no state file).") var noState = false
+        @Flag(name: .long, help: "Start from the config file alone, leaving a damaged state file untouched until the next API change.")
+        var ignoreState = false
+        @Option(name: .long, help: "API bearer token file (mode 0600); every route but GET /netlox/v1 then needs it.")
+        var apiTokenFile: String?
+        @Option(name: .long, help: "Serve the API over HTTPS with this PEM certificate chain (with --api-tls-key).")
+        var apiTlsCert: String?
+        @Option(name: .long, help: "PEM private key of --api-tls-cert.") var apiTlsKey: String?
 
         func run() async throws {
             var logger = Logger(label: "tandem")
@@ -88,12 +108,20 @@ struct Node: AsyncParsableCommand {
                     cfg.oci = o
                 }
                 if xdp { cfg.xdp = true }
+                let cert = apiTlsCert ?? cfg.api?.tlsCertificate, key = apiTlsKey ?? cfg.api?.tlsKey
+                guard (cert == nil) == (key == nil) else {
+                    throw ConfigError("api: a TLS certificate needs its key and a key its certificate (--api-tls-cert with --api-tls-key)")
+                }
                 let opts = NodeOptions(
                     interfaces: interface.isEmpty ? (cfg.interfaces ?? []) : interface,
                     objectPath: bpfObject ?? Self.defaultObjectPath(),
                     config: cfg,
                     apiAddress: apiAddress ?? cfg.api?.address ?? "127.0.0.1",
-                    apiPort: apiPort ?? cfg.api?.port ?? 11111)
+                    apiPort: apiPort ?? cfg.api?.port ?? 11111,
+                    statePath: noState ? nil : (stateFile ?? cfg.stateFile ?? StateStore.defaultPath),
+                    ignoreState: ignoreState,
+                    tokenFile: apiTokenFile ?? cfg.api?.tokenFile,
+                    tls: cert.flatMap { c in key.map { APITLSFiles(certificatePath: c, keyPath: $0) } })
                 try await NodeRunner.run(opts, logger: logger)
             } catch let e as ConfigError {
                 FileHandle.standardError.write(Data("tandem: \(e.message)\n".utf8))
@@ -141,7 +169,7 @@ struct Create: AsyncParsableCommand {
         @Option(name: .long, help: "UDP PORT:TARGETPORT[,...]") var udp: String?
         @Option(name: .long, help: "Endpoints IP[:WEIGHT][,...]") var endpoints: String
         @Option(name: .long, help: "default | onearm | fullnat") var mode: String = "default"
-        @Option(name: .long, help: "rr | priority | persist | hash") var sel: String = "rr"
+        @Option(name: .long, help: "rr | priority | persist | hash | lc") var sel: String = "rr"
         @Option(name: .long, help: "Service name.") var name: String = ""
         @Option(name: .long, help: "Fullnat source IP (default: the external IP).") var snatIP: String?
         @Option(name: .long, help: "Persistence timeout in seconds.") var persistTimeout: Int?
@@ -199,7 +227,7 @@ struct Delete: AsyncParsableCommand {
 }
 
 struct Get: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show objects.", subcommands: [LB.self, CT.self, Sync.self, ClusterState.self])
+    static let configuration = CommandConfiguration(abstract: "Show objects.", subcommands: [LB.self, EP.self, CT.self, Sync.self, ClusterState.self])
 
     struct LB: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "lb", abstract: "Show load-balancer services.")
@@ -213,6 +241,21 @@ struct Get: AsyncParsableCommand {
             if output == .json { print(String(decoding: data, as: UTF8.self)); return }
             let list = try JSONDecoder().decode(LoadBalancerList.self, from: data)
             print(TableRenderer.loadBalancers(list.lbAttr, wide: output == .wide))
+        }
+    }
+
+    struct EP: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "ep", abstract: "Show endpoint hosts, their probes and states.",
+                                                        aliases: ["endpoint", "endpoints"])
+        @Option(name: .shortAndLong, help: "table | wide | json") var output: OutputFormat = .table
+        @OptionGroup var apiOptions: APIOptions
+
+        func run() async throws {
+            let client = try apiOptions.client()
+            let data = try await client.send("GET", APIRoutes.endpointAll)
+            if output == .json { print(String(decoding: data, as: UTF8.self)); return }
+            let list = try JSONDecoder().decode(EndpointHostList.self, from: data)
+            print(TableRenderer.endpointHosts(list.Attr))
         }
     }
 

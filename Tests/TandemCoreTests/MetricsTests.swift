@@ -22,7 +22,7 @@ import TandemSync
         var replication: ReplicationStatus?
         var ha: HAStatus?
 
-        func create(_ service: Service) async throws {}
+        func apply(_ request: LoadBalancerRequest) async throws {}
         func delete(_ key: ServiceKey) async throws {}
         func loadBalancers() async -> [LoadBalancerEntry] { services }
         func conntrack() async -> [ConntrackEntry] { [] }

@@ -159,21 +159,32 @@ final class NodeDaemon {
     let child: Child
     let configPath: String
     let logPath: String
+    /// The node's state file, unique to the bed and role (never /var/lib/tandem): a test that
+    /// restarts a daemon passes the same path again.
+    let statePath: String
+    let scheme: String
+    private let ownsState: Bool
 
-    init(bed: TestBed, role: String = "llb1", config: String, extraArgs: [String] = []) throws {
+    init(bed: TestBed, role: String = "llb1", config: String, extraArgs: [String] = [], statePath: String? = nil,
+         scheme: String = "http") throws {
         self.bed = bed
         self.role = role
+        self.scheme = scheme
         let tmp = FileManager.default.temporaryDirectory
         configPath = tmp.appendingPathComponent("\(bed.name)-\(role).yaml").path
         logPath = tmp.appendingPathComponent("\(bed.name)-\(role).log").path
+        ownsState = statePath == nil
+        self.statePath = statePath ?? tmp.appendingPathComponent("\(bed.name)-\(role)-state.jsonl").path
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)
         child = try Child(["ip", "netns", "exec", bed.ns(role), Env.tandem, "node", "run", "--config", configPath,
-                           "--bpf-object", Env.bpfObject] + extraArgs, outPath: logPath, errPath: logPath + ".err")
+                           "--bpf-object", Env.bpfObject, "--state-file", self.statePath] + extraArgs,
+                          outPath: logPath, errPath: logPath + ".err")
         // Ready when the API answers.
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline {
             if !child.isRunning { throw TestFailure("daemon exited early: \(log)") }
-            if let r = try? cli(["get", "lb", "-o", "json"]), r.ok { return }
+            if let r = try? bed.exec(role, ["curl", "-sk", "-m", "2", "-o", "/dev/null", "-w", "%{http_code}", "\(scheme)://127.0.0.1:11111/netlox/v1"]),
+               r.stdout == "200" { return }
             Thread.sleep(forTimeInterval: 0.2)
         }
         stop()
@@ -200,8 +211,15 @@ final class NodeDaemon {
         return child.status ?? -1
     }
 
+    /// Removes the state file (tests that restart a daemon call it once at the end).
+    func removeState() {
+        try? FileManager.default.removeItem(atPath: statePath)
+        try? FileManager.default.removeItem(atPath: statePath + ".tmp")
+    }
+
     deinit {
         if child.isRunning { kill(child.pid, SIGKILL); child.wait(timeout: 5) }
+        if ownsState { removeState() }
         try? FileManager.default.removeItem(atPath: logPath)
         try? FileManager.default.removeItem(atPath: logPath + ".err")
     }

@@ -1,0 +1,194 @@
+import Foundation
+import TandemAPI
+
+/// What the API changed, kept on disk so a node that crashes or reboots comes back serving what it
+/// served. JSON Lines: a header line, then one record per line, so a damaged file is reported by
+/// line number. Written whole and atomically (temporary file, fsync, rename, fsync of the folder)
+/// before the API answers.
+public struct NodeState: Sendable, Equatable {
+    public static let formatVersion = 1
+
+    /// Every service as the API last left it, with all of its stored fields.
+    public var services: [LoadBalancerEntry] = []
+    /// Keys ("vip:port/proto") of services deleted through the API, oldest first: a config-file
+    /// service among them stays deleted across restarts, and a repeated delete of any of them is
+    /// a success (kube-loxilb retries a delete that failed until it succeeds).
+    public var deleted: [String] = []
+
+    public init(services: [LoadBalancerEntry] = [], deleted: [String] = []) {
+        self.services = services
+        self.deleted = deleted
+    }
+}
+
+public struct StateFileError: Error, Equatable, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Reads and writes the state file. Not thread-safe on its own: the node controller (an actor)
+/// owns it.
+public struct StateStore: Sendable {
+    public let path: String
+
+    public init(path: String) { self.path = path }
+
+    public static let defaultPath = "/var/lib/tandem/state.jsonl"
+
+    private struct Header: Codable {
+        var tandemState: Int
+    }
+
+    /// One record line. Exactly one of the fields is set.
+    private struct Record: Codable {
+        var service: LoadBalancerEntry?
+        var deleted: String?
+    }
+
+    /// The stored state, or nil when there is no file yet. A file that exists but cannot be read
+    /// or parsed is an error naming the file and line; nothing is changed.
+    public func load() throws(StateFileError) -> NodeState? {
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw StateFileError("state file \(path) cannot be read (permissions?)")
+        }
+        return try Self.parse(data, path: path)
+    }
+
+    static func parse(_ data: Data, path: String) throws(StateFileError) -> NodeState {
+        let lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+        let decoder = JSONDecoder()
+        guard let first = lines.first, !first.isEmpty else {
+            throw StateFileError("state file \(path) line 1: empty; expected the header {\"tandemState\":\(NodeState.formatVersion)}")
+        }
+        do {
+            let h = try decoder.decode(Header.self, from: Data(first))
+            guard h.tandemState == NodeState.formatVersion else {
+                throw StateFileError("state file \(path) line 1: format version \(h.tandemState); this build reads version \(NodeState.formatVersion)")
+            }
+        } catch let e as StateFileError {
+            throw e
+        } catch {
+            throw StateFileError("state file \(path) line 1: not a Tandem state header: \(short(error))")
+        }
+        var state = NodeState()
+        var keys = Set<String>()
+        for (i, line) in lines.enumerated().dropFirst() {
+            let n = i + 1
+            if line.isEmpty {
+                // Only the final newline may leave an empty line.
+                if i == lines.count - 1 { continue }
+                throw StateFileError("state file \(path) line \(n): empty line inside the file")
+            }
+            let r: Record
+            do { r = try decoder.decode(Record.self, from: Data(line)) } catch {
+                throw StateFileError("state file \(path) line \(n): \(short(error))")
+            }
+            switch (r.service, r.deleted) {
+            case (let s?, nil):
+                let key: String
+                do throws(ServiceErrorForState) { key = try validate(s) } catch {
+                    throw StateFileError("state file \(path) line \(n): \(error.message)")
+                }
+                guard keys.insert(key).inserted else {
+                    throw StateFileError("state file \(path) line \(n): service \(key) appears twice")
+                }
+                state.services.append(s)
+            case (nil, let d?): state.deleted.append(d)
+            default:
+                throw StateFileError("state file \(path) line \(n): a record must hold exactly one of service, deleted")
+            }
+        }
+        return state
+    }
+
+    struct ServiceErrorForState: Error { var message: String }
+
+    private static func validate(_ e: LoadBalancerEntry) throws(ServiceErrorForState) -> String {
+        do {
+            return try e.toService().key.description
+        } catch {
+            throw ServiceErrorForState(message: error.message)
+        }
+    }
+
+    private static func short(_ error: any Error) -> String {
+        if let e = error as? DecodingError {
+            switch e {
+            case .keyNotFound(let k, let c):
+                return "missing field '\((c.codingPath.map(\.stringValue) + [k.stringValue]).joined(separator: "."))'"
+            case .typeMismatch(_, let c), .valueNotFound(_, let c):
+                return "wrong type at '\(c.codingPath.map(\.stringValue).joined(separator: "."))'"
+            case .dataCorrupted(let c):
+                let p = c.codingPath.map(\.stringValue).joined(separator: ".")
+                return p.isEmpty ? "not valid JSON" : "bad value at '\(p)'"
+            @unknown default: return "\(e)"
+            }
+        }
+        return "\(error)"
+    }
+
+    /// The bytes `save` writes: the header, then one record per line.
+    static func render(_ state: NodeState) throws -> Data {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        var out = try enc.encode(Header(tandemState: NodeState.formatVersion))
+        out.append(UInt8(ascii: "\n"))
+        func line(_ r: Record) throws {
+            out.append(try enc.encode(r))
+            out.append(UInt8(ascii: "\n"))
+        }
+        for s in state.services { try line(Record(service: s)) }
+        for d in state.deleted { try line(Record(deleted: d)) }
+        return out
+    }
+
+    /// Writes the whole state atomically: a reader (or a restart after a crash at any point) sees
+    /// the old file or the new one, never a mix.
+    public func save(_ state: NodeState) throws(StateFileError) {
+        let data: Data
+        do { data = try Self.render(state) } catch { throw StateFileError("cannot encode the state: \(error)") }
+        let url = URL(fileURLWithPath: path)
+        let dir = url.deletingLastPathComponent().path
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw StateFileError("cannot create the state folder \(dir): \(error.localizedDescription)")
+        }
+        let tmp = "\(path).tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw StateFileError("cannot write \(tmp): \(String(cString: strerror(errno)))") }
+        var ok = data.withUnsafeBytes { raw -> Bool in
+            var off = 0
+            while off < raw.count {
+                let n = write(fd, raw.baseAddress.map { $0 + off }, raw.count - off)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return false
+                }
+                off += n
+            }
+            return true
+        }
+        let writeErrno = errno
+        if ok && fsync(fd) != 0 { ok = false }
+        close(fd)
+        guard ok else {
+            unlink(tmp)
+            throw StateFileError("cannot write \(tmp): \(String(cString: strerror(writeErrno)))")
+        }
+        guard rename(tmp, path) == 0 else {
+            let why = String(cString: strerror(errno))
+            unlink(tmp)
+            throw StateFileError("cannot replace \(path): \(why)")
+        }
+        // The rename itself must reach the disk before the write counts as done.
+        let dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dfd >= 0 {
+            fsync(dfd)
+            close(dfd)
+        }
+    }
+}
