@@ -82,6 +82,15 @@ struct {
     __type(value, struct tdm_endpoint);
 } tdm_endpoints SEC(".maps");
 
+/* allowedSources of services with TDM_SVC_F_SOURCES (struct tdm_source_key). Value unused (1). */
+struct {
+    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+    __uint(max_entries, TDM_MAX_SERVICES * TDM_MAX_SOURCES);
+    __uint(map_flags, BPF_F_NO_PREALLOC); /* the kernel requires it of tries */
+    __type(key, struct tdm_source_key);
+    __type(value, __u8);
+} tdm_sources SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
     __uint(max_entries, TDM_MAX_SERVICES);
@@ -490,6 +499,23 @@ static __always_inline void count(void *map, __u32 idx, __u32 len, int new_flow)
     }
 }
 
+/* allowedSources: may `saddr` open a connection to `svc`? Only services with a list pay the
+ * trie lookup, and only for packets that would create a connection. */
+static __always_inline int source_allowed(const struct tdm_service *svc, __be32 saddr)
+{
+    if (!(svc->flags & TDM_SVC_F_SOURCES))
+        return 1;
+    struct tdm_source_key k = { .prefixlen = 64, .service_id = svc->id, .addr = saddr };
+    if (bpf_map_lookup_elem(&tdm_sources, &k))
+        return 1;
+    __u32 id = svc->id;
+    struct tdm_counters *c = bpf_map_lookup_elem(&tdm_service_stats, &id);
+    if (c)
+        c->denied += 1;
+    stat_inc(TDM_STAT_SOURCE_DENIED);
+    return 0;
+}
+
 /* Picks an endpoint index for a new flow, or -1. */
 static __always_inline int select_endpoint(const struct tdm_config *cfg, const struct tdm_service *svc,
                                            const struct tdm_flow_key *key, __u64 now)
@@ -792,6 +818,8 @@ int tandem_ingress(struct __sk_buff *skb)
             return TC_ACT_OK;
         /* A stray RST for a flow we do not know has nowhere consistent to go. */
         if (p.key.proto == IPPROTO_TCP && (p.tcp_flags & 0x04))
+            return TC_ACT_SHOT;
+        if (!source_allowed(svc, p.key.saddr))
             return TC_ACT_SHOT;
         if (new_flow(skb, cfg, &p, svc, now, &to) < 0)
             return TC_ACT_SHOT;

@@ -38,3 +38,36 @@ public func monotonicNanoseconds() -> UInt64 {
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
+
+/// An allowedSources entry as the tdm_sources trie keys it: the slot, then the prefix (masked,
+/// so equal prefixes compare equal however the user wrote the host bits).
+struct SourceKey: Hashable {
+    var slot: UInt32
+    var address: UInt32 // host order, masked
+    var length: Int
+
+    init(slot: UInt32, prefix: IPv4Prefix) {
+        self.slot = slot
+        length = max(0, min(32, prefix.length))
+        address = prefix.address.value & prefix.mask
+    }
+
+    init(_ raw: tdm_source_key) {
+        slot = raw.service_id
+        length = max(0, min(32, Int(raw.prefixlen) - 32))
+        let mask: UInt32 = length == 0 ? 0 : UInt32.max << (32 - length)
+        address = UInt32(bigEndian: raw.addr) & mask
+    }
+
+    var raw: tdm_source_key {
+        var k = tdm_source_key()
+        k.prefixlen = UInt32(32 + length)
+        k.service_id = slot
+        k.addr = address.bigEndian
+        return k
+    }
+
+    var prefix: IPv4Prefix {
+        IPv4Prefix(address: IPv4Address(address), length: length)
+    }
+}

@@ -38,6 +38,9 @@ public struct TrafficCounters: Equatable, Sendable, Codable {
     public var packets: UInt64 = 0
     public var bytes: UInt64 = 0
     public var newFlows: UInt64 = 0
+    /// New connections refused because their source is outside the service's allowedSources
+    /// (service counters only; always 0 for an endpoint).
+    public var denied: UInt64 = 0
     public init() {}
 }
 
@@ -58,6 +61,8 @@ public struct DatapathStats: Equatable, Sendable, Codable {
     /// Idle connections, and orphaned or stale reply halves, removed by the in-kernel reap.
     public var reaped: UInt64 = 0
     public var reapedHalves: UInt64 = 0
+    /// New connections refused by a service's allowedSources, all services.
+    public var sourceDenied: UInt64 = 0
     public init() {}
 }
 
@@ -84,6 +89,8 @@ public actor Datapath {
         public let serviceStats, endpointStats, stats, config, events, activeVIPs: BPFMap
         /// The ring buffer's wakeup handshake (struct tdm_event_ctl), mmapped by `RingBufferReader`.
         public let eventControl: BPFMap
+        /// allowedSources prefixes (LPM trie of struct tdm_source_key).
+        public let sources: BPFMap
     }
 
     /// Opens and loads the object: every program passes the kernel verifier here or this throws.
@@ -159,7 +166,8 @@ public actor Datapath {
                         maglev: try map("tdm_maglev"), rr: try map("tdm_rr"), persist: try map("tdm_persist"),
                         serviceStats: try map("tdm_service_stats"), endpointStats: try map("tdm_endpoint_stats"),
                         stats: try map("tdm_stats"), config: try map("tdm_config"), events: try map("tdm_events"),
-                        activeVIPs: try map("tdm_active_vips"), eventControl: try map("tdm_event_ctl"))
+                        activeVIPs: try map("tdm_active_vips"), eventControl: try map("tdm_event_ctl"),
+                        sources: try map("tdm_sources"))
         } catch {
             installer?.unmap()
             bpf_object__close(obj)
@@ -274,8 +282,13 @@ public actor Datapath {
             table.append(contentsOf: [UInt8](repeating: 0, count: Int(TDM_MAGLEV_SLOTS) - table.count))
             try maps.maglev.updateRaw(slot, bytes: table)
         }
+        // Prefixes go in before the service entry that points packets at them; stale ones of the
+        // slot leave after it, so a narrowed list takes effect once the new entry is written.
+        let sourceKeys = Set(svc.allowedSources.prefix(Int(TDM_MAX_SOURCES)).map { SourceKey(slot: slot, prefix: $0) })
+        for k in sourceKeys { try maps.sources.update(k.raw, UInt8(1)) }
         var v = tdm_service()
         v.id = slot
+        v.flags = sourceKeys.isEmpty ? 0 : UInt8(TDM_SVC_F_SOURCES)
         v.snat_ip = svc.snatIP?.networkOrder ?? 0
         v.persist_timeout_s = svc.persistTimeout
         v.endpoint_count = UInt16(svc.endpoints.count)
@@ -283,9 +296,24 @@ public actor Datapath {
         v.nat_mode = svc.mode.rawValue
         v.sel = svc.selection.rawValue
         try maps.services.update(serviceKey(svc.key), v)
+        removeSources(slot: slot, keeping: sourceKeys)
         let vip = svc.key.vip.networkOrder
         let n = maps.vips.lookup(vip, as: UInt32.self) ?? 0
         try maps.vips.update(vip, n + 1)
+    }
+
+    /// Deletes the slot's allowedSources prefixes except `keep`.
+    private func removeSources(slot: UInt32, keeping keep: Set<SourceKey>) {
+        for raw in maps.sources.keys(as: tdm_source_key.self) where raw.service_id == slot {
+            let k = SourceKey(raw)
+            if !keep.contains(k) { maps.sources.delete(raw) }
+        }
+    }
+
+    /// The allowedSources prefixes the datapath holds for a slot (what packets are checked against).
+    public nonisolated func allowedSources(slot: UInt32) -> [IPv4Prefix] {
+        maps.sources.keys(as: tdm_source_key.self).filter { $0.service_id == slot }
+            .map { SourceKey($0).prefix }.sorted { ($0.address, $0.length) < ($1.address, $1.length) }
     }
 
     /// Removes a service; its existing connections stay until they end or expire.
@@ -297,6 +325,7 @@ public actor Datapath {
         let zero = [UInt8](repeating: 0, count: Int(TDM_SCHED_LEN))
         try? maps.schedules.updateRaw(slot, bytes: zero)
         try? maps.rr.update(slot, UInt32(0))
+        removeSources(slot: slot, keeping: [])
     }
 
     private func serviceKey(_ k: ServiceKey) -> tdm_service_key {
@@ -423,6 +452,7 @@ public actor Datapath {
             t.packets += v.packets
             t.bytes += v.bytes
             t.newFlows += v.new_flows
+            t.denied += v.denied
         }
         return t
     }
@@ -442,6 +472,7 @@ public actor Datapath {
         d.xdpForwarded = s(TDM_STAT_XDP_FORWARDED)
         d.reaped = s(TDM_STAT_REAPED)
         d.reapedHalves = s(TDM_STAT_REAPED_HALVES)
+        d.sourceDenied = s(TDM_STAT_SOURCE_DENIED)
         return d
     }
 

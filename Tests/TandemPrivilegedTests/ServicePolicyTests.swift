@@ -1,0 +1,191 @@
+import CTandemShim
+import Foundation
+import Glibc
+import Logging
+import Testing
+@testable import TandemCore
+@testable import TandemDatapath
+
+private final class ResultBox<T>: @unchecked Sendable { var result: Result<T, any Error>? }
+
+/// setns(2): Glibc declares it only under _GNU_SOURCE, which Swift's Glibc module is built without.
+private let glibcSetns: (@convention(c) (Int32, Int32) -> Int32)? = {
+    guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "setns") else { return nil }
+    return unsafeBitCast(sym, to: (@convention(c) (Int32, Int32) -> Int32).self)
+}()
+
+/// Runs `body` on a thread of its own inside network namespace `ns` (from `ip netns`), so
+/// interface lookups and the netlink attach happen there. The thread ends with `body`, so no
+/// shared thread is left in another namespace.
+func inNetns<T: Sendable>(_ ns: String, _ body: @escaping @Sendable () throws -> T) throws -> T {
+    let box = ResultBox<T>()
+    let done = DispatchSemaphore(value: 0)
+    let thread = Thread {
+        defer { done.signal() }
+        let fd = open("/var/run/netns/\(ns)", O_RDONLY)
+        guard fd >= 0 else { box.result = .failure(TestFailure("open netns \(ns): errno \(errno)")); return }
+        defer { Glibc.close(fd) }
+        guard let setns = glibcSetns, setns(fd, 0x4000_0000 /* CLONE_NEWNET */) == 0 else { box.result = .failure(TestFailure("setns \(ns): errno \(errno)")); return }
+        box.result = Result { try body() }
+    }
+    thread.start()
+    guard done.wait(timeout: .now() + 30) == .success, let r = box.result else { throw TestFailure("netns thread for \(ns) hung") }
+    return try r.get()
+}
+
+/// A Datapath loaded by this process and attached to eth0 of a test bed's node namespace (no
+/// daemon), so a test can drive the Datapath API directly while real traffic flows. `detach()`
+/// on every path.
+final class AttachedDatapath: @unchecked Sendable {
+    let dp: Datapath
+    let bed: TestBed
+    let role: String
+    private let ifindex: Int32
+    private let createdQdisc: Int32
+    private var attached = true
+
+    init(bed: TestBed, role: String = "llb1", timeouts: Timeouts = Timeouts()) async throws {
+        self.bed = bed
+        self.role = role
+        let dp = try Datapath(objectPath: Env.bpfObject, connectionTableSize: 4096, logger: Logger(label: "test"))
+        // A one-armed node: redirect through the neighbour table out of eth0, as the daemon does
+        // when its interfaces do not forward.
+        try await dp.apply(settings: DatapathSettings(nodeIP: IPv4Address(10, 0, 10, 141), timeouts: timeouts,
+                                                      emitEvents: false, skipFIB: true))
+        let fd = dp.ingressProgramFD
+        let ns = bed.ns(role)
+        do {
+            (ifindex, createdQdisc) = try inNetns(ns) {
+                let idx = Int32(bitPattern: if_nametoindex("eth0"))
+                guard idx > 0 else { throw TestFailure("no eth0 in \(ns)") }
+                var created: Int32 = 0
+                let rc = tdm_tc_attach_ingress(idx, fd, &created)
+                guard rc == 0 else { throw TestFailure("attach in \(ns): \(rc)") }
+                return (idx, created)
+            }
+        } catch {
+            await dp.close()
+            throw error
+        }
+        self.dp = dp
+    }
+
+    func detach() async {
+        if attached {
+            attached = false
+            let (idx, created) = (ifindex, createdQdisc)
+            _ = try? inNetns(bed.ns(role)) { tdm_tc_detach_ingress(idx, created) }
+        }
+        await dp.close()
+    }
+}
+
+extension TestBed {
+    /// A second client address, 10.0.20.11, on the client namespace (routed by the vcn), so one
+    /// test has an allowed and a refused source.
+    func addSecondClient() throws {
+        try run(["ip", "-n", ns("client"), "addr", "add", "10.0.20.11/24", "dev", "eth0"])
+        try run(["ip", "-n", ns("vcn"), "route", "replace", "10.0.20.11/32", "dev", "v-client"])
+    }
+
+    /// `X-Tandem-Endpoint` of one new connection from `source` (nil when it fails).
+    func whoami(from source: String, port: Int = 56002, timeout: Int = 2) throws -> String? {
+        let r = try exec("client", ["curl", "-fsS", "-m", "\(timeout)", "--interface", source, "http://10.0.10.143:\(port)/whoami"])
+        return r.ok ? r.stdout.trimmingCharacters(in: .whitespacesAndNewlines) : nil
+    }
+}
+
+extension Privileged {
+    /// allowedSources, least connections and per-service idle timeouts: the datapath's per-service
+    /// policies, through BPF_PROG_TEST_RUN and through real traffic in a test bed.
+    @Suite(.timeLimit(.minutes(3))) struct ServicePolicy {
+        static let vip = IPv4Address(10, 0, 10, 143)
+        static let ep1 = Endpoint(ip: IPv4Address(10, 0, 10, 21), port: 80)
+        static let ep2 = Endpoint(ip: IPv4Address(10, 0, 10, 22), port: 80)
+
+        func load(timeouts: Timeouts = Timeouts()) async throws -> Datapath {
+            let dp = try Datapath(objectPath: Env.bpfObject, connectionTableSize: 4096, logger: Logger(label: "test"))
+            try await dp.apply(settings: DatapathSettings(nodeIP: IPv4Address(10, 0, 10, 141),
+                                                          portSlice: PortSlice(low: 40000, high: 40999), timeouts: timeouts,
+                                                          emitEvents: false))
+            return dp
+        }
+
+        func service(port: UInt16 = 56002, _ sel: Selection = .roundRobin, endpoints: [Endpoint] = [ep1, ep2],
+                     allowed: [String] = [], idleTimeout: UInt32? = nil) -> Service {
+            Service(key: ServiceKey(vip: Self.vip, port: port, proto: .tcp), mode: .fullnat, selection: sel, endpoints: endpoints,
+                    allowedSources: allowed.compactMap { IPv4Prefix($0) }, idleTimeout: idleTimeout)
+        }
+
+        func syn(_ src: IPv4Address, _ sport: UInt16, port: UInt16 = 56002) -> [UInt8] {
+            Packets.frame(FlowTuple(source: src, destination: Self.vip, sourcePort: sport, destinationPort: port, proto: 6),
+                          tcpFlags: .syn)
+        }
+
+        @Test func allowedSourcesRefuseOtherClientsPerService() async throws {
+            let dp = try await load()
+            defer { Task { await dp.close() } }
+            try await dp.install(service(allowed: ["10.0.20.0/28", "192.168.1.7/32"]), slot: 0, hashSeed: 1)
+            try await dp.install(service(port: 56003), slot: 1, hashSeed: 1)
+            #expect(dp.allowedSources(slot: 0).map(\.description) == ["10.0.20.0/28", "192.168.1.7/32"])
+            #expect(dp.allowedSources(slot: 1).isEmpty)
+            let shot: Int32 = 2 // TC_ACT_SHOT
+            let inside = IPv4Address(10, 0, 20, 10), edge = IPv4Address(10, 0, 20, 15), outside = IPv4Address(10, 0, 20, 16)
+            let host = IPv4Address(192, 168, 1, 7), neighbour = IPv4Address(192, 168, 1, 8)
+            for (src, allowed) in [(inside, true), (edge, true), (outside, false), (host, true), (neighbour, false)] {
+                let out = try dp.testRun(packet: syn(src, 41_000))
+                #expect((out.verdict != shot) == allowed, "\(src)")
+                if allowed { #expect(Packets.parse(out.packet)?.tuple.destinationPort == 80, "\(src) translated") }
+            }
+            // The same refused source may use a service without a list.
+            #expect(try dp.testRun(packet: syn(outside, 41_001, port: 56003)).verdict != shot)
+            #expect(dp.serviceCounters(slot: 0).denied == 2)
+            #expect(dp.serviceCounters(slot: 1).denied == 0)
+            #expect(dp.stats().sourceDenied == 2)
+            #expect(dp.connectionEntries().filter { $0.direction == .original }.count == 4, "refused SYNs create nothing")
+
+            // Narrowed: the old prefix goes, and its established connection keeps going (only new
+            // connections are checked).
+            let t = FlowTuple(source: inside, destination: Self.vip, sourcePort: 41_000, destinationPort: 56002, proto: 6)
+            try await dp.install(service(allowed: ["192.168.1.7/32"]), slot: 0, hashSeed: 1)
+            #expect(dp.allowedSources(slot: 0).map(\.description) == ["192.168.1.7/32"])
+            #expect(try dp.testRun(packet: Packets.frame(t, tcpFlags: .ack)).verdict != shot, "existing flow kept")
+            #expect(try dp.testRun(packet: syn(inside, 41_002)).verdict == shot)
+            // Emptied: everyone again.
+            try await dp.install(service(), slot: 0, hashSeed: 1)
+            #expect(dp.allowedSources(slot: 0).isEmpty)
+            #expect(try dp.testRun(packet: syn(outside, 41_003)).verdict != shot)
+            #expect(dp.serviceCounters(slot: 0).denied == 3)
+            await dp.uninstall(service(port: 56003).key, slot: 1)
+            try await dp.install(service(allowed: ["10.0.0.0/8"]), slot: 0, hashSeed: 1)
+            await dp.uninstall(service().key, slot: 0)
+            #expect(dp.allowedSources(slot: 0).isEmpty, "uninstall removes the slot's prefixes")
+        }
+
+        @Test func allowedSourcesAdmitOnlyTheListedClientInTheTestBed() async throws {
+            let bed = try TestBed()
+            defer { bed.down() }
+            try bed.addSecondClient()
+            let node = try await AttachedDatapath(bed: bed)
+            do {
+                try await node.dp.install(service(allowed: ["10.0.20.10/32"]), slot: 0, hashSeed: 1)
+                let allowed = try (0..<4).map { _ in try bed.whoami(from: "10.0.20.10") }
+                #expect(Set(allowed) == ["ep1", "ep2"], "the listed client is served by both endpoints: \(allowed)")
+                let refused = try bed.whoami(from: "10.0.20.11")
+                #expect(refused == nil, "the other client's connection fails")
+                let denied = node.dp.serviceCounters(slot: 0).denied
+                // One SYN, and the retransmissions curl's kernel sent within the 2 s it waited.
+                #expect(denied >= 1, "refused SYNs counted: \(denied)")
+                #expect(node.dp.stats().sourceDenied == denied)
+                #expect(node.dp.connectionEntries().allSatisfy { $0.key.source != IPv4Address(10, 0, 20, 11) })
+                // Listing the second client lets it in.
+                try await node.dp.install(service(allowed: ["10.0.20.10/32", "10.0.20.11/32"]), slot: 0, hashSeed: 1)
+                #expect(try bed.whoami(from: "10.0.20.11") != nil)
+            } catch {
+                await node.detach()
+                throw error
+            }
+            await node.detach()
+        }
+    }
+}
