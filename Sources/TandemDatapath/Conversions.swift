@@ -25,7 +25,7 @@ extension ConnectionEntry {
         self.init(key: key.tuple, translated: e.xlate.tuple, peerKey: e.peer.tuple,
                   direction: FlowDirection(rawValue: e.dir) ?? .original,
                   state: ConnectionState(rawValue: e.state) ?? .none,
-                  flags: ConnectionFlags(rawValue: e.flags),
+                  flags: ConnectionFlags(datapath: e.flags),
                   natMode: NATMode(rawValue: e.nat_mode) ?? .default,
                   serviceSlot: e.service_id, endpointIndex: e.endpoint_index, version: e.version,
                   packets: e.packets, bytes: e.bytes, ageSeconds: age, idleSeconds: idle)
@@ -70,4 +70,10 @@ struct SourceKey: Hashable {
     var prefix: IPv4Prefix {
         IPv4Prefix(address: IPv4Address(address), length: length)
     }
+}
+
+extension ConnectionFlags {
+    /// The entry's flags without the datapath's own bookkeeping (TDM_CT_F_COUNTED), which is
+    /// neither shown nor replicated.
+    init(datapath raw: UInt8) { self.init(rawValue: raw & ~UInt8(TDM_CT_F_COUNTED)) }
 }

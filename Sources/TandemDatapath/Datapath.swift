@@ -91,7 +91,12 @@ public actor Datapath {
         public let eventControl: BPFMap
         /// allowedSources prefixes (LPM trie of struct tdm_source_key).
         public let sources: BPFMap
+        /// Active connections per endpoint (least connections), mmapped as `activeCounters`.
+        public let lcActive: BPFMap
     }
+
+    /// tdm_lc_active, mapped: user space gives back the counts of connections it deletes.
+    nonisolated let activeCounters: ActiveCounters?
 
     /// Opens and loads the object: every program passes the kernel verifier here or this throws.
     public init(objectPath: String, connectionTableSize: UInt32 = UInt32(TDM_CT_DEFAULT_MAX),
@@ -167,12 +172,13 @@ public actor Datapath {
                         serviceStats: try map("tdm_service_stats"), endpointStats: try map("tdm_endpoint_stats"),
                         stats: try map("tdm_stats"), config: try map("tdm_config"), events: try map("tdm_events"),
                         activeVIPs: try map("tdm_active_vips"), eventControl: try map("tdm_event_ctl"),
-                        sources: try map("tdm_sources"))
+                        sources: try map("tdm_sources"), lcActive: try map("tdm_lc_active"))
         } catch {
             installer?.unmap()
             bpf_object__close(obj)
             throw error
         }
+        activeCounters = ActiveCounters(map: maps.lcActive)
     }
 
     public nonisolated var ingressProgramFD: Int32 { programFD }
@@ -220,6 +226,7 @@ public actor Datapath {
         }
         attached.removeAll()
         installer?.unmap()
+        activeCounters?.unmap()
         bpf_object__close(object)
     }
 
@@ -418,9 +425,26 @@ public actor Datapath {
         return walked && !failed ? reaped : nil
     }
 
+    /// Deletes one half (the Swift reaper's removal), giving back the connection's active count
+    /// when the connection goes with it (see `releaseCount`).
     @discardableResult
     public nonisolated func deleteEntry(_ key: FlowTuple) -> Bool {
-        maps.ct.delete(tdm_flow_key(key))
+        let k = tdm_flow_key(key)
+        let e = lookupEntry(k)
+        guard maps.ct.delete(k) else { return false }
+        if let e { releaseCount(of: e, at: k) }
+        return true
+    }
+
+    /// Active connections per endpoint of a slot, as least-connections sees them: counted from a
+    /// connection's creation (or install from a peer) until it closes or goes.
+    public nonisolated func endpointActiveConnections(slot: UInt32, count: Int) -> [UInt64] {
+        let n = max(0, min(count, Int(TDM_MAX_ENDPOINTS)))
+        guard slot < UInt32(TDM_MAX_SERVICES) else { return [UInt64](repeating: 0, count: n) }
+        return (0..<n).map { i in
+            let idx = slot * UInt32(TDM_MAX_ENDPOINTS) + UInt32(i)
+            return activeCounters?.load(idx) ?? maps.lcActive.lookup(idx, as: UInt64.self) ?? 0
+        }
     }
 
     public nonisolated func serviceCounters(slot: UInt32) -> TrafficCounters {
@@ -443,7 +467,12 @@ public actor Datapath {
             if rc != 0 { throw DatapathError("clear \(m.name)", errno: errno) }
         }
         try clear(maps.serviceStats, slot)
-        for i in 0..<UInt32(TDM_MAX_ENDPOINTS) { try clear(maps.endpointStats, slot * UInt32(TDM_MAX_ENDPOINTS) + i) }
+        for i in 0..<UInt32(TDM_MAX_ENDPOINTS) {
+            let idx = slot * UInt32(TDM_MAX_ENDPOINTS) + i
+            try clear(maps.endpointStats, idx)
+            // A new service in the slot starts from zero active connections.
+            if let activeCounters { activeCounters.store(idx, 0) } else { try maps.lcActive.update(idx, UInt64(0)) }
+        }
     }
 
     private nonisolated func sum(_ values: [tdm_counters]) -> TrafficCounters {

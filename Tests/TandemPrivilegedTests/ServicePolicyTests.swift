@@ -187,5 +187,111 @@ extension Privileged {
             }
             await node.detach()
         }
+
+        func tuple(_ sport: UInt16, src: IPv4Address = IPv4Address(10, 0, 20, 10)) -> FlowTuple {
+            FlowTuple(source: src, destination: Self.vip, sourcePort: sport, destinationPort: 56002, proto: 6)
+        }
+
+        func endpointIndex(_ dp: Datapath, _ t: FlowTuple) -> UInt8? {
+            dp.connectionEntries().first { $0.key == t && $0.direction == .original }?.endpointIndex
+        }
+
+        @Test func leastConnectionsSendsNewFlowsAwayFromTheBusyEndpoint() async throws {
+            let dp = try await load()
+            defer { Task { await dp.close() } }
+            try await dp.resetCounters(slot: 0)
+            try await dp.install(service(.leastConnections), slot: 0, hashSeed: 1)
+            // Equal counts take turns (the scan starts at the round-robin cursor).
+            let first = (0..<6).map { tuple(43_000 + UInt16($0)) }
+            for t in first { _ = try dp.testRun(packet: Packets.frame(t, tcpFlags: .syn)) }
+            #expect(dp.endpointActiveConnections(slot: 0, count: 2) == [3, 3])
+            // Close the ones on endpoint 1 (RST), so three long-lived ones stay on endpoint 0.
+            let onOne = first.filter { endpointIndex(dp, $0) == 1 }
+            let long = first.filter { endpointIndex(dp, $0) == 0 }
+            #expect(onOne.count == 3 && long.count == 3)
+            for t in onOne { _ = try dp.testRun(packet: Packets.frame(t, tcpFlags: .rst)) }
+            #expect(dp.endpointActiveConnections(slot: 0, count: 2) == [3, 0])
+            // A closed connection's later packets give nothing back twice.
+            for t in onOne { _ = try dp.testRun(packet: Packets.frame(t, tcpFlags: [.rst, .ack])) }
+            #expect(dp.endpointActiveConnections(slot: 0, count: 2) == [3, 0])
+            let next = (0..<3).map { tuple(43_100 + UInt16($0)) }
+            for t in next { _ = try dp.testRun(packet: Packets.frame(t, tcpFlags: .syn)) }
+            #expect(next.map { endpointIndex(dp, $0) } == [1, 1, 1], "new connections go to the idle endpoint")
+            #expect(dp.endpointActiveConnections(slot: 0, count: 2) == [3, 3])
+            // The long ones end with FIN from both sides (TIME_WAIT): their counts fall back.
+            for t in long {
+                _ = try dp.testRun(packet: Packets.frame(t, tcpFlags: [.fin, .ack]))
+                let fwd = try #require(dp.connectionEntries().first { $0.key == t && $0.direction == .original })
+                _ = try dp.testRun(packet: Packets.frame(fwd.translated.reversed, tcpFlags: [.fin, .ack]))
+                #expect(dp.connectionEntries().first { $0.key == t }?.state == .timeWait)
+            }
+            #expect(dp.endpointActiveConnections(slot: 0, count: 2) == [0, 3])
+            // A new SYN on a TIME_WAIT tuple reopens it: one count, not two.
+            _ = try dp.testRun(packet: Packets.frame(long[0], tcpFlags: .syn))
+            #expect(endpointIndex(dp, long[0]) == 0)
+            #expect(dp.endpointActiveConnections(slot: 0, count: 2) == [1, 3])
+            // Removed from Swift (replication's delete, the fallback reaper's per-half deletes).
+            #expect(dp.removeConnection(next[0]))
+            let e = try #require(dp.connectionEntries().first { $0.key == next[1] && $0.direction == .original })
+            #expect(dp.deleteEntry(next[1]) && dp.deleteEntry(e.peerKey))
+            #expect(dp.endpointActiveConnections(slot: 0, count: 2) == [1, 1])
+            #expect(!dp.connectionEntries().contains { $0.flags.rawValue & 0x10 != 0 }, "the bookkeeping bit is not shown")
+            try await dp.resetCounters(slot: 0)
+            #expect(dp.endpointActiveConnections(slot: 0, count: 2) == [0, 0])
+        }
+
+        @Test func activeCountsEndWithExpiryAndOrphans() async throws {
+            var timeouts = Timeouts()
+            timeouts.synSent = 1
+            let dp = try await load(timeouts: timeouts)
+            defer { Task { await dp.close() } }
+            try await dp.install(service(.leastConnections), slot: 0, hashSeed: 1)
+            let idle = tuple(44_000), orphaned = tuple(44_001), reopened = tuple(44_002)
+            for t in [idle, orphaned, reopened] { _ = try dp.testRun(packet: Packets.frame(t, tcpFlags: .syn)) }
+            #expect(dp.endpointActiveConnections(slot: 0, count: 2).reduce(0, +) == 3)
+            // LRU eviction of an original: only its reply half is left to give the count back.
+            #expect(dp.maps.ct.delete(tdm_flow_key(orphaned)))
+            try await Task.sleep(for: .milliseconds(2300))
+            // Expired: a packet on the tuple replaces it (one count for the new connection).
+            _ = try dp.testRun(packet: Packets.frame(reopened, tcpFlags: .syn))
+            #expect(dp.reapInKernel() == 1, "the idle connection")
+            #expect(dp.stats().reapedHalves == 1, "the orphan")
+            #expect(dp.endpointActiveConnections(slot: 0, count: 2).reduce(0, +) == 1)
+        }
+
+        static let paths: [InstallPath] = [.kernel, .userSpace]
+
+        @Test(arguments: paths) func peerFlowsCountLikeLocalOnes(path: InstallPath) async throws {
+            let dp = try await load()
+            defer { Task { await dp.close() } }
+            try await dp.install(service(.leastConnections), slot: 0, hashSeed: 1)
+            func record(_ port: UInt16, _ state: ConnectionState, flags: ConnectionFlags = []) -> FlowRecord {
+                FlowRecord(key: tuple(port), translated: FlowTuple(source: Self.vip, destination: Self.ep2.ip, sourcePort: port,
+                                                                  destinationPort: 80, proto: 6),
+                           natMode: .fullnat, state: state, flags: flags, endpointIndex: 1, ageMilliseconds: 1000,
+                           remainingMilliseconds: 60_000)
+            }
+            // An owner's bookkeeping bit in the record changes nothing here.
+            for (i, state) in [ConnectionState.established, .established, .finWait].enumerated() {
+                try dp.installReplicated(record(45_000 + UInt16(i), state, flags: ConnectionFlags(rawValue: 0x10)), serviceSlot: 0,
+                                         endpointIndex: 1, timeouts: Timeouts(), path: path)
+            }
+            #expect(dp.endpointActiveConnections(slot: 0, count: 2) == [0, 3])
+            // Re-installs (refresh, state change) keep one count; the end gives it back.
+            try dp.installReplicated(record(45_000, .established), serviceSlot: 0, endpointIndex: 1, timeouts: Timeouts(), path: path)
+            #expect(dp.endpointActiveConnections(slot: 0, count: 2) == [0, 3])
+            try dp.installReplicated(record(45_002, .timeWait), serviceSlot: 0, endpointIndex: 1, timeouts: Timeouts(), path: path)
+            try dp.installReplicated(record(45_002, .timeWait), serviceSlot: 0, endpointIndex: 1, timeouts: Timeouts(), path: path)
+            #expect(dp.endpointActiveConnections(slot: 0, count: 2) == [0, 2])
+            // A node that takes over sends new clients to the endpoint its peer left idle.
+            _ = try dp.testRun(packet: Packets.frame(tuple(45_100), tcpFlags: .syn))
+            #expect(endpointIndex(dp, tuple(45_100)) == 0)
+            #expect(dp.removeConnection(tuple(45_001)))
+            #expect(dp.endpointActiveConnections(slot: 0, count: 2) == [1, 1])
+            // A flow of a service this node does not have counts nowhere.
+            try dp.installReplicated(record(45_200, .established), serviceSlot: UInt32(TDM_MAX_SERVICES), endpointIndex: 1,
+                                     timeouts: Timeouts(), path: path)
+            #expect(dp.endpointActiveConnections(slot: 0, count: 2) == [1, 1])
+        }
     }
 }

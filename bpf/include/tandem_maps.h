@@ -37,6 +37,7 @@ enum tdm_sel {
     TDM_SEL_WEIGHTED = 1,
     TDM_SEL_PERSIST  = 2, /* source-IP persistence, falls back to the schedule */
     TDM_SEL_MAGLEV   = 3, /* consistent hashing, seeded per cluster */
+    TDM_SEL_LC       = 4, /* fewest active connections (tdm_lc_active); ties from the rr cursor */
 };
 
 /* Connection states. TCP follows the handshake and teardown; UDP and ICMP only track replies. */
@@ -59,6 +60,9 @@ enum tdm_ct_state {
 #define TDM_CT_F_FIN_REPLY  0x02 /* FIN seen from the endpoint side */
 #define TDM_CT_F_PICKED_UP  0x04 /* created from a mid-flow TCP packet, not a SYN */
 #define TDM_CT_F_FROM_PEER  0x08 /* installed from a peer's sync stream */
+#define TDM_CT_F_COUNTED    0x10 /* holds one count in tdm_lc_active (set on both halves), cleared
+                                  * when given back so a connection gives it back once. Local
+                                  * bookkeeping: never taken from a peer's record nor shown */
 
 enum tdm_ct_dir {
     TDM_DIR_ORIGINAL = 0, /* client -> VIP */
