@@ -105,6 +105,15 @@ struct {
     __type(value, struct tdm_maglev);
 } tdm_maglev SEC(".maps");
 
+/* Per-service idle timeout (inactiveTimeOut) of the established states, in ns by service slot;
+ * 0 = the node's. An array so programs that have only an entry's service_id can look it up. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, TDM_MAX_SERVICES);
+    __type(key, __u32);
+    __type(value, __u64);
+} tdm_svc_timeout SEC(".maps");
+
 /* Active connections per endpoint (index service_id * TDM_MAX_ENDPOINTS + endpoint_index), for
  * least-connections selection. Shared and updated atomically; mmapped by user space, which
  * gives back counts of connections it deletes itself. */
@@ -279,6 +288,20 @@ static __always_inline __u64 state_timeout(const struct tdm_config *cfg, __u8 st
     return cfg->timeout_ns[state];
 }
 
+/* The idle timeout of an entry: its service's inactiveTimeOut for the established states (TCP
+ * ESTABLISHED, UDP new and established), else the node's for its state. */
+static __always_inline __u64 entry_timeout(const struct tdm_config *cfg, const struct tdm_ct_entry *e)
+{
+    __u8 state = e->state;
+    if (state == TDM_CT_ESTABLISHED || state == TDM_CT_UDP_EST || state == TDM_CT_UDP_NEW) {
+        __u32 sid = e->service_id;
+        __u64 *t = bpf_map_lookup_elem(&tdm_svc_timeout, &sid); /* NULL for a slot out of range */
+        if (t && *t)
+            return *t;
+    }
+    return state_timeout(cfg, state);
+}
+
 /* A packet on a flow whose peers were last told about it a quarter of its timeout ago: time to
  * re-announce it. Packets change nothing peers are told otherwise, so without this a flow that
  * lives long in one state (a UDP stream, an established TCP connection) would run out on its
@@ -286,13 +309,13 @@ static __always_inline __u64 state_timeout(const struct tdm_config *cfg, __u8 st
  * quarter of it (~0.23 s short per second of timeout). */
 static __always_inline int refresh_due(const struct tdm_config *cfg, const struct tdm_ct_entry *e, __u64 now)
 {
-    __u32 every = (__u32)(state_timeout(cfg, e->state) >> 32);
+    __u32 every = (__u32)(entry_timeout(cfg, e) >> 32);
     return (__u32)(now >> 30) - e->refreshed >= (every ? every : 1);
 }
 
 static __always_inline int entry_expired(const struct tdm_config *cfg, const struct tdm_ct_entry *e, __u64 now)
 {
-    __u64 t = state_timeout(cfg, e->state);
+    __u64 t = entry_timeout(cfg, e);
     return now > e->last_seen_ns && now - e->last_seen_ns > t;
 }
 

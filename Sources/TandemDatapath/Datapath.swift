@@ -1,5 +1,6 @@
 import CLibBPF
 import CTandemShim
+import Foundation
 import Glibc
 import Logging
 import TandemCore
@@ -93,7 +94,13 @@ public actor Datapath {
         public let sources: BPFMap
         /// Active connections per endpoint (least connections), mmapped as `activeCounters`.
         public let lcActive: BPFMap
+        /// Per-service idle timeouts in ns by slot (0 = the node's).
+        public let serviceTimeouts: BPFMap
     }
+
+    /// What tdm_svc_timeout holds, in seconds by slot, for the Swift paths that need it per
+    /// connection (the reap's candidate pick, replicated installs) without a map read each.
+    nonisolated let idleTimeouts = ServiceIdleTimeouts()
 
     /// tdm_lc_active, mapped: user space gives back the counts of connections it deletes.
     nonisolated let activeCounters: ActiveCounters?
@@ -172,7 +179,8 @@ public actor Datapath {
                         serviceStats: try map("tdm_service_stats"), endpointStats: try map("tdm_endpoint_stats"),
                         stats: try map("tdm_stats"), config: try map("tdm_config"), events: try map("tdm_events"),
                         activeVIPs: try map("tdm_active_vips"), eventControl: try map("tdm_event_ctl"),
-                        sources: try map("tdm_sources"), lcActive: try map("tdm_lc_active"))
+                        sources: try map("tdm_sources"), lcActive: try map("tdm_lc_active"),
+                        serviceTimeouts: try map("tdm_svc_timeout"))
         } catch {
             installer?.unmap()
             bpf_object__close(obj)
@@ -293,6 +301,9 @@ public actor Datapath {
         // slot leave after it, so a narrowed list takes effect once the new entry is written.
         let sourceKeys = Set(svc.allowedSources.prefix(Int(TDM_MAX_SOURCES)).map { SourceKey(slot: slot, prefix: $0) })
         for k in sourceKeys { try maps.sources.update(k.raw, UInt8(1)) }
+        // Before the service entry, so its first connection already idles on its own timeout.
+        try maps.serviceTimeouts.update(slot, UInt64(svc.idleTimeout ?? 0) * 1_000_000_000)
+        idleTimeouts.set(slot, svc.idleTimeout)
         var v = tdm_service()
         v.id = slot
         v.flags = sourceKeys.isEmpty ? 0 : UInt8(TDM_SVC_F_SOURCES)
@@ -333,6 +344,18 @@ public actor Datapath {
         try? maps.schedules.updateRaw(slot, bytes: zero)
         try? maps.rr.update(slot, UInt32(0))
         removeSources(slot: slot, keeping: [])
+        // Its remaining connections fall back to the node's timeouts.
+        try? maps.serviceTimeouts.update(slot, UInt64(0))
+        idleTimeouts.set(slot, nil)
+    }
+
+    /// `base` (the node's timeouts) with every installed service's idle timeout: what
+    /// `ConnectionReaper`, `Connection.isExpired(timeouts:)` and replication's remaining-lifetime
+    /// computations should be given so they agree with the datapath.
+    public nonisolated func effectiveTimeouts(_ base: Timeouts) -> Timeouts {
+        var t = base
+        t.perService = idleTimeouts.snapshot()
+        return t
     }
 
     private func serviceKey(_ k: ServiceKey) -> tdm_service_key {
@@ -386,6 +409,10 @@ public actor Datapath {
         guard let installer, installer.canReap,
               let cfg = maps.config.lookup(UInt32(0), as: tdm_config.self) else { return nil }
         let timeouts: [UInt64] = withUnsafeBytes(of: cfg.timeout_ns) { Array($0.bindMemory(to: UInt64.self)) }
+        // Per-service idle timeouts replace the node's for the idle states (entry_timeout in bpf/).
+        let perService = idleTimeouts.snapshot().mapValues { UInt64($0) * 1_000_000_000 }
+        let idleStates: Set<Int> = [Int(TDM_CT_ESTABLISHED.rawValue), Int(TDM_CT_UDP_NEW.rawValue), Int(TDM_CT_UDP_EST.rawValue)]
+        let serviceOffset = MemoryLayout<tdm_ct_entry>.offset(of: \tdm_ct_entry.service_id) ?? 0
         let orphanIdle: UInt64 = 2_000_000_000
         let now = monotonicNanoseconds()
         var candidates: [tdm_flow_key] = []
@@ -413,7 +440,11 @@ public actor Datapath {
                 let idle = now > seen ? now - seen : 0
                 let state = Int(v.load(fromByteOffset: stateOffset, as: UInt8.self))
                 let isReply = v.load(fromByteOffset: dirOffset, as: UInt8.self) == UInt8(TDM_DIR_REPLY.rawValue)
-                let timeout = state < timeouts.count ? timeouts[state] : 0
+                var timeout = state < timeouts.count ? timeouts[state] : 0
+                if !perService.isEmpty, idleStates.contains(state),
+                   let t = perService[v.loadUnaligned(fromByteOffset: serviceOffset, as: UInt32.self)] {
+                    timeout = t
+                }
                 if idle > timeout || (checkOrphans && isReply && idle > orphanIdle) {
                     candidates.append(keys.loadUnaligned(fromByteOffset: i * keySize, as: tdm_flow_key.self))
                 }
@@ -518,4 +549,14 @@ public actor Datapath {
         if rc != 0 { throw DatapathError("BPF_PROG_TEST_RUN", errno: rc) }
         return (Int32(bitPattern: ret), Array(out.prefix(Int(outLen))))
     }
+}
+
+/// Per-service idle timeouts (seconds by slot), mirrored from what `install` writes into
+/// tdm_svc_timeout. A lock, not the actor: nonisolated readers (reap pass, installs) need it.
+final class ServiceIdleTimeouts: @unchecked Sendable {
+    private let lock = NSLock()
+    private var bySlot: [UInt32: UInt32] = [:]
+
+    func set(_ slot: UInt32, _ seconds: UInt32?) { lock.withLock { bySlot[slot] = seconds } }
+    func snapshot() -> [UInt32: UInt32] { lock.withLock { bySlot } }
 }

@@ -72,7 +72,7 @@ extension Datapath {
 
     nonisolated func installReplicated(_ r: FlowRecord, serviceSlot: UInt32, endpointIndex: UInt8, timeouts: Timeouts,
                                        path: InstallPath) throws {
-        let req = tdm_install_req(r, serviceSlot: serviceSlot, endpointIndex: endpointIndex, timeouts: timeouts)
+        let req = tdm_install_req(r, serviceSlot: serviceSlot, endpointIndex: endpointIndex, timeouts: effectiveTimeouts(timeouts))
         if path != .userSpace, let installer, installer.isOpen {
             var result: Int32 = 0
             try installer.run([req][...]) { _, rc in result = rc }
@@ -86,6 +86,7 @@ extension Datapath {
 
     nonisolated func installReplicated(_ batch: [(FlowRecord, UInt32, UInt8)], timeouts: Timeouts,
                                        path: InstallPath) -> (installed: Int, failed: Int) {
+        let timeouts = effectiveTimeouts(timeouts)
         let reqs = batch.map { tdm_install_req($0.0, serviceSlot: $0.1, endpointIndex: $0.2, timeouts: timeouts) }
         var installed = 0
         var failed = 0
@@ -261,7 +262,8 @@ extension tdm_install_req {
         self.init()
         key = tdm_flow_key(r.key)
         xlate = tdm_flow_key(r.translated)
-        let timeout = UInt64(timeouts.seconds(for: r.state)) * 1_000_000_000
+        // The local service's timeout: the owner's remaining time counts down from the same one.
+        let timeout = UInt64(timeouts.seconds(for: r.state, serviceSlot: serviceSlot)) * 1_000_000_000
         let remaining = UInt64(r.remainingMilliseconds) * 1_000_000
         age_ns = UInt64(r.ageMilliseconds) * 1_000_000
         idle_ns = timeout > remaining ? timeout - remaining : 0

@@ -293,5 +293,67 @@ extension Privileged {
                                      timeouts: Timeouts(), path: path)
             #expect(dp.endpointActiveConnections(slot: 0, count: 2) == [1, 1])
         }
+
+        /// SYN, SYN-ACK, ACK through the program: an ESTABLISHED connection.
+        func establish(_ dp: Datapath, _ t: FlowTuple) throws {
+            let out = try #require(Packets.parse(try dp.testRun(packet: Packets.frame(t, tcpFlags: .syn)).packet))
+            _ = try dp.testRun(packet: Packets.frame(out.tuple.reversed, tcpFlags: [.syn, .ack]))
+            _ = try dp.testRun(packet: Packets.frame(t, tcpFlags: .ack))
+        }
+
+        @Test func serviceIdleTimeoutExpiresItsConnectionsNotOthers() async throws {
+            let dp = try await load() // node defaults: established 6 h, UDP 30 s / 120 s
+            defer { Task { await dp.close() } }
+            try await dp.install(service(idleTimeout: 2), slot: 0, hashSeed: 1)
+            try await dp.install(service(port: 56003), slot: 1, hashSeed: 1)
+            let udp = Service(key: ServiceKey(vip: Self.vip, port: 56004, proto: .udp), mode: .fullnat, endpoints: [Self.ep1],
+                              idleTimeout: 2)
+            try await dp.install(udp, slot: 2, hashSeed: 1)
+            let short = tuple(47_000), other = FlowTuple(source: IPv4Address(10, 0, 20, 10), destination: Self.vip, sourcePort: 47_001,
+                                                          destinationPort: 56003, proto: 6)
+            let handshake = tuple(47_002) // SYN_SENT: the node's 60 s, not the service's
+            let datagram = FlowTuple(source: IPv4Address(10, 0, 20, 10), destination: Self.vip, sourcePort: 47_003,
+                                     destinationPort: 56004, proto: 17)
+            try establish(dp, short)
+            try establish(dp, other)
+            _ = try dp.testRun(packet: Packets.frame(handshake, tcpFlags: .syn))
+            _ = try dp.testRun(packet: Packets.frame(datagram))
+            #expect(dp.connectionEntries().first { $0.key == short }?.state == .established)
+            try await Task.sleep(for: .milliseconds(1000))
+            #expect(dp.reapInKernel() == 0, "not yet: 1 s of 2")
+            try await Task.sleep(for: .milliseconds(1500))
+            // The Swift fallback reaper, given the datapath's timeouts, agrees with the kernel.
+            let entries = dp.connectionEntries()
+            let swift = ConnectionReaper(timeouts: dp.effectiveTimeouts(Timeouts())).expired(in: entries)
+            #expect(Set(swift.events.map(\.key)) == [short, datagram])
+            let otherConn = try #require(Connection.join(entries).first { $0.original.key == other })
+            #expect(!otherConn.isExpired(timeouts: dp.effectiveTimeouts(Timeouts())))
+            #expect(dp.reapInKernel() == 2, "the service's idle TCP and UDP connections, at 2 s")
+            let left = Set(dp.connectionEntries().filter { $0.direction == .original }.map(\.key))
+            #expect(left == [other, handshake])
+
+            // Replicated: the owner's remaining time counts down from the service's timeout here too.
+            let r = FlowRecord(key: tuple(47_100), translated: FlowTuple(source: Self.vip, destination: Self.ep1.ip, sourcePort: 47_100,
+                                                                       destinationPort: 80, proto: 6),
+                               natMode: .fullnat, state: .established, flags: [], endpointIndex: 0, ageMilliseconds: 5000,
+                               remainingMilliseconds: 500)
+            try dp.installReplicated(r, serviceSlot: 0, endpointIndex: 0, timeouts: Timeouts())
+            let idle = try #require(dp.connectionEntries().first { $0.key == r.key }).idleSeconds
+            #expect(idle > 1.3 && idle < 1.8, "2 s - 0.5 s left: \(idle)")
+            try await Task.sleep(for: .milliseconds(700))
+            #expect(dp.reapInKernel() == 1, "gone when the owner's copy would be")
+
+            // A packet on an expired connection finds it gone (TC's own check) and opens a new one.
+            try establish(dp, tuple(47_200))
+            try await Task.sleep(for: .milliseconds(2200))
+            let before = dp.stats().expiredReused
+            _ = try dp.testRun(packet: Packets.frame(tuple(47_200), tcpFlags: .ack))
+            #expect(dp.stats().expiredReused == before + 1)
+
+            // Uninstalled: leftovers fall back to the node's timeouts.
+            await dp.uninstall(service().key, slot: 0)
+            #expect(dp.effectiveTimeouts(Timeouts()).perService[0] == nil)
+            #expect(dp.effectiveTimeouts(Timeouts()).perService[2] == 2)
+        }
     }
 }
