@@ -82,6 +82,15 @@ struct {
     __type(value, struct tdm_endpoint);
 } tdm_endpoints SEC(".maps");
 
+/* allowedSources of services with TDM_SVC_F_SOURCES (struct tdm_source_key). Value unused (1). */
+struct {
+    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+    __uint(max_entries, TDM_MAX_SERVICES * TDM_MAX_SOURCES);
+    __uint(map_flags, BPF_F_NO_PREALLOC); /* the kernel requires it of tries */
+    __type(key, struct tdm_source_key);
+    __type(value, __u8);
+} tdm_sources SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
     __uint(max_entries, TDM_MAX_SERVICES);
@@ -95,6 +104,26 @@ struct {
     __type(key, __u32);
     __type(value, struct tdm_maglev);
 } tdm_maglev SEC(".maps");
+
+/* Per-service idle timeout (inactiveTimeOut) of the established states, in ns by service slot;
+ * 0 = the node's. An array so programs that have only an entry's service_id can look it up. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, TDM_MAX_SERVICES);
+    __type(key, __u32);
+    __type(value, __u64);
+} tdm_svc_timeout SEC(".maps");
+
+/* Active connections per endpoint (index service_id * TDM_MAX_ENDPOINTS + endpoint_index), for
+ * least-connections selection. Shared and updated atomically; mmapped by user space, which
+ * gives back counts of connections it deletes itself. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, TDM_MAX_SERVICES * TDM_MAX_ENDPOINTS);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __type(key, __u32);
+    __type(value, __u64);
+} tdm_lc_active SEC(".maps");
 
 /* Shared (not per-CPU) so consecutive new flows alternate whichever CPU they land on. */
 struct {
@@ -201,11 +230,76 @@ static __always_inline int same_key(const struct tdm_flow_key *a, const struct t
            a->proto == b->proto;
 }
 
+static __always_inline __u64 *lc_counter(__u32 sid, __u8 ei)
+{
+    if (sid >= TDM_MAX_SERVICES)
+        return NULL; /* a peer's flow of a service this node does not have */
+    __u32 idx = sid * TDM_MAX_ENDPOINTS + (ei & (TDM_MAX_ENDPOINTS - 1));
+    return bpf_map_lookup_elem(&tdm_lc_active, &idx);
+}
+
+static __always_inline void lc_take(__u32 sid, __u8 ei)
+{
+    __u64 *c = lc_counter(sid, ei);
+    if (c)
+        __sync_fetch_and_add(c, 1);
+}
+
+/* Gives back one count, never below zero (a counter reset under live connections, or a lost
+ * race, must not wrap to 2^64 and starve the endpoint). */
+static __always_inline void lc_give(__u32 sid, __u8 ei)
+{
+    __u64 *c = lc_counter(sid, ei);
+    if (!c)
+        return;
+    for (int i = 0; i < 8; i++) {
+        __u64 v = *(volatile __u64 *)c;
+        if (v == 0 || __sync_val_compare_and_swap(c, v, v - 1) == v)
+            return;
+    }
+}
+
+/* A connection stops counting once it is closing: RST, or FIN from both sides. */
+static __always_inline int lc_live_state(__u8 state)
+{
+    return state != TDM_CT_CLOSED && state != TDM_CT_TIME_WAIT;
+}
+
+/* Gives back the count of the connection `e` (at `key`) belongs to when that connection goes
+ * away with it: an original, a reply half whose original points back at it (same flags), or an
+ * orphaned reply half (its original went without giving back: LRU eviction). A stale reply half
+ * (its original now belongs to another connection) holds nothing. */
+static __always_inline void lc_release(const struct tdm_ct_entry *e, const struct tdm_flow_key *key)
+{
+    if (!(e->flags & TDM_CT_F_COUNTED))
+        return;
+    if (e->dir == TDM_DIR_REPLY) {
+        struct tdm_ct_entry *oe = bpf_map_lookup_elem(&tdm_ct, &e->peer);
+        if (oe && !same_key(&oe->peer, key))
+            return;
+    }
+    lc_give(e->service_id, e->endpoint_index);
+}
+
 static __always_inline __u64 state_timeout(const struct tdm_config *cfg, __u8 state)
 {
     if (state >= TDM_CT_STATE_COUNT)
         return 0;
     return cfg->timeout_ns[state];
+}
+
+/* The idle timeout of an entry: its service's inactiveTimeOut for the established states (TCP
+ * ESTABLISHED, UDP new and established), else the node's for its state. */
+static __always_inline __u64 entry_timeout(const struct tdm_config *cfg, const struct tdm_ct_entry *e)
+{
+    __u8 state = e->state;
+    if (state == TDM_CT_ESTABLISHED || state == TDM_CT_UDP_EST || state == TDM_CT_UDP_NEW) {
+        __u32 sid = e->service_id;
+        __u64 *t = bpf_map_lookup_elem(&tdm_svc_timeout, &sid); /* NULL for a slot out of range */
+        if (t && *t)
+            return *t;
+    }
+    return state_timeout(cfg, state);
 }
 
 /* A packet on a flow whose peers were last told about it a quarter of its timeout ago: time to
@@ -215,13 +309,13 @@ static __always_inline __u64 state_timeout(const struct tdm_config *cfg, __u8 st
  * quarter of it (~0.23 s short per second of timeout). */
 static __always_inline int refresh_due(const struct tdm_config *cfg, const struct tdm_ct_entry *e, __u64 now)
 {
-    __u32 every = (__u32)(state_timeout(cfg, e->state) >> 32);
+    __u32 every = (__u32)(entry_timeout(cfg, e) >> 32);
     return (__u32)(now >> 30) - e->refreshed >= (every ? every : 1);
 }
 
 static __always_inline int entry_expired(const struct tdm_config *cfg, const struct tdm_ct_entry *e, __u64 now)
 {
-    __u64 t = state_timeout(cfg, e->state);
+    __u64 t = entry_timeout(cfg, e);
     return now > e->last_seen_ns && now - e->last_seen_ns > t;
 }
 
@@ -240,11 +334,13 @@ static __always_inline int conn_expired(const struct tdm_config *cfg, const stru
     return !pe || !same_key(&pe->peer, key) || entry_expired(cfg, pe, now);
 }
 
-/* Forgets a connection: the entry at `key`, and its other half at `peer` only while that half
- * still points back at `key` (its key may already belong to a newer connection). Both are
- * copies on the stack, not pointers into entries being deleted. */
-static __always_inline void forget(const struct tdm_flow_key *key, const struct tdm_flow_key *peer)
+/* Forgets a connection: the entry `e` at `key`, and its other half at `peer` only while that half
+ * still points back at `key` (its key may already belong to a newer connection), giving back its
+ * active count. key and peer are copies on the stack, not pointers into entries being deleted. */
+static __always_inline void forget(const struct tdm_ct_entry *e, const struct tdm_flow_key *key,
+                                   const struct tdm_flow_key *peer)
 {
+    lc_release(e, key);
     struct tdm_ct_entry *pe = bpf_map_lookup_elem(&tdm_ct, peer);
     if (pe && same_key(&pe->peer, key))
         bpf_map_delete_elem(&tdm_ct, peer);
@@ -490,6 +586,23 @@ static __always_inline void count(void *map, __u32 idx, __u32 len, int new_flow)
     }
 }
 
+/* allowedSources: may `saddr` open a connection to `svc`? Only services with a list pay the
+ * trie lookup, and only for packets that would create a connection. */
+static __always_inline int source_allowed(const struct tdm_service *svc, __be32 saddr)
+{
+    if (!(svc->flags & TDM_SVC_F_SOURCES))
+        return 1;
+    struct tdm_source_key k = { .prefixlen = 64, .service_id = svc->id, .addr = saddr };
+    if (bpf_map_lookup_elem(&tdm_sources, &k))
+        return 1;
+    __u32 id = svc->id;
+    struct tdm_counters *c = bpf_map_lookup_elem(&tdm_service_stats, &id);
+    if (c)
+        c->denied += 1;
+    stat_inc(TDM_STAT_SOURCE_DENIED);
+    return 0;
+}
+
 /* Picks an endpoint index for a new flow, or -1. */
 static __always_inline int select_endpoint(const struct tdm_config *cfg, const struct tdm_service *svc,
                                            const struct tdm_flow_key *key, __u64 now)
@@ -506,6 +619,37 @@ static __always_inline int select_endpoint(const struct tdm_config *cfg, const s
         barrier_var(slot);
         slot &= TDM_MAGLEV_SLOTS - 1;
         return m->slot[slot];
+    }
+    if (svc->sel == TDM_SEL_LC) {
+        /* Scan from the round-robin cursor, so equal counts take turns instead of all going to
+         * endpoint 0. Bounded by TDM_MAX_ENDPOINTS for the verifier. */
+        __u32 *ctr = bpf_map_lookup_elem(&tdm_rr, &id);
+        if (!ctr)
+            return -1;
+        __u32 n = svc->endpoint_count;
+        if (n > TDM_MAX_ENDPOINTS)
+            n = TDM_MAX_ENDPOINTS;
+        __u32 start = __sync_fetch_and_add(ctr, 1) % n;
+        int best = -1;
+        __u64 best_count = ~0ULL;
+        for (__u32 i = 0; i < TDM_MAX_ENDPOINTS; i++) {
+            if (i >= n)
+                break;
+            __u32 ei = start + i;
+            if (ei >= n)
+                ei -= n;
+            __u32 idx = id * TDM_MAX_ENDPOINTS + (ei & (TDM_MAX_ENDPOINTS - 1));
+            struct tdm_endpoint *ep = bpf_map_lookup_elem(&tdm_endpoints, &idx);
+            if (!ep || !ep->active)
+                continue;
+            __u64 *c = bpf_map_lookup_elem(&tdm_lc_active, &idx);
+            __u64 v = c ? *c : 0;
+            if (v < best_count) {
+                best_count = v;
+                best = (int)ei;
+            }
+        }
+        return best;
     }
     struct tdm_persist_key pk = { .service_id = id, .client_ip = key->saddr };
     if (svc->sel == TDM_SEL_PERSIST) {
@@ -600,6 +744,7 @@ static __always_inline int new_flow(struct __sk_buff *skb, const struct tdm_conf
         orig.flags |= TDM_CT_F_PICKED_UP;
         stat_inc(TDM_STAT_PICKED_UP);
     }
+    orig.flags |= TDM_CT_F_COUNTED;
 
     /* Keep the client's source port where free; else probe this node's slice of the port
      * space, so two nodes sharing a SNAT address never hand out the same port. */
@@ -636,12 +781,29 @@ static __always_inline int new_flow(struct __sk_buff *skb, const struct tdm_conf
     orig.xlate = fwd;
     orig.peer = rev;
 
+    /* An expired connection's half at the reply key is overwritten: if it was an orphan holding
+     * a count (its original evicted), nobody else will give that count back. Decided before the
+     * update recycles its memory. */
+    __u32 gone_sid = TDM_MAX_SERVICES;
+    __u8 gone_ei = 0;
+    struct tdm_ct_entry *old = bpf_map_lookup_elem(&tdm_ct, &rev);
+    if (old && (old->flags & TDM_CT_F_COUNTED)) {
+        struct tdm_ct_entry *owner = bpf_map_lookup_elem(&tdm_ct, &old->peer);
+        if (old->dir == TDM_DIR_ORIGINAL || !owner || !same_key(&owner->peer, &rev)) {
+            gone_sid = old->service_id;
+            gone_ei = old->endpoint_index;
+        }
+    }
+
     if (bpf_map_update_elem(&tdm_ct, &rev, &reply, BPF_ANY) ||
         bpf_map_update_elem(&tdm_ct, &p->key, &orig, BPF_ANY)) {
         bpf_map_delete_elem(&tdm_ct, &rev);
         stat_inc(TDM_STAT_CT_FULL);
         return -1;
     }
+    if (gone_sid < TDM_MAX_SERVICES)
+        lc_give(gone_sid, gone_ei);
+    lc_take(svc->id, (__u8)ei);
     count(&tdm_endpoint_stats, eidx, p->len, 1);
     count(&tdm_service_stats, svc->id, p->len, 1);
     emit_event(cfg, TDM_EV_NEW, &orig, &p->key, now);
@@ -718,7 +880,7 @@ int tandem_ingress(struct __sk_buff *skb)
                 desc = oe;
         }
         emit_event(cfg, TDM_EV_DELETE, desc, e->dir == TDM_DIR_ORIGINAL ? &p.key : &peer, now);
-        forget(&p.key, &peer);
+        forget(e, &p.key, &peer);
         stat_inc(TDM_STAT_EXPIRED_REUSED);
         e = NULL;
     } else if (e && fresh_syn && e->dir == TDM_DIR_ORIGINAL &&
@@ -731,7 +893,7 @@ int tandem_ingress(struct __sk_buff *skb)
          * node's port slice at high connection rates. */
         struct tdm_flow_key peer = e->peer;
         emit_event(cfg, TDM_EV_DELETE, e, &p.key, now);
-        forget(&p.key, &peer);
+        forget(e, &p.key, &peer);
         stat_inc(TDM_STAT_EXPIRED_REUSED);
         e = NULL;
     }
@@ -751,6 +913,10 @@ int tandem_ingress(struct __sk_buff *skb)
          * event describes the original half. */
         if (changed || (cfg->emit_events && refresh_due(cfg, e, now))) {
             if (changed) {
+                if (!lc_live_state(state) && (flags & TDM_CT_F_COUNTED)) {
+                    flags &= ~TDM_CT_F_COUNTED; /* both halves take the cleared flags below */
+                    lc_give(e->service_id, e->endpoint_index);
+                }
                 e->state = state;
                 e->flags = flags;
                 e->version += 1;
@@ -792,6 +958,8 @@ int tandem_ingress(struct __sk_buff *skb)
             return TC_ACT_OK;
         /* A stray RST for a flow we do not know has nowhere consistent to go. */
         if (p.key.proto == IPPROTO_TCP && (p.tcp_flags & 0x04))
+            return TC_ACT_SHOT;
+        if (!source_allowed(svc, p.key.saddr))
             return TC_ACT_SHOT;
         if (new_flow(skb, cfg, &p, svc, now, &to) < 0)
             return TC_ACT_SHOT;
@@ -843,7 +1011,7 @@ static __always_inline void reap_one(const struct tdm_config *cfg, const struct 
         if (!conn_expired(cfg, e, &k, c->now))
             return;
         emit_event(cfg, TDM_EV_EXPIRE, e, &k, c->now);
-        forget(&k, &peer);
+        forget(e, &k, &peer);
         c->connections += 1;
         stat_inc(TDM_STAT_REAPED);
         return;
@@ -851,6 +1019,8 @@ static __always_inline void reap_one(const struct tdm_config *cfg, const struct 
     struct tdm_ct_entry *oe = bpf_map_lookup_elem(&tdm_ct, &peer);
     if (!oe) {
         if (c->now > e->last_seen_ns && c->now - e->last_seen_ns > TDM_REAP_ORPHAN_IDLE_NS) {
+            if (e->flags & TDM_CT_F_COUNTED) /* its original went without giving back (LRU) */
+                lc_give(e->service_id, e->endpoint_index);
             bpf_map_delete_elem(&tdm_ct, &k);
             stat_inc(TDM_STAT_REAPED_HALVES);
         }
@@ -1036,11 +1206,14 @@ static __always_inline int install_req(struct tdm_install_req *r, __u64 now)
 
     __u64 age = r->age_ns < now ? r->age_ns : now;
     __u64 idle = r->idle_ns < now ? r->idle_ns : now;
+    /* A peer's flow counts here too, so a node that takes over picks least-connections
+     * endpoints from the same view. The owner's COUNTED bit is its own bookkeeping. */
+    int live = lc_live_state(r->state) && r->service_id < TDM_MAX_SERVICES;
     struct tdm_ct_entry o = {
         .xlate = xl, .peer = rk, .created_ns = now - age, .last_seen_ns = now - idle,
         .service_id = r->service_id, .version = 1, .endpoint_ip = xl.daddr, .endpoint_port = xl.dport,
         .endpoint_index = r->endpoint_index, .nat_mode = r->nat_mode, .dir = TDM_DIR_ORIGINAL, .state = r->state,
-        .flags = r->flags | TDM_CT_F_FROM_PEER,
+        .flags = (r->flags & ~TDM_CT_F_COUNTED) | TDM_CT_F_FROM_PEER | (live ? TDM_CT_F_COUNTED : 0),
         .refreshed = (__u32)(now >> 30), /* the owner has just told every peer about it */
     };
     struct tdm_ct_entry p = o;
@@ -1055,6 +1228,11 @@ static __always_inline int install_req(struct tdm_install_req *r, __u64 now)
     struct tdm_flow_key old_o_peer = {}, old_r_peer = {};
     int had_o = 0, had_r = 0;
     __u32 version = 0;
+    /* Counts: this connection's own (held already, on which endpoint), and those of other
+     * connections whose halves this install overwrites. */
+    int held = 0, o_counted = 0;
+    __u32 held_sid = 0, o_sid = 0;
+    __u8 held_ei = 0, o_ei = 0;
     struct tdm_ct_entry *e = bpf_map_lookup_elem(&tdm_ct, &ok);
     if (e) {
         had_o = 1;
@@ -1065,6 +1243,15 @@ static __always_inline int install_req(struct tdm_install_req *r, __u64 now)
             o.bytes = e->bytes;
             if (e->last_seen_ns > o.last_seen_ns)
                 o.last_seen_ns = e->last_seen_ns;
+            if (e->flags & TDM_CT_F_COUNTED) {
+                held = 1;
+                held_sid = e->service_id;
+                held_ei = e->endpoint_index;
+            }
+        } else if (e->flags & TDM_CT_F_COUNTED) {
+            o_counted = 1;
+            o_sid = e->service_id;
+            o_ei = e->endpoint_index;
         }
     }
     struct tdm_ct_entry old_r = {};
@@ -1080,6 +1267,11 @@ static __always_inline int install_req(struct tdm_install_req *r, __u64 now)
             p.bytes = e->bytes;
             if (e->last_seen_ns > p.last_seen_ns)
                 p.last_seen_ns = e->last_seen_ns;
+            if (!held && (e->flags & TDM_CT_F_COUNTED)) { /* its original was evicted */
+                held = 1;
+                held_sid = e->service_id;
+                held_ei = e->endpoint_index;
+            }
         }
     }
     version += 1;
@@ -1100,16 +1292,28 @@ static __always_inline int install_req(struct tdm_install_req *r, __u64 now)
             bpf_map_delete_elem(&tdm_ct, &rk);
         return err;
     }
+    /* The other halves of overwritten connections go too (when they still point back), and so
+     * do their counts; a stale half pointing elsewhere held none. */
     if (had_o && !same_key(&old_o_peer, &rk)) {
         e = bpf_map_lookup_elem(&tdm_ct, &old_o_peer);
-        if (e && same_key(&e->peer, &ok))
+        int ends = !e || same_key(&e->peer, &ok);
+        if (e && ends)
             bpf_map_delete_elem(&tdm_ct, &old_o_peer);
+        if (ends && o_counted)
+            lc_give(o_sid, o_ei);
     }
     if (had_r && !same_key(&old_r_peer, &ok)) {
         e = bpf_map_lookup_elem(&tdm_ct, &old_r_peer);
-        if (e && same_key(&e->peer, &rk))
+        int ends = !e || same_key(&e->peer, &rk);
+        if (e && ends)
             bpf_map_delete_elem(&tdm_ct, &old_r_peer);
+        if (ends && (old_r.flags & TDM_CT_F_COUNTED))
+            lc_give(old_r.service_id, old_r.endpoint_index);
     }
+    if (held && !(live && held_sid == r->service_id && held_ei == r->endpoint_index))
+        lc_give(held_sid, held_ei);
+    if (live && !(held && held_sid == r->service_id && held_ei == r->endpoint_index))
+        lc_take(r->service_id, r->endpoint_index);
     return 0;
 }
 

@@ -92,12 +92,27 @@ public struct Timeouts: Equatable, Sendable {
     public var udpNew: UInt32 = 30
     public var udpEstablished: UInt32 = 120
     public var icmp: UInt32 = 30
+    /// Per-service idle timeouts (inactiveTimeOut) by datapath slot: they replace `established`,
+    /// `udpNew` and `udpEstablished` for that service's connections.
+    public var perService: [UInt32: UInt32] = [:]
 
     public init() {}
 
-    /// The shortest timeout of any state.
+    /// The shortest timeout of any state or service.
     public var shortest: UInt32 {
-        [synSent, synReceived, established, finWait, timeWait, closed, udpNew, udpEstablished, icmp].min() ?? 0
+        ([synSent, synReceived, established, finWait, timeWait, closed, udpNew, udpEstablished, icmp] + perService.values).min() ?? 0
+    }
+
+    /// The states a service's idle timeout applies to: the ones a connection idles in.
+    public static func isIdleState(_ state: ConnectionState) -> Bool {
+        state == .established || state == .udpNew || state == .udpEstablished
+    }
+
+    /// The timeout of a connection of the service in `serviceSlot` in `state`: the service's own
+    /// for the idle states when it has one, else the node's.
+    public func seconds(for state: ConnectionState, serviceSlot: UInt32) -> UInt32 {
+        if Self.isIdleState(state), let t = perService[serviceSlot] { return t }
+        return seconds(for: state)
     }
 
     public func seconds(for state: ConnectionState) -> UInt32 {
@@ -192,7 +207,7 @@ public struct ConnectionEntry: Hashable, Sendable {
     }
 
     public func isExpired(timeouts: Timeouts) -> Bool {
-        idleSeconds > Double(timeouts.seconds(for: state))
+        idleSeconds > Double(timeouts.seconds(for: state, serviceSlot: serviceSlot))
     }
 }
 
@@ -221,6 +236,12 @@ public struct Connection: Hashable, Sendable {
     }
 
     public func isExpired(timeouts: Timeouts) -> Bool {
-        idleSeconds > Double(timeouts.seconds(for: original.state))
+        idleSeconds > Double(timeouts.seconds(for: original.state, serviceSlot: original.serviceSlot))
+    }
+
+    /// Milliseconds left before the connection's idle timeout (its service's or the node's).
+    public func remainingMilliseconds(timeouts: Timeouts) -> UInt32 {
+        let timeout = Double(timeouts.seconds(for: original.state, serviceSlot: original.serviceSlot))
+        return UInt32(clamping: Int(max(0, timeout - idleSeconds) * 1000))
     }
 }

@@ -36,6 +36,14 @@ public struct ConnectionEvent: Sendable, Hashable {
     }
 }
 
+extension ConnectionEvent {
+    /// The full idle timeout of the connection in its new state, in milliseconds (an event means it
+    /// just changed or just saw a packet): its service's, or the node's.
+    public func remainingMilliseconds(timeouts: Timeouts) -> UInt32 {
+        UInt32(clamping: UInt64(timeouts.seconds(for: state, serviceSlot: serviceSlot)) * 1000)
+    }
+}
+
 /// Periodic scan of the connection table: removes entries idle past their state's timeout
 /// (the datapath only notices expiry when a packet arrives) and reports them, since LRU eviction
 /// and idle expiry produce no ring-buffer event.
@@ -54,7 +62,7 @@ public struct ConnectionReaper: Sendable {
         for e in entries where e.direction == .original {
             let peer = byKey[e.peerKey]
             let idle = min(e.idleSeconds, peer?.idleSeconds ?? .infinity)
-            guard idle > Double(timeouts.seconds(for: e.state)) else { continue }
+            guard idle > Double(timeouts.seconds(for: e.state, serviceSlot: e.serviceSlot)) else { continue }
             delete.append(e.key)
             if peer != nil { delete.append(e.peerKey) }
             events.append(ConnectionEvent(kind: .expired, key: e.key, translated: e.translated, state: e.state,
@@ -69,7 +77,7 @@ public struct ConnectionReaper: Sendable {
         // original now points elsewhere. It holds its translated tuple until its own timeout.
         for e in entries where e.direction == .reply {
             guard let orig = byKey[e.peerKey], orig.peerKey != e.key else { continue }
-            if e.idleSeconds > Double(timeouts.seconds(for: e.state)) { delete.append(e.key) }
+            if e.isExpired(timeouts: timeouts) { delete.append(e.key) }
         }
         return (delete, events)
     }

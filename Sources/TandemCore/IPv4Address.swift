@@ -64,6 +64,12 @@ public struct IPv4Prefix: Hashable, Sendable, CustomStringConvertible {
         length = len
     }
 
+    /// A prefix from its parts; the length is clamped to 0...32.
+    public init(address: IPv4Address, length: Int) {
+        self.address = address
+        self.length = max(0, min(32, length))
+    }
+
     public var mask: UInt32 { length == 0 ? 0 : UInt32.max << (32 - length) }
     public func contains(_ a: IPv4Address) -> Bool { a.value & mask == address.value & mask }
     public var description: String { "\(address)/\(length)" }

@@ -19,7 +19,7 @@ extension ConnectionEvent {
                   serviceSlot: e.service_id, version: e.version)
         endpointIndex = e.endpoint_index
         createdNanoseconds = e.created_ns
-        flags = ConnectionFlags(rawValue: e.flags)
+        flags = ConnectionFlags(datapath: e.flags)
     }
 }
 
@@ -219,7 +219,7 @@ public struct DatapathEventRecord: Sendable, Hashable {
     init?(_ e: tdm_ct_event) {
         guard let ev = ConnectionEvent(record: e) else { return nil }
         event = ev
-        flags = ConnectionFlags(rawValue: e.flags)
+        flags = ConnectionFlags(datapath: e.flags)
         timestampNanoseconds = e.ts_ns
     }
 }

@@ -25,7 +25,7 @@ extension ConnectionEntry {
         self.init(key: key.tuple, translated: e.xlate.tuple, peerKey: e.peer.tuple,
                   direction: FlowDirection(rawValue: e.dir) ?? .original,
                   state: ConnectionState(rawValue: e.state) ?? .none,
-                  flags: ConnectionFlags(rawValue: e.flags),
+                  flags: ConnectionFlags(datapath: e.flags),
                   natMode: NATMode(rawValue: e.nat_mode) ?? .default,
                   serviceSlot: e.service_id, endpointIndex: e.endpoint_index, version: e.version,
                   packets: e.packets, bytes: e.bytes, ageSeconds: age, idleSeconds: idle)
@@ -37,4 +37,43 @@ public func monotonicNanoseconds() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+/// An allowedSources entry as the tdm_sources trie keys it: the slot, then the prefix (masked,
+/// so equal prefixes compare equal however the user wrote the host bits).
+struct SourceKey: Hashable {
+    var slot: UInt32
+    var address: UInt32 // host order, masked
+    var length: Int
+
+    init(slot: UInt32, prefix: IPv4Prefix) {
+        self.slot = slot
+        length = max(0, min(32, prefix.length))
+        address = prefix.address.value & prefix.mask
+    }
+
+    init(_ raw: tdm_source_key) {
+        slot = raw.service_id
+        length = max(0, min(32, Int(raw.prefixlen) - 32))
+        let mask: UInt32 = length == 0 ? 0 : UInt32.max << (32 - length)
+        address = UInt32(bigEndian: raw.addr) & mask
+    }
+
+    var raw: tdm_source_key {
+        var k = tdm_source_key()
+        k.prefixlen = UInt32(32 + length)
+        k.service_id = slot
+        k.addr = address.bigEndian
+        return k
+    }
+
+    var prefix: IPv4Prefix {
+        IPv4Prefix(address: IPv4Address(address), length: length)
+    }
+}
+
+extension ConnectionFlags {
+    /// The entry's flags without the datapath's own bookkeeping (TDM_CT_F_COUNTED), which is
+    /// neither shown nor replicated.
+    init(datapath raw: UInt8) { self.init(rawValue: raw & ~UInt8(TDM_CT_F_COUNTED)) }
 }

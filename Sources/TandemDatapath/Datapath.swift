@@ -1,5 +1,6 @@
 import CLibBPF
 import CTandemShim
+import Foundation
 import Glibc
 import Logging
 import TandemCore
@@ -38,6 +39,9 @@ public struct TrafficCounters: Equatable, Sendable, Codable {
     public var packets: UInt64 = 0
     public var bytes: UInt64 = 0
     public var newFlows: UInt64 = 0
+    /// New connections refused because their source is outside the service's allowedSources
+    /// (service counters only; always 0 for an endpoint).
+    public var denied: UInt64 = 0
     public init() {}
 }
 
@@ -58,6 +62,8 @@ public struct DatapathStats: Equatable, Sendable, Codable {
     /// Idle connections, and orphaned or stale reply halves, removed by the in-kernel reap.
     public var reaped: UInt64 = 0
     public var reapedHalves: UInt64 = 0
+    /// New connections refused by a service's allowedSources, all services.
+    public var sourceDenied: UInt64 = 0
     public init() {}
 }
 
@@ -84,7 +90,20 @@ public actor Datapath {
         public let serviceStats, endpointStats, stats, config, events, activeVIPs: BPFMap
         /// The ring buffer's wakeup handshake (struct tdm_event_ctl), mmapped by `RingBufferReader`.
         public let eventControl: BPFMap
+        /// allowedSources prefixes (LPM trie of struct tdm_source_key).
+        public let sources: BPFMap
+        /// Active connections per endpoint (least connections), mmapped as `activeCounters`.
+        public let lcActive: BPFMap
+        /// Per-service idle timeouts in ns by slot (0 = the node's).
+        public let serviceTimeouts: BPFMap
     }
+
+    /// What tdm_svc_timeout holds, in seconds by slot, for the Swift paths that need it per
+    /// connection (the reap's candidate pick, replicated installs) without a map read each.
+    nonisolated let idleTimeouts = ServiceIdleTimeouts()
+
+    /// tdm_lc_active, mapped: user space gives back the counts of connections it deletes.
+    nonisolated let activeCounters: ActiveCounters?
 
     /// Opens and loads the object: every program passes the kernel verifier here or this throws.
     public init(objectPath: String, connectionTableSize: UInt32 = UInt32(TDM_CT_DEFAULT_MAX),
@@ -159,12 +178,15 @@ public actor Datapath {
                         maglev: try map("tdm_maglev"), rr: try map("tdm_rr"), persist: try map("tdm_persist"),
                         serviceStats: try map("tdm_service_stats"), endpointStats: try map("tdm_endpoint_stats"),
                         stats: try map("tdm_stats"), config: try map("tdm_config"), events: try map("tdm_events"),
-                        activeVIPs: try map("tdm_active_vips"), eventControl: try map("tdm_event_ctl"))
+                        activeVIPs: try map("tdm_active_vips"), eventControl: try map("tdm_event_ctl"),
+                        sources: try map("tdm_sources"), lcActive: try map("tdm_lc_active"),
+                        serviceTimeouts: try map("tdm_svc_timeout"))
         } catch {
             installer?.unmap()
             bpf_object__close(obj)
             throw error
         }
+        activeCounters = ActiveCounters(map: maps.lcActive)
     }
 
     public nonisolated var ingressProgramFD: Int32 { programFD }
@@ -212,6 +234,7 @@ public actor Datapath {
         }
         attached.removeAll()
         installer?.unmap()
+        activeCounters?.unmap()
         bpf_object__close(object)
     }
 
@@ -274,8 +297,16 @@ public actor Datapath {
             table.append(contentsOf: [UInt8](repeating: 0, count: Int(TDM_MAGLEV_SLOTS) - table.count))
             try maps.maglev.updateRaw(slot, bytes: table)
         }
+        // Prefixes go in before the service entry that points packets at them; stale ones of the
+        // slot leave after it, so a narrowed list takes effect once the new entry is written.
+        let sourceKeys = Set(svc.allowedSources.prefix(Int(TDM_MAX_SOURCES)).map { SourceKey(slot: slot, prefix: $0) })
+        for k in sourceKeys { try maps.sources.update(k.raw, UInt8(1)) }
+        // Before the service entry, so its first connection already idles on its own timeout.
+        try maps.serviceTimeouts.update(slot, UInt64(svc.idleTimeout ?? 0) * 1_000_000_000)
+        idleTimeouts.set(slot, svc.idleTimeout)
         var v = tdm_service()
         v.id = slot
+        v.flags = sourceKeys.isEmpty ? 0 : UInt8(TDM_SVC_F_SOURCES)
         v.snat_ip = svc.snatIP?.networkOrder ?? 0
         v.persist_timeout_s = svc.persistTimeout
         v.endpoint_count = UInt16(svc.endpoints.count)
@@ -283,9 +314,24 @@ public actor Datapath {
         v.nat_mode = svc.mode.rawValue
         v.sel = svc.selection.rawValue
         try maps.services.update(serviceKey(svc.key), v)
+        removeSources(slot: slot, keeping: sourceKeys)
         let vip = svc.key.vip.networkOrder
         let n = maps.vips.lookup(vip, as: UInt32.self) ?? 0
         try maps.vips.update(vip, n + 1)
+    }
+
+    /// Deletes the slot's allowedSources prefixes except `keep`.
+    private func removeSources(slot: UInt32, keeping keep: Set<SourceKey>) {
+        for raw in maps.sources.keys(as: tdm_source_key.self) where raw.service_id == slot {
+            let k = SourceKey(raw)
+            if !keep.contains(k) { maps.sources.delete(raw) }
+        }
+    }
+
+    /// The allowedSources prefixes the datapath holds for a slot (what packets are checked against).
+    public nonisolated func allowedSources(slot: UInt32) -> [IPv4Prefix] {
+        maps.sources.keys(as: tdm_source_key.self).filter { $0.service_id == slot }
+            .map { SourceKey($0).prefix }.sorted { ($0.address, $0.length) < ($1.address, $1.length) }
     }
 
     /// Removes a service; its existing connections stay until they end or expire.
@@ -297,6 +343,19 @@ public actor Datapath {
         let zero = [UInt8](repeating: 0, count: Int(TDM_SCHED_LEN))
         try? maps.schedules.updateRaw(slot, bytes: zero)
         try? maps.rr.update(slot, UInt32(0))
+        removeSources(slot: slot, keeping: [])
+        // Its remaining connections fall back to the node's timeouts.
+        try? maps.serviceTimeouts.update(slot, UInt64(0))
+        idleTimeouts.set(slot, nil)
+    }
+
+    /// `base` (the node's timeouts) with every installed service's idle timeout: what
+    /// `ConnectionReaper`, `Connection.isExpired(timeouts:)` and replication's remaining-lifetime
+    /// computations should be given so they agree with the datapath.
+    public nonisolated func effectiveTimeouts(_ base: Timeouts) -> Timeouts {
+        var t = base
+        t.perService = idleTimeouts.snapshot()
+        return t
     }
 
     private func serviceKey(_ k: ServiceKey) -> tdm_service_key {
@@ -350,6 +409,10 @@ public actor Datapath {
         guard let installer, installer.canReap,
               let cfg = maps.config.lookup(UInt32(0), as: tdm_config.self) else { return nil }
         let timeouts: [UInt64] = withUnsafeBytes(of: cfg.timeout_ns) { Array($0.bindMemory(to: UInt64.self)) }
+        // Per-service idle timeouts replace the node's for the idle states (entry_timeout in bpf/).
+        let perService = idleTimeouts.snapshot().mapValues { UInt64($0) * 1_000_000_000 }
+        let idleStates: Set<Int> = [Int(TDM_CT_ESTABLISHED.rawValue), Int(TDM_CT_UDP_NEW.rawValue), Int(TDM_CT_UDP_EST.rawValue)]
+        let serviceOffset = MemoryLayout<tdm_ct_entry>.offset(of: \tdm_ct_entry.service_id) ?? 0
         let orphanIdle: UInt64 = 2_000_000_000
         let now = monotonicNanoseconds()
         var candidates: [tdm_flow_key] = []
@@ -377,7 +440,11 @@ public actor Datapath {
                 let idle = now > seen ? now - seen : 0
                 let state = Int(v.load(fromByteOffset: stateOffset, as: UInt8.self))
                 let isReply = v.load(fromByteOffset: dirOffset, as: UInt8.self) == UInt8(TDM_DIR_REPLY.rawValue)
-                let timeout = state < timeouts.count ? timeouts[state] : 0
+                var timeout = state < timeouts.count ? timeouts[state] : 0
+                if !perService.isEmpty, idleStates.contains(state),
+                   let t = perService[v.loadUnaligned(fromByteOffset: serviceOffset, as: UInt32.self)] {
+                    timeout = t
+                }
                 if idle > timeout || (checkOrphans && isReply && idle > orphanIdle) {
                     candidates.append(keys.loadUnaligned(fromByteOffset: i * keySize, as: tdm_flow_key.self))
                 }
@@ -389,9 +456,26 @@ public actor Datapath {
         return walked && !failed ? reaped : nil
     }
 
+    /// Deletes one half (the Swift reaper's removal), giving back the connection's active count
+    /// when the connection goes with it (see `releaseCount`).
     @discardableResult
     public nonisolated func deleteEntry(_ key: FlowTuple) -> Bool {
-        maps.ct.delete(tdm_flow_key(key))
+        let k = tdm_flow_key(key)
+        let e = lookupEntry(k)
+        guard maps.ct.delete(k) else { return false }
+        if let e { releaseCount(of: e, at: k) }
+        return true
+    }
+
+    /// Active connections per endpoint of a slot, as least-connections sees them: counted from a
+    /// connection's creation (or install from a peer) until it closes or goes.
+    public nonisolated func endpointActiveConnections(slot: UInt32, count: Int) -> [UInt64] {
+        let n = max(0, min(count, Int(TDM_MAX_ENDPOINTS)))
+        guard slot < UInt32(TDM_MAX_SERVICES) else { return [UInt64](repeating: 0, count: n) }
+        return (0..<n).map { i in
+            let idx = slot * UInt32(TDM_MAX_ENDPOINTS) + UInt32(i)
+            return activeCounters?.load(idx) ?? maps.lcActive.lookup(idx, as: UInt64.self) ?? 0
+        }
     }
 
     public nonisolated func serviceCounters(slot: UInt32) -> TrafficCounters {
@@ -414,7 +498,12 @@ public actor Datapath {
             if rc != 0 { throw DatapathError("clear \(m.name)", errno: errno) }
         }
         try clear(maps.serviceStats, slot)
-        for i in 0..<UInt32(TDM_MAX_ENDPOINTS) { try clear(maps.endpointStats, slot * UInt32(TDM_MAX_ENDPOINTS) + i) }
+        for i in 0..<UInt32(TDM_MAX_ENDPOINTS) {
+            let idx = slot * UInt32(TDM_MAX_ENDPOINTS) + i
+            try clear(maps.endpointStats, idx)
+            // A new service in the slot starts from zero active connections.
+            if let activeCounters { activeCounters.store(idx, 0) } else { try maps.lcActive.update(idx, UInt64(0)) }
+        }
     }
 
     private nonisolated func sum(_ values: [tdm_counters]) -> TrafficCounters {
@@ -423,6 +512,7 @@ public actor Datapath {
             t.packets += v.packets
             t.bytes += v.bytes
             t.newFlows += v.new_flows
+            t.denied += v.denied
         }
         return t
     }
@@ -442,6 +532,7 @@ public actor Datapath {
         d.xdpForwarded = s(TDM_STAT_XDP_FORWARDED)
         d.reaped = s(TDM_STAT_REAPED)
         d.reapedHalves = s(TDM_STAT_REAPED_HALVES)
+        d.sourceDenied = s(TDM_STAT_SOURCE_DENIED)
         return d
     }
 
@@ -458,4 +549,14 @@ public actor Datapath {
         if rc != 0 { throw DatapathError("BPF_PROG_TEST_RUN", errno: rc) }
         return (Int32(bitPattern: ret), Array(out.prefix(Int(outLen))))
     }
+}
+
+/// Per-service idle timeouts (seconds by slot), mirrored from what `install` writes into
+/// tdm_svc_timeout. A lock, not the actor: nonisolated readers (reap pass, installs) need it.
+final class ServiceIdleTimeouts: @unchecked Sendable {
+    private let lock = NSLock()
+    private var bySlot: [UInt32: UInt32] = [:]
+
+    func set(_ slot: UInt32, _ seconds: UInt32?) { lock.withLock { bySlot[slot] = seconds } }
+    func snapshot() -> [UInt32: UInt32] { lock.withLock { bySlot } }
 }

@@ -72,7 +72,7 @@ extension Datapath {
 
     nonisolated func installReplicated(_ r: FlowRecord, serviceSlot: UInt32, endpointIndex: UInt8, timeouts: Timeouts,
                                        path: InstallPath) throws {
-        let req = tdm_install_req(r, serviceSlot: serviceSlot, endpointIndex: endpointIndex, timeouts: timeouts)
+        let req = tdm_install_req(r, serviceSlot: serviceSlot, endpointIndex: endpointIndex, timeouts: effectiveTimeouts(timeouts))
         if path != .userSpace, let installer, installer.isOpen {
             var result: Int32 = 0
             try installer.run([req][...]) { _, rc in result = rc }
@@ -86,6 +86,7 @@ extension Datapath {
 
     nonisolated func installReplicated(_ batch: [(FlowRecord, UInt32, UInt8)], timeouts: Timeouts,
                                        path: InstallPath) -> (installed: Int, failed: Int) {
+        let timeouts = effectiveTimeouts(timeouts)
         let reqs = batch.map { tdm_install_req($0.0, serviceSlot: $0.1, endpointIndex: $0.2, timeouts: timeouts) }
         var installed = 0
         var failed = 0
@@ -126,8 +127,36 @@ extension Datapath {
         let k = tdm_flow_key(key)
         guard let e = lookupEntry(k) else { return false }
         let removed = deleteKey(k)
-        if let pe = lookupEntry(e.peer), sameKey(pe.peer, k) { deleteKey(e.peer) }
+        let pe = lookupEntry(e.peer)
+        if let pe, sameKey(pe.peer, k) { deleteKey(e.peer) }
+        // Both halves are gone: the count goes back unless `k` was a stale half holding none.
+        if removed, e.flags & UInt8(TDM_CT_F_COUNTED) != 0,
+           e.dir == UInt8(TDM_DIR_ORIGINAL.rawValue) || pe.map({ sameKey($0.peer, k) }) ?? true {
+            activeCounters?.give(e.service_id, e.endpoint_index)
+        }
         return removed
+    }
+
+    /// Gives back the active count of the connection whose half `e` (at `k`) was just deleted from
+    /// user space, as lc_release does in the kernel, and clears the flag on the half left behind so
+    /// that half's own deletion (the Swift reaper deletes both, one at a time) gives nothing again.
+    nonisolated func releaseCount(of e: tdm_ct_entry, at k: tdm_flow_key) {
+        let counted = UInt8(TDM_CT_F_COUNTED)
+        guard e.flags & counted != 0 else { return }
+        if var other = lookupEntry(e.peer) {
+            guard sameKey(other.peer, k) else {
+                // The other half belongs to another connection: an original's count goes back
+                // with it; a stale reply half held none.
+                if e.dir == UInt8(TDM_DIR_ORIGINAL.rawValue) { activeCounters?.give(e.service_id, e.endpoint_index) }
+                return
+            }
+            if other.flags & counted != 0 {
+                other.flags &= ~counted
+                // BPF_EXIST: never bring back a half the kernel deleted meanwhile.
+                _ = try? write(e.peer, other, flags: UInt64(BPF_EXIST))
+            }
+        }
+        activeCounters?.give(e.service_id, e.endpoint_index)
     }
 
     // MARK: - internals
@@ -162,6 +191,13 @@ extension Datapath {
         let version = max(oldOrig?.version ?? 0, oldReply?.version ?? 0) &+ 1
         orig.version = version == 0 ? 1 : version
         reply.version = orig.version
+        // Active counts, as tandem_install keeps them: this connection's own (held already?), and
+        // those of other connections whose halves are overwritten.
+        let counted = UInt8(TDM_CT_F_COUNTED)
+        let live = orig.flags & counted != 0
+        var held: (UInt32, UInt8)?
+        if let o = oldOrig, sameOrig, o.flags & counted != 0 { held = (o.service_id, o.endpoint_index) }
+        if held == nil, let o = oldReply, sameReply, o.flags & counted != 0 { held = (o.service_id, o.endpoint_index) }
 
         try write(p.replyKey, reply)
         do {
@@ -173,17 +209,26 @@ extension Datapath {
         }
         // The original used to point at another half (an older connection on the same client
         // tuple, or this key held another connection's reply half): that half is stale now.
-        if let o = oldOrig, !sameKey(o.peer, p.replyKey), let stale = lookupEntry(o.peer), sameKey(stale.peer, p.origKey) {
-            deleteKey(o.peer)
+        if let o = oldOrig, !sameKey(o.peer, p.replyKey) {
+            let other = lookupEntry(o.peer)
+            let ends = other.map { sameKey($0.peer, p.origKey) } ?? true
+            if other != nil && ends { deleteKey(o.peer) }
+            if ends && !sameOrig && o.flags & counted != 0 { activeCounters?.give(o.service_id, o.endpoint_index) }
         }
         // The reply key belonged to another connection here: its other half would now forward
         // into this connection's translated tuple. The owner's table is authoritative.
-        if let o = oldReply, !sameKey(o.peer, p.origKey), let stale = lookupEntry(o.peer), sameKey(stale.peer, p.replyKey) {
-            deleteKey(o.peer)
+        if let o = oldReply, !sameKey(o.peer, p.origKey) {
+            let other = lookupEntry(o.peer)
+            let ends = other.map { sameKey($0.peer, p.replyKey) } ?? true
+            if other != nil && ends { deleteKey(o.peer) }
+            if ends && o.flags & counted != 0 { activeCounters?.give(o.service_id, o.endpoint_index) }
         }
+        let now = (orig.service_id, orig.endpoint_index)
+        if let h = held, !(live && h == now) { activeCounters?.give(h.0, h.1) }
+        if live && held.map({ $0 != now }) ?? true { activeCounters?.take(now.0, now.1) }
     }
 
-    private nonisolated func lookupEntry(_ key: tdm_flow_key) -> tdm_ct_entry? {
+    nonisolated func lookupEntry(_ key: tdm_flow_key) -> tdm_ct_entry? {
         var k = key
         var v = tdm_ct_entry()
         let rc = withUnsafePointer(to: &k) { kp in
@@ -192,11 +237,11 @@ extension Datapath {
         return rc == 0 ? v : nil
     }
 
-    private nonisolated func write(_ key: tdm_flow_key, _ value: tdm_ct_entry) throws {
+    private nonisolated func write(_ key: tdm_flow_key, _ value: tdm_ct_entry, flags: UInt64 = UInt64(BPF_ANY)) throws {
         var k = key
         var v = value
         let rc = withUnsafePointer(to: &k) { kp in
-            withUnsafePointer(to: &v) { vp in bpf_map_update_elem(maps.ct.fd, kp, vp, UInt64(BPF_ANY)) }
+            withUnsafePointer(to: &v) { vp in bpf_map_update_elem(maps.ct.fd, kp, vp, flags) }
         }
         // libbpf 1.x returns -errno (and sets errno).
         if rc != 0 { throw ConnectionInstallError.from(call: "update tdm_ct", errno: rc < 0 ? -rc : errno) }
@@ -217,7 +262,8 @@ extension tdm_install_req {
         self.init()
         key = tdm_flow_key(r.key)
         xlate = tdm_flow_key(r.translated)
-        let timeout = UInt64(timeouts.seconds(for: r.state)) * 1_000_000_000
+        // The local service's timeout: the owner's remaining time counts down from the same one.
+        let timeout = UInt64(timeouts.seconds(for: r.state, serviceSlot: serviceSlot)) * 1_000_000_000
         let remaining = UInt64(r.remainingMilliseconds) * 1_000_000
         age_ns = UInt64(r.ageMilliseconds) * 1_000_000
         idle_ns = timeout > remaining ? timeout - remaining : 0
@@ -253,7 +299,10 @@ struct ReplicaPair {
         e.endpoint_index = q.endpoint_index
         e.nat_mode = q.nat_mode
         e.state = q.state
-        e.flags = q.flags | UInt8(TDM_CT_F_FROM_PEER)
+        // Counted here like a local flow while live (the owner's COUNTED bit is its own).
+        let live = q.state != UInt8(TDM_CT_CLOSED.rawValue) && q.state != UInt8(TDM_CT_TIME_WAIT.rawValue)
+            && q.service_id < UInt32(TDM_MAX_SERVICES)
+        e.flags = (q.flags & ~UInt8(TDM_CT_F_COUNTED)) | UInt8(TDM_CT_F_FROM_PEER) | (live ? UInt8(TDM_CT_F_COUNTED) : 0)
         e.refreshed = UInt32(truncatingIfNeeded: now >> 30) // the owner has just told every peer about it
         var o = e
         o.dir = UInt8(TDM_DIR_ORIGINAL.rawValue)
@@ -349,4 +398,55 @@ final class KernelInstaller: @unchecked Sendable {
 @inline(__always)
 func sameKey(_ a: tdm_flow_key, _ b: tdm_flow_key) -> Bool {
     a.saddr == b.saddr && a.daddr == b.daddr && a.sport == b.sport && a.dport == b.dport && a.proto == b.proto
+}
+
+/// tdm_lc_active mmapped (BPF_F_MMAPABLE): the same counters the programs update, changed with the
+/// same atomics, so user space can give back the counts of connections it deletes itself.
+final class ActiveCounters: @unchecked Sendable {
+    private let lock = NSLock() // guards `base` against unmap on close
+    private var base: UnsafeMutablePointer<UInt64>?
+    private let length: Int
+    private let count = Int(TDM_MAX_SERVICES) * Int(TDM_MAX_ENDPOINTS)
+
+    init?(map: BPFMap) {
+        guard map.valueSize == 8 else { return nil }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        length = (count * 8 + page - 1) / page * page
+        guard let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, map.fd, 0), p != MAP_FAILED else { return nil }
+        base = p.bindMemory(to: UInt64.self, capacity: count)
+    }
+
+    private func index(_ slot: UInt32, _ endpoint: UInt8) -> UInt32? {
+        slot < UInt32(TDM_MAX_SERVICES) ? slot * UInt32(TDM_MAX_ENDPOINTS) + UInt32(endpoint & UInt8(TDM_MAX_ENDPOINTS - 1)) : nil
+    }
+
+    private func with(_ i: UInt32, _ body: (UnsafeMutablePointer<UInt64>) -> Void) {
+        lock.withLock {
+            guard let base, Int(i) < count else { return }
+            body(base + Int(i))
+        }
+    }
+
+    func load(_ i: UInt32) -> UInt64? {
+        var v: UInt64?
+        with(i) { v = tdm_atomic_load_u64($0) }
+        return v
+    }
+
+    func store(_ i: UInt32, _ v: UInt64) { with(i) { tdm_atomic_store_u64($0, v) } }
+
+    func take(_ slot: UInt32, _ endpoint: UInt8) {
+        if let i = index(slot, endpoint) { with(i) { tdm_atomic_add_u64($0, 1) } }
+    }
+
+    func give(_ slot: UInt32, _ endpoint: UInt8) {
+        if let i = index(slot, endpoint) { with(i) { tdm_atomic_give_u64($0) } }
+    }
+
+    func unmap() {
+        lock.withLock {
+            if let base { munmap(base, length) }
+            base = nil
+        }
+    }
 }

@@ -121,3 +121,46 @@ import Testing
         #expect(!p.nextPass(now: 6, eventsLost: 9).replicate, "only new losses count")
     }
 }
+
+@Suite struct ServiceIdleTimeoutTests {
+    func entry(_ port: UInt16, _ dir: FlowDirection, state: ConnectionState, slot: UInt32, idle: Double) -> ConnectionEntry {
+        let k = FlowTuple(source: IPv4Address(10, 0, 20, 10), destination: IPv4Address(10, 0, 10, 143), sourcePort: port,
+                          destinationPort: 80, proto: 6)
+        let x = FlowTuple(source: IPv4Address(10, 0, 10, 143), destination: IPv4Address(10, 0, 10, 21), sourcePort: port,
+                          destinationPort: 80, proto: 6)
+        return ConnectionEntry(key: dir == .original ? k : x.reversed, translated: dir == .original ? x : k.reversed,
+                               peerKey: dir == .original ? x.reversed : k, direction: dir, state: state, flags: [],
+                               natMode: .fullnat, serviceSlot: slot, endpointIndex: 0, version: 1, packets: 1, bytes: 1,
+                               ageSeconds: idle, idleSeconds: idle)
+    }
+
+    @Test func serviceTimeoutReplacesOnlyTheIdleStates() {
+        var t = Timeouts()
+        t.perService = [3: 5]
+        #expect(t.seconds(for: .established, serviceSlot: 3) == 5)
+        #expect(t.seconds(for: .udpNew, serviceSlot: 3) == 5)
+        #expect(t.seconds(for: .udpEstablished, serviceSlot: 3) == 5)
+        #expect(t.seconds(for: .synSent, serviceSlot: 3) == 60, "handshake and teardown keep the node's")
+        #expect(t.seconds(for: .timeWait, serviceSlot: 3) == 10)
+        #expect(t.seconds(for: .established, serviceSlot: 4) == 21_600, "other services keep the node's")
+        #expect(t.shortest == 5)
+    }
+
+    @Test func reaperAndExpiryUseTheServiceTimeout() {
+        var t = Timeouts()
+        t.perService = [1: 5]
+        let short = [entry(1, .original, state: .established, slot: 1, idle: 6), entry(1, .reply, state: .established, slot: 1, idle: 6)]
+        let other = [entry(2, .original, state: .established, slot: 2, idle: 6), entry(2, .reply, state: .established, slot: 2, idle: 6)]
+        let r = ConnectionReaper(timeouts: t).expired(in: short + other)
+        #expect(r.events.map(\.key) == [short[0].key])
+        #expect(Set(r.delete) == [short[0].key, short[1].key])
+        let joined = Connection.join(short + other)
+        #expect(joined.map { $0.isExpired(timeouts: t) } == [true, false])
+        #expect(joined.map { $0.remainingMilliseconds(timeouts: t) } == [0, 21_594_000])
+        var ev = ConnectionEvent(kind: .refreshed, key: short[0].key, translated: short[0].translated, state: .established,
+                                 natMode: .fullnat, serviceSlot: 1, version: 1)
+        #expect(ev.remainingMilliseconds(timeouts: t) == 5000)
+        ev.serviceSlot = 2
+        #expect(ev.remainingMilliseconds(timeouts: t) == 21_600_000)
+    }
+}

@@ -22,6 +22,7 @@
 #define TDM_PERSIST_MAX       65536
 #define TDM_RINGBUF_BYTES     (1 << 22)
 #define TDM_PORT_TRIES        32     /* random probes for a free SNAT port in this node's slice */
+#define TDM_MAX_SOURCES       64     /* allowed source prefixes per service */
 
 /* NAT modes (LoxiLB's names). */
 enum tdm_nat_mode {
@@ -36,6 +37,7 @@ enum tdm_sel {
     TDM_SEL_WEIGHTED = 1,
     TDM_SEL_PERSIST  = 2, /* source-IP persistence, falls back to the schedule */
     TDM_SEL_MAGLEV   = 3, /* consistent hashing, seeded per cluster */
+    TDM_SEL_LC       = 4, /* fewest active connections (tdm_lc_active); ties from the rr cursor */
 };
 
 /* Connection states. TCP follows the handshake and teardown; UDP and ICMP only track replies. */
@@ -58,6 +60,9 @@ enum tdm_ct_state {
 #define TDM_CT_F_FIN_REPLY  0x02 /* FIN seen from the endpoint side */
 #define TDM_CT_F_PICKED_UP  0x04 /* created from a mid-flow TCP packet, not a SYN */
 #define TDM_CT_F_FROM_PEER  0x08 /* installed from a peer's sync stream */
+#define TDM_CT_F_COUNTED    0x10 /* holds one count in tdm_lc_active (set on both halves), cleared
+                                  * when given back so a connection gives it back once. Local
+                                  * bookkeeping: never taken from a peer's record nor shown */
 
 enum tdm_ct_dir {
     TDM_DIR_ORIGINAL = 0, /* client -> VIP */
@@ -117,7 +122,21 @@ struct tdm_service {
     __u16  sched_len;        /* used slots of the schedule, <= TDM_SCHED_LEN */
     __u8   nat_mode;
     __u8   sel;
-    __u8   pad[2];
+    __u8   flags;            /* TDM_SVC_F_* */
+    __u8   pad;
+};
+
+/* tdm_service.flags */
+#define TDM_SVC_F_SOURCES 0x01 /* only sources in tdm_sources (for this id) may open connections */
+
+/*
+ * Allowed source prefixes (LPM trie). prefixlen counts bits of {service_id, addr}: 32 + the
+ * prefix's length, so a lookup with prefixlen 64 matches only prefixes of its own service.
+ */
+struct tdm_source_key {
+    __u32  prefixlen;
+    __u32  service_id;       /* host order: matched whole, byte order does not matter */
+    __be32 addr;
 };
 
 struct tdm_endpoint {
@@ -155,7 +174,7 @@ struct tdm_counters {
     __u64 packets;
     __u64 bytes;
     __u64 new_flows;
-    __u64 pad;
+    __u64 denied;            /* new connections refused by allowedSources (service counters only) */
 };
 
 /* Datapath-wide drop and event counters, indexed by enum tdm_stat (per CPU). */
@@ -173,6 +192,7 @@ enum tdm_stat {
     TDM_STAT_XDP_FORWARDED   = 10, /* packet of an established flow forwarded by the XDP fast path */
     TDM_STAT_REAPED          = 11, /* idle connections removed by the periodic reap */
     TDM_STAT_REAPED_HALVES   = 12, /* orphaned or stale reply halves removed by the reap */
+    TDM_STAT_SOURCE_DENIED   = 13, /* new connection from a source outside the service's allowedSources */
     TDM_STAT_COUNT           = 16,
 };
 
@@ -270,6 +290,8 @@ TDM_STATIC_ASSERT(sizeof(struct tdm_ct_entry) == 88, "ct entry layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_service_key) == 8, "service key layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_service) == 20, "service layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_endpoint) == 8, "endpoint layout");
+TDM_STATIC_ASSERT(sizeof(struct tdm_source_key) == 12, "source key layout");
+TDM_STATIC_ASSERT(sizeof(struct tdm_counters) == 32, "counters layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_ct_event) == 64, "event layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_config) == 144, "config layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_event_ctl) == 8, "event control layout");
