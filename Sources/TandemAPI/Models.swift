@@ -232,12 +232,15 @@ public struct ServiceCountersBody: Codable, Sendable, Equatable {
     public var bytes: UInt64
     public var newConnections: UInt64
     public var activeConnections: Int
+    /// New connections dropped because their source is outside allowedSources.
+    public var deniedSources: UInt64?
 
-    public init(packets: UInt64, bytes: UInt64, newConnections: UInt64, activeConnections: Int) {
+    public init(packets: UInt64, bytes: UInt64, newConnections: UInt64, activeConnections: Int, deniedSources: UInt64? = nil) {
         self.packets = packets
         self.bytes = bytes
         self.newConnections = newConnections
         self.activeConnections = activeConnections
+        self.deniedSources = deniedSources
     }
 }
 

@@ -308,10 +308,12 @@ public enum APIServer {
                   let active = Int(parts[2]) else { return nil }
             return .init(address: "\(ep.endpointIP):\(ep.targetPort)", packets: packets, bytes: bytes, activeConnections: active)
         }
-        return ServiceSample(name: a.name ?? "", vip: a.externalIP, port: a.port, proto: a.protocol_,
-                             packets: e.counters?.packets ?? 0, bytes: e.counters?.bytes ?? 0,
-                             newConnections: e.counters?.newConnections ?? 0,
-                             activeConnections: e.counters?.activeConnections ?? 0, endpoints: endpoints)
+        var sample = ServiceSample(name: a.name ?? "", vip: a.externalIP, port: a.port, proto: a.protocol_,
+                                   packets: e.counters?.packets ?? 0, bytes: e.counters?.bytes ?? 0,
+                                   newConnections: e.counters?.newConnections ?? 0,
+                                   activeConnections: e.counters?.activeConnections ?? 0, endpoints: endpoints)
+        sample.deniedSources = e.counters?.deniedSources ?? 0
+        return sample
     }
 
     /// The API server: plain HTTP, or HTTPS when `tls` is given; with a token, every route but

@@ -107,6 +107,7 @@ final class Exporter: Sendable {
             counter("tandem_service_packets_total", labels, s.packets)
             counter("tandem_service_bytes_total", labels, s.bytes)
             counter("tandem_service_connections_total", labels, s.newConnections)
+            counter("tandem_service_denied_sources_total", labels, s.deniedSources)
             for e in s.endpoints {
                 let el = labels + [("endpoint", e.address)]
                 gauge("tandem_endpoint_active_connections", el, Double(e.activeConnections))

@@ -89,6 +89,8 @@ public struct ServiceSample: Sendable, Equatable {
     public var bytes: UInt64
     public var newConnections: UInt64
     public var activeConnections: Int
+    /// New connections refused because their source is not in allowedSources.
+    public var deniedSources: UInt64 = 0
     public var endpoints: [Endpoint]
 
     public init(name: String, vip: String, port: Int, proto: String, packets: UInt64, bytes: UInt64,

@@ -113,6 +113,10 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         public var name: String?
         public var snatIP: String?
         public var persistTimeout: Int?
+        /// Idle timeout of this service's connections, seconds (LoxiLB's inactiveTimeOut).
+        public var inactiveTimeOut: Int?
+        /// Source prefixes allowed to connect (a.b.c.d/n); empty or absent: any source.
+        public var allowedSources: [String]?
         public var endpoints: [EndpointConfig]
     }
 
@@ -178,7 +182,7 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
                 throw ConfigError("\(where_): mode '\(s.mode ?? "")' is unknown; use default, onearm or fullnat")
             }
             guard let sel = Selection(name: s.sel ?? "rr") else {
-                throw ConfigError("\(where_): sel '\(s.sel ?? "")' is unknown; use rr, priority, persist or hash")
+                throw ConfigError("\(where_): sel '\(s.sel ?? "")' is unknown; use rr, priority, persist, hash or lc")
             }
             var snat: IPv4Address?
             if let t = s.snatIP {
@@ -197,8 +201,23 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
             }
             let persist = s.persistTimeout ?? 10_800
             guard persist > 0, persist <= Int(UInt32.max) else { throw ConfigError("\(where_): persistTimeout must be positive") }
+            var idle: UInt32?
+            if let t = s.inactiveTimeOut, t != 0 {
+                guard t > 0, t <= Int(DatapathLimits.maxIdleTimeout) else {
+                    throw ConfigError("\(where_): inactiveTimeOut must be 1-\(DatapathLimits.maxIdleTimeout) seconds, got \(t)")
+                }
+                idle = UInt32(t)
+            }
+            var sources: [IPv4Prefix] = []
+            for (j, t) in (s.allowedSources ?? []).enumerated() {
+                guard let p = IPv4Prefix(t) else {
+                    throw ConfigError("\(where_): allowedSources[\(j)] '\(t)' is not an IPv4 prefix (a.b.c.d/n)")
+                }
+                sources.append(p)
+            }
             let svc = Service(key: ServiceKey(vip: vip, port: UInt16(s.port), proto: proto), name: s.name ?? "",
-                              mode: mode, selection: sel, endpoints: eps, snatIP: snat, persistTimeout: UInt32(persist))
+                              mode: mode, selection: sel, endpoints: eps, snatIP: snat, persistTimeout: UInt32(persist),
+                              allowedSources: sources, idleTimeout: idle)
             do { try table.add(svc) } catch { throw ConfigError("\(where_): \(error.message)") }
             out.append(svc)
         }

@@ -37,7 +37,8 @@ public actor NodeController: LoadBalancerController {
     nonisolated var eventsLost: UInt64 { datapath.stats().eventsLost }
 
     nonisolated func scanSchedule(minimumInterval: Double) -> ScanSchedule {
-        ScanSchedule(tableSize: datapath.connectionTableSize, timeouts: settings.timeouts, minimumInterval: minimumInterval)
+        ScanSchedule(tableSize: datapath.connectionTableSize, timeouts: datapath.effectiveTimeouts(settings.timeouts),
+                     minimumInterval: minimumInterval)
     }
 
     public init(datapath: Datapath, settings: DatapathSettings, logger: Logger, directory: ServiceDirectory = ServiceDirectory(),
@@ -259,9 +260,10 @@ public actor NodeController: LoadBalancerController {
 
     public func loadBalancers() async -> [LoadBalancerEntry] {
         let conns = Connection.join(datapath.connectionEntries())
+        let timeouts = datapath.effectiveTimeouts(settings.timeouts)
         var active: [UInt32: Int] = [:]
         var activePerEndpoint: [UInt32: [UInt8: Int]] = [:]
-        for c in conns where !c.isExpired(timeouts: settings.timeouts)
+        for c in conns where !c.isExpired(timeouts: timeouts)
             && c.original.state != .closed && c.original.state != .timeWait {
             active[c.original.serviceSlot, default: 0] += 1
             activePerEndpoint[c.original.serviceSlot, default: [:]][c.original.endpointIndex, default: 0] += 1
@@ -271,7 +273,7 @@ public actor NodeController: LoadBalancerController {
             var e = LoadBalancerEntry(service: svc, options: opts)
             let c = datapath.serviceCounters(slot: slot)
             e.counters = ServiceCountersBody(packets: c.packets, bytes: c.bytes, newConnections: c.newFlows,
-                                             activeConnections: active[slot] ?? 0)
+                                             activeConnections: active[slot] ?? 0, deniedSources: c.denied)
             for i in e.endpoints.indices {
                 let ec = datapath.endpointCounters(slot: slot, index: i)
                 // Not probed yet (health monitoring): every endpoint is in the rotation.
@@ -309,6 +311,7 @@ public actor NodeController: LoadBalancerController {
             "events_lost": s.eventsLost, "icmp_replied": s.icmpReplied, "redirect_failed": s.redirectFailed,
             "expired_reused": s.expiredReused, "picked_up": s.pickedUp, "standby_passed": s.standbyPassed,
             "xdp_forwarded": s.xdpForwarded, "reaped": s.reaped, "reaped_halves": s.reapedHalves,
+            "drop_source_denied": s.sourceDenied,
         ]
         out["api_auth_refused"] = authCounters.refusedRequests
         for (k, v) in eventCounts { out["events_\(k)"] = v }
@@ -358,6 +361,8 @@ public actor NodeController: LoadBalancerController {
         // Before any copy of the table: flows whose events the replication loop takes only
         // later are missing from the copy and must not be judged deleted.
         let readAt = ReplicationShell.clockMillis()
+        // The node's timeouts with each service's own (inactiveTimeOut), as the datapath has them.
+        let timeouts = datapath.effectiveTimeouts(settings.timeouts)
         var events: [ConnectionEvent] = []
         var entries: [ConnectionEntry]?
         var gone = Set<FlowTuple>()
@@ -374,7 +379,7 @@ public actor NodeController: LoadBalancerController {
         }
         if !reaped {
             let all = datapath.connectionEntries()
-            let (delete, expired) = ConnectionReaper(timeouts: settings.timeouts).expired(in: all)
+            let (delete, expired) = ConnectionReaper(timeouts: timeouts).expired(in: all)
             for k in delete { datapath.deleteEntry(k) }
             events = expired
             gone = Set(delete)
@@ -382,8 +387,8 @@ public actor NodeController: LoadBalancerController {
         }
         if let replication {
             let live = Connection.join(entries ?? datapath.connectionEntries(), sorted: false)
-                .filter { !gone.contains($0.original.key) && !$0.isExpired(timeouts: settings.timeouts) }
-                .map { (record: FlowRecord(connection: $0, timeouts: settings.timeouts), fromPeer: $0.original.flags.contains(.fromPeer)) }
+                .filter { !gone.contains($0.original.key) && !$0.isExpired(timeouts: timeouts) }
+                .map { (record: FlowRecord(connection: $0, timeouts: timeouts), fromPeer: $0.original.flags.contains(.fromPeer)) }
             replication.submit(scan: live, readAtMillis: readAt)
         }
         return events

@@ -147,11 +147,13 @@ public enum NodeRunner {
                     logger: logger)
             }
         }
-        let timeouts = settings.timeouts
+        let baseTimeouts = settings.timeouts
         let reader = RingBufferReader(eventsMap: datapath.maps.events, controlMap: datapath.maps.eventControl,
                                       onBatch: shell.map { s in
                                           { @Sendable events in
                                               let now = monotonicNanoseconds()
+                                              // Per batch: services' own idle timeouts change with the API.
+                                              let timeouts = datapath.effectiveTimeouts(baseTimeouts)
                                               s.submit(changes: events.map {
                                                   (FlowRecord(event: $0, timeouts: timeouts, nowNanoseconds: now),
                                                    $0.kind == .deleted || $0.kind == .expired)

@@ -70,16 +70,15 @@ extension FlowRecord {
         let age = e.createdNanoseconds > 0 && now > e.createdNanoseconds ? (now - e.createdNanoseconds) / 1_000_000 : 0
         self.init(key: e.key, translated: e.translated, natMode: e.natMode, state: e.state, flags: e.flags,
                   endpointIndex: e.endpointIndex, ageMilliseconds: UInt32(clamping: age),
-                  remainingMilliseconds: UInt32(clamping: UInt64(timeouts.seconds(for: e.state)) * 1000))
+                  remainingMilliseconds: e.remainingMilliseconds(timeouts: timeouts))
     }
 
-    /// A connection read by the periodic scan, with what is left of its idle timeout.
+    /// A connection read by the periodic scan, with what is left of its idle timeout (its
+    /// service's or the node's: `timeouts` should carry the per-service ones).
     init(connection c: Connection, timeouts: Timeouts) {
         let o = c.original
-        let timeout = Double(timeouts.seconds(for: o.state))
-        let left = max(0, timeout - c.idleSeconds)
         self.init(key: o.key, translated: o.translated, natMode: o.natMode, state: o.state, flags: o.flags,
                   endpointIndex: o.endpointIndex, ageMilliseconds: UInt32(clamping: Int(o.ageSeconds * 1000)),
-                  remainingMilliseconds: UInt32(clamping: Int(left * 1000)))
+                  remainingMilliseconds: c.remainingMilliseconds(timeouts: timeouts))
     }
 }

@@ -94,6 +94,30 @@ extension Privileged {
             #expect(try node.cli(["get", "lb", "-o", "wide"]).stdout.contains("active"))
         }
 
+        @Test func loadBalancerSourceRangesAndLeastConnectionsThroughTheAPI() throws {
+            let bed = try TestBed()
+            defer { bed.down() }
+            try bed.addSecondClient()
+            let node = try NodeDaemon(bed: bed, config: nodeConfig())
+            defer { node.stop() }
+            // What kube-loxilb sends for a Service with loadBalancerSourceRanges: [10.0.20.10/32]
+            // and loxilb.io/epselect: lc.
+            let body = rule(port: 56030, endpoints: ["10.0.10.21", "10.0.10.22"], extra: "")
+                .replacingOccurrences(of: #""sel":0"#, with: #""sel":4"#)
+                .replacingOccurrences(of: #""allowedSources":[]"#, with: #""allowedSources":[{"prefix":"10.0.20.10/32"}]"#)
+            #expect(try call(node, "POST", APIRoutes.loadBalancer, body: body).result == "Success")
+            let allowed = try (0..<4).compactMap { _ in try bed.whoami(from: "10.0.20.10", port: 56030) }
+            #expect(allowed.count == 4 && Set(allowed) == ["ep1", "ep2"], "lc spreads idle endpoints alike: \(allowed)")
+            #expect(try bed.whoami(from: "10.0.20.11", port: 56030) == nil, "a source outside the ranges is dropped")
+            let listed = try #require(try rules(node).first { $0.serviceArguments.port == 56030 })
+            #expect(listed.allowedSources == [AllowedSource(prefix: "10.0.20.10/32")] && listed.serviceArguments.sel == .number(4))
+            #expect((listed.counters?.deniedSources ?? 0) >= 1, "counted per service: \(String(describing: listed.counters))")
+            // Widening the ranges (a replaced rule) lets the second client in.
+            let wider = body.replacingOccurrences(of: #"{"prefix":"10.0.20.10/32"}"#, with: #"{"prefix":"10.0.20.0/24"}"#)
+            #expect(try call(node, "POST", APIRoutes.loadBalancer, body: wider).result == "Success")
+            #expect(try bed.whoami(from: "10.0.20.11", port: 56030) != nil)
+        }
+
         @Test func everyAcknowledgedWriteSurvivesASigkill() throws {
             let bed = try TestBed()
             defer { bed.down() }
