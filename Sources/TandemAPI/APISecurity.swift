@@ -18,19 +18,15 @@ public struct APITLSFiles: Sendable, Equatable {
         }
         let chain: [NIOSSLCertificate]
         do { chain = try NIOSSLCertificate.fromPEMFile(certificatePath) } catch {
-            throw APITokenError("TLS certificate \(certificatePath): \(Self.describe(error))")
+            throw APITokenError("TLS certificate \(certificatePath): not a PEM file NIOSSL can load (\(error))")
         }
         guard !chain.isEmpty else { throw APITokenError("TLS certificate \(certificatePath) holds no certificate") }
         let key: NIOSSLPrivateKey
         do { key = try NIOSSLPrivateKey(file: keyPath, format: .pem) } catch {
-            throw APITokenError("TLS key \(keyPath): \(Self.describe(error))")
+            throw APITokenError("TLS key \(keyPath): not a PEM file NIOSSL can load (\(error))")
         }
         return TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) },
                                                         privateKey: .privateKey(key))
-    }
-
-    static func describe(_ error: any Error) -> String {
-        "not a PEM file NIOSSL can load (\(error))"
     }
 }
 

@@ -313,11 +313,16 @@ public actor Datapath {
         v.sched_len = UInt16(schedule.count)
         v.nat_mode = svc.mode.rawValue
         v.sel = svc.selection.rawValue
+        // A rewrite of an installed service (same key: new endpoints, selection, timeouts) keeps
+        // its VIP's service count; only a new key adds one.
+        let isNew = maps.services.lookup(serviceKey(svc.key), as: tdm_service.self) == nil
         try maps.services.update(serviceKey(svc.key), v)
         removeSources(slot: slot, keeping: sourceKeys)
-        let vip = svc.key.vip.networkOrder
-        let n = maps.vips.lookup(vip, as: UInt32.self) ?? 0
-        try maps.vips.update(vip, n + 1)
+        if isNew {
+            let vip = svc.key.vip.networkOrder
+            let n = maps.vips.lookup(vip, as: UInt32.self) ?? 0
+            try maps.vips.update(vip, n + 1)
+        }
     }
 
     /// Deletes the slot's allowedSources prefixes except `keep`.

@@ -30,6 +30,10 @@ public actor NodeController: LoadBalancerController {
     private var configKeys: Set<ServiceKey> = []
     /// Deleted through the API, oldest first (see NodeState.deleted).
     private var deleted: [ServiceKey] = []
+    /// State-file services this node could not install at start (an endpoint unreachable, say):
+    /// kept in the file until the API creates or deletes that key, so a transient problem at
+    /// boot does not erase them.
+    private var unrestored: [ServiceKey: LoadBalancerEntry] = [:]
     static let maxRememberedDeletes = 1024
     private let authCounters: APIAuthCounters
     var serviceCount: Int { table.services.count }
@@ -125,13 +129,27 @@ public actor NodeController: LoadBalancerController {
         }
     }
 
-    /// Puts a new service into the table and the datapath.
-    private func install(_ service: Service, options opts: ServiceOptions) async throws {
+    private func checkReachable(_ service: Service) throws {
         for ep in service.endpoints {
             if let why = reachability(ep.ip) {
                 throw APIError.badRequest("endpoint \(ep.identity) is unreachable from this node: \(why)")
             }
         }
+    }
+
+    /// The table, options and directory after a service went into `slot`.
+    private func adopt(_ next: ServiceTable, _ service: Service, options opts: ServiceOptions, slot: UInt32, verb: String) {
+        table = next
+        options[service.key] = opts
+        directory.set(service.key, slot: slot, endpoints: service.endpoints)
+        ha?.servicesChanged()
+        logger.info("service \(verb)", metadata: ["service": "\(service.key)", "mode": "\(service.mode)",
+                                                  "sel": "\(service.selection)", "endpoints": "\(service.endpoints.count)"])
+    }
+
+    /// Puts a new service into the table and the datapath.
+    private func install(_ service: Service, options opts: ServiceOptions) async throws {
+        try checkReachable(service)
         var next = table
         let slot: UInt32
         do { slot = try next.add(service) } catch {
@@ -147,36 +165,23 @@ public actor NodeController: LoadBalancerController {
             await datapath.uninstall(service.key, slot: slot)
             throw APIError.internalError("datapath refused the service: \(error)")
         }
-        table = next
-        options[service.key] = opts
-        directory.set(service.key, slot: slot, endpoints: service.endpoints)
-        ha?.servicesChanged()
-        logger.info("service created", metadata: ["service": "\(service.key)", "mode": "\(service.mode)",
-                                                  "sel": "\(service.selection)", "endpoints": "\(service.endpoints.count)"])
+        unrestored[service.key] = nil
+        adopt(next, service, options: opts, slot: slot, verb: "created")
     }
 
     /// Rewrites an existing service in its slot: its connections keep flowing.
     private func replace(_ service: Service, options opts: ServiceOptions) async throws {
-        for ep in service.endpoints {
-            if let why = reachability(ep.ip) {
-                throw APIError.badRequest("endpoint \(ep.identity) is unreachable from this node: \(why)")
-            }
-        }
+        try checkReachable(service)
         var next = table
         let slot: UInt32
         do { slot = try next.replace(service) } catch { throw APIError.badRequest(error.message) }
         do {
-            try await datapath.reinstall(service, slot: slot, hashSeed: settings.hashSeed)
+            try await datapath.install(service, slot: slot, hashSeed: settings.hashSeed)
         } catch {
-            if let old = table.services[service.key] { try? await datapath.reinstall(old, slot: slot, hashSeed: settings.hashSeed) }
+            if let old = table.services[service.key] { try? await datapath.install(old, slot: slot, hashSeed: settings.hashSeed) }
             throw APIError.internalError("datapath refused the service: \(error)")
         }
-        table = next
-        options[service.key] = opts
-        directory.set(service.key, slot: slot, endpoints: service.endpoints)
-        ha?.servicesChanged()
-        logger.info("service updated", metadata: ["service": "\(service.key)", "mode": "\(service.mode)",
-                                                  "sel": "\(service.selection)", "endpoints": "\(service.endpoints.count)"])
+        adopt(next, service, options: opts, slot: slot, verb: "updated")
     }
 
     private func rollBackCreate(_ key: ServiceKey) async {
@@ -192,7 +197,7 @@ public actor NodeController: LoadBalancerController {
     /// Loads what a restart must bring back: services from the state file (they win over the
     /// config file's), then the config file's services the state neither holds nor deleted.
     /// Services the state holds that this node cannot install now (an endpoint unreachable) are
-    /// logged and skipped, not dropped from the file.
+    /// logged and skipped, and kept in the file (`unrestored`).
     func restore(config: [Service], state: NodeState?) async throws {
         configKeys = Set(config.map(\.key))
         guard let state else {
@@ -209,7 +214,8 @@ public actor NodeController: LoadBalancerController {
             }
             held.insert(r.service.key)
             do { try await install(r.service, options: r.options) } catch {
-                logger.error("state file: service not restored", metadata: ["service": "\(r.service.key)", "error": "\(error)"])
+                unrestored[r.service.key] = e
+                logger.error("state file: service not restored (kept in the file)", metadata: ["service": "\(r.service.key)", "error": "\(error)"])
             }
         }
         for s in config where !held.contains(s.key) && !deleted.contains(s.key) { try await create(s) }
@@ -220,8 +226,9 @@ public actor NodeController: LoadBalancerController {
     /// The state as it is now, written before the change is answered.
     private func persist() throws {
         guard let store else { return }
-        let state = NodeState(services: table.sorted.map { LoadBalancerEntry(service: $0.service, options: options[$0.service.key] ?? ServiceOptions()) },
-                              deleted: deleted.map(\.description))
+        let live = table.sorted.map { LoadBalancerEntry(service: $0.service, options: options[$0.service.key] ?? ServiceOptions()) }
+        let kept = unrestored.sorted { $0.key < $1.key }.map(\.value)
+        let state = NodeState(services: live + kept, deleted: deleted.map(\.description))
         do { try store.save(state) } catch {
             logger.error("state file not written", metadata: ["error": "\(error.message)"])
             throw APIError.internalError("the change was not made: \(error.message)")
@@ -231,6 +238,10 @@ public actor NodeController: LoadBalancerController {
     public func delete(_ key: ServiceKey) async throws {
         var next = table
         let slot: UInt32
+        if unrestored.removeValue(forKey: key) != nil {
+            try persist()
+            return
+        }
         do { slot = try next.remove(key) } catch {
             // A replayed delete (kube-loxilb retries, peers forward) is done already.
             if deleted.contains(key) { return }

@@ -1,5 +1,6 @@
 import Foundation
 import TandemAPI
+import TandemCore
 
 /// What the API changed, kept on disk so a node that crashes or reboots comes back serving what it
 /// served. JSON Lines: a header line, then one record per line, so a damaged file is reported by
@@ -88,7 +89,7 @@ public struct StateStore: Sendable {
             switch (r.service, r.deleted) {
             case (let s?, nil):
                 let key: String
-                do throws(ServiceErrorForState) { key = try validate(s) } catch {
+                do throws(ServiceError) { key = try s.toService().key.description } catch {
                     throw StateFileError("state file \(path) line \(n): \(error.message)")
                 }
                 guard keys.insert(key).inserted else {
@@ -103,30 +104,8 @@ public struct StateStore: Sendable {
         return state
     }
 
-    struct ServiceErrorForState: Error { var message: String }
-
-    private static func validate(_ e: LoadBalancerEntry) throws(ServiceErrorForState) -> String {
-        do {
-            return try e.toService().key.description
-        } catch {
-            throw ServiceErrorForState(message: error.message)
-        }
-    }
-
     private static func short(_ error: any Error) -> String {
-        if let e = error as? DecodingError {
-            switch e {
-            case .keyNotFound(let k, let c):
-                return "missing field '\((c.codingPath.map(\.stringValue) + [k.stringValue]).joined(separator: "."))'"
-            case .typeMismatch(_, let c), .valueNotFound(_, let c):
-                return "wrong type at '\(c.codingPath.map(\.stringValue).joined(separator: "."))'"
-            case .dataCorrupted(let c):
-                let p = c.codingPath.map(\.stringValue).joined(separator: ".")
-                return p.isEmpty ? "not valid JSON" : "bad value at '\(p)'"
-            @unknown default: return "\(e)"
-            }
-        }
-        return "\(error)"
+        (error as? DecodingError).map(NodeConfig.describe) ?? "\(error)"
     }
 
     /// The bytes `save` writes: the header, then one record per line.

@@ -176,6 +176,27 @@ extension Privileged {
             #expect(try rules(node).map(\.serviceArguments.port) == [56002])
         }
 
+        @Test func aStateServiceThatCannotBeRestoredStaysInTheFile() throws {
+            let bed = try TestBed()
+            defer { bed.down() }
+            let statePath = FileManager.default.temporaryDirectory.appendingPathComponent("\(bed.name)-unrestored.jsonl").path
+            defer { try? FileManager.default.removeItem(atPath: statePath) }
+            let stuck = #"{"service":{"endpoints":[{"endpointIP":"192.0.2.7","targetPort":80,"weight":1}],"serviceArguments":{"externalIP":"10.0.10.143","port":56040,"protocol":"tcp"}}}"#
+            try "{\"tandemState\":1}\n\(stuck)\n".write(toFile: statePath, atomically: false, encoding: .utf8)
+            // An endpoint the node has no route to at boot.
+            try bed.exec("llb1", ["ip", "route", "add", "unreachable", "192.0.2.0/24"])
+            let node = try NodeDaemon(bed: bed, config: nodeConfig(), statePath: statePath)
+            defer { node.stop() }
+            #expect(!Set(try rules(node).map(\.serviceArguments.port)).contains(56040))
+            // Another change rewrites the file: the service it could not restore is still there.
+            #expect(try call(node, "POST", APIRoutes.loadBalancer, body: rule(port: 56041, endpoints: ["10.0.10.21"])).result == "Success")
+            let text = try String(contentsOfFile: statePath, encoding: .utf8)
+            #expect(text.contains("192.0.2.7") && text.contains("56041"), "\(text)")
+            // Deleting it through the API removes it for good.
+            #expect(try call(node, "DELETE", "/netlox/v1/config/loadbalancer/externalipaddress/10.0.10.143/port/56040/protocol/tcp").result == "Success")
+            #expect(!(try String(contentsOfFile: statePath, encoding: .utf8)).contains("192.0.2.7"))
+        }
+
         @Test func tokenAndTLSProtectTheAPI() throws {
             let bed = try TestBed()
             defer { bed.down() }
