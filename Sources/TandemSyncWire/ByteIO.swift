@@ -95,6 +95,23 @@ struct ByteReader {
         }
     }
 
+    /// Checks that at least `count` items of at least `size` bytes each can follow, before
+    /// anything is allocated for them (variable-size items).
+    func expectAtLeast(_ count: Int, size: Int, _ field: StaticString) throws(SyncDecodeError) {
+        let needed = count * size
+        guard needed <= remaining else {
+            throw fail("\(field) \(count) needs at least \(needed) byte(s), \(remaining) remain")
+        }
+    }
+
+    /// `n` raw bytes.
+    mutating func rawBytes(_ n: Int, _ field: StaticString) throws(SyncDecodeError) -> [UInt8] {
+        try need(n, field)
+        let out = Array(UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + n)]))
+        offset += n
+        return out
+    }
+
     func expectEnd() throws(SyncDecodeError) {
         guard remaining == 0 else { throw fail("\(remaining) trailing byte(s)") }
     }

@@ -9,12 +9,14 @@ public enum SyncChannel: UInt32, Sendable, CaseIterable, Hashable, CustomStringC
     case stream = 1
     /// UDP on the gossip port: membership probes and election adverts.
     case gossip = 2
+    /// TCP on the config port: service table sharing (digests and records).
+    case config = 3
 
     /// Largest whole sealed message (header, ciphertext and tag) on this channel.
     public var maxFrame: Int {
         switch self {
         case .datagram, .gossip: SyncWire.maxDatagram
-        case .stream: SyncWire.maxStreamFrame
+        case .stream, .config: SyncWire.maxStreamFrame
         }
     }
 
@@ -27,13 +29,15 @@ public enum SyncChannel: UInt32, Sendable, CaseIterable, Hashable, CustomStringC
         case .datagram: []
         case .stream: .stream
         case .gossip: .gossip
+        case .config: .config
         }
     }
 
-    /// The channel a header says its message was sealed for (the header decoder refuses both
-    /// flags together).
+    /// The channel a header says its message was sealed for (the header decoder refuses two
+    /// channel flags together).
     public init(flags: SyncHeaderFlags) {
-        self = flags.contains(.stream) ? .stream : flags.contains(.gossip) ? .gossip : .datagram
+        self = flags.contains(.stream) ? .stream : flags.contains(.gossip) ? .gossip
+            : flags.contains(.config) ? .config : .datagram
     }
 
     public var description: String {
@@ -41,6 +45,7 @@ public enum SyncChannel: UInt32, Sendable, CaseIterable, Hashable, CustomStringC
         case .datagram: "datagram"
         case .stream: "stream"
         case .gossip: "gossip"
+        case .config: "config"
         }
     }
 }
@@ -128,13 +133,18 @@ public enum SyncCodec {
         guard SyncHeaderFlags.known.isSuperset(of: flags) else {
             throw SyncDecodeError(.badFlags, "undefined flag bits 0x\(hex(flags.subtracting(.known).rawValue))")
         }
-        guard !(flags.contains(.stream) && flags.contains(.gossip)) else {
-            throw SyncDecodeError(.badFlags, "stream and gossip flags together")
+        guard flags.intersection([.stream, .gossip, .config]).rawValue.nonzeroBitCount <= 1 else {
+            throw SyncDecodeError(.badFlags, "more than one channel flag (0x\(hex(flags.rawValue)))")
         }
         // Membership messages travel only on the gossip channel, and only they do.
         guard type.isGossip == flags.contains(.gossip) else {
             throw SyncDecodeError(.badFlags, type.isGossip ? "\(type.wireName) without the gossip flag"
                                                            : "\(type.wireName) with the gossip flag")
+        }
+        // The same for service sharing and the config channel.
+        guard type.isConfig == flags.contains(.config) else {
+            throw SyncDecodeError(.badFlags, type.isConfig ? "\(type.wireName) without the config flag"
+                                                           : "\(type.wireName) with the config flag")
         }
         let reserved = try r.u8("reserved")
         guard reserved == 0 else {
@@ -169,7 +179,14 @@ public enum SyncCodec {
         case .digestRequest(let r): 2 + r.buckets.count * 2
         case .probe(let p), .probeAck(let p): 12 + gossipSize(p.gossip)
         case .probeRequest(let p): 8 + gossipSize(p.gossip)
+        case .serviceDigest: 20
+        case .serviceRecords(let r): 2 + r.records.reduce(0) { $0 + serviceRecordSize($1) }
         }
+    }
+
+    /// Encoded size of one service record.
+    public static func serviceRecordSize(_ r: ServiceRecord) -> Int {
+        SyncWire.serviceRecordFixed + (r.spec?.count ?? 0)
     }
 
     static func gossipSize(_ g: Gossip) -> Int {
@@ -237,6 +254,13 @@ public enum SyncCodec {
             w.u32(p.probeID)
             w.u32(p.target)
             encodeGossip(p.gossip, into: &w)
+        case .serviceDigest(let d):
+            w.u32(d.count)
+            w.u64(d.digest)
+            w.u64(d.maxVersion)
+        case .serviceRecords(let r):
+            w.u16(count16(r.records.count, "service records"))
+            for rec in r.records { encodeServiceRecord(rec, into: &w) }
         }
         return w.bytes
     }
@@ -383,6 +407,27 @@ public enum SyncCodec {
             let id = try r.u32("probeID")
             let target = try nodeID(&r, "target")
             message = .probeRequest(ProbeRequest(probeID: id, target: target, gossip: try decodeGossip(&r)))
+
+        case .serviceDigest:
+            let count = try r.u32("count")
+            let digest = try r.u64("digest")
+            let maxVersion = try r.u64("maxVersion")
+            guard count > 0 || digest == 0 else { throw r.fail("digest 0x\(hex(digest)) of an empty table, must be 0") }
+            message = .serviceDigest(ServiceDigest(count: count, digest: digest, maxVersion: maxVersion))
+
+        case .serviceRecords:
+            let count = Int(try r.u16("count"))
+            // Each record takes at least its fixed part: refuse a count the bytes cannot hold
+            // before allocating for it.
+            try r.expectAtLeast(count, size: SyncWire.serviceRecordFixed, "count")
+            var records: [ServiceRecord] = []
+            records.reserveCapacity(count)
+            for i in 0..<count {
+                r.entryIndex = i
+                records.append(try decodeServiceRecord(&r))
+            }
+            r.entryIndex = nil
+            message = .serviceRecords(ServiceRecords(records: records))
         }
         try r.expectEnd()
         return message
@@ -482,6 +527,47 @@ public enum SyncCodec {
         let dp = try r.u16("dport")
         return FlowTuple(source: IPv4Address(s), destination: IPv4Address(d), sourcePort: sp, destinationPort: dp,
                          proto: proto)
+    }
+
+    // MARK: Service records
+
+    static func encodeServiceRecord(_ s: ServiceRecord, into w: inout ByteWriter) {
+        w.u32(s.key.vip.value)
+        w.u16(s.key.port)
+        w.u8(s.key.proto.rawValue)
+        w.u8(s.isTombstone ? 0x01 : 0)
+        w.u64(s.version)
+        w.u32(s.origin)
+        let spec = s.spec ?? []
+        precondition(spec.count <= SyncWire.maxServiceSpec, "service spec of \(spec.count) bytes")
+        w.u16(UInt16(spec.count))
+        w.bytes.append(contentsOf: spec)
+    }
+
+    private static func decodeServiceRecord(_ r: inout ByteReader) throws(SyncDecodeError) -> ServiceRecord {
+        let vip = try r.u32("vip")
+        let port = try r.u16("port")
+        let rawProto = try r.u8("proto")
+        guard let proto = L4Protocol(rawValue: rawProto) else { throw r.fail("protocol \(rawProto), must be 6 (TCP) or 17 (UDP)") }
+        guard port != 0 else { throw r.fail("port is 0") }
+        let flags = try r.u8("flags")
+        guard flags & ~0x01 == 0 else { throw r.fail("undefined record flag bits 0x\(hex(flags & ~0x01))") }
+        let version = try r.u64("version")
+        guard version != 0 else { throw r.fail("version is 0; versions start at 1") }
+        let origin = try nodeID(&r, "origin")
+        let length = Int(try r.u16("specLength"))
+        let tombstone = flags & 0x01 != 0
+        if tombstone {
+            guard length == 0 else { throw r.fail("a tombstone carries a \(length)-byte spec, must be empty") }
+        } else {
+            guard length > 0 else { throw r.fail("a live record with an empty spec") }
+            guard length <= SyncWire.maxServiceSpec else {
+                throw r.fail("spec of \(length) bytes exceeds \(SyncWire.maxServiceSpec)")
+            }
+        }
+        let spec = tombstone ? nil : try r.rawBytes(length, "spec")
+        return ServiceRecord(key: ServiceKey(vip: IPv4Address(vip), port: port, proto: proto), version: version,
+                             origin: origin, spec: spec)
     }
 
     // MARK: Gossip
@@ -621,6 +707,8 @@ extension SyncMessageType {
         case .probe: "probe"
         case .probeRequest: "probeRequest"
         case .probeAck: "probeAck"
+        case .serviceDigest: "serviceDigest"
+        case .serviceRecords: "serviceRecords"
         }
     }
 
@@ -628,6 +716,14 @@ extension SyncMessageType {
     public var isGossip: Bool {
         switch self {
         case .probe, .probeRequest, .probeAck: true
+        default: false
+        }
+    }
+
+    /// Service-sharing types, which travel only on the config channel.
+    public var isConfig: Bool {
+        switch self {
+        case .serviceDigest, .serviceRecords: true
         default: false
         }
     }

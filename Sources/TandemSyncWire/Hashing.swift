@@ -47,4 +47,22 @@ public enum SyncHashing {
     public static func leaf(ofFlowHash h: UInt64) -> Int { Int(truncatingIfNeeded: h >> 50) }
 
     public static func leaf(of key: FlowTuple) -> Int { leaf(ofFlowHash: flowHash(key)) }
+
+    /// FNV-1a 64 of a byte string (offset basis 0xcbf29ce484222325, prime 0x100000001b3).
+    public static func fnv1a64(_ bytes: [UInt8]) -> UInt64 {
+        var h: UInt64 = 0xCBF2_9CE4_8422_2325
+        for b in bytes {
+            h ^= UInt64(b)
+            h = h &* 0x0000_0100_0000_01B3
+        }
+        return h
+    }
+
+    /// Hash of one live service for the service digest: its key and its spec's bytes, not its
+    /// version, so two nodes holding the same services agree whoever wrote them.
+    /// k = vip << 24 | port << 8 | proto; serviceHash = mix(mix(k + golden) ^ fnv1a64(spec)).
+    public static func serviceHash(key: ServiceKey, spec: [UInt8]) -> UInt64 {
+        let k = UInt64(key.vip.value) << 24 | UInt64(key.port) << 8 | UInt64(key.proto.rawValue)
+        return mix(mix(k &+ golden) ^ fnv1a64(spec))
+    }
 }

@@ -19,6 +19,11 @@ public enum SyncWire {
     public static let digestFanout = 128
     /// Most nack ranges in one message.
     public static let maxNackRanges = 64
+    /// Largest service spec (its JSON) in one service record.
+    public static let maxServiceSpec = 32_768
+    /// Fixed part of a service record: vip u32, port u16, proto u8, flags u8, version u64,
+    /// origin u32, specLength u16.
+    public static let serviceRecordFixed = 22
 }
 
 public enum SyncMessageType: UInt8, Sendable, CaseIterable {
@@ -37,6 +42,9 @@ public enum SyncMessageType: UInt8, Sendable, CaseIterable {
     case probe = 12
     case probeRequest = 13
     case probeAck = 14
+    // Service table sharing (config channel, proto/SPEC.md §14).
+    case serviceDigest = 15
+    case serviceRecords = 16
 }
 
 /// Header flag bits.
@@ -47,7 +55,9 @@ public struct SyncHeaderFlags: OptionSet, Sendable, Hashable {
     public static let stream = SyncHeaderFlags(rawValue: 0x01)
     /// Sealed for the gossip channel (membership and election); never together with `stream`.
     public static let gossip = SyncHeaderFlags(rawValue: 0x02)
-    public static let known: SyncHeaderFlags = [.stream, .gossip]
+    /// Sealed for the config channel (service table sharing); never with another channel flag.
+    public static let config = SyncHeaderFlags(rawValue: 0x04)
+    public static let known: SyncHeaderFlags = [.stream, .gossip, .config]
 }
 
 /// The clear-text header, authenticated as AEAD associated data.
@@ -326,6 +336,56 @@ public struct ProbeRequest: Hashable, Sendable {
 /// directly). The same fields as a probe, so the same type.
 public typealias ProbeAck = Probe
 
+// MARK: - Service table sharing (config channel)
+
+/// One service as the cluster shares it: the newest write of its key, or a tombstone.
+public struct ServiceRecord: Hashable, Sendable {
+    public var key: ServiceKey
+    /// A hybrid logical clock in microseconds at the node that made the write; newest wins, ties
+    /// go to the higher origin.
+    public var version: UInt64
+    /// Node id of the node where the write was made (non-zero).
+    public var origin: UInt32
+    /// The service's full configuration as UTF-8 JSON (the API's load-balancer entry); nil for a
+    /// delete (tombstone). Opaque to the codec; the node validates it as an API request.
+    public var spec: [UInt8]?
+
+    public init(key: ServiceKey, version: UInt64, origin: UInt32, spec: [UInt8]?) {
+        self.key = key
+        self.version = version
+        self.origin = origin
+        self.spec = spec
+    }
+
+    public var isTombstone: Bool { spec == nil }
+
+    /// Whether this write beats `other` of the same key: newer version, then higher origin.
+    public func supersedes(_ other: ServiceRecord) -> Bool {
+        (version, origin) > (other.version, other.origin)
+    }
+}
+
+/// A summary of the sender's live service table: equal digests mean equal tables.
+public struct ServiceDigest: Hashable, Sendable {
+    /// Live services (tombstones not counted).
+    public var count: UInt32
+    /// Wrapping sum of SyncHashing.serviceHash over the live services.
+    public var digest: UInt64
+    /// Highest record version the sender holds, tombstones included (moves peers' clocks).
+    public var maxVersion: UInt64
+    public init(count: UInt32, digest: UInt64, maxVersion: UInt64) {
+        self.count = count
+        self.digest = digest
+        self.maxVersion = maxVersion
+    }
+}
+
+/// Part of the sender's service table; an empty one ends the table.
+public struct ServiceRecords: Hashable, Sendable {
+    public var records: [ServiceRecord]
+    public init(records: [ServiceRecord]) { self.records = records }
+}
+
 public enum SyncMessage: Hashable, Sendable {
     case hello(Hello)
     case deltaBatch(DeltaBatch)
@@ -341,6 +401,8 @@ public enum SyncMessage: Hashable, Sendable {
     case probe(Probe)
     case probeRequest(ProbeRequest)
     case probeAck(ProbeAck)
+    case serviceDigest(ServiceDigest)
+    case serviceRecords(ServiceRecords)
 
     public var type: SyncMessageType {
         switch self {
@@ -358,6 +420,8 @@ public enum SyncMessage: Hashable, Sendable {
         case .probe: .probe
         case .probeRequest: .probeRequest
         case .probeAck: .probeAck
+        case .serviceDigest: .serviceDigest
+        case .serviceRecords: .serviceRecords
         }
     }
 }

@@ -110,7 +110,22 @@ enum Fixtures {
                       MemberUpdate(node: 3, incarnation: 1_700_000_003, status: .dead),
                       MemberUpdate(node: 4, incarnation: 0, status: .left)],
             adverts: [advert, InstanceAdvert(instance: 0xdead_beef, term: 0, role: .fault, priority: 0, flags: [])])))),
+        ("service-digest", .config, serviceDigest),
+        ("service-records", .config, serviceRecords),
+        ("service-records-end", .config, .serviceRecords(ServiceRecords(records: []))),
     ]
+
+    /// A live service (a short JSON spec) and a tombstone.
+    static let liveService = ServiceRecord(
+        key: ServiceKey(vip: IPv4Address("198.51.100.10")!, port: 80, proto: .tcp), version: 1_700_000_000_000_123,
+        origin: 1, spec: Array(#"{"endpoints":[{"endpointIP":"10.0.0.11","targetPort":8080,"weight":1}],"serviceArguments":{"externalIP":"198.51.100.10","port":80,"protocol":"tcp","sel":0}}"#.utf8))
+    static let deletedService = ServiceRecord(
+        key: ServiceKey(vip: IPv4Address("198.51.100.11")!, port: 53, proto: .udp), version: 1_700_000_000_000_200,
+        origin: 3, spec: nil)
+    static let serviceRecords = SyncMessage.serviceRecords(ServiceRecords(records: [liveService, deletedService]))
+    static let serviceDigest = SyncMessage.serviceDigest(ServiceDigest(
+        count: 1, digest: SyncHashing.serviceHash(key: liveService.key, spec: liveService.spec ?? []),
+        maxVersion: 1_700_000_000_000_200))
 
     /// An advert: master at term 7, in sync.
     static let advert = InstanceAdvert(instance: 0x1234_5678, term: 7, role: .master, priority: 100, flags: [.inSync])
@@ -230,6 +245,16 @@ enum Describe {
             ["probeID": Int(p.probeID), "target": Int(p.target), "gossip": gossip(p.gossip)]
         case .probeAck(let a):
             ["probeID": Int(a.probeID), "target": Int(a.target), "requester": Int(a.requester), "gossip": gossip(a.gossip)]
+        case .serviceDigest(let d):
+            ["count": Int(d.count), "digest": hash(d.digest), "maxVersion": u64(d.maxVersion)]
+        case .serviceRecords(let r):
+            ["records": r.records.map { rec -> [String: Any] in
+                var d: [String: Any] = ["vip": rec.key.vip.description, "port": Int(rec.key.port),
+                                        "proto": Int(rec.key.proto.rawValue), "flags": rec.isTombstone ? 1 : 0,
+                                        "version": u64(rec.version), "origin": Int(rec.origin)]
+                if let spec = rec.spec { d["spec"] = String(decoding: spec, as: UTF8.self) }
+                return d
+            }]
         }
     }
 

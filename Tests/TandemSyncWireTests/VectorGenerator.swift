@@ -63,6 +63,7 @@ enum VectorGenerator {
         let hello = all.first { $0.name == "hello" }!.bytes
         let bulkBegin = all.first { $0.name == "bulk-begin" }!.bytes
         let probe = all.first { $0.name == "probe" }!.bytes
+        let serviceDigest = all.first { $0.name == "service-digest" }!.bytes
         let helloPayload = SyncCodec.encodePayload(Fixtures.messages[0].message)
 
         func patched(_ bytes: [UInt8], _ edits: [(Int, UInt8)]) -> [UInt8] {
@@ -93,12 +94,20 @@ enum VectorGenerator {
                     note: "the hello vector with magic 0x5454"),
             Invalid(name: "bad-version", bytes: patched(hello, [(2, 2)]), channel: .datagram, expect: .badVersion,
                     note: "the hello vector with version 2"),
-            Invalid(name: "unknown-type", bytes: patched(hello, [(3, 15)]), channel: .datagram, expect: .unknownType,
-                    note: "the hello vector with type 15"),
+            Invalid(name: "unknown-type", bytes: patched(hello, [(3, 17)]), channel: .datagram, expect: .unknownType,
+                    note: "the hello vector with type 17"),
             Invalid(name: "unknown-type-zero", bytes: patched(hello, [(3, 0)]), channel: .datagram, expect: .unknownType,
                     note: "the hello vector with type 0"),
-            Invalid(name: "bad-flags", bytes: patched(hello, [(4, 0x04)]), channel: .datagram, expect: .badFlags,
-                    note: "the hello vector with the undefined flag bit 0x04"),
+            Invalid(name: "bad-flags", bytes: patched(hello, [(4, 0x08)]), channel: .datagram, expect: .badFlags,
+                    note: "the hello vector with the undefined flag bit 0x08"),
+            Invalid(name: "bad-flags-config-type-without-flag", bytes: patched(serviceDigest, [(4, 0x00)]), channel: .datagram,
+                    expect: .badFlags, note: "the service-digest vector without the config flag: service sharing travels only on the config channel"),
+            Invalid(name: "bad-flags-replication-type-with-config-flag", bytes: patched(hello, [(4, 0x04)]), channel: .config,
+                    expect: .badFlags, note: "the hello vector with the config flag"),
+            Invalid(name: "bad-flags-config-and-stream", bytes: patched(serviceDigest, [(4, 0x05)]), channel: .config,
+                    expect: .badFlags, note: "the service-digest vector with both the config and the stream flag"),
+            Invalid(name: "bad-flags-config-on-stream", bytes: serviceDigest, channel: .stream, expect: .badFlags,
+                    note: "the service-digest vector (sealed for the config channel) received on the stream channel"),
             Invalid(name: "bad-flags-stream-and-gossip", bytes: patched(probe, [(4, 0x03)]), channel: .gossip,
                     expect: .badFlags, note: "the probe vector with both the stream and the gossip flag"),
             Invalid(name: "bad-flags-gossip-type-without-flag", bytes: patched(probe, [(4, 0x00)]), channel: .datagram,
@@ -139,11 +148,12 @@ enum VectorGenerator {
 
         // Authentic messages whose payload does not decode.
         func malformed(_ name: String, _ type: SyncMessageType, _ payload: [UInt8], _ note: String) -> Invalid {
-            let channel: SyncChannel = type.isGossip ? .gossip : .datagram
+            let channel: SyncChannel = type.isGossip ? .gossip : type.isConfig ? .config : .datagram
             return Invalid(name: "malformed-" + name, bytes: sealRaw(type, payload, channel: channel), channel: channel,
                            expect: .malformedPayload, note: note, payload: (type, payload))
         }
         let probePayload = SyncCodec.encodePayload(Fixtures.probe)
+        let recordsPayload = SyncCodec.encodePayload(Fixtures.serviceRecords)
         let batch = SyncCodec.encodePayload(.deltaBatch(DeltaBatch(firstSequence: 42, entries: [Fixtures.tcpUpsert, Fixtures.udpDelete])))
         let ack = SyncCodec.encodePayload(.ack(Ack(streamEpoch: Fixtures.epoch, cumulative: 41)))
         list += [
@@ -195,6 +205,28 @@ enum VectorGenerator {
                       "probe ack whose advert has role 4"),
             malformed("advert-flags", .probeAck, patched(SyncCodec.encodePayload(Fixtures.probeAck), [(14 + 9 + 14, 0x04)]),
                       "probe ack whose advert has the undefined flag bit 0x04"),
+            malformed("service-digest-empty", .serviceDigest, [0, 0, 0, 0] + [UInt8](repeating: 1, count: 8) + [UInt8](repeating: 0, count: 8),
+                      "service digest of 0 services with a non-zero digest"),
+            malformed("service-record-proto", .serviceRecords, patched(recordsPayload, [(2 + 6, 1)]),
+                      "service record with protocol 1 (services are TCP or UDP)"),
+            malformed("service-record-port-zero", .serviceRecords, patched(recordsPayload, [(2 + 4, 0), (2 + 5, 0)]),
+                      "service record with port 0"),
+            malformed("service-record-flags", .serviceRecords, patched(recordsPayload, [(2 + 7, 0x02)]),
+                      "service record with the undefined flag bit 0x02"),
+            malformed("service-record-version-zero", .serviceRecords, patched(recordsPayload, (8..<16).map { (2 + $0, UInt8(0)) }),
+                      "service record with version 0"),
+            malformed("service-record-origin-zero", .serviceRecords, patched(recordsPayload, (16..<20).map { (2 + $0, UInt8(0)) }),
+                      "service record from origin node 0"),
+            malformed("service-record-tombstone-spec", .serviceRecords, patched(recordsPayload, [(2 + 7, 0x01)]),
+                      "a tombstone (flag 0x01) that carries a spec"),
+            malformed("service-record-empty-spec", .serviceRecords, [0, 1] + Array(recordsPayload[2..<(2 + 20)]) + [0, 0],
+                      "a live record (no tombstone flag) with a 0-byte spec"),
+            malformed("service-record-spec-length", .serviceRecords, patched(recordsPayload, [(2 + 20, 0x7f)]),
+                      "service record whose spec length runs past the payload"),
+            malformed("service-records-count", .serviceRecords, patched(recordsPayload, [(1, 3)]),
+                      "service records whose count says 3 but carries 2"),
+            malformed("service-records-count-over-bytes", .serviceRecords, [0xff, 0xff] + Array(recordsPayload.dropFirst(2)),
+                      "service records whose count 65535 cannot fit in the bytes (checked before decoding)"),
             malformed("advert-reserved", .probeAck, patched(SyncCodec.encodePayload(Fixtures.probeAck), [(14 + 9 + 15, 1)]),
                       "probe ack whose advert has reserved 1"),
         ]
@@ -254,6 +286,12 @@ enum VectorGenerator {
                 key["proto"] = Int(e.record.key.proto)
                 return ["op": Int(e.operation.rawValue), "key": key, "version": Describe.u64(e.version),
                         "entryHash": Describe.hash(SyncHashing.entryHash(e))]
+            },
+            "services": [Fixtures.liveService.key, Fixtures.deletedService.key].map { k -> [String: Any] in
+                let spec = Fixtures.liveService.spec ?? []
+                return ["vip": k.vip.description, "port": Int(k.port), "proto": Int(k.proto.rawValue),
+                        "spec": String(decoding: spec, as: UTF8.self), "fnv1a64": Describe.hash(SyncHashing.fnv1a64(spec)),
+                        "serviceHash": Describe.hash(SyncHashing.serviceHash(key: k, spec: spec))]
             },
         ]))
 

@@ -45,6 +45,13 @@ def main():
     for e in h["entries"]:
         eh = mix((mix(flow_hash(e["key"]) ^ int(e["version"])) + e["op"]) & M)
         assert "0x%016x" % eh == e["entryHash"], e
+    for sv in h["services"]:
+        fnv = 0xCBF29CE484222325
+        for b in sv["spec"].encode():
+            fnv = ((fnv ^ b) * 0x100000001B3) & M
+        assert "0x%016x" % fnv == sv["fnv1a64"], sv
+        k = (ip(sv["vip"]) << 24) | (sv["port"] << 8) | sv["proto"]
+        assert "0x%016x" % mix(mix((k + 0x9E3779B97F4A7C15) & M) ^ fnv) == sv["serviceHash"], sv
 
     s = json.load(open(os.path.join(HERE, "sealing.json")))
     info = struct.pack(">IQ", s["sender"], int(s["epoch"]))
@@ -61,7 +68,7 @@ def main():
         assert (length, sender, str(epoch), str(seq)) == (hd["length"], hd["sender"], hd["epoch"], hd["sequence"]), path
         assert len(frame) == 28 + length, path
         subkey = hkdf(KEY, b"tandem-sync-v1", struct.pack(">IQ", sender, epoch))
-        channel = 2 if flags & 2 else flags & 1  # datagram 0, stream 1, gossip 2
+        channel = 3 if flags & 4 else 2 if flags & 2 else flags & 1  # datagram 0, stream 1, gossip 2, config 3
         nonce = struct.pack(">IQ", channel, seq)
         plain = ChaCha20Poly1305(subkey).decrypt(nonce, frame[28:], frame[:28])
         assert plain.hex() == d["payload"], path
