@@ -56,6 +56,15 @@ let package = Package(
                                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                                .product(name: "Logging", package: "swift-log")],
                 path: "Sources/TandemReplication"),
+        // Service table sharing: the newest-write-wins merge of the cluster's services (pure core)
+        // and its SwiftNIO shell on the config channel (proto/SPEC.md §14).
+        .target(name: "TandemServiceSync",
+                dependencies: ["TandemCore", "TandemSync", "TandemSyncWire", "TandemReplication",
+                               .product(name: "NIOCore", package: "swift-nio"),
+                               .product(name: "NIOPosix", package: "swift-nio"),
+                               .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                               .product(name: "Logging", package: "swift-log")],
+                path: "Sources/TandemServiceSync"),
         // SWIM membership: failure detection with suspicion and incarnations, piggybacked
         // dissemination. Pure: time and randomness injected, methods return actions.
         .target(name: "TandemMembership", dependencies: ["TandemCore", "TandemSyncWire"],
@@ -94,7 +103,7 @@ let package = Package(
                 path: "Sources/TandemMetrics"),
         // LoxiLB-shaped REST API: wire models (shared with the CLI) and the Hummingbird server.
         .target(name: "TandemAPI",
-                dependencies: ["TandemCore", "TandemSync", "TandemHA", "TandemMetrics",
+                dependencies: ["TandemCore", "TandemSync", "TandemHA", "TandemMetrics", "TandemServiceSync",
                                .product(name: "Hummingbird", package: "hummingbird"),
                                .product(name: "HummingbirdTLS", package: "hummingbird"),
                                .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -105,13 +114,13 @@ let package = Package(
         // The node daemon: config file, datapath, API, lifecycle.
         .target(name: "TandemNode",
                 dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemSync", "TandemReplication",
-                               "TandemHA", "TandemCloud", "TandemOCI", "TandemElection", "TandemMetrics",
+                               "TandemServiceSync", "TandemHA", "TandemCloud", "TandemOCI", "TandemElection", "TandemMetrics",
                                .product(name: "Yams", package: "Yams"),
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 path: "Sources/TandemNode"),
         .executableTarget(name: "tandem",
-                          dependencies: ["TandemCore", "TandemAPI", "TandemNode", "TandemHA", "TandemCloud", "TandemOCI",
+                          dependencies: ["TandemCore", "TandemAPI", "TandemNode", "TandemServiceSync", "TandemHA", "TandemCloud", "TandemOCI",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")],
                           path: "Sources/tandem"),
@@ -144,7 +153,7 @@ let package = Package(
                     path: "Tests/TandemCoreTests"),
         .testTarget(name: "TandemSyncWireTests", dependencies: ["TandemSyncWire", "TandemSync", "TandemCore"],
                     path: "Tests/TandemSyncWireTests"),
-        .testTarget(name: "TandemSyncTests", dependencies: ["TandemSync", "TandemSyncWire", "TandemCore"],
+        .testTarget(name: "TandemSyncTests", dependencies: ["TandemSync", "TandemSyncWire", "TandemCore", "TandemServiceSync"],
                     path: "Tests/TandemSyncTests"),
         .testTarget(name: "TandemMembershipTests", dependencies: ["TandemMembership", "TandemSyncWire", "TandemCore"],
                     path: "Tests/TandemMembershipTests"),

@@ -3,10 +3,11 @@ import TandemSyncWire
 
 /// Splits the TCP (bulk) channel into sealed frames: a 28-byte header whose length field says how
 /// many bytes follow. A frame longer than the protocol allows closes the connection.
-struct SyncFrameDecoder: ByteToMessageDecoder {
-    typealias InboundOut = [UInt8]
+public struct SyncFrameDecoder: ByteToMessageDecoder {
+    public typealias InboundOut = [UInt8]
+    public init() {}
 
-    func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+    public func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         guard buffer.readableBytes >= SyncWire.headerSize,
               let length = buffer.getInteger(at: buffer.readerIndex + 6, endianness: .big, as: UInt16.self) else {
             return .needMoreData
@@ -18,7 +19,7 @@ struct SyncFrameDecoder: ByteToMessageDecoder {
         return .continue
     }
 
-    func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+    public func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
         while try decode(context: context, buffer: &buffer) == .continue {}
         return .needMoreData
     }
