@@ -6,6 +6,7 @@ import Logging
 import NIOCore
 import TandemCore
 import TandemHA
+import TandemServiceSync
 import TandemMetrics
 import TandemSync
 
@@ -45,6 +46,8 @@ public protocol LoadBalancerController: Sendable {
     func sync() async -> ReplicationStatus?
     /// Membership and elections; nil when not clustered.
     func cluster() async -> HAStatus?
+    /// Service sharing: this node's service digest beside each peer's; nil when not shared.
+    func serviceSync() async -> ServiceSyncStatus?
     /// kube-loxilb's cistate: each HA instance's role on this node; nil when not clustered.
     func ciStates() async -> [CIStateEntry]?
     /// Sets an instance's role from outside; throws APIError (400 bad state or instance, 404 not clustered).
@@ -64,6 +67,7 @@ extension LoadBalancerController {
     public func endpointHosts() async -> [EndpointHostEntry] { EndpointHostEntry.from(await loadBalancers()) }
     public func sync() async -> ReplicationStatus? { nil }
     public func cluster() async -> HAStatus? { nil }
+    public func serviceSync() async -> ServiceSyncStatus? { nil }
     public func ciStates() async -> [CIStateEntry]? { nil }
     public func setCIState(_ entry: CIStateEntry) async throws {
         throw APIError.notFound("this node is not clustered (no cluster peers)")
@@ -157,6 +161,7 @@ public enum APIRoutes {
     public static let status = "/netlox/v1/status"
     public static let sync = "/netlox/v1/sync"
     public static let cluster = "/netlox/v1/cluster"
+    public static let clusterServices = "/netlox/v1/cluster/services"
     public static let ciState = "/netlox/v1/config/cistate"
     public static let ciStateAll = "/netlox/v1/config/cistate/all"
     public static let metrics = "/netlox/v1/metrics"
@@ -245,6 +250,14 @@ public enum APIServer {
             await answer {
                 guard let s = await controller.cluster() else {
                     throw APIError.notFound("this node is not clustered (no cluster peers)")
+                }
+                return try json(s)
+            }
+        }
+        router.get(RouterPath(APIRoutes.clusterServices)) { _, _ -> Response in
+            await answer {
+                guard let s = await controller.serviceSync() else {
+                    throw APIError.notFound("services are not shared on this node (no cluster peers, or cluster.shareServices is false)")
                 }
                 return try json(s)
             }

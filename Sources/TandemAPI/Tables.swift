@@ -1,5 +1,6 @@
 import Foundation
 import TandemCore
+import TandemServiceSync
 import TandemHA
 import TandemSync
 
@@ -115,6 +116,26 @@ public enum TableRenderer {
             var rows = s.counters.sorted { $0.key < $1.key }.map { [$0.key, "\($0.value)"] }
             rows += s.drops.sorted { $0.key < $1.key }.map { ["dropped: \($0.key)", "\($0.value)"] }
             out += "\n\n" + render(headers: ["COUNTER", "VALUE"], rows: rows)
+        }
+        return out
+    }
+
+    /// Service sharing: whether every node holds the same services, and which differ.
+    public static func serviceSync(_ s: ServiceSyncStatus, wide: Bool) -> String {
+        let verdict = s.peers.isEmpty ? "no peers" : s.allAgree ? "all nodes agree"
+            : "differ: " + s.peers.filter { $0.agrees != true }.map(\.address).joined(separator: ", ")
+        var out = "SERVICES \(s.services)  DIGEST \(s.digest)  TOMBSTONES \(s.tombstones)  (\(verdict))\n\n"
+        out += render(headers: ["PEER", "SERVICES", "DIGEST", "AGREES", "LAST EXCHANGE", "ERROR"], rows: s.peers.map { p in
+            [p.address, p.services.map(String.init) ?? "-", p.digest ?? "-",
+             p.agrees.map { $0 ? "yes" : "NO" } ?? "unknown",
+             p.lastExchangeSecondsAgo.map { String(format: "%.0f s ago", $0) } ?? "never", p.lastError ?? "-"]
+        })
+        if wide {
+            var rows = [["accepted", "\(s.counters.accepted)"], ["stale", "\(s.counters.stale)"],
+                        ["applyFailed", "\(s.counters.applyFailed)"], ["tombstonesExpired", "\(s.counters.tombstonesExpired)"],
+                        ["refused", "\(s.refused)"]]
+            rows += s.dropped.sorted { $0.key < $1.key }.map { ["dropped: \($0.key)", "\($0.value)"] }
+            out += "\n\n" + render(headers: ["SHARING COUNTER", "VALUE"], rows: rows)
         }
         return out
     }

@@ -46,12 +46,17 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         /// false: no membership or election; every node answers for every VIP and something
         /// upstream (ECMP, BGP) spreads traffic over them (active-active). Replication still runs.
         public var election: Bool?
+        /// false: each node keeps its own services (configure every node on its own). Default
+        /// true: a service created, changed or deleted on any node reaches every node.
+        public var shareServices: Bool?
+        /// TCP port of service sharing, the same on every node (default 11114).
+        public var configSyncPort: Int?
 
         public init() {}
 
         enum CodingKeys: String, CodingKey {
             case seed, nodeIndex, nodeCount, peers, syncAddress, syncPort, keyFile, gossipPort, cloud, l2Interface
-            case priority, instances, election
+            case priority, instances, election, shareServices, configSyncPort
             case selfIndex = "self"
         }
     }
@@ -268,6 +273,16 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
             throw ConfigError("cluster: peers are set but keyFile is not; create one with `tandem cluster keygen > FILE`")
         }
         return ReplicationSettings(selfAddress: self_, port: UInt16(port), peers: addresses, keyFile: key)
+    }
+
+    /// The port services are shared on; nil when they are not (no peers, or shareServices false).
+    public func serviceSharingPort() throws(ConfigError) -> UInt16? {
+        guard let c = cluster, let peers = c.peers, !peers.isEmpty, c.shareServices ?? true else { return nil }
+        let port = c.configSyncPort ?? 11114
+        guard (1...65535).contains(port) else { throw ConfigError("cluster: configSyncPort must be 1-65535, got \(port)") }
+        guard port != (c.syncPort ?? 11112) else { throw ConfigError("cluster: configSyncPort and syncPort must differ (both \(port))") }
+        guard port != (c.gossipPort ?? 11113) else { throw ConfigError("cluster: configSyncPort and gossipPort must differ (both \(port))") }
+        return UInt16(port)
     }
 
     /// Membership, election and provider settings; nil when not clustered.

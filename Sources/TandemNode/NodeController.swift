@@ -5,7 +5,9 @@ import TandemCore
 import TandemDatapath
 import TandemHA
 import TandemReplication
+import TandemServiceSync
 import TandemSync
+import TandemSyncWire
 
 /// Keeps the service table and the datapath's maps in step, and answers the API.
 public actor NodeController: LoadBalancerController {
@@ -36,6 +38,11 @@ public actor NodeController: LoadBalancerController {
     private var unrestored: [ServiceKey: LoadBalancerEntry] = [:]
     static let maxRememberedDeletes = 1024
     private let authCounters: APIAuthCounters
+    /// The cluster-shared service table (versions, tombstones); nil when services are not shared.
+    private var sharing: ServiceSyncCore?
+    private var sharingShell: ServiceSyncShell?
+    /// Records from peers whose spec did not validate as an API request.
+    private var sharingRefused: UInt64 = 0
     var serviceCount: Int { table.services.count }
     /// Events the datapath could not queue (ring buffer full), so far.
     nonisolated var eventsLost: UInt64 { datapath.stats().eventsLost }
@@ -111,22 +118,43 @@ public actor NodeController: LoadBalancerController {
     private func createPersisted(_ service: Service, _ opts: ServiceOptions) async throws {
         try await install(service, options: opts)
         let before = deleted
+        let sharedBefore = sharing
         deleted.removeAll { $0 == service.key }
+        sharing?.recordLocal(service.key, spec: Self.spec(service, opts), nowMicros: Self.wallMicros())
         do { try persist() } catch {
             await rollBackCreate(service.key)
             deleted = before
+            sharing = sharedBefore
             throw error
         }
+        sharingShell?.changed()
     }
 
     private func replacePersisted(_ service: Service, _ opts: ServiceOptions) async throws {
         guard let old = table.services[service.key] else { return }
         let oldOptions = options[service.key] ?? ServiceOptions()
         try await replace(service, options: opts)
+        let sharedBefore = sharing
+        sharing?.recordLocal(service.key, spec: Self.spec(service, opts), nowMicros: Self.wallMicros())
         do { try persist() } catch {
             try? await replace(old, options: oldOptions)
+            sharing = sharedBefore
             throw error
         }
+        sharingShell?.changed()
+    }
+
+    /// A service's configuration as the cluster shares it: the API's entry, sorted-key JSON, so
+    /// nodes given the same rule hold the same bytes (proto/SPEC.md §14.2).
+    static func spec(_ service: Service, _ opts: ServiceOptions) -> [UInt8] {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        // Encoding plain value types cannot fail; an empty spec would be refused by peers.
+        return (try? Array(enc.encode(LoadBalancerEntry(service: service, options: opts)))) ?? []
+    }
+
+    static func wallMicros() -> UInt64 {
+        UInt64(max(0, Date().timeIntervalSince1970 * 1_000_000))
     }
 
     private func checkReachable(_ service: Service) throws {
@@ -200,6 +228,7 @@ public actor NodeController: LoadBalancerController {
     /// logged and skipped, and kept in the file (`unrestored`).
     func restore(config: [Service], state: NodeState?) async throws {
         configKeys = Set(config.map(\.key))
+        defer { seedSharing(state) }
         guard let state else {
             for s in config { try await create(s) }
             return
@@ -223,12 +252,43 @@ public actor NodeController: LoadBalancerController {
                                                  "deleted": "\(deleted.count)"])
     }
 
+    /// Gives the shared table what this node serves after a restore: the state file's versions,
+    /// version 1 for services no write has versioned (the config file's), tombstones.
+    private func seedSharing(_ state: NodeState?) {
+        guard var core = sharing else { return }
+        var seeds: [(record: ServiceRecord, applied: Bool, tombstonedAt: UInt64)] = []
+        let stamps = state?.stamps ?? [:]
+        for (key, stamp) in stamps {
+            guard let k = ServiceKey(text: key), stamp.version > 0, stamp.origin != 0 else { continue }
+            if let at = stamp.tombstonedAt {
+                guard table.services[k] == nil else { continue }
+                seeds.append((ServiceRecord(key: k, version: stamp.version, origin: stamp.origin, spec: nil), true, at))
+            } else if let svc = table.services[k] {
+                let spec = Self.spec(svc, options[k] ?? ServiceOptions())
+                seeds.append((ServiceRecord(key: k, version: stamp.version, origin: stamp.origin, spec: spec), true, 0))
+            } else if let e = unrestored[k], let r = try? e.toRequest() {
+                let spec = Self.spec(r.service, r.options)
+                seeds.append((ServiceRecord(key: k, version: stamp.version, origin: stamp.origin, spec: spec), false, 0))
+            }
+        }
+        core.seed(seeds)
+        for (k, svc) in table.services { core.recordBaseline(k, spec: Self.spec(svc, options[k] ?? ServiceOptions())) }
+        sharing = core
+    }
+
     /// The state as it is now, written before the change is answered.
     private func persist() throws {
         guard let store else { return }
         let live = table.sorted.map { LoadBalancerEntry(service: $0.service, options: options[$0.service.key] ?? ServiceOptions()) }
         let kept = unrestored.sorted { $0.key < $1.key }.map(\.value)
-        let state = NodeState(services: live + kept, deleted: deleted.map(\.description))
+        var state = NodeState(services: live + kept, deleted: deleted.map(\.description))
+        if let sharing {
+            for (key, h) in sharing.held {
+                let stamp = ServiceStamp(version: h.record.version, origin: h.record.origin,
+                                         tombstonedAt: h.record.spec == nil ? h.tombstonedAt : nil)
+                state.stamps[key.description] = stamp
+            }
+        }
         do { try store.save(state) } catch {
             logger.error("state file not written", metadata: ["error": "\(error.message)"])
             throw APIError.internalError("the change was not made: \(error.message)")
@@ -254,19 +314,27 @@ public actor NodeController: LoadBalancerController {
         options[key] = nil
         directory.remove(key)
         let before = deleted
+        let sharedBefore = sharing
+        remember(deleted: key)
+        sharing?.recordLocal(key, spec: nil, nowMicros: Self.wallMicros())
+        do { try persist() } catch {
+            deleted = before
+            sharing = sharedBefore
+            if let old { try? await install(old, options: oldOptions ?? ServiceOptions()) }
+            throw error
+        }
+        ha?.servicesChanged()
+        sharingShell?.changed()
+        logger.info("service deleted", metadata: ["service": "\(key)"])
+    }
+
+    private func remember(deleted key: ServiceKey) {
         deleted.removeAll { $0 == key }
         deleted.append(key)
         // Forget the oldest deletes, but never a config-file service's (it would come back).
         while deleted.count > Self.maxRememberedDeletes, let i = deleted.firstIndex(where: { !configKeys.contains($0) }) {
             deleted.remove(at: i)
         }
-        do { try persist() } catch {
-            deleted = before
-            if let old { try? await install(old, options: oldOptions ?? ServiceOptions()) }
-            throw error
-        }
-        ha?.servicesChanged()
-        logger.info("service deleted", metadata: ["service": "\(key)"])
     }
 
     public func loadBalancers() async -> [LoadBalancerEntry] {
@@ -407,5 +475,115 @@ public actor NodeController: LoadBalancerController {
 
     func record(expired events: [ConnectionEvent]) {
         for e in events { record(e) }
+    }
+}
+
+// MARK: - Service sharing (proto/SPEC.md §14)
+
+extension NodeController: ServiceSyncTarget {
+    /// Turns sharing on; call before `restore`, which seeds the shared table.
+    func enableSharing(selfID: UInt32) {
+        sharing = ServiceSyncCore(selfID: selfID)
+    }
+
+    func attach(sharing shell: ServiceSyncShell) {
+        sharingShell = shell
+    }
+
+    public func serviceSyncDigest() async -> ServiceDigest {
+        sharing?.digest() ?? ServiceDigest(count: 0, digest: 0, maxVersion: 0)
+    }
+
+    public func serviceSyncRecords() async -> [ServiceRecord] {
+        sharing?.records() ?? []
+    }
+
+    public func serviceSyncMerge(_ records: [ServiceRecord], peerMaxVersion: UInt64, from peer: UInt32) async {
+        guard sharing != nil else { return }
+        let now = Self.wallMicros()
+        sharing?.observe(maxVersion: peerMaxVersion)
+        sharing?.expireTombstones(nowMicros: now)
+        let actions = sharing?.merge(records, nowMicros: now) ?? []
+        var changed = false
+        for action in actions {
+            switch action {
+            case .apply(let record):
+                // A local write may have superseded it while an earlier action awaited.
+                guard sharing?.held[record.key]?.record == record else { continue }
+                let ok = await applyShared(record, from: peer)
+                sharing?.applied(record, ok: ok)
+                changed = true
+            case .remove(let key):
+                await removeShared(key, from: peer)
+                changed = true
+            }
+        }
+        if changed || !records.isEmpty {
+            // What was merged must survive a restart; a failed write is retried with the next merge.
+            try? persist()
+        }
+    }
+
+    /// Installs or replaces a peer's service as it is, without a new version.
+    private func applyShared(_ record: ServiceRecord, from peer: UInt32) async -> Bool {
+        guard let spec = record.spec else { return false }
+        let request: LoadBalancerRequest
+        do {
+            let entry = try JSONDecoder().decode(LoadBalancerEntry.self, from: Data(spec))
+            request = try entry.toRequest()
+        } catch {
+            sharingRefused &+= 1
+            logger.warning("shared service refused: its spec does not validate",
+                           metadata: ["service": "\(record.key)", "peer": "\(IPv4Address(peer))", "error": "\(error)"])
+            return false
+        }
+        guard request.service.key == record.key else {
+            sharingRefused &+= 1
+            logger.warning("shared service refused: its spec names another key",
+                           metadata: ["service": "\(record.key)", "spec": "\(request.service.key)"])
+            return false
+        }
+        let key = record.key
+        do {
+            if let old = table.services[key] {
+                if old == request.service && options[key] == request.options { return true }
+                try await replace(request.service, options: request.options)
+            } else {
+                try await install(request.service, options: request.options)
+            }
+        } catch {
+            logger.warning("shared service not applied on this node",
+                           metadata: ["service": "\(key)", "peer": "\(IPv4Address(peer))", "error": "\(error)"])
+            return false
+        }
+        deleted.removeAll { $0 == key }
+        unrestored[key] = nil
+        logger.info("service shared from peer", metadata: ["service": "\(key)", "peer": "\(IPv4Address(peer))",
+                                                           "version": "\(record.version)"])
+        return true
+    }
+
+    /// Removes a service a peer deleted.
+    private func removeShared(_ key: ServiceKey, from peer: UInt32) async {
+        unrestored[key] = nil
+        var next = table
+        guard let slot = try? next.remove(key) else {
+            remember(deleted: key)
+            return
+        }
+        await datapath.uninstall(key, slot: slot)
+        table = next
+        options[key] = nil
+        directory.remove(key)
+        remember(deleted: key)
+        ha?.servicesChanged()
+        logger.info("service deleted by peer", metadata: ["service": "\(key)", "peer": "\(IPv4Address(peer))"])
+    }
+
+    public func serviceSync() async -> ServiceSyncStatus? {
+        guard let sharing, let shell = sharingShell else { return nil }
+        let stones = sharing.held.values.filter { $0.record.spec == nil }.count
+        return shell.status(selfDigest: sharing.digest(), tombstones: stones, counters: sharing.counters,
+                            refused: sharingRefused)
     }
 }

@@ -8,6 +8,7 @@ import TandemDatapath
 import TandemHA
 import TandemMetrics
 import TandemReplication
+import TandemServiceSync
 import TandemSync
 
 /// What `tandem node run` was asked to do, after merging flags and the config file.
@@ -163,6 +164,15 @@ public enum NodeRunner {
         let controller = NodeController(datapath: datapath, settings: settings, logger: logger, directory: directory,
                                         store: o.statePath.map(StateStore.init(path:)),
                                         ringEventCounts: { reader.counts }, authCounters: security.counters)
+        let sharingPort = try o.config.serviceSharingPort()
+        var sharing: ServiceSyncShell?
+        if let port = sharingPort, let r = replicationSettings, let key = clusterKey {
+            await controller.enableSharing(selfID: r.selfAddress.value)
+            sharing = ServiceSyncShell(
+                config: ServiceSyncShellConfig(selfID: r.selfAddress.value, bindAddress: r.selfAddress, port: port,
+                                               peers: r.peers.map { ServiceSyncPeer(id: $0.value, address: $0) }, key: key),
+                target: controller, logger: logger)
+        }
         do {
             try await datapath.apply(settings: settings)
             try await controller.restore(config: services, state: state)
@@ -183,11 +193,20 @@ public enum NodeRunner {
             }
             await controller.attach(replication: s)
         }
+        if let sharing, let port = sharingPort, let r = replicationSettings {
+            do { try await sharing.start() } catch {
+                await shell?.stop()
+                await datapath.close()
+                throw ConfigError("cluster: cannot listen on \(r.selfAddress):\(port) for service sharing: \(error)")
+            }
+            await controller.attach(sharing: sharing)
+        }
         var ha: HAShell?
         if let h = haSettings, let r = replicationSettings, let key = clusterKey, let provider {
             let haShell = HAWiring.makeShell(h, replication: r, key: key, provider: provider, datapath: datapath,
                                              directory: directory, replicationShell: shell, logger: logger)
             do { try await haShell.start() } catch {
+                await sharing?.stop()
                 await shell?.stop()
                 await datapath.close()
                 throw ConfigError("cluster: cannot listen on \(r.selfAddress):\(h.gossipPort) for gossip: \(error)")
@@ -197,13 +216,14 @@ public enum NodeRunner {
         }
         try reader.start()
         let dpService = DatapathService(datapath: datapath, controller: controller, reader: reader,
-                                        reapInterval: o.reapInterval, replication: shell, ha: ha,
+                                        reapInterval: o.reapInterval, replication: shell, ha: ha, sharing: sharing,
                                         timeouts: settings.timeouts, logger: logger)
         let api: any ServiceLifecycle.Service
         do {
             api = try APIServer.makeApplication(controller: controller, host: o.apiAddress, port: o.apiPort,
                                                 security: security, logger: logger)
         } catch {
+            await sharing?.stop()
             await dpServiceStopEarly(datapath: datapath, reader: reader, shell: shell, ha: ha)
             throw ConfigError("api: \(error)")
         }
@@ -246,12 +266,14 @@ final class DatapathService: ServiceLifecycle.Service, @unchecked Sendable {
     let reapInterval: Duration
     let replication: ReplicationShell?
     let ha: HAShell?
+    let sharing: ServiceSyncShell?
     let timeouts: Timeouts
     let logger: Logger
 
     init(datapath: Datapath, controller: NodeController, reader: RingBufferReader, reapInterval: Duration,
-         replication: ReplicationShell?, ha: HAShell?, timeouts: Timeouts, logger: Logger) {
+         replication: ReplicationShell?, ha: HAShell?, sharing: ServiceSyncShell?, timeouts: Timeouts, logger: Logger) {
         self.ha = ha
+        self.sharing = sharing
         self.datapath = datapath
         self.controller = controller
         self.reader = reader
@@ -277,6 +299,7 @@ final class DatapathService: ServiceLifecycle.Service, @unchecked Sendable {
         // Leave the cluster first: peers elect at once, and this node stops answering for the
         // VIPs before anything else is torn down.
         await ha?.stop()
+        await sharing?.stop()
         reader.stop()
         await replication?.stop()
         await datapath.close()

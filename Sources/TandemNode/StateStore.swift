@@ -15,10 +15,28 @@ public struct NodeState: Sendable, Equatable {
     /// service among them stays deleted across restarts, and a repeated delete of any of them is
     /// a success (kube-loxilb retries a delete that failed until it succeeds).
     public var deleted: [String] = []
+    /// Versions of the cluster-shared service table by key ("vip:port/proto"): one per service
+    /// and per tombstone (a delete peers must learn of), so a restarted node neither loses a
+    /// write to an older copy nor brings a deleted service back.
+    public var stamps: [String: ServiceStamp] = [:]
 
-    public init(services: [LoadBalancerEntry] = [], deleted: [String] = []) {
+    public init(services: [LoadBalancerEntry] = [], deleted: [String] = [], stamps: [String: ServiceStamp] = [:]) {
         self.services = services
         self.deleted = deleted
+        self.stamps = stamps
+    }
+}
+
+/// A shared service's version (proto/SPEC.md §14).
+public struct ServiceStamp: Codable, Sendable, Equatable {
+    public var version: UInt64
+    public var origin: UInt32
+    /// Set for a tombstone: when the delete was made or learned (wall clock µs).
+    public var tombstonedAt: UInt64?
+    public init(version: UInt64, origin: UInt32, tombstonedAt: UInt64? = nil) {
+        self.version = version
+        self.origin = origin
+        self.tombstonedAt = tombstonedAt
     }
 }
 
@@ -41,10 +59,15 @@ public struct StateStore: Sendable {
         var tandemState: Int
     }
 
-    /// One record line. Exactly one of the fields is set.
+    /// One record line. Exactly one of service, deleted and stamp is set.
     private struct Record: Codable {
         var service: LoadBalancerEntry?
         var deleted: String?
+        /// A key with its shared-table version (with version, origin, tombstonedAt beside it).
+        var stamp: String?
+        var version: UInt64?
+        var origin: UInt32?
+        var tombstonedAt: UInt64?
     }
 
     /// The stored state, or nil when there is no file yet. A file that exists but cannot be read
@@ -86,8 +109,19 @@ public struct StateStore: Sendable {
             do { r = try decoder.decode(Record.self, from: Data(line)) } catch {
                 throw StateFileError("state file \(path) line \(n): \(short(error))")
             }
-            switch (r.service, r.deleted) {
-            case (let s?, nil):
+            switch (r.service, r.deleted ?? r.stamp) {
+            case (nil, let k?) where r.stamp != nil && r.deleted == nil:
+                guard ServiceKey(text: k) != nil else {
+                    throw StateFileError("state file \(path) line \(n): stamp key '\(k)' is not vip:port/proto")
+                }
+                guard let v = r.version, v > 0, let o = r.origin, o != 0 else {
+                    throw StateFileError("state file \(path) line \(n): a stamp needs a non-zero version and origin")
+                }
+                guard state.stamps[k] == nil else {
+                    throw StateFileError("state file \(path) line \(n): stamp \(k) appears twice")
+                }
+                state.stamps[k] = ServiceStamp(version: v, origin: o, tombstonedAt: r.tombstonedAt)
+            case (let s?, nil) where r.stamp == nil:
                 let key: String
                 do throws(ServiceError) { key = try s.toService().key.description } catch {
                     throw StateFileError("state file \(path) line \(n): \(error.message)")
@@ -96,9 +130,9 @@ public struct StateStore: Sendable {
                     throw StateFileError("state file \(path) line \(n): service \(key) appears twice")
                 }
                 state.services.append(s)
-            case (nil, let d?): state.deleted.append(d)
+            case (nil, let d?) where r.stamp == nil: state.deleted.append(d)
             default:
-                throw StateFileError("state file \(path) line \(n): a record must hold exactly one of service, deleted")
+                throw StateFileError("state file \(path) line \(n): a record must hold exactly one of service, deleted, stamp")
             }
         }
         return state
@@ -120,6 +154,9 @@ public struct StateStore: Sendable {
         }
         for s in state.services { try line(Record(service: s)) }
         for d in state.deleted { try line(Record(deleted: d)) }
+        for (k, st) in state.stamps.sorted(by: { $0.key < $1.key }) {
+            try line(Record(stamp: k, version: st.version, origin: st.origin, tombstonedAt: st.tombstonedAt))
+        }
         return out
     }
 

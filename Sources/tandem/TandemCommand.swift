@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import TandemAPI
+import TandemServiceSync
 import TandemCore
 import TandemHA
 import TandemNode
@@ -282,10 +283,22 @@ struct Get: AsyncParsableCommand {
 
         func run() async throws {
             let client = try apiOptions.client()
-            let data = try await client.send("GET", APIRoutes.cluster)
+            // Service sharing runs without elections too (active-active), so either part may be absent.
+            let services = try? await client.send("GET", APIRoutes.clusterServices)
+            let data: Data
+            do { data = try await client.send("GET", APIRoutes.cluster) } catch {
+                guard output != .json, let services,
+                      let s = try? JSONDecoder().decode(ServiceSyncStatus.self, from: services) else { throw error }
+                print(TableRenderer.serviceSync(s, wide: output == .wide))
+                return
+            }
             if output == .json { print(String(decoding: data, as: UTF8.self)); return }
             let status = try JSONDecoder().decode(HAStatus.self, from: data)
-            print(TableRenderer.cluster(status, wide: output == .wide))
+            var text = TableRenderer.cluster(status, wide: output == .wide)
+            if let services, let s = try? JSONDecoder().decode(ServiceSyncStatus.self, from: services) {
+                text += "\n\n" + TableRenderer.serviceSync(s, wide: output == .wide)
+            }
+            print(text)
         }
     }
 

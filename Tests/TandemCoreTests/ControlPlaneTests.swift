@@ -118,7 +118,21 @@ import Testing
     func sample() throws -> NodeState {
         let e = try JSONDecoder().decode(LoadBalancerEntry.self, from: Data(KubeLoxilbRequestTests.kubeLoxilbBody.utf8))
         let r = try e.toRequest()
-        return NodeState(services: [LoadBalancerEntry(service: r.service, options: r.options)], deleted: ["10.0.10.150:53/udp"])
+        return NodeState(services: [LoadBalancerEntry(service: r.service, options: r.options)], deleted: ["10.0.10.150:53/udp"],
+                         stamps: ["10.0.10.143:56002/tcp": ServiceStamp(version: 1_700_000_000_000_001, origin: 0x0a000a8d),
+                                  "10.0.10.150:53/udp": ServiceStamp(version: 1_700_000_000_000_009, origin: 0x0a000a58,
+                                                                     tombstonedAt: 1_700_000_000_000_009)])
+    }
+
+    @Test func aSharedSpecIsTheSameBytesForTheSameRuleAndDecodesBackToIt() throws {
+        let r = try JSONDecoder().decode(LoadBalancerEntry.self, from: Data(KubeLoxilbRequestTests.kubeLoxilbBody.utf8)).toRequest()
+        let spec = NodeController.spec(r.service, r.options)
+        // Two nodes given the same rule hold the same bytes, so their digests agree.
+        let again = try JSONDecoder().decode(LoadBalancerEntry.self, from: Data(KubeLoxilbRequestTests.kubeLoxilbBody.utf8)).toRequest()
+        #expect(NodeController.spec(again.service, again.options) == spec)
+        #expect(spec.count > 0 && spec.count < 2048)
+        let back = try JSONDecoder().decode(LoadBalancerEntry.self, from: Data(spec)).toRequest()
+        #expect(back.service == r.service && back.options == r.options)
     }
 
     @Test func savedStateLoadsBackTheSame() throws {
@@ -141,6 +155,9 @@ import Testing
         ("{\"tandemState\":1}\n{\"service\":{\"serviceArguments\":{\"externalIP\":\"10.0.10.1433\",\"port\":80},\"endpoints\":[{\"endpointIP\":\"10.0.10.21\",\"targetPort\":80}]}}\n", "line 2: externalIP"),
         ("{\"tandemState\":1}\n{}\n", "line 2: a record must hold"),
         ("{\"tandemState\":1}\n\n{\"deleted\":\"x\"}\n", "line 2: empty line"),
+        ("{\"tandemState\":1}\n{\"stamp\":\"10.0.10.143:80/tcp\",\"version\":0,\"origin\":1}\n", "line 2: a stamp needs"),
+        ("{\"tandemState\":1}\n{\"stamp\":\"nonsense\",\"version\":5,\"origin\":1}\n", "line 2: stamp key"),
+        ("{\"tandemState\":1}\n{\"deleted\":\"x\",\"stamp\":\"10.0.10.143:80/tcp\",\"version\":5,\"origin\":1}\n", "line 2: a record must hold"),
     ])
     func damagedFilesAreReportedByLineAndLeftAlone(_ text: String, _ expected: String) throws {
         let path = tempPath()
