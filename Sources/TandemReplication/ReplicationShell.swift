@@ -414,6 +414,8 @@ public final class ReplicationShell: @unchecked Sendable {
                 send(sealer.seal(m, channel: .datagram), to: Array(peerAddresses.values))
             case .pull(let from, let request):
                 startPull(from: from, request: request)
+            case .abortPull(let id):
+                pulls.removeValue(forKey: id)?.close(promise: nil)
             case .inSyncChanged(let v):
                 // Behind the installs queued so far: in sync means in the maps, not just received.
                 applyDatapath()

@@ -24,6 +24,8 @@ public enum ReplicationAction: Sendable, Hashable {
     case broadcast(SyncMessage)
     /// Open a bulk transfer (TCP) from a peer: the whole table, or some digest leaves.
     case pull(from: UInt32, BulkRequest)
+    /// Give up a transfer (it timed out or failed): close its connection, if still open.
+    case abortPull(requestID: UInt32)
     /// This node now holds (or no longer holds) the cluster's table.
     case inSyncChanged(Bool)
 }
@@ -568,11 +570,13 @@ public struct ReplicationCore: Sendable {
         return actions
     }
 
-    /// The transfer's connection failed or timed out; the next tick retries where needed.
+    /// The transfer's connection failed or timed out; the next tick retries where needed. The
+    /// shell closes the transfer's connection, so a timed-out pull does not stay open beside
+    /// its retry.
     public mutating func onTransferFailed(requestID: UInt32, now: SyncTime) -> [ReplicationAction] {
         guard transfers.removeValue(forKey: requestID) != nil else { return [] }
         counters.bulkTransfersFailed += 1
-        return []
+        return [.abortPull(requestID: requestID)]
     }
 }
 

@@ -97,6 +97,26 @@ private func churn(_ sim: inout SimulatedCluster, node: UInt32, steps: Int, flow
         #expect(sim.datapaths[2]?.values.allSatisfy { $0.flags.contains(.fromPeer) } == true)
     }
 
+    @Test func aTimedOutPullIsClosedBeforeItsRetry() {
+        // Review defect: a pull that timed out emitted nothing, so its connection stayed open
+        // beside every retry.
+        var sim = SimulatedCluster(seed: 5)
+        sim.addNode(1, peers: [2])
+        sim.run(ms: 2000)
+        for n in 0..<50 { sim.localChange(1, Flows.record(n)) }
+        sim.bulkHangs = true
+        sim.addNode(2, peers: [1])
+        sim.run(ms: 95_000)  // three 30 s transfer timeouts
+        #expect(sim.pulls.count >= 3)
+        #expect(sim.hangingPulls.count <= 1, "pulls left open: \(sim.hangingPulls.count)")
+        #expect(sim.abortedPulls == sim.pulls.count - sim.hangingPulls.count)
+        #expect((sim.nodes[2]?.counters.bulkTransfersFailed ?? 0) == UInt64(sim.abortedPulls))
+        sim.bulkHangs = false
+        sim.run(ms: 31_000)
+        #expect(sim.nodes[2]?.inSync == true)
+        #expect(sim.liveTable(2) == sim.liveTable(1))
+    }
+
     @Test func joiningNodeIsInSyncOnlyAfterTheFullTable() {
         var sim = SimulatedCluster(seed: 4)
         sim.addNode(1, peers: [2])

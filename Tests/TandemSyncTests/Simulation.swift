@@ -44,6 +44,10 @@ struct SimulatedCluster {
     /// Datagrams matching this are dropped (cut links, blocked message kinds).
     var blocked: @Sendable (UInt32, UInt32, SyncMessage) -> Bool = { _, _, _ in false }
     var bulkBlocked: @Sendable (UInt32, UInt32) -> Bool = { _, _ in false }
+    /// Bulk transfers that connect and then never answer (a stuck server): open until aborted.
+    var bulkHangs = false
+    var hangingPulls: Set<UInt32> = []
+    var abortedPulls = 0
     var order: UInt64 = 0
     var datagramsSent = 0
     var codecRoundTrip = true
@@ -85,6 +89,8 @@ struct SimulatedCluster {
                 for p in nodes[id]?.config.peers ?? [] { transmit(m, from: id, to: p) }
             case .pull(let from, let req): bulk(request: req, requester: id, server: from)
             case .inSyncChanged(let v): inSyncEvents[id, default: []].append(v)
+            case .abortPull(let requestID):
+                if hangingPulls.remove(requestID) != nil { abortedPulls += 1 }
             }
         }
     }
@@ -112,6 +118,10 @@ struct SimulatedCluster {
     mutating func bulk(request: BulkRequest, requester: UInt32, server: UInt32) {
         guard var s = nodes[server], var r = nodes[requester] else { return }
         pulls.append((requester, server, request))
+        if bulkHangs {
+            hangingPulls.insert(request.requestID)
+            return
+        }
         if bulkBlocked(server, requester) {
             let actions = r.onTransferFailed(requestID: request.requestID, now: time)
             nodes[requester] = r
