@@ -39,6 +39,13 @@ public struct ReplicationShellConfig: Sendable {
     /// Timer period when there is none: keepalives (every 100 ms) go out at most this late. An
     /// idle 2 ms tick cost ~4% of a core per node (a wakeup and a timer re-arm 500 times a second).
     public var idleTickMilliseconds: Int64 = 20
+    /// Bulk-transfer connections served at once; more are closed on accept. A cluster needs one
+    /// per peer at a time, so this only bounds what strangers can hold open.
+    public var maxBulkConnections = 16
+    /// An accepted connection must deliver its (authenticated) request within this time.
+    public var bulkRequestTimeout: TimeAmount = .seconds(2)
+    /// No served connection lives longer than this (the requester gives up after 30 s).
+    public var bulkConnectionLifetime: TimeAmount = .seconds(60)
 
     public init(selfID: UInt32, bindAddress: IPv4Address, port: UInt16, peers: [ReplicationPeer], key: ClusterKey) {
         self.bindAddress = bindAddress
@@ -94,6 +101,8 @@ public final class ReplicationShell: @unchecked Sendable {
     private var summarised = ReplicationCounters()
     private let inSyncBox = NIOLockedValueBox(false)
     private let stoppedBox = NIOLockedValueBox(false)
+    /// Bulk-server connections open now, and those closed for the cap or a missing request.
+    private let bulkServerBox = NIOLockedValueBox(BulkServerStats())
 
     public init(config: ReplicationShellConfig, datapath: ReplicationDatapath, logger: Logger) {
         self.config = config
@@ -109,6 +118,9 @@ public final class ReplicationShell: @unchecked Sendable {
         opener = SyncOpener(key: config.key, selfID: config.core.selfID, members: Set(config.peers.map(\.id)))
     }
 
+    /// Bulk-server connections: open now, refused over the cap, closed for a missing request.
+    public var bulkServerStats: BulkServerStats { bulkServerBox.withLockedValue { $0 } }
+
     /// Whether this node holds the cluster's table (readable from any thread).
     public var inSync: Bool { inSyncBox.withLockedValue { $0 } }
 
@@ -120,10 +132,22 @@ public final class ReplicationShell: @unchecked Sendable {
         do {
             serverChannel = try await ServerBootstrap(group: group)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelInitializer { [weak self] channel in
+                .childChannelInitializer { [weak self, bulkServerBox, config] channel in
                     channel.eventLoop.makeCompletedFuture {
+                        // Unauthenticated until the first frame: bound how many, and how long.
+                        let admitted = bulkServerBox.withLockedValue { s -> Bool in
+                            guard s.open < config.maxBulkConnections else {
+                                s.refusedOverCap &+= 1
+                                return false
+                            }
+                            s.open += 1
+                            return true
+                        }
+                        guard admitted else { throw BulkServerRefusal.overCap }
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(SyncFrameDecoder()))
-                        try channel.pipeline.syncOperations.addHandler(BulkServerHandler(shell: self))
+                        try channel.pipeline.syncOperations.addHandler(
+                            BulkServerHandler(shell: self, stats: bulkServerBox, requestTimeout: config.bulkRequestTimeout,
+                                              lifetime: config.bulkConnectionLifetime))
                     }
                 }
                 .bind(host: "\(config.bindAddress)", port: Int(config.port)).get()
@@ -670,16 +694,62 @@ private final class DatagramHandler: ChannelInboundHandler {
     }
 }
 
+/// Bulk-server connection accounting (readable from any thread, for status and tests).
+public struct BulkServerStats: Sendable, Equatable {
+    public var open = 0
+    public var refusedOverCap: UInt64 = 0
+    public var closedWithoutRequest: UInt64 = 0
+    public var closedOverLifetime: UInt64 = 0
+}
+
+enum BulkServerRefusal: Error {
+    case overCap
+}
+
 private final class BulkServerHandler: ChannelInboundHandler {
     typealias InboundIn = [UInt8]
     weak var shell: ReplicationShell?
+    private let stats: NIOLockedValueBox<BulkServerStats>
+    private let requestTimeout: TimeAmount
+    private let lifetime: TimeAmount
     private var served = false
-    init(shell: ReplicationShell?) { self.shell = shell }
+    private var timers: [Scheduled<Void>] = []
+
+    init(shell: ReplicationShell?, stats: NIOLockedValueBox<BulkServerStats>, requestTimeout: TimeAmount,
+         lifetime: TimeAmount) {
+        self.shell = shell
+        self.stats = stats
+        self.requestTimeout = requestTimeout
+        self.lifetime = lifetime
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        // Timers from the moment of accept: a client that never sends, or never stops
+        // reading slowly, does not keep the socket.
+        let channel = context.channel
+        timers.append(context.eventLoop.scheduleTask(in: requestTimeout) { [weak self, stats] in
+            guard let self, !self.served else { return }
+            stats.withLockedValue { $0.closedWithoutRequest &+= 1 }
+            channel.close(promise: nil)
+        })
+        timers.append(context.eventLoop.scheduleTask(in: lifetime) { [stats] in
+            guard channel.isActive else { return }
+            stats.withLockedValue { $0.closedOverLifetime &+= 1 }
+            channel.close(promise: nil)
+        })
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !served else { return }
         served = true
         shell?.serve(frame: unwrapInboundIn(data), on: context.channel)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        for t in timers { t.cancel() }
+        timers = []
+        stats.withLockedValue { $0.open -= 1 }
+        context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
