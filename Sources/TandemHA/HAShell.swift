@@ -384,11 +384,13 @@ public final class HAShell: @unchecked Sendable {
         case .takeover(let instance, let vips, let term):
             guard !vips.isEmpty, let shell else { return }
             // A queued move for a term this node no longer holds as MASTER would pull the IP away
-            // from the node that won; skip it (its release is queued behind it).
+            // from the node that won; skip it (its release is queued behind it). Once `stop` has
+            // begun this node has announced its leave, and a peer may already have taken over:
+            // no queued move may run then either, whatever the election still says.
             let current = try? await shell.loop.submit {
                 shell.elections[instance].role == .master && shell.elections[instance].term == term
             }.get()
-            guard current == true else { return }
+            guard current == true, !shell.stoppedBox.withLockedValue({ $0 }) else { return }
             let started = ContinuousClock.now
             let result: Result<CloudTakeoverResult, Error>
             do { result = .success(try await provider.takeover(vips: vips, term: term)) } catch { result = .failure(error) }
