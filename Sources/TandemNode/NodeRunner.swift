@@ -306,18 +306,16 @@ final class DatapathService: ServiceLifecycle.Service, @unchecked Sendable {
     }
 }
 
-/// Runs the table scan on a dedicated thread at a low scheduling priority (nice 10): the scan
-/// reads the whole connection table, and on two cores it must yield to the threads that forward
-/// events and replicate. A long pass also stretches the pause after it (the scan stays under a
-/// fifth of a core).
+/// Runs the table scan on a dedicated thread under SCHED_IDLE (nice 19 where that is refused):
+/// the scan reads the whole connection table, and on two cores it must yield to the threads that
+/// forward events and replicate. A long pass also stretches the pause after it, so the scan stays
+/// within ScanSchedule.cpuBudget (2% of a core).
 final class TableScanner: @unchecked Sendable {
     private let controller: NodeController
     private let replication: ReplicationShell?
     private let interval: Duration
     private let logger: Logger
-    private let condition = NSCondition()
-    private var stopping = false
-    private var running = false
+    private let latch = WorkerLatch()
 
     init(controller: NodeController, replication: ReplicationShell?, interval: Duration, logger: Logger) {
         self.controller = controller
@@ -350,7 +348,7 @@ final class TableScanner: @unchecked Sendable {
     static let schedIdlePolicy: Int32 = 5
 
     func start() {
-        running = true
+        latch.begin()
         let t = Thread { [self] in
             TableScanner.lowerOwnPriority()
             let configured = Double(interval.components.seconds) + Double(interval.components.attoseconds) / 1e18
@@ -359,7 +357,7 @@ final class TableScanner: @unchecked Sendable {
             let clock = { Double(monotonicNanoseconds()) / 1e9 }
             var planner = ScanPlanner(schedule: schedule, now: clock(), eventsLost: controller.eventsLost)
             var pause = schedule.passInterval
-            while waitOrStop(seconds: pause) {
+            while latch.waitOrStop(seconds: pause) {
                 let started = clock()
                 let cpuBefore = TableScanner.threadCPUSeconds()
                 let pass = planner.nextPass(now: started, eventsLost: controller.eventsLost)
@@ -377,17 +375,34 @@ final class TableScanner: @unchecked Sendable {
                     "replicate": "\(pass.replicate)", "orphans": "\(pass.checkOrphans)",
                     "cpu_ms": "\(Int(took * 1000))", "next_in_s": "\(pause)"])
             }
-            condition.lock()
-            running = false
-            condition.broadcast()
-            condition.unlock()
+            latch.finish()
         }
         t.name = "tandem-scan"
         t.start()
     }
 
-    /// Sleeps up to `seconds`; false once stopping.
-    private func waitOrStop(seconds: Double) -> Bool {
+    /// Stops and waits for a pass in progress to finish (so the maps outlive it).
+    func stop() {
+        latch.stopAndWait()
+    }
+}
+
+/// A worker thread's start/stop handshake: every flag is read and written under one lock, so
+/// `stopAndWait` (any thread) returns only after the worker has left its loop.
+final class WorkerLatch: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var stopping = false
+    private var running = false
+
+    /// Before the worker thread starts.
+    func begin() {
+        condition.lock()
+        running = true
+        condition.unlock()
+    }
+
+    /// The worker sleeps up to `seconds`; false once stopping.
+    func waitOrStop(seconds: Double) -> Bool {
         condition.lock()
         defer { condition.unlock() }
         let deadline = Date().addingTimeInterval(seconds)
@@ -395,8 +410,15 @@ final class TableScanner: @unchecked Sendable {
         return !stopping
     }
 
-    /// Stops and waits for a pass in progress to finish (so the maps outlive it).
-    func stop() {
+    /// The worker left its loop.
+    func finish() {
+        condition.lock()
+        running = false
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    func stopAndWait() {
         condition.lock()
         stopping = true
         condition.broadcast()
