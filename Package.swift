@@ -3,7 +3,8 @@ import PackageDescription
 
 let package = Package(
     name: "Tandem",
-    platforms: [.macOS(.v14)],
+    // Linux only (Debian 12 or later, kernel 6.1+ with BTF): the datapath needs libbpf, BPF and
+    // netlink; SwiftPM has no way to declare a Linux minimum, so no Apple platform is named either.
     products: [
         .executable(name: "tandem", targets: ["tandem"]),
         .executable(name: "tandem-echo", targets: ["tandem-echo"]),
