@@ -31,6 +31,8 @@ struct Member: Sendable {
     var lastConfirmedNanos: UInt64
     /// When a suspicion turns into death (meaningful while suspect).
     var suspicionDeadline: UInt64 = 0
+    /// When this node began to hold the member suspect (its own miss or a peer's gossip).
+    var suspectedAtNanos: UInt64 = 0
     /// When a dead member is probed next (meaningful while dead).
     var nextDeadProbeNanos: UInt64 = 0
     /// Random order among members confirmed at the same instant; redrawn after each probe.

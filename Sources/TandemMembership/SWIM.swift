@@ -33,6 +33,11 @@ public struct SWIMCounters: Sendable, Hashable, Codable {
     public var falseSuspicionsCleared: UInt64 = 0
     /// Tick gaps long enough to mean this node itself was stalled.
     public var stallsDetected: UInt64 = 0
+    /// Probe misses not held against the member: this node had just started and nobody had yet
+    /// answered it (startup grace), so the fault was as likely its own.
+    public var startupMissesIgnored: UInt64 = 0
+    /// Suspects not declared dead at their deadline because they were heard directly meanwhile.
+    public var deathsAverted: UInt64 = 0
     public init() {}
 }
 
@@ -71,6 +76,9 @@ public struct SWIM: Sendable {
     private var nextPeriodNanos: UInt64
     private var lastTickNanos: UInt64
     private var started = false
+    private var startedAtNanos: UInt64 = 0
+    /// Some member answered one of our probes: our own sending works.
+    private var roundTripSeen = false
     private var nextProbeID: UInt32 = 0
     /// Ping-reqs served: the ack from the target is forwarded to the requester until expiry.
     private var relays: [RelayKey: UInt64] = [:]
@@ -143,6 +151,7 @@ public struct SWIM: Sendable {
             // Say hello to everyone at once, so a restarted node is seen alive in one round trip,
             // and start probing at a random phase so nodes started together do not probe in step.
             started = true
+            startedAtNanos = now
             lastTickNanos = now
             nextPeriodNanos = now.plus(rng.next() % settings.protocolPeriodNanos)
             announce = true
@@ -182,6 +191,8 @@ public struct SWIM: Sendable {
         peers[s].heard = true
         peers[s].lastHeardNanos = now
         peers[s].lastConfirmedNanos = now
+        // An ack answers a probe of ours: what we send arrives.
+        if case .probeAck(let a) = m, a.requester == 0 || a.requester == selfID { roundTripSeen = true }
         // Any message straight from the target answers our probe of it, whatever it is.
         if let p = probe, p.target == sender {
             if case .probeAck(let a) = m, a.requester == 0, a.probeID == p.id, a.target == sender {
@@ -271,8 +282,13 @@ public struct SWIM: Sendable {
 
     private mutating func probeFailed(_ p: PendingProbe, _ now: UInt64) {
         guard let i = slots[p.target], peers[i].status == .alive else { return }
+        if !roundTripSeen && now < startedAtNanos.plus(settings.startupGraceNanos) {
+            counters.startupMissesIgnored += 1
+            return
+        }
         // Suspect at the incarnation we know: only the member itself can deny it, with a higher one.
         peers[i].status = .suspect
+        peers[i].suspectedAtNanos = now
         peers[i].suspicionDeadline = now.plus(settings.suspicionTimeoutNanos)
         counters.suspicionsRaised += 1
         queue.enqueue(peers[i].update)
@@ -283,6 +299,15 @@ public struct SWIM: Sendable {
 
     private mutating func expireSuspicions(_ now: UInt64) {
         for i in peers.indices where peers[i].status == .suspect && now >= peers[i].suspicionDeadline {
+            // Direct evidence beats the timeout: a suspect we heard from after suspecting it is
+            // running, and only cannot hear us (or refute in time). It stays suspect, and is
+            // declared dead only after a whole suspicion timeout of silence.
+            if peers[i].lastHeardNanos > peers[i].suspectedAtNanos {
+                peers[i].suspectedAtNanos = now
+                peers[i].suspicionDeadline = now.plus(settings.suspicionTimeoutNanos)
+                counters.deathsAverted += 1
+                continue
+            }
             peers[i].status = .dead
             peers[i].nextDeadProbeNanos = now.plus(settings.deadProbePeriodNanos)
             counters.deathsDeclared += 1
@@ -409,6 +434,7 @@ public struct SWIM: Sendable {
         case .alive:
             if old == .suspect { counters.falseSuspicionsCleared += 1 }
         case .suspect:
+            peers[i].suspectedAtNanos = now
             peers[i].suspicionDeadline = now.plus(settings.suspicionTimeoutNanos)
         case .dead, .left:
             peers[i].nextDeadProbeNanos = now.plus(settings.deadProbePeriodNanos)

@@ -22,6 +22,11 @@ public struct SWIMSettings: Sendable, Hashable {
     public var tickNanos: UInt64 = 10_000_000
     /// A gap between ticks longer than stallFactor * tickNanos means this node was stalled.
     public var stallFactor: UInt64 = 3
+    /// After start, until any member has answered one of this node's probes (a round trip), a
+    /// missed probe raises no suspicion, for up to this long. A node that just (re)started may not
+    /// be able to send yet (ARP, a proxy-ARP router's delay, a firewall still loading) while it
+    /// already hears everyone: its silence about the others is its own problem, not theirs.
+    public var startupGraceNanos: UInt64 = 2_000_000_000
 
     public init() {}
 

@@ -6,8 +6,16 @@ enum Unit {
     static let t0: UInt64 = 5_000_000_000
     static let ms: UInt64 = 1_000_000
 
+    /// The hand-driven timelines start at the node's first tick with nobody heard yet; they test
+    /// the detector proper, so the startup grace is off unless a test sets it (StartupTests).
+    static var settings: SWIMSettings {
+        var s = SWIMSettings()
+        s.startupGraceNanos = 0
+        return s
+    }
+
     static func swim(_ selfID: UInt32 = 1, peers: [UInt32] = [2, 3], incarnation: UInt32 = 10,
-                     settings: SWIMSettings = .init()) -> SWIM {
+                     settings: SWIMSettings = Unit.settings) -> SWIM {
         SWIM(selfID: selfID, peers: peers, incarnation: incarnation, settings: settings, seed: 7, nowNanos: t0)
     }
 
