@@ -6,8 +6,12 @@
 # the floating IP and keep every flow going; the old master comes back later as BACKUP and resyncs.
 #
 #   testbed/failover.sh [--tcp 200] [--udp 50] [--rounds 1] [--cloud l2|oci] [--down 3] [--victim master|backup]
+#                       [--slow-start]
 #
 # --victim backup reboots the BACKUP instead: the MASTER must keep its role and every flow.
+# --slow-start makes each return slow, as a real reboot can be: the vcn router answers the
+# returning node's ARP after a random 0-800 ms (Linux's default proxy_delay), its ARP cache starts
+# empty, and everything it sends in its first second is dropped. The survivor must stay MASTER.
 #
 # Each round kills whichever node is MASTER. Reports per round and overall: flows survived out of
 # total (TCP, UDP, and the flows opened 50 ms before the kill), the longest stall of any flow, the
@@ -17,7 +21,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-TCP_FLOWS=200 UDP_FLOWS=50 ROUNDS=1 CLOUD=l2 DOWN_SECONDS=3 LATE_TCP=5 LATE_UDP=5 INTERVAL_MS=20 VICTIM=master
+TCP_FLOWS=200 UDP_FLOWS=50 ROUNDS=1 CLOUD=l2 DOWN_SECONDS=3 LATE_TCP=5 LATE_UDP=5 INTERVAL_MS=20 VICTIM=master SLOW_START=0
 while (($#)); do
     case "$1" in
         --tcp) TCP_FLOWS="$2"; shift 2 ;;
@@ -28,7 +32,8 @@ while (($#)); do
         --late) LATE_TCP="$2"; LATE_UDP="$2"; shift 2 ;;
         --interval-ms) INTERVAL_MS="$2"; shift 2 ;;
         --victim) VICTIM="$2"; shift 2 ;;
-        -h|--help) sed -n 2,14p "$0"; exit 0 ;;
+        --slow-start) SLOW_START=1; shift ;;
+        -h|--help) sed -n 2,18p "$0"; exit 0 ;;
         *) echo "failover: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -150,30 +155,43 @@ PY
     log "round $round: $SURV is MASTER; $KILLED declared dead ${dead_ms} ms after the kill, elected ${detect_ms} ms, floating IP moved ${takeover_ms} ms after the kill (provider ${provider_ms} ms)"
     sleep "$DOWN_SECONDS"
     log "round $round: bringing $KILLED back"
+    if ((SLOW_START)); then
+        [[ "$TB_NET" == l2 ]] || tb_sysctl vcn "net.ipv4.neigh.$(tb_link "$KILLED").proxy_delay=80"
+        tb_exec "$KILLED" ip neigh flush all
+        tb_exec "$KILLED" nft 'add table inet tdmslow; add chain inet tdmslow out { type filter hook output priority 0; }; add rule inet tdmslow out oifname eth0 drop'
+    fi
     tb_exec "$KILLED" ip link set eth0 up
     tb_exec "$KILLED" ip route replace default via "$TB_GW_HOSTS" dev eth0
     t_back="$(now_ms)"
     start_node "$KILLED"
+    if ((SLOW_START)); then
+        sleep 1
+        tb_exec "$KILLED" nft delete table inet tdmslow
+    fi
     tb_wait_for 30 "$KILLED to rejoin in sync" bash -c "ip netns exec $(tb_ns "$KILLED") $TANDEM get cluster -o json 2>/dev/null | python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s[\"inSync\"] else 1)'" || all_ok=0
     resync_ms=$(( $(now_ms) - t_back ))
     returned_role="$(role "$KILLED")"
     survivor_role="$(role "$SURV")"
-    log "round $round: $KILLED back as $returned_role, in sync ${resync_ms} ms after its restart; $SURV is $survivor_role"
     sleep 1
+    # Role changes of the survivor after the return (an unasked failover if any).
+    unasked="$(api "$SURV" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(1 for t in s["instances"][0]["transitions"] if t["atUnixMs"] >= int(sys.argv[1])))' "$t_back" 2>/dev/null || echo -1)"
+    returned_role="$(role "$KILLED")"
+    survivor_role="$(role "$SURV")"
+    log "round $round: $KILLED back as $returned_role, in sync ${resync_ms} ms after its restart; $SURV is $survivor_role; survivor role changes since the return: $unasked"
     kill -TERM "$FLOWS_PID"
     flows_rc=0
     wait "$FLOWS_PID" || flows_rc=$?
     FLOWS_PID=""
     flows="$(tail -n 1 "$TB_STATE/flows-$round.json")"
     [[ -n "$flows" ]] || flows='{}'
-    round_json="$(FLOWS="$flows" python3 - "$round" "$detect_ms" "$takeover_ms" "$provider_ms" "$resync_ms" "$returned_role" "$survivor_role" "$flows_rc" "$KILLED" "$SURV" "$dead_ms" "$VICTIM" <<'PY'
+    round_json="$(FLOWS="$flows" python3 - "$round" "$detect_ms" "$takeover_ms" "$provider_ms" "$resync_ms" "$returned_role" "$survivor_role" "$flows_rc" "$KILLED" "$SURV" "$dead_ms" "$VICTIM" "$unasked" <<'PY'
 import json, os, sys
-r, detect, take, prov, resync, back_role, surv_role, rc, killed, survivor, dead, victim = sys.argv[1:]
+r, detect, take, prov, resync, back_role, surv_role, rc, killed, survivor, dead, victim, unasked = sys.argv[1:]
 f = json.loads(os.environ["FLOWS"] or "{}")
-ok = rc == "0" and back_role == "BACKUP" and surv_role == "MASTER" and (victim == "backup" or int(take) >= 0)
+ok = rc == "0" and back_role == "BACKUP" and surv_role == "MASTER" and (victim == "backup" or int(take) >= 0) and unasked == "0"
 print(json.dumps({"round": int(r), "victim": victim, "killed": killed, "master": survivor, "detectedMs": int(dead), "electedMs": int(detect),
                   "takeoverMs": int(take), "providerMs": float(prov), "resyncMs": int(resync),
-                  "returnedAs": back_role, "survivorRole": surv_role, "flows": f, "ok": ok}))
+                  "returnedAs": back_role, "survivorRole": surv_role, "unaskedRoleChanges": int(unasked), "flows": f, "ok": ok}))
 PY
 )"
     rounds_json+=("$round_json")
@@ -200,6 +218,7 @@ def stat(key):
     return {"min": min(v), "median": sorted(v)[len(v) // 2], "max": max(v)} if v else None
 tot = lambda p, k: sum(r["flows"].get(p, {}).get(k, 0) for r in rounds)
 out = {"cloud": cloud, "rounds": len(rounds), "ok": all_ok,
+       "unaskedRoleChanges": sum(max(0, r.get("unaskedRoleChanges", 0)) for r in rounds),
        "tcp": {"survived": tot("tcp", "survived"), "total": tot("tcp", "total")},
        "udp": {"survived": tot("udp", "survived"), "total": tot("udp", "total")},
        "late": {"survived": sum(r["flows"].get("late", {}).get("survived", 0) for r in rounds),
@@ -212,7 +231,8 @@ print(f"\nfailover summary ({cloud}, {len(rounds)} round(s)): "
       f"TCP {out['tcp']['survived']}/{out['tcp']['total']}, UDP {out['udp']['survived']}/{out['udp']['total']}, "
       f"late {out['late']['survived']}/{out['late']['total']} flows survived; longest stall {out['longestStallMs']} ms; "
       f"dead declared {out['detectedMs']} ms, elected {out['electedMs']} ms, takeover {out['takeoverMs']} ms after the kill; "
-      f"returning node in sync {out['resyncMs']} ms after restart; curl after: {'ok' if curl_ok else 'FAILED'}; "
+      f"returning node in sync {out['resyncMs']} ms after restart; unasked role changes {out['unaskedRoleChanges']}; "
+      f"curl after: {'ok' if curl_ok else 'FAILED'}; "
       f"{'PASS' if all_ok else 'FAIL'}", file=sys.stderr)
 print(json.dumps(out))
 PY
