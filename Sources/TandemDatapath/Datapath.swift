@@ -208,6 +208,9 @@ public actor Datapath {
     }
 
     public nonisolated var ingressProgramFD: Int32 { programFD }
+    /// The XDP fast path (tandem_xdp), or -1 if the object has none: for attaching it where
+    /// `attach(interface:xdp:)` cannot run (another namespace, in tests).
+    public nonisolated var fastPathProgramFD: Int32 { xdpProgramFD }
 
     /// Attaches the ingress program to an interface by name, and with `xdp` the XDP fast path in
     /// front of it (native mode only: generic XDP would cost more than it saves).

@@ -1,3 +1,4 @@
+import CLibBPF
 import Foundation
 import Glibc
 import Logging
@@ -316,6 +317,68 @@ extension Privileged {
             try await dp.setDownEndpoints(slot: 1, [0, 1])
             #expect(try pick(dp, tuple(50_002)) == 1)
             #expect(try pick(dp, tuple(50_003, proto: 17), flags: []) == 2)
+        }
+
+        /// With the XDP fast path in front, established packets bypass TC; a flow whose endpoint is
+        /// down must still reach TC, which resets it (or, without the option, forwards it).
+        @Test func xdpFastPathLeavesDownEndpointFlowsToTC() async throws {
+            let bed = try TestBed()
+            defer { bed.down() }
+            let lib = Env.repo.appendingPathComponent("testbed/lib.sh").path
+            let ready = try run(["bash", "-c", "source '\(lib)' && tb_xdp_ready llb1"], env: ["TB": bed.name])
+            try #require(ready.ok, "tb_xdp_ready: \(ready.stderr)")
+            let node = try await AttachedDatapath(bed: bed)
+            let llb1 = bed.ns("llb1")
+            var xdpIndex: Int32 = 0
+            var sockets: [NetnsSocket] = []
+            func cleanup() async {
+                sockets.forEach { $0.close() }
+                if xdpIndex > 0 {
+                    let idx = xdpIndex
+                    _ = try? inNetns(llb1) { bpf_xdp_detach(idx, UInt32(XDP_FLAGS_DRV_MODE), nil) }
+                }
+                await node.detach()
+            }
+            do {
+                let fd = node.dp.fastPathProgramFD
+                xdpIndex = try inNetns(llb1) { () throws -> Int32 in
+                    let idx = Int32(bitPattern: if_nametoindex("eth0"))
+                    let rc = bpf_xdp_attach(idx, fd, UInt32(XDP_FLAGS_DRV_MODE), nil)
+                    guard idx > 0, rc == 0 else { throw TestFailure("XDP attach in \(llb1): \(rc)") }
+                    return idx
+                }
+                let echo = [Endpoint(ip: IPv4Address(10, 0, 10, 21), port: 9000), Endpoint(ip: IPv4Address(10, 0, 10, 22), port: 9000)]
+                try await node.dp.install(service(.roundRobin, port: 56003, endpoints: echo, reset: true), slot: 0, hashSeed: Self.seed)
+                try await node.dp.install(service(.roundRobin, port: 56004, endpoints: echo), slot: 1, hashSeed: Self.seed)
+                func connectEcho(_ port: UInt16) throws -> (NetnsSocket, Int) {
+                    let s = try NetnsSocket(ns: bed.ns("client"))
+                    sockets.append(s)
+                    let rc = s.connect(Self.vip, port)
+                    guard rc == 0 else { throw TestFailure("connect to :\(port): \(SocketErrno(rc))") }
+                    for i in 0..<20 {
+                        guard case .success("m\(i)") = s.exchange("m\(i)") else { throw TestFailure("no echo on :\(port)") }
+                    }
+                    let local = s.localPort
+                    guard let e = node.dp.connectionEntries().first(where: {
+                        $0.direction == .original && $0.key.sourcePort == local && $0.key.destinationPort == port
+                    }) else { throw TestFailure("no connection entry for :\(local)") }
+                    return (s, Int(e.endpointIndex))
+                }
+                let (resetConn, resetEP) = try connectEcho(56003)
+                let (keptConn, keptEP) = try connectEcho(56004)
+                let forwarded = node.dp.stats().xdpForwarded
+                try #require(forwarded >= 20, "the fast path carries the established packets: \(forwarded)")
+                try await node.dp.setEndpointState(slot: 0, index: resetEP, up: false)
+                try await node.dp.setEndpointState(slot: 1, index: keptEP, up: false)
+                #expect(resetConn.exchange("after") == .failure(SocketErrno(ECONNRESET)))
+                #expect(keptConn.exchange("after") == .success("after"))
+                #expect(node.dp.serviceCounters(slot: 0).resetDown == 1)
+                #expect(node.dp.stats().resetsSent == 1)
+            } catch {
+                await cleanup()
+                throw error
+            }
+            await cleanup()
         }
 
         /// Real connections through a node: rr skips a down endpoint; the reset option resets an
