@@ -413,6 +413,19 @@ public actor Datapath {
                                                   "down": "\(down.sorted())"])
     }
 
+    /// `setDownEndpoints` by service and endpoint address, as a health monitor knows them: the
+    /// endpoints of the installed service `key` whose ip:port is among `down` are marked down, the
+    /// rest up (weights are ignored; addresses not in the service are). Throws when no service
+    /// with that key is installed.
+    public func setDownEndpoints(_ key: ServiceKey, _ down: [Endpoint]) throws {
+        guard let found = installed.first(where: { $0.value.service.key == key }) else {
+            throw DatapathError("service \(key) is not installed")
+        }
+        let eps = found.value.service.endpoints
+        let ids = Set(down.map(\.identity))
+        try setDownEndpoints(slot: found.key, Set(eps.indices.filter { ids.contains(eps[$0].identity) }))
+    }
+
     /// Indices of the endpoints marked down in the service installed in `slot`.
     public func downEndpoints(slot: UInt32) -> Set<Int> {
         guard let svc = installed[slot]?.service, let ids = downIdentities[slot] else { return [] }

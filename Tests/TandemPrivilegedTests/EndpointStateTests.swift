@@ -223,6 +223,15 @@ extension Privileged {
             #expect(picks.allSatisfy { $0 == 0 }, "only eps[0] is up: \(picks)")
             await #expect(throws: DatapathError.self) { try await dp.setEndpointState(slot: 0, index: 2, up: false) }
             await #expect(throws: DatapathError.self) { try await dp.setDownEndpoints(slot: 9, [0]) }
+            // By service key and address, as a monitor reports (weight ignored, strangers ignored).
+            var reported = Self.eps[0]
+            reported.weight = 9
+            try await dp.setDownEndpoints(service(.roundRobin).key, [reported, Endpoint(ip: IPv4Address(192, 0, 2, 1), port: 80)])
+            #expect(await dp.downEndpoints(slot: 0) == [1])
+            try await dp.setDownEndpoints(service(.roundRobin).key, [])
+            #expect(await dp.downEndpoints(slot: 0).isEmpty)
+            try await dp.setDownEndpoints(slot: 0, [0])
+            await #expect(throws: DatapathError.self) { try await dp.setDownEndpoints(service(.roundRobin, port: 1).key, []) }
             // A new service in the slot starts with every endpoint up.
             await dp.uninstall(service(.roundRobin).key, slot: 0)
             #expect(dp.endpointDownStates(slot: 0, count: 3) == [false, false, false])
