@@ -82,6 +82,15 @@ struct {
     __type(value, struct tdm_endpoint);
 } tdm_endpoints SEC(".maps");
 
+/* Endpoint health by tdm_endpoints index (struct tdm_ep_state), written by user space on each
+ * verdict. Zero = up. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, TDM_MAX_SERVICES * TDM_MAX_ENDPOINTS);
+    __type(key, __u32);
+    __type(value, struct tdm_ep_state);
+} tdm_ep_state SEC(".maps");
+
 /* allowedSources of services with TDM_SVC_F_SOURCES (struct tdm_source_key). Value unused (1). */
 struct {
     __uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -257,6 +266,33 @@ static __always_inline void lc_give(__u32 sid, __u8 ei)
         if (v == 0 || __sync_val_compare_and_swap(c, v, v - 1) == v)
             return;
     }
+}
+
+/* Health verdict of an endpoint (see struct tdm_ep_state); a peer's flow of an unknown service
+ * (sid out of range) is never down. */
+static __always_inline int ep_down(__u32 sid, __u8 ei)
+{
+    if (sid >= TDM_MAX_SERVICES)
+        return 0;
+    __u32 idx = sid * TDM_MAX_ENDPOINTS + (ei & (TDM_MAX_ENDPOINTS - 1));
+    struct tdm_ep_state *st = bpf_map_lookup_elem(&tdm_ep_state, &idx);
+    return st && st->down;
+}
+
+/* The endpoint `ei` of service `id` if it may take a new connection: one of the service's `n`,
+ * active (not drained) and not down. NULL otherwise. */
+static __always_inline struct tdm_endpoint *eligible(__u32 id, __u32 ei, __u32 n)
+{
+    if (ei >= n || ei >= TDM_MAX_ENDPOINTS)
+        return NULL;
+    __u32 idx = id * TDM_MAX_ENDPOINTS + ei;
+    struct tdm_endpoint *ep = bpf_map_lookup_elem(&tdm_endpoints, &idx);
+    if (!ep || !ep->active)
+        return NULL;
+    struct tdm_ep_state *st = bpf_map_lookup_elem(&tdm_ep_state, &idx);
+    if (st && st->down)
+        return NULL;
+    return ep;
 }
 
 /* A connection stops counting once it is closing: RST, or FIN from both sides. */
@@ -603,7 +639,66 @@ static __always_inline int source_allowed(const struct tdm_service *svc, __be32 
     return 0;
 }
 
-/* Picks an endpoint index for a new flow, or -1. */
+/* One step of the schedule walk (bpf_loop callback: the verifier checks it once, not per lap). */
+struct sched_walk {
+    __u32 id;
+    __u32 count;  /* the service's endpoints */
+    __u32 len;    /* schedule slots in use, 1..TDM_SCHED_LEN */
+    int   chosen;
+};
+
+static long sched_step(__u32 i, void *data)
+{
+    struct sched_walk *w = data;
+    __u32 id = w->id;
+    struct tdm_schedule *s = bpf_map_lookup_elem(&tdm_schedules, &id);
+    __u32 *ctr = bpf_map_lookup_elem(&tdm_rr, &id);
+    if (!s || !ctr || w->len == 0)
+        return 1;
+    __u32 n = __sync_fetch_and_add(ctr, 1);
+    __u32 slot = n % w->len;
+    barrier_var(slot);
+    slot &= TDM_SCHED_LEN - 1;
+    __u32 ei = s->slot[slot];
+    if (!eligible(id, ei, w->count))
+        return 0;
+    w->chosen = (int)(ei & (TDM_MAX_ENDPOINTS - 1));
+    return 1;
+}
+
+/* One step of the least-connections scan (bpf_loop callback, like sched_step): unrolled by the
+ * verifier, the 64-step scan with two health lookups per step took it past its 1M-instruction
+ * budget; as a callback the whole program verifies in a third of what it took before. */
+struct lc_scan {
+    __u32 id;
+    __u32 n;      /* endpoints, <= TDM_MAX_ENDPOINTS */
+    __u32 start;  /* < n */
+    int   best;
+    __u64 best_count;
+};
+
+static long lc_step(__u32 i, void *data)
+{
+    struct lc_scan *l = data;
+    __u32 n = l->n;
+    if (i >= n || n > TDM_MAX_ENDPOINTS)
+        return 1;
+    __u32 ei = l->start + i;
+    if (ei >= n)
+        ei -= n;
+    if (!eligible(l->id, ei, n))
+        return 0;
+    __u32 idx = l->id * TDM_MAX_ENDPOINTS + (ei & (TDM_MAX_ENDPOINTS - 1));
+    __u64 *c = bpf_map_lookup_elem(&tdm_lc_active, &idx);
+    __u64 v = c ? *c : 0;
+    if (v < l->best_count) {
+        l->best_count = v;
+        l->best = (int)(ei & (TDM_MAX_ENDPOINTS - 1));
+    }
+    return 0;
+}
+
+/* Picks an eligible endpoint index for a new flow, or -1 when there is none. */
 static __always_inline int select_endpoint(const struct tdm_config *cfg, const struct tdm_service *svc,
                                            const struct tdm_flow_key *key, __u64 now)
 {
@@ -618,11 +713,15 @@ static __always_inline int select_endpoint(const struct tdm_config *cfg, const s
         __u32 slot = tdm_flow_hash(key, cfg->hash_seed) % TDM_MAGLEV_M;
         barrier_var(slot);
         slot &= TDM_MAGLEV_SLOTS - 1;
-        return m->slot[slot];
+        __u32 ei = m->slot[slot];
+        if (eligible(id, ei, svc->endpoint_count))
+            return ei;
+        /* User space rebuilds the table without down endpoints (the same on every node); until
+         * it has, or for a drained endpoint, the schedule below picks a live one. */
     }
     if (svc->sel == TDM_SEL_LC) {
         /* Scan from the round-robin cursor, so equal counts take turns instead of all going to
-         * endpoint 0. Bounded by TDM_MAX_ENDPOINTS for the verifier. */
+         * endpoint 0. Down and drained endpoints are skipped. */
         __u32 *ctr = bpf_map_lookup_elem(&tdm_rr, &id);
         if (!ctr)
             return -1;
@@ -630,49 +729,35 @@ static __always_inline int select_endpoint(const struct tdm_config *cfg, const s
         if (n > TDM_MAX_ENDPOINTS)
             n = TDM_MAX_ENDPOINTS;
         __u32 start = __sync_fetch_and_add(ctr, 1) % n;
-        int best = -1;
-        __u64 best_count = ~0ULL;
-        for (__u32 i = 0; i < TDM_MAX_ENDPOINTS; i++) {
-            if (i >= n)
-                break;
-            __u32 ei = start + i;
-            if (ei >= n)
-                ei -= n;
-            __u32 idx = id * TDM_MAX_ENDPOINTS + (ei & (TDM_MAX_ENDPOINTS - 1));
-            struct tdm_endpoint *ep = bpf_map_lookup_elem(&tdm_endpoints, &idx);
-            if (!ep || !ep->active)
-                continue;
-            __u64 *c = bpf_map_lookup_elem(&tdm_lc_active, &idx);
-            __u64 v = c ? *c : 0;
-            if (v < best_count) {
-                best_count = v;
-                best = (int)ei;
-            }
-        }
-        return best;
+        struct lc_scan l = { .id = id, .n = n, .start = start, .best = -1, .best_count = ~0ULL };
+        bpf_loop(n, lc_step, &l, 0);
+        return l.best;
     }
     struct tdm_persist_key pk = { .service_id = id, .client_ip = key->saddr };
     if (svc->sel == TDM_SEL_PERSIST) {
         struct tdm_persist_value *pv = bpf_map_lookup_elem(&tdm_persist, &pk);
         if (pv && now - pv->last_used_ns <= (__u64)svc->persist_timeout_s * 1000000000ULL) {
             __u32 ei = pv->endpoint_index;
-            __u32 eidx = id * TDM_MAX_ENDPOINTS + (ei & (TDM_MAX_ENDPOINTS - 1));
-            struct tdm_endpoint *ep = bpf_map_lookup_elem(&tdm_endpoints, &eidx);
-            if (ep && ep->active && ei < svc->endpoint_count) {
+            if (eligible(id, ei, svc->endpoint_count)) {
                 pv->last_used_ns = now;
                 return ei;
             }
+            /* Remembered endpoint down or drained: re-picked below, and the new one recorded. */
         }
     }
-    struct tdm_schedule *s = bpf_map_lookup_elem(&tdm_schedules, &id);
-    __u32 *ctr = bpf_map_lookup_elem(&tdm_rr, &id);
-    if (!s || !ctr || svc->sched_len == 0)
+    if (svc->sched_len == 0)
         return -1;
-    __u32 n = __sync_fetch_and_add(ctr, 1);
-    __u32 slot = n % svc->sched_len;
-    barrier_var(slot);
-    slot &= TDM_SCHED_LEN - 1;
-    int chosen = s->slot[slot];
+    /* Walk the schedule to the next eligible slot. Each step takes the cursor, so a skipped slot
+     * is consumed for everyone and the live endpoints keep their shares (walking on from one
+     * position would hand a down endpoint's share to whichever endpoint follows it). At most one
+     * lap: with nothing eligible, no endpoint (after len cursor steps: only then). */
+    struct sched_walk w = { .id = id, .count = svc->endpoint_count, .len = svc->sched_len, .chosen = -1 };
+    if (w.len > TDM_SCHED_LEN)
+        w.len = TDM_SCHED_LEN;
+    bpf_loop(w.len, sched_step, &w, 0);
+    int chosen = w.chosen;
+    if (chosen < 0)
+        return -1;
     if (svc->sel == TDM_SEL_PERSIST) {
         struct tdm_persist_value nv = { .last_used_ns = now, .endpoint_index = chosen };
         bpf_map_update_elem(&tdm_persist, &pk, &nv, BPF_ANY);
@@ -700,21 +785,25 @@ static __always_inline __u8 initial_state(const struct pkt *p)
     return TDM_CT_ICMP;
 }
 
-/* Creates both entries of a new connection; returns the original-direction entry's translation. */
+#define TDM_NEW_NO_ENDPOINT (-2) /* new_flow: no eligible endpoint (the client is told so) */
+
+/* Creates both entries of a new connection; returns the original-direction entry's translation.
+ * -1 when the packet is to be dropped, TDM_NEW_NO_ENDPOINT when the service has no eligible
+ * endpoint (counted here). */
 static __always_inline int new_flow(struct __sk_buff *skb, const struct tdm_config *cfg, const struct pkt *p,
                                     const struct tdm_service *svc, __u64 now, struct tdm_flow_key *out)
 {
     int ei = select_endpoint(cfg, svc, &p->key, now);
-    if (ei < 0 || ei >= TDM_MAX_ENDPOINTS || ei >= svc->endpoint_count) {
+    struct tdm_endpoint *ep = ei < 0 ? NULL : eligible(svc->id, (__u32)ei, svc->endpoint_count);
+    if (!ep || ei >= TDM_MAX_ENDPOINTS) {
         stat_inc(TDM_STAT_NO_ENDPOINT);
-        return -1;
+        __u32 id = svc->id;
+        struct tdm_counters *c = bpf_map_lookup_elem(&tdm_service_stats, &id);
+        if (c)
+            c->no_endpoint += 1;
+        return TDM_NEW_NO_ENDPOINT;
     }
     __u32 eidx = svc->id * TDM_MAX_ENDPOINTS + (__u32)ei;
-    struct tdm_endpoint *ep = bpf_map_lookup_elem(&tdm_endpoints, &eidx);
-    if (!ep || !ep->active) {
-        stat_inc(TDM_STAT_NO_ENDPOINT);
-        return -1;
-    }
 
     struct tdm_flow_key fwd = p->key; /* what the original direction becomes */
     fwd.daddr = ep->ip;
@@ -838,6 +927,217 @@ static __always_inline int answer_echo(struct __sk_buff *skb, const struct pkt *
     return bpf_redirect(in_ifindex, 0);
 }
 
+/* Ones' complement sum of `n` 32-bit words (csum_partial's convention), folded to 16 bits but
+ * not inverted. */
+static __always_inline __u16 csum_fold_words(const __u32 *w, int n, __u32 seed)
+{
+    __u32 s = seed;
+    for (int i = 0; i < n; i++)
+        s = csum_add32(s, w[i]);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    return (__u16)s;
+}
+
+/* A 20-byte IPv4 header from the VIP side back to the client, checksummed. */
+static __always_inline void reply_ip(struct iphdr *ip, __be32 saddr, __be32 daddr, __u8 proto, __u16 tot_len)
+{
+    __builtin_memset(ip, 0, sizeof(*ip));
+    ip->version = 4;
+    ip->ihl = 5;
+    ip->tot_len = bpf_htons(tot_len);
+    ip->frag_off = bpf_htons(0x4000); /* DF */
+    ip->ttl = 64;
+    ip->protocol = proto;
+    ip->saddr = saddr;
+    ip->daddr = daddr;
+    ip->check = ~csum_fold_words((const __u32 *)ip, 5, 0);
+}
+
+/* Swaps the Ethernet addresses, so the packet goes back to the hop it came from. */
+static __always_inline int bounce_eth(struct __sk_buff *skb)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end)
+        return -1;
+    __u8 tmp[ETH_ALEN];
+    __builtin_memcpy(tmp, eth->h_source, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+    __builtin_memcpy(eth->h_dest, tmp, ETH_ALEN);
+    return 0;
+}
+
+struct rst_pkt {
+    struct iphdr ip;
+    __be16 sport, dport;
+    __be32 seq, ack_seq;
+    __u8   doff, flags;
+    __be16 window, check, urg;
+};
+
+/*
+ * Turns the TCP packet in `skb` (from the client, tuple p->key) into a RST from the service back
+ * to the client and bounces it out of the interface it came in on. RFC 793's reply to a segment:
+ * with ACK, seq = its ack (what the client expects next, so RFC 5961's exact check accepts it);
+ * without (a SYN), seq 0 and ack = its seq + length, which a client in SYN-SENT takes as refusal.
+ * IP options are not echoed: such packets (ihl > 5, never seen from real stacks) are dropped.
+ *
+ * The TCP checksum depends on how the skb carries it: a packet a local stack sent through veth
+ * (CHECKSUM_PARTIAL) must hold only the pseudo-header sum, which the device or the kernel completes
+ * over csum_start (still this TCP header: same offsets); any other needs the full sum. BPF cannot
+ * read ip_summed, so bpf_l4_csum_replace tells: it leaves the field alone on a partial packet.
+ */
+static __noinline int send_reset(struct __sk_buff *skb, const struct pkt *p, __u32 in_ifindex)
+{
+    const __u8 SYN = 0x02, FIN = 0x01, RST = 0x04, ACK = 0x10;
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct iphdr *ip = data + ETH_HLEN;
+    if ((void *)(ip + 1) > end || ip->ihl != 5)
+        return TC_ACT_SHOT;
+    struct tcphdr *th = (void *)(ip + 1);
+    if ((void *)(th + 1) > end)
+        return TC_ACT_SHOT;
+    __u32 hdrs = 20 + th->doff * 4;
+    __u32 tot = bpf_ntohs(ip->tot_len);
+    __u32 seglen = tot > hdrs ? tot - hdrs : 0;
+    if (p->tcp_flags & SYN)
+        seglen++;
+    if (p->tcp_flags & FIN)
+        seglen++;
+    struct rst_pkt r = {};
+    r.sport = p->key.dport;
+    r.dport = p->key.sport;
+    r.doff = 5 << 4;
+    if (p->tcp_flags & ACK) {
+        r.seq = th->ack_seq;
+        r.flags = RST;
+    } else {
+        r.ack_seq = bpf_htonl(bpf_ntohl(th->seq) + seglen);
+        r.flags = RST | ACK;
+    }
+    reply_ip(&r.ip, p->key.daddr, p->key.saddr, IPPROTO_TCP, sizeof(r));
+    /* Pseudo header (addresses, protocol, TCP length) and the TCP header, in csum_partial words. */
+    __u32 pseudo = csum_add32(csum_add32(p->key.saddr, p->key.daddr), bpf_htons(IPPROTO_TCP) + bpf_htons(20));
+    __u16 full = ~csum_fold_words((const __u32 *)&r.sport, 5, pseudo);
+    __u16 partial = csum_fold_words(&pseudo, 1, 0);
+
+    if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(r), 0))
+        return TC_ACT_SHOT;
+    if (bounce_eth(skb))
+        return TC_ACT_SHOT;
+    /* Written with check = 0; BPF_F_RECOMPUTE_CSUM keeps a CHECKSUM_COMPLETE skb's sum right. */
+    if (bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), BPF_F_RECOMPUTE_CSUM))
+        return TC_ACT_SHOT;
+    __u32 csum_off = ETH_HLEN + offsetof(struct rst_pkt, check);
+    __u16 probe = 0, zero = 0;
+    if (bpf_l4_csum_replace(skb, csum_off, 0, 1, 0) || bpf_skb_load_bytes(skb, csum_off, &probe, 2) ||
+        bpf_skb_store_bytes(skb, csum_off, &zero, 2, 0))
+        return TC_ACT_SHOT;
+    __u16 check = probe ? full : partial; /* probe stayed 0: a partial checksum */
+    if (bpf_skb_store_bytes(skb, csum_off, &check, 2, BPF_F_RECOMPUTE_CSUM))
+        return TC_ACT_SHOT;
+    stat_inc(TDM_STAT_RESET_SENT);
+    return bpf_redirect(in_ifindex, 0);
+}
+
+#define ICMP_DEST_UNREACH 3
+#define ICMP_PORT_UNREACH 3
+
+struct unreach_pkt {
+    struct iphdr  ip;
+    __u8   type, code;
+    __be16 check;
+    __be32 unused;
+    struct iphdr  orig_ip;   /* the datagram's header and first 8 bytes, as RFC 792 asks */
+    __u8   orig_l4[8];
+};
+
+/*
+ * Turns the UDP datagram in `skb` into an ICMP port unreachable from the service address back to
+ * the client (a connected UDP socket then gets ECONNREFUSED), bounced out of the ingress interface.
+ * The whole ICMP message is rebuilt from a copy on the stack, so the skb only changes length. On a
+ * CHECKSUM_PARTIAL skb (csum_start at the UDP header, now the ICMP header; csum_offset 6, now the
+ * zero `unused` field) completing the checksum sums a valid message and writes 0 there: no change.
+ */
+static __always_inline int send_unreach(struct __sk_buff *skb, const struct pkt *p, __u32 in_ifindex)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct iphdr *ip = data + ETH_HLEN;
+    if ((void *)(ip + 1) > end || ip->ihl != 5)
+        return TC_ACT_SHOT;
+    __u8 *l4 = (void *)(ip + 1);
+    if ((void *)(l4 + 8) > end)
+        return TC_ACT_SHOT;
+    struct unreach_pkt u = {};
+    __builtin_memcpy(&u.orig_ip, ip, sizeof(u.orig_ip));
+    __builtin_memcpy(u.orig_l4, l4, sizeof(u.orig_l4));
+    u.type = ICMP_DEST_UNREACH;
+    u.code = ICMP_PORT_UNREACH;
+    u.check = ~csum_fold_words((const __u32 *)&u.type, (sizeof(u) - sizeof(u.ip)) / 4, 0);
+    reply_ip(&u.ip, p->key.daddr, p->key.saddr, IPPROTO_ICMP, sizeof(u));
+    if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(u), 0))
+        return TC_ACT_SHOT;
+    if (bounce_eth(skb))
+        return TC_ACT_SHOT;
+    if (bpf_skb_store_bytes(skb, ETH_HLEN, &u, sizeof(u), BPF_F_RECOMPUTE_CSUM))
+        return TC_ACT_SHOT;
+    stat_inc(TDM_STAT_UNREACH_SENT);
+    return bpf_redirect(in_ifindex, 0);
+}
+
+/* A new connection with no eligible endpoint: refused at once, so clients fail fast instead of
+ * retrying into a black hole. */
+static __always_inline int refuse(struct __sk_buff *skb, const struct pkt *p, __u32 in_ifindex)
+{
+    if (p->key.proto == IPPROTO_TCP)
+        return send_reset(skb, p, in_ifindex);
+    if (p->key.proto == IPPROTO_UDP)
+        return send_unreach(skb, p, in_ifindex);
+    return TC_ACT_SHOT;
+}
+
+#define TDM_DOWN_KEEP   (-2) /* endpoint_down: carry on as usual */
+#define TDM_DOWN_REPICK (-1) /* endpoint_down: forgotten; the packet opens a new connection */
+
+/*
+ * A client packet on a connection whose endpoint is down. An unanswered handshake (a retransmitted
+ * SYN in SYN_SENT) has nothing to keep: it is forgotten and re-picked, so the retry reaches a live
+ * endpoint. Otherwise the connection is kept unless its service has TDM_SVC_F_RESET_DOWN; then it
+ * is forgotten (peers told by a DELETE event): TCP gets a RST back, UDP is re-picked. Returns a TC
+ * verdict, or TDM_DOWN_KEEP / TDM_DOWN_REPICK. `e` must not be used after a forget.
+ */
+static __always_inline int endpoint_down(struct __sk_buff *skb, const struct tdm_config *cfg, const struct pkt *p,
+                                         struct tdm_ct_entry *e, __u64 now, __u32 in_ifindex)
+{
+    const __u8 SYN = 0x02, RST = 0x04, ACK = 0x10;
+    int tcp = p->key.proto == IPPROTO_TCP;
+    if (!tcp && p->key.proto != IPPROTO_UDP)
+        return TDM_DOWN_KEEP;
+    int handshake = tcp && e->state == TDM_CT_SYN_SENT && (p->tcp_flags & (SYN | ACK)) == SYN;
+    if (!handshake) {
+        struct tdm_service_key sk = { .vip = p->key.daddr, .port = p->key.dport, .proto = p->key.proto };
+        struct tdm_service *svc = bpf_map_lookup_elem(&tdm_services, &sk);
+        if (!svc || svc->id != e->service_id || !(svc->flags & TDM_SVC_F_RESET_DOWN))
+            return TDM_DOWN_KEEP;
+        __u32 id = svc->id;
+        struct tdm_counters *c = bpf_map_lookup_elem(&tdm_service_stats, &id);
+        if (c)
+            c->reset_down += 1;
+    }
+    struct tdm_flow_key peer = e->peer;
+    emit_event(cfg, TDM_EV_DELETE, e, &p->key, now);
+    forget(e, &p->key, &peer);
+    if (!tcp || handshake)
+        return TDM_DOWN_REPICK;
+    if (p->tcp_flags & RST)
+        return TC_ACT_SHOT; /* the client is closing it itself */
+    return send_reset(skb, p, in_ifindex);
+}
+
 SEC("tc")
 int tandem_ingress(struct __sk_buff *skb)
 {
@@ -896,6 +1196,14 @@ int tandem_ingress(struct __sk_buff *skb)
         forget(e, &p.key, &peer);
         stat_inc(TDM_STAT_EXPIRED_REUSED);
         e = NULL;
+    }
+    /* The hot path pays one array lookup here; only a down endpoint's flows look further. */
+    if (e && e->dir == TDM_DIR_ORIGINAL && ep_down(e->service_id, e->endpoint_index)) {
+        int r = endpoint_down(skb, cfg, &p, e, now, in_ifindex);
+        if (r >= 0)
+            return r;
+        if (r == TDM_DOWN_REPICK)
+            e = NULL;
     }
     if (e) {
         to = e->xlate;
@@ -961,7 +1269,10 @@ int tandem_ingress(struct __sk_buff *skb)
             return TC_ACT_SHOT;
         if (!source_allowed(svc, p.key.saddr))
             return TC_ACT_SHOT;
-        if (new_flow(skb, cfg, &p, svc, now, &to) < 0)
+        int rc = new_flow(skb, cfg, &p, svc, now, &to);
+        if (rc == TDM_NEW_NO_ENDPOINT)
+            return refuse(skb, &p, in_ifindex);
+        if (rc < 0)
             return TC_ACT_SHOT;
     }
 
@@ -1127,6 +1438,10 @@ int tandem_xdp(struct xdp_md *ctx)
     __u64 now = bpf_ktime_get_ns();
     /* A flow due for a refresh goes through TC once, which announces it. */
     if (e->state != steady || entry_expired(cfg, e, now) || (cfg->emit_events && refresh_due(cfg, e, now)))
+        return XDP_PASS;
+    /* A flow to a down endpoint goes through TC, which resets it when its service asks for that
+     * (TDM_SVC_F_RESET_DOWN) and forwards it as before otherwise. */
+    if (ep_down(e->service_id, e->endpoint_index))
         return XDP_PASS;
     struct tdm_flow_key to = e->xlate;
 

@@ -104,6 +104,26 @@ public enum Maglev {
         return table.map { UInt8($0) }
     }
 
+    /// The table with the endpoints at the indices in `down` taken out: a pure function of the
+    /// endpoints (identities, weights, order), the seed and the down set, so every node that knows
+    /// the same verdicts builds the same table and picks the same endpoint for a flow. Slots of
+    /// live endpoints keep their owner, so flows on them never move; the down endpoints' slots go
+    /// to the live endpoints as a table of the live ones alone would place them (by weight). With
+    /// nothing down it is `table(endpoints:seed:)`, so a recovered endpoint gets its own slots
+    /// back; with everything down it is empty (no endpoint). Indices outside `endpoints` are ignored.
+    public static func table(endpoints: [Endpoint], seed: UInt32, down: Set<Int>,
+                             size m: Int = DatapathLimits.maglevM) -> [UInt8] {
+        let full = table(endpoints: endpoints, seed: seed, size: m)
+        let live = endpoints.indices.filter { !down.contains($0) }
+        guard live.count < endpoints.count, !full.isEmpty else { return full }
+        guard !live.isEmpty else { return [] }
+        let spare = table(endpoints: live.map { endpoints[$0] }, seed: seed, size: m)
+        guard spare.count == full.count else { return [] }
+        return full.indices.map { s in
+            down.contains(Int(full[s])) ? UInt8(live[Int(spare[s])]) : full[s]
+        }
+    }
+
     /// The endpoint index the datapath picks for a flow, computed the same way.
     public static func pick(table: [UInt8], source: IPv4Address, destination: IPv4Address, sourcePort: UInt16,
                             destinationPort: UInt16, proto: UInt8, seed: UInt32) -> Int? {

@@ -67,10 +67,15 @@ public struct Service: Hashable, Sendable {
     /// Idle timeout in seconds of this service's established connections (LoxiLB's
     /// `inactiveTimeOut`); nil keeps the node's timeouts.
     public var idleTimeout: UInt32?
+    /// When an endpoint is marked down: reset its established TCP connections (RST to the client,
+    /// so clients reconnect at once to a live endpoint) and move its UDP flows, instead of letting
+    /// them run on until their own timeout (the default).
+    public var resetOnEndpointDown: Bool
 
     public init(key: ServiceKey, name: String = "", mode: NATMode = .default, selection: Selection = .roundRobin,
                 endpoints: [Endpoint], snatIP: IPv4Address? = nil, persistTimeout: UInt32 = 10_800,
-                mark: UInt32 = 0, allowedSources: [IPv4Prefix] = [], idleTimeout: UInt32? = nil) {
+                mark: UInt32 = 0, allowedSources: [IPv4Prefix] = [], idleTimeout: UInt32? = nil,
+                resetOnEndpointDown: Bool = false) {
         self.key = key
         self.name = name
         self.mode = mode
@@ -81,6 +86,7 @@ public struct Service: Hashable, Sendable {
         self.mark = mark
         self.allowedSources = allowedSources
         self.idleTimeout = idleTimeout
+        self.resetOnEndpointDown = resetOnEndpointDown
     }
 }
 

@@ -66,6 +66,14 @@ public struct BPFMap: Sendable {
         return (0..<cpus).map { buf.loadUnaligned(fromByteOffset: $0 * stride, as: V.self) }
     }
 
+    /// The value under `key` as bytes (for values too large for a Swift struct, such as a Maglev table).
+    public func lookupRaw<K>(_ key: K) -> [UInt8]? {
+        var k = key
+        var out = [UInt8](repeating: 0, count: valueSize)
+        let rc = withUnsafeBytes(of: &k) { kp in out.withUnsafeMutableBytes { bpf_map_lookup_elem(fd, kp.baseAddress, $0.baseAddress) } }
+        return rc == 0 ? out : nil
+    }
+
     @discardableResult
     public func delete<K>(_ key: K) -> Bool {
         var k = key

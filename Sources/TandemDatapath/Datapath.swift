@@ -42,6 +42,12 @@ public struct TrafficCounters: Equatable, Sendable, Codable {
     /// New connections refused because their source is outside the service's allowedSources
     /// (service counters only; always 0 for an endpoint).
     public var denied: UInt64 = 0
+    /// New connections that found no eligible (active and up) endpoint and were refused at once
+    /// with a TCP RST or an ICMP port unreachable (service counters only).
+    public var noEndpoint: UInt64 = 0
+    /// Established connections dropped because their endpoint went down, on a service with
+    /// `resetOnEndpointDown` (TCP ones got a RST; service counters only).
+    public var resetDown: UInt64 = 0
     public init() {}
 }
 
@@ -64,6 +70,10 @@ public struct DatapathStats: Equatable, Sendable, Codable {
     public var reapedHalves: UInt64 = 0
     /// New connections refused by a service's allowedSources, all services.
     public var sourceDenied: UInt64 = 0
+    /// TCP RSTs the datapath sent to clients: no eligible endpoint, or an endpoint marked down.
+    public var resetsSent: UInt64 = 0
+    /// ICMP port unreachables sent for UDP to a service with no eligible endpoint.
+    public var unreachablesSent: UInt64 = 0
     public init() {}
 }
 
@@ -96,7 +106,15 @@ public actor Datapath {
         public let lcActive: BPFMap
         /// Per-service idle timeouts in ns by slot (0 = the node's).
         public let serviceTimeouts: BPFMap
+        /// Endpoint health (struct tdm_ep_state) by endpoint index, as tdm_endpoints.
+        public let endpointState: BPFMap
     }
+
+    /// What `install` last wrote per slot, for rebuilding Maglev on a health change.
+    private var installed: [UInt32: (service: Service, hashSeed: UInt32)] = [:]
+    /// Endpoints marked down per slot, by identity (ip:port), so a reinstall that reorders, adds or
+    /// removes endpoints keeps the verdicts of those that stay.
+    private var downIdentities: [UInt32: Set<String>] = [:]
 
     /// What tdm_svc_timeout holds, in seconds by slot, for the Swift paths that need it per
     /// connection (the reap's candidate pick, replicated installs) without a map read each.
@@ -180,7 +198,7 @@ public actor Datapath {
                         stats: try map("tdm_stats"), config: try map("tdm_config"), events: try map("tdm_events"),
                         activeVIPs: try map("tdm_active_vips"), eventControl: try map("tdm_event_ctl"),
                         sources: try map("tdm_sources"), lcActive: try map("tdm_lc_active"),
-                        serviceTimeouts: try map("tdm_svc_timeout"))
+                        serviceTimeouts: try map("tdm_svc_timeout"), endpointState: try map("tdm_ep_state"))
         } catch {
             installer?.unmap()
             bpf_object__close(obj)
@@ -190,6 +208,9 @@ public actor Datapath {
     }
 
     public nonisolated var ingressProgramFD: Int32 { programFD }
+    /// The XDP fast path (tandem_xdp), or -1 if the object has none: for attaching it where
+    /// `attach(interface:xdp:)` cannot run (another namespace, in tests).
+    public nonisolated var fastPathProgramFD: Int32 { xdpProgramFD }
 
     /// Attaches the ingress program to an interface by name, and with `xdp` the XDP fast path in
     /// front of it (native mode only: generic XDP would cost more than it saves).
@@ -274,8 +295,22 @@ public actor Datapath {
 
     /// Writes a service and its endpoints, schedule and Maglev table into the maps. Tables are
     /// written before the service entry, so a packet never sees a service without them.
-    public func install(_ svc: Service, slot: UInt32, hashSeed: UInt32) throws {
+    ///
+    /// Health: endpoints already marked down in this slot (by ip:port, see `setDownEndpoints`) stay
+    /// down, and the Maglev table leaves them out. `downEndpoints`, when given, replaces that set
+    /// first (indices into `svc.endpoints`), so a service whose verdicts are known before it is
+    /// created never sends a connection to a dead endpoint.
+    public func install(_ svc: Service, slot: UInt32, hashSeed: UInt32, downEndpoints: Set<Int>? = nil) throws {
         let base = slot * UInt32(TDM_MAX_ENDPOINTS)
+        let identities = Set(svc.endpoints.map(\.identity))
+        var known: Set<String>
+        if let given = downEndpoints {
+            known = Set(given.filter { svc.endpoints.indices.contains($0) }.map { svc.endpoints[$0].identity })
+        } else {
+            known = downIdentities[slot] ?? []
+        }
+        known.formIntersection(identities) // a removed endpoint's verdict goes with it
+        let down = Set(svc.endpoints.indices.filter { known.contains(svc.endpoints[$0].identity) })
         for i in 0..<Int(TDM_MAX_ENDPOINTS) {
             var ep = tdm_endpoint()
             if i < svc.endpoints.count {
@@ -286,6 +321,7 @@ public actor Datapath {
                 ep.active = 1
             }
             try maps.endpoints.update(base + UInt32(i), ep)
+            try maps.endpointState.update(base + UInt32(i), endpointState(down: down.contains(i)))
         }
         let weights = svc.endpoints.map { svc.selection == .roundRobin ? UInt8(1) : $0.weight }
         let schedule = WeightedSchedule.build(weights: weights)
@@ -293,9 +329,7 @@ public actor Datapath {
         sched.replaceSubrange(0..<schedule.count, with: schedule)
         try maps.schedules.updateRaw(slot, bytes: sched)
         if svc.selection == .maglev {
-            var table = Maglev.table(endpoints: svc.endpoints, seed: hashSeed)
-            table.append(contentsOf: [UInt8](repeating: 0, count: Int(TDM_MAGLEV_SLOTS) - table.count))
-            try maps.maglev.updateRaw(slot, bytes: table)
+            try writeMaglev(svc, slot: slot, hashSeed: hashSeed, down: down)
         }
         // Prefixes go in before the service entry that points packets at them; stale ones of the
         // slot leave after it, so a narrowed list takes effect once the new entry is written.
@@ -306,7 +340,8 @@ public actor Datapath {
         idleTimeouts.set(slot, svc.idleTimeout)
         var v = tdm_service()
         v.id = slot
-        v.flags = sourceKeys.isEmpty ? 0 : UInt8(TDM_SVC_F_SOURCES)
+        v.flags = (sourceKeys.isEmpty ? 0 : UInt8(TDM_SVC_F_SOURCES))
+            | (svc.resetOnEndpointDown ? UInt8(TDM_SVC_F_RESET_DOWN) : 0)
         v.snat_ip = svc.snatIP?.networkOrder ?? 0
         v.persist_timeout_s = svc.persistTimeout
         v.endpoint_count = UInt16(svc.endpoints.count)
@@ -322,6 +357,95 @@ public actor Datapath {
             let vip = svc.key.vip.networkOrder
             let n = maps.vips.lookup(vip, as: UInt32.self) ?? 0
             try maps.vips.update(vip, n + 1)
+        }
+        installed[slot] = (svc, hashSeed)
+        downIdentities[slot] = known.isEmpty ? nil : known
+    }
+
+    private func endpointState(down: Bool) -> tdm_ep_state {
+        var st = tdm_ep_state()
+        st.down = down ? 1 : 0
+        return st
+    }
+
+    /// The Maglev table without the `down` endpoints (see `Maglev.table(endpoints:seed:down:)`),
+    /// padded to the map's slot count. With every endpoint down the table is all zeros, which the
+    /// datapath finds ineligible: no endpoint.
+    private func writeMaglev(_ svc: Service, slot: UInt32, hashSeed: UInt32, down: Set<Int>) throws {
+        var table = Maglev.table(endpoints: svc.endpoints, seed: hashSeed, down: down)
+        table.append(contentsOf: [UInt8](repeating: 0, count: Int(TDM_MAGLEV_SLOTS) - table.count))
+        try maps.maglev.updateRaw(slot, bytes: table)
+    }
+
+    /// Marks one endpoint (an index into the installed service's endpoints) up or down. See
+    /// `setDownEndpoints`.
+    public func setEndpointState(slot: UInt32, index: Int, up: Bool) throws {
+        var down = downEndpoints(slot: slot)
+        if up { down.remove(index) } else { down.insert(index) }
+        try setDownEndpoints(slot: slot, down)
+    }
+
+    /// Makes `down` (indices into the service installed in `slot`) exactly the set of endpoints
+    /// marked down; every other endpoint of the service is up. Down endpoints get no new
+    /// connections in any selection mode; their established ones are kept until their own timeout,
+    /// or reset when the service has `resetOnEndpointDown`. A Maglev service's table is rebuilt
+    /// without them, identically on every node given the same service, seed and down set.
+    ///
+    /// Writes only the endpoint state map (and the Maglev table): the service entry, its
+    /// counters, cursors and connections are untouched. Endpoints coming up are marked before the
+    /// table is rewritten, endpoints going down after, so no pick ever lands on a down endpoint the
+    /// table still holds. Throws for a slot with no service or an index outside its endpoints.
+    public func setDownEndpoints(slot: UInt32, _ down: Set<Int>) throws {
+        guard let entry = installed[slot] else { throw DatapathError("slot \(slot) has no service installed") }
+        let (svc, seed) = entry
+        if let bad = down.first(where: { !svc.endpoints.indices.contains($0) }) {
+            throw DatapathError("service \(svc.key) has no endpoint \(bad) (it has \(svc.endpoints.count))")
+        }
+        let before = downEndpoints(slot: slot)
+        guard down != before else { return }
+        let base = slot * UInt32(TDM_MAX_ENDPOINTS)
+        for i in before.subtracting(down) { try maps.endpointState.update(base + UInt32(i), endpointState(down: false)) }
+        if svc.selection == .maglev { try writeMaglev(svc, slot: slot, hashSeed: seed, down: down) }
+        for i in down.subtracting(before) { try maps.endpointState.update(base + UInt32(i), endpointState(down: true)) }
+        let ids = Set(down.map { svc.endpoints[$0].identity })
+        downIdentities[slot] = ids.isEmpty ? nil : ids
+        logger.debug("endpoint states", metadata: ["service": "\(svc.key)", "slot": "\(slot)",
+                                                  "down": "\(down.sorted())"])
+    }
+
+    /// `setDownEndpoints` by service and endpoint address, as a health monitor knows them: the
+    /// endpoints of the installed service `key` whose ip:port is among `down` are marked down, the
+    /// rest up (weights are ignored; addresses not in the service are). Throws when no service
+    /// with that key is installed.
+    public func setDownEndpoints(_ key: ServiceKey, _ down: [Endpoint]) throws {
+        guard let found = installed.first(where: { $0.value.service.key == key }) else {
+            throw DatapathError("service \(key) is not installed")
+        }
+        let eps = found.value.service.endpoints
+        let ids = Set(down.map(\.identity))
+        try setDownEndpoints(slot: found.key, Set(eps.indices.filter { ids.contains(eps[$0].identity) }))
+    }
+
+    /// Indices of the endpoints marked down in the service installed in `slot`.
+    public func downEndpoints(slot: UInt32) -> Set<Int> {
+        guard let svc = installed[slot]?.service, let ids = downIdentities[slot] else { return [] }
+        return Set(svc.endpoints.indices.filter { ids.contains(svc.endpoints[$0].identity) })
+    }
+
+    /// The Maglev table the datapath holds for a slot (its first TDM_MAGLEV_M entries): nodes
+    /// that agree on it pick the same endpoint for every new flow.
+    public nonisolated func maglevTable(slot: UInt32) -> [UInt8] {
+        guard slot < UInt32(TDM_MAX_SERVICES), let raw = maps.maglev.lookupRaw(slot) else { return [] }
+        return Array(raw.prefix(Int(TDM_MAGLEV_M)))
+    }
+
+    /// What the datapath holds: for each of the first `count` endpoints of a slot, whether it is
+    /// marked down (read from the map, for checks and listings).
+    public nonisolated func endpointDownStates(slot: UInt32, count: Int) -> [Bool] {
+        let n = max(0, min(count, Int(TDM_MAX_ENDPOINTS)))
+        guard slot < UInt32(TDM_MAX_SERVICES) else { return [Bool](repeating: false, count: n) }
+        return (0..<n).map { i in
+            (maps.endpointState.lookup(slot * UInt32(TDM_MAX_ENDPOINTS) + UInt32(i), as: tdm_ep_state.self)?.down ?? 0) != 0
         }
     }
 
@@ -352,6 +476,11 @@ public actor Datapath {
         // Its remaining connections fall back to the node's timeouts.
         try? maps.serviceTimeouts.update(slot, UInt64(0))
         idleTimeouts.set(slot, nil)
+        // Verdicts belong to the service: the slot's next one starts with every endpoint up.
+        installed[slot] = nil
+        downIdentities[slot] = nil
+        let base = slot * UInt32(TDM_MAX_ENDPOINTS)
+        for i in 0..<UInt32(TDM_MAX_ENDPOINTS) { try? maps.endpointState.update(base + i, endpointState(down: false)) }
     }
 
     /// `base` (the node's timeouts) with every installed service's idle timeout: what
@@ -518,6 +647,8 @@ public actor Datapath {
             t.bytes += v.bytes
             t.newFlows += v.new_flows
             t.denied += v.denied
+            t.noEndpoint += v.no_endpoint
+            t.resetDown += v.reset_down
         }
         return t
     }
@@ -538,6 +669,8 @@ public actor Datapath {
         d.reaped = s(TDM_STAT_REAPED)
         d.reapedHalves = s(TDM_STAT_REAPED_HALVES)
         d.sourceDenied = s(TDM_STAT_SOURCE_DENIED)
+        d.resetsSent = s(TDM_STAT_RESET_SENT)
+        d.unreachablesSent = s(TDM_STAT_UNREACH_SENT)
         return d
     }
 

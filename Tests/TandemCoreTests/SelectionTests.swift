@@ -117,3 +117,41 @@ import Testing
         #expect(PortSlice(nodeIndex: 0, nodeCount: 0) == nil)
     }
 }
+
+/// Maglev without the endpoints marked down (endpoint health): what every node rebuilds.
+@Suite struct MaglevDownTests {
+    func endpoints(_ n: Int, weight: UInt8 = 1) -> [Endpoint] {
+        (0..<n).map { Endpoint(ip: IPv4Address(10, 0, 10, UInt8(20 + $0)), port: 80, weight: weight) }
+    }
+
+    @Test func liveEndpointsKeepEverySlotAndDownOnesLoseAll() {
+        let eps = endpoints(6)
+        let full = Maglev.table(endpoints: eps, seed: 5)
+        let t = Maglev.table(endpoints: eps, seed: 5, down: [1, 4])
+        #expect(t.count == full.count)
+        #expect(!t.contains(1) && !t.contains(4))
+        for s in full.indices where full[s] != 1 && full[s] != 4 { #expect(t[s] == full[s], "slot \(s) moved") }
+        // The freed slots spread over the four live endpoints (~1/4 each, not all to one).
+        var share = [Int](repeating: 0, count: 6)
+        for s in full.indices where full[s] == 1 || full[s] == 4 { share[Int(t[s])] += 1 }
+        let freed = share.reduce(0, +)
+        for i in [0, 2, 3, 5] { #expect(abs(Double(share[i]) / Double(freed) - 0.25) < 0.05, "endpoint \(i): \(share[i]) of \(freed)") }
+    }
+
+    @Test func sameInputsSameTableAndRecoveryRestoresIt() {
+        let eps = endpoints(5)
+        #expect(Maglev.table(endpoints: eps, seed: 11, down: [2]) == Maglev.table(endpoints: eps, seed: 11, down: [2]))
+        #expect(Maglev.table(endpoints: eps, seed: 11, down: [2]) != Maglev.table(endpoints: eps, seed: 11, down: [3]))
+        #expect(Maglev.table(endpoints: eps, seed: 11, down: []) == Maglev.table(endpoints: eps, seed: 11))
+        #expect(Maglev.table(endpoints: eps, seed: 11, down: [9]) == Maglev.table(endpoints: eps, seed: 11), "out of range ignored")
+        #expect(Maglev.table(endpoints: eps, seed: 11, down: [0, 1, 2, 3, 4]).isEmpty, "all down: no endpoint")
+    }
+
+    @Test func weightsHoldAmongTheLive() {
+        var eps = endpoints(3)
+        eps[0].weight = 3
+        let t = Maglev.table(endpoints: eps, seed: 3, down: [2])
+        let share0 = Double(t.filter { $0 == 0 }.count) / Double(t.count)
+        #expect(abs(share0 - 0.75) < 0.04, "\(share0)")
+    }
+}

@@ -23,11 +23,11 @@ enum Packets {
     static func be32(_ v: UInt32) -> [UInt8] { [UInt8(v >> 24), UInt8(v >> 16 & 0xff), UInt8(v >> 8 & 0xff), UInt8(v & 0xff)] }
 
     static func frame(_ t: FlowTuple, tcpFlags: TCPFlags = .ack, payload: [UInt8] = Array("hello".utf8),
-                      icmpType: UInt8 = 8) -> [UInt8] {
+                      icmpType: UInt8 = 8, seq: UInt32 = 1000, ack: UInt32 = 0) -> [UInt8] {
         var l4: [UInt8]
         switch t.proto {
         case 6:
-            l4 = be16(t.sourcePort) + be16(t.destinationPort) + be32(1000) + be32(0) + [0x50, tcpFlags.rawValue] + be16(65535)
+            l4 = be16(t.sourcePort) + be16(t.destinationPort) + be32(seq) + be32(ack) + [0x50, tcpFlags.rawValue] + be16(65535)
                 + [0, 0] + [0, 0] + payload
         case 17:
             l4 = be16(t.sourcePort) + be16(t.destinationPort) + be16(UInt16(8 + payload.count)) + [0, 0] + payload

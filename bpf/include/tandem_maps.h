@@ -127,7 +127,10 @@ struct tdm_service {
 };
 
 /* tdm_service.flags */
-#define TDM_SVC_F_SOURCES 0x01 /* only sources in tdm_sources (for this id) may open connections */
+#define TDM_SVC_F_SOURCES    0x01 /* only sources in tdm_sources (for this id) may open connections */
+#define TDM_SVC_F_RESET_DOWN 0x02 /* established TCP connections to a down endpoint are reset (RST to
+                                    * the client) and forgotten; UDP ones are forgotten and re-picked.
+                                    * Without it they run on until their own timeout */
 
 /*
  * Allowed source prefixes (LPM trie). prefixlen counts bits of {service_id, addr}: 32 + the
@@ -145,6 +148,26 @@ struct tdm_endpoint {
     __u8   weight;
     __u8   active;           /* 0 = drained: not chosen for new flows */
 };
+
+/*
+ * Endpoint health (tdm_ep_state), indexed like tdm_endpoints: service_id * TDM_MAX_ENDPOINTS +
+ * endpoint index. Written by user space on a health verdict, apart from the service install, so a
+ * flip rewrites one 4-byte value and leaves the service, its counters and cursors alone.
+ *
+ * An endpoint is eligible for new connections only if it is `active` (tdm_endpoint, the drain
+ * mark, part of the service definition) AND not `down` here (the health verdict). The two differ
+ * for established connections: a drained endpoint keeps them; a down one keeps them too unless the
+ * service has TDM_SVC_F_RESET_DOWN. Zero (the array's initial value) means up, so an endpoint
+ * nobody monitors is never taken out of rotation.
+ */
+struct tdm_ep_state {
+    __u8   down;             /* 1: failed its health checks (or an external verdict said so) */
+    __u8   flags;            /* TDM_EPS_F_*: why, for user space; the datapath reads only `down` */
+    __u8   pad[2];
+};
+
+/* tdm_ep_state.flags */
+#define TDM_EPS_F_EXTERNAL 0x01 /* the verdict came from outside (endpointhoststate), not a probe */
 
 /* Swift's importer turns C arrays into tuples, which for 16k elements costs minutes of compile
  * time; the Swift side writes these two values as raw byte buffers of the sizes above. */
@@ -175,11 +198,15 @@ struct tdm_counters {
     __u64 bytes;
     __u64 new_flows;
     __u64 denied;            /* new connections refused by allowedSources (service counters only) */
+    __u64 no_endpoint;       /* new connections with no eligible endpoint, answered with a TCP RST
+                              * or ICMP port unreachable (service counters only) */
+    __u64 reset_down;        /* established connections forgotten because their endpoint went
+                              * down, with TDM_SVC_F_RESET_DOWN (TCP ones also got a RST) */
 };
 
 /* Datapath-wide drop and event counters, indexed by enum tdm_stat (per CPU). */
 enum tdm_stat {
-    TDM_STAT_NO_ENDPOINT     = 0, /* service matched but no active endpoint */
+    TDM_STAT_NO_ENDPOINT     = 0, /* service matched but no eligible (active and up) endpoint */
     TDM_STAT_NO_PORT         = 1, /* no free SNAT port in this node's slice */
     TDM_STAT_CT_FULL         = 2, /* connection table insert failed */
     TDM_STAT_EVENT_LOST      = 3, /* ring buffer full */
@@ -193,6 +220,8 @@ enum tdm_stat {
     TDM_STAT_REAPED          = 11, /* idle connections removed by the periodic reap */
     TDM_STAT_REAPED_HALVES   = 12, /* orphaned or stale reply halves removed by the reap */
     TDM_STAT_SOURCE_DENIED   = 13, /* new connection from a source outside the service's allowedSources */
+    TDM_STAT_RESET_SENT      = 14, /* TCP RSTs sent to clients (no endpoint, or endpoint down) */
+    TDM_STAT_UNREACH_SENT    = 15, /* ICMP port unreachable sent for UDP with no endpoint */
     TDM_STAT_COUNT           = 16,
 };
 
@@ -291,7 +320,8 @@ TDM_STATIC_ASSERT(sizeof(struct tdm_service_key) == 8, "service key layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_service) == 20, "service layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_endpoint) == 8, "endpoint layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_source_key) == 12, "source key layout");
-TDM_STATIC_ASSERT(sizeof(struct tdm_counters) == 32, "counters layout");
+TDM_STATIC_ASSERT(sizeof(struct tdm_ep_state) == 4, "endpoint state layout");
+TDM_STATIC_ASSERT(sizeof(struct tdm_counters) == 48, "counters layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_ct_event) == 64, "event layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_config) == 144, "config layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_event_ctl) == 8, "event control layout");
