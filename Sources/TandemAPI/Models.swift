@@ -55,6 +55,9 @@ public struct ServiceArguments: Codable, Sendable, Equatable {
     /// Tandem's own: the fullnat source address, and the persistence lifetime.
     public var snatIP: String?
     public var persistTimeout: Int?
+    /// Tandem's own field (LoxiLB has none like it): reset a down endpoint's established TCP
+    /// connections (RST to the client) instead of letting them run to their timeout.
+    public var resetOnEndpointDown: Bool?
     /// Keys of LoxiLB's layer-7 proxy (path_prefix, backend_protocol, path_match_mode,
     /// mtls_frontend, mtls_backend) that were present: Tandem is a layer-4 balancer.
     public var proxyFields: [String] = []
@@ -119,6 +122,7 @@ public struct ServiceArguments: Codable, Sendable, Equatable {
             case "snat": snat = try c.decode(Bool.self, forKey: k)
             case "snatip": snatIP = try c.decode(String.self, forKey: k)
             case "persisttimeout": persistTimeout = try c.decode(Int.self, forKey: k)
+            case "resetonendpointdown": resetOnEndpointDown = try c.decode(Bool.self, forKey: k)
             case let other where Self.proxyKeys.contains(other): proxyFields.append(k.stringValue)
             default: unknownFields.append(k.stringValue)
             }
@@ -165,6 +169,7 @@ public struct ServiceArguments: Codable, Sendable, Equatable {
         try c.encodeIfPresent(snat, forKey: Key("snat"))
         try c.encodeIfPresent(snatIP, forKey: Key("snatIP"))
         try c.encodeIfPresent(persistTimeout, forKey: Key("persistTimeout"))
+        try c.encodeIfPresent(resetOnEndpointDown, forKey: Key("resetOnEndpointDown"))
     }
 }
 
@@ -451,7 +456,7 @@ extension LoadBalancerEntry {
         let svc = Service(key: ServiceKey(vip: vip, port: UInt16(a.port), proto: proto), name: a.name ?? "",
                           mode: mode, selection: selection, endpoints: eps, snatIP: snat,
                           persistTimeout: UInt32(persist), mark: UInt32(a.block ?? 0), allowedSources: sources,
-                          idleTimeout: idle)
+                          idleTimeout: idle, resetOnEndpointDown: a.resetOnEndpointDown ?? false)
         // Attach and detach carry only the endpoints to add or remove; the result is checked
         // when it is applied to the existing rule.
         if operation == .add { try svc.validate() }
@@ -494,6 +499,7 @@ extension LoadBalancerEntry {
                                  block: Int(s.mark), monitor: o.monitor)
         a.bgp = false
         a.managed = o.managed
+        a.resetOnEndpointDown = s.resetOnEndpointDown ? true : nil
         a.inactiveTimeOut = Int(s.idleTimeout ?? 0)
         a.probetype = o.probe.kind?.rawValue ?? ""
         a.probeport = Int(o.probe.port)

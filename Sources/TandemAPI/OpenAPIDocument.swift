@@ -75,6 +75,27 @@ public enum OpenAPIDocument {
         "responses": {"200": {"description": "Metrics", "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}}}}
       }
     },
+    "/netlox/v1/cluster/services": {
+      "get": {
+        "summary": "Service sharing: this node's service count and digest, each peer's, whether they agree, last exchange, counters and dropped frames",
+        "responses": {
+          "200": {"description": "Service sharing status", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "404": {"description": "Services not shared", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}}
+        }
+      }
+    },
+    "/netlox/v1/config/endpointhoststate": {
+      "post": {
+        "summary": "An outside verdict on an endpoint host: red takes it out of rotation in every rule, green and yellow put it back",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["hostName", "state"],
+          "properties": {"hostName": {"type": "string"}, "state": {"type": "string", "enum": ["green", "yellow", "red"]}}}}}},
+        "responses": {
+          "200": {"description": "Success", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
+          "400": {"description": "Bad address or state", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
+          "404": {"description": "No rule has that endpoint host", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}}
+        }
+      }
+    },
     "/netlox/v1/cluster": {
       "get": {
         "summary": "Members (SWIM state, incarnation, last heard, roles), HA instances (role, term, master, VIPs, transitions, takeover times), gossip counters and drops",

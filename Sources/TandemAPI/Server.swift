@@ -48,6 +48,8 @@ public protocol LoadBalancerController: Sendable {
     func cluster() async -> HAStatus?
     /// Service sharing: this node's service digest beside each peer's; nil when not shared.
     func serviceSync() async -> ServiceSyncStatus?
+    /// An external verdict on an endpoint host (LoxiLB's endpointhoststate); throws APIError.
+    func setEndpointHostState(_ entry: EndpointHostStateEntry) async throws
     /// kube-loxilb's cistate: each HA instance's role on this node; nil when not clustered.
     func ciStates() async -> [CIStateEntry]?
     /// Sets an instance's role from outside; throws APIError (400 bad state or instance, 404 not clustered).
@@ -68,6 +70,9 @@ extension LoadBalancerController {
     public func sync() async -> ReplicationStatus? { nil }
     public func cluster() async -> HAStatus? { nil }
     public func serviceSync() async -> ServiceSyncStatus? { nil }
+    public func setEndpointHostState(_ entry: EndpointHostStateEntry) async throws {
+        throw APIError.notFound("endpoint host states are not kept by this controller")
+    }
     public func ciStates() async -> [CIStateEntry]? { nil }
     public func setCIState(_ entry: CIStateEntry) async throws {
         throw APIError.notFound("this node is not clustered (no cluster peers)")
@@ -92,6 +97,19 @@ public struct CIStateGetEntry: Codable, Sendable, Equatable {
         self.state = state
         self.vip = vip
         self.sync = sync
+    }
+}
+
+/// `POST config/endpointhoststate`: an outside verdict on an endpoint host, as LoxiLB's clients
+/// send it (`{"hostName": "10.0.0.5", "state": "red"}`). red takes the host's endpoints out of
+/// rotation in every rule; green and yellow (degraded, still serving) put them back.
+public struct EndpointHostStateEntry: Codable, Sendable, Equatable {
+    public var hostName: String
+    public var state: String
+    public static let states: Set<String> = ["green", "yellow", "red"]
+    public init(hostName: String, state: String) {
+        self.hostName = hostName
+        self.state = state
     }
 }
 
@@ -166,6 +184,7 @@ public enum APIRoutes {
     public static let ciStateAll = "/netlox/v1/config/cistate/all"
     public static let metrics = "/netlox/v1/metrics"
     public static let endpointAll = "/netlox/v1/config/endpoint/all"
+    public static let endpointHostState = "/netlox/v1/config/endpointhoststate"
 
     public static func deletePath(_ k: ServiceKey) -> String {
         "\(loadBalancer)/externalipaddress/\(k.vip)/port/\(k.port)/protocol/\(k.proto)"
@@ -271,6 +290,25 @@ public enum APIServer {
                 return try json(CIStateList(s.map {
                     CIStateGetEntry(instance: $0.instance, state: $0.state, vip: $0.vip ?? "0.0.0.0", sync: inSync ? 1 : 0)
                 }))
+            }
+        }
+        router.post(RouterPath(APIRoutes.endpointHostState)) { request, _ -> Response in
+            await answer {
+                let body = try await collect(request)
+                let entry: EndpointHostStateEntry
+                do { entry = try JSONDecoder().decode(EndpointHostStateEntry.self, from: body) } catch let e as DecodingError {
+                    throw APIError.badRequest("invalid endpointhoststate body: \(describe(e))")
+                } catch {
+                    throw APIError.badRequest("invalid endpointhoststate body: \(error)")
+                }
+                guard IPv4Address(entry.hostName) != nil else {
+                    throw APIError.badRequest("hostName '\(entry.hostName)' is not an IPv4 address (an endpoint's endpointIP)")
+                }
+                guard EndpointHostStateEntry.states.contains(entry.state.lowercased()) else {
+                    throw APIError.badRequest("state '\(entry.state)' is not green, yellow or red")
+                }
+                try await controller.setEndpointHostState(entry)
+                return try json(APIErrorBody.success)
             }
         }
         router.post(RouterPath(APIRoutes.ciState)) { request, _ -> Response in

@@ -122,6 +122,8 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         public var inactiveTimeOut: Int?
         /// Source prefixes allowed to connect (a.b.c.d/n); empty or absent: any source.
         public var allowedSources: [String]?
+        /// Reset a down endpoint's established TCP connections (default: they run to their timeout).
+        public var resetOnEndpointDown: Bool?
         public var endpoints: [EndpointConfig]
     }
 
@@ -222,7 +224,8 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
             }
             let svc = Service(key: ServiceKey(vip: vip, port: UInt16(s.port), proto: proto), name: s.name ?? "",
                               mode: mode, selection: sel, endpoints: eps, snatIP: snat, persistTimeout: UInt32(persist),
-                              allowedSources: sources, idleTimeout: idle)
+                              allowedSources: sources, idleTimeout: idle,
+                              resetOnEndpointDown: s.resetOnEndpointDown ?? false)
             do { try table.add(svc) } catch { throw ConfigError("\(where_): \(error.message)") }
             out.append(svc)
         }

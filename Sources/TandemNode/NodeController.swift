@@ -43,6 +43,8 @@ public actor NodeController: LoadBalancerController {
     private var sharingShell: ServiceSyncShell?
     /// Records from peers whose spec did not validate as an API request.
     private var sharingRefused: UInt64 = 0
+    /// External verdicts on endpoint hosts (endpointhoststate): green, yellow or red by address.
+    private var hostStates: [IPv4Address: String] = [:]
     var serviceCount: Int { table.services.count }
     /// Events the datapath could not queue (ring buffer full), so far.
     nonisolated var eventsLost: UInt64 { datapath.stats().eventsLost }
@@ -187,7 +189,7 @@ public actor NodeController: LoadBalancerController {
         }
         do {
             try await datapath.resetCounters(slot: slot)
-            try await datapath.install(service, slot: slot, hashSeed: settings.hashSeed)
+            try await datapath.install(service, slot: slot, hashSeed: settings.hashSeed, downEndpoints: downIndices(service))
         } catch {
             // Leave nothing half-installed behind.
             await datapath.uninstall(service.key, slot: slot)
@@ -204,9 +206,11 @@ public actor NodeController: LoadBalancerController {
         let slot: UInt32
         do { slot = try next.replace(service) } catch { throw APIError.badRequest(error.message) }
         do {
-            try await datapath.install(service, slot: slot, hashSeed: settings.hashSeed)
+            try await datapath.install(service, slot: slot, hashSeed: settings.hashSeed, downEndpoints: downIndices(service))
         } catch {
-            if let old = table.services[service.key] { try? await datapath.install(old, slot: slot, hashSeed: settings.hashSeed) }
+            if let old = table.services[service.key] {
+                try? await datapath.install(old, slot: slot, hashSeed: settings.hashSeed, downEndpoints: downIndices(old))
+            }
             throw APIError.internalError("datapath refused the service: \(error)")
         }
         adopt(next, service, options: opts, slot: slot, verb: "updated")
@@ -234,6 +238,7 @@ public actor NodeController: LoadBalancerController {
             return
         }
         deleted = state.deleted.compactMap(ServiceKey.init(text:))
+        for (h, st) in state.hostStates { if let ip = IPv4Address(h) { hostStates[ip] = st } }
         var held = Set<ServiceKey>()
         for e in state.services {
             let r: LoadBalancerRequest
@@ -282,6 +287,7 @@ public actor NodeController: LoadBalancerController {
         let live = table.sorted.map { LoadBalancerEntry(service: $0.service, options: options[$0.service.key] ?? ServiceOptions()) }
         let kept = unrestored.sorted { $0.key < $1.key }.map(\.value)
         var state = NodeState(services: live + kept, deleted: deleted.map(\.description))
+        for (ip, st) in hostStates { state.hostStates[ip.description] = st }
         if let sharing {
             for (key, h) in sharing.held {
                 let stamp = ServiceStamp(version: h.record.version, origin: h.record.origin,
@@ -353,10 +359,10 @@ public actor NodeController: LoadBalancerController {
             let c = datapath.serviceCounters(slot: slot)
             e.counters = ServiceCountersBody(packets: c.packets, bytes: c.bytes, newConnections: c.newFlows,
                                              activeConnections: active[slot] ?? 0, deniedSources: c.denied)
+            let down = downIndices(svc)
             for i in e.endpoints.indices {
                 let ec = datapath.endpointCounters(slot: slot, index: i)
-                // Not probed yet (health monitoring): every endpoint is in the rotation.
-                e.endpoints[i].state = "active"
+                e.endpoints[i].state = down.contains(i) ? "inactive" : "active"
                 e.endpoints[i].counter = "\(ec.packets):\(ec.bytes):\(activePerEndpoint[slot]?[UInt8(i)] ?? 0)"
             }
             return e
@@ -475,6 +481,47 @@ public actor NodeController: LoadBalancerController {
 
     func record(expired events: [ConnectionEvent]) {
         for e in events { record(e) }
+    }
+}
+
+// MARK: - Endpoint health verdicts
+
+extension NodeController {
+    /// Indices of the service's endpoints that are out of rotation: their host is red.
+    func downIndices(_ service: Service) -> Set<Int> {
+        var down = Set<Int>()
+        for (i, ep) in service.endpoints.enumerated() where hostStates[ep.ip] == "red" { down.insert(i) }
+        return down
+    }
+
+    /// Writes every service's down set to the datapath (after a verdict changed).
+    private func applyVerdicts(touching host: IPv4Address) async {
+        for (key, svc) in table.services where svc.endpoints.contains(where: { $0.ip == host }) {
+            let down = downIndices(svc).map { svc.endpoints[$0] }
+            do { try await datapath.setDownEndpoints(key, down) } catch {
+                logger.error("endpoint states not written to the datapath", metadata: ["service": "\(key)", "error": "\(error)"])
+            }
+        }
+    }
+
+    public func setEndpointHostState(_ entry: EndpointHostStateEntry) async throws {
+        guard let ip = IPv4Address(entry.hostName) else {
+            throw APIError.badRequest("hostName '\(entry.hostName)' is not an IPv4 address")
+        }
+        let state = entry.state.lowercased()
+        guard table.services.values.contains(where: { $0.endpoints.contains { $0.ip == ip } }) else {
+            throw APIError.notFound("no rule has an endpoint at \(ip)")
+        }
+        let before = hostStates[ip]
+        if before == state { return }
+        hostStates[ip] = state
+        do { try persist() } catch {
+            hostStates[ip] = before
+            throw error
+        }
+        await applyVerdicts(touching: ip)
+        logger.notice("endpoint host state set from outside", metadata: ["host": "\(ip)", "from": "\(before ?? "none")",
+                                                                      "to": "\(state)"])
     }
 }
 

@@ -19,11 +19,15 @@ public struct NodeState: Sendable, Equatable {
     /// and per tombstone (a delete peers must learn of), so a restarted node neither loses a
     /// write to an older copy nor brings a deleted service back.
     public var stamps: [String: ServiceStamp] = [:]
+    /// External endpoint verdicts (LoxiLB's endpointhoststate: green, yellow, red) by host address.
+    public var hostStates: [String: String] = [:]
 
-    public init(services: [LoadBalancerEntry] = [], deleted: [String] = [], stamps: [String: ServiceStamp] = [:]) {
+    public init(services: [LoadBalancerEntry] = [], deleted: [String] = [], stamps: [String: ServiceStamp] = [:],
+                hostStates: [String: String] = [:]) {
         self.services = services
         self.deleted = deleted
         self.stamps = stamps
+        self.hostStates = hostStates
     }
 }
 
@@ -68,6 +72,9 @@ public struct StateStore: Sendable {
         var version: UInt64?
         var origin: UInt32?
         var tombstonedAt: UInt64?
+        /// An endpoint host's external verdict (with state beside it).
+        var hostState: String?
+        var state: String?
     }
 
     /// The stored state, or nil when there is no file yet. A file that exists but cannot be read
@@ -108,6 +115,14 @@ public struct StateStore: Sendable {
             let r: Record
             do { r = try decoder.decode(Record.self, from: Data(line)) } catch {
                 throw StateFileError("state file \(path) line \(n): \(short(error))")
+            }
+            if let host = r.hostState {
+                guard r.service == nil, r.deleted == nil, r.stamp == nil, IPv4Address(host) != nil,
+                      let st = r.state, ["green", "yellow", "red"].contains(st) else {
+                    throw StateFileError("state file \(path) line \(n): a hostState record needs an IPv4 address and a state of green, yellow or red")
+                }
+                state.hostStates[host] = st
+                continue
             }
             switch (r.service, r.deleted ?? r.stamp) {
             case (nil, let k?) where r.stamp != nil && r.deleted == nil:
@@ -157,6 +172,7 @@ public struct StateStore: Sendable {
         for (k, st) in state.stamps.sorted(by: { $0.key < $1.key }) {
             try line(Record(stamp: k, version: st.version, origin: st.origin, tombstonedAt: st.tombstonedAt))
         }
+        for (h, st) in state.hostStates.sorted(by: { $0.key < $1.key }) { try line(Record(hostState: h, state: st)) }
         return out
     }
 

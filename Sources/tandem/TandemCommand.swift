@@ -174,6 +174,8 @@ struct Create: AsyncParsableCommand {
         @Option(name: .long, help: "Service name.") var name: String = ""
         @Option(name: .long, help: "Fullnat source IP (default: the external IP).") var snatIP: String?
         @Option(name: .long, help: "Persistence timeout in seconds.") var persistTimeout: Int?
+        @Flag(name: .long, help: "Reset (TCP RST) a down endpoint's established connections instead of letting them run to their timeout.")
+        var resetOnDown = false
         @OptionGroup var apiOptions: APIOptions
 
         func run() async throws {
@@ -184,11 +186,11 @@ struct Create: AsyncParsableCommand {
                 guard let spec else { continue }
                 for (port, target) in try CLIArguments.portPairs(spec) {
                     let eps = try CLIArguments.endpoints(endpoints, targetPort: target)
-                    requests.append(LoadBalancerEntry(
-                        serviceArguments: ServiceArguments(externalIP: externalIP, port: port, protocol_: proto,
-                                                           sel: .name(sel), mode: .name(mode), name: name,
-                                                           snatIP: snatIP, persistTimeout: persistTimeout),
-                        endpoints: eps))
+                    var args = ServiceArguments(externalIP: externalIP, port: port, protocol_: proto,
+                                                sel: .name(sel), mode: .name(mode), name: name,
+                                                snatIP: snatIP, persistTimeout: persistTimeout)
+                    if resetOnDown { args.resetOnEndpointDown = true }
+                    requests.append(LoadBalancerEntry(serviceArguments: args, endpoints: eps))
                 }
             }
             for r in requests {

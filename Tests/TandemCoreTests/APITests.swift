@@ -64,6 +64,8 @@ import Testing
         #expect(paths[APIRoutes.loadBalancer] != nil)
         #expect(paths[APIRoutes.loadBalancerAll] != nil)
         #expect(paths[APIRoutes.conntrackAll] != nil)
+        #expect(paths[APIRoutes.clusterServices] != nil)
+        #expect(paths[APIRoutes.endpointHostState] != nil)
     }
 }
 
