@@ -101,6 +101,13 @@ let package = Package(
                                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                                .product(name: "Logging", package: "swift-log")],
                 path: "Sources/TandemHealth"),
+        // Health probe measurement driver for bench/health-probes.sh: probes one endpoint per kind
+        // and prints every transition as a JSON line.
+        .executableTarget(name: "tandem-healthbench",
+                          dependencies: ["TandemHealth",
+                                         .product(name: "NIOPosix", package: "swift-nio"),
+                                         .product(name: "Logging", package: "swift-log")],
+                          path: "Sources/tandem-healthbench"),
         // LoxiLB-shaped REST API: wire models (shared with the CLI) and the Hummingbird server.
         .target(name: "TandemAPI",
                 dependencies: ["TandemCore", "TandemSync", "TandemHA", "TandemMetrics",
