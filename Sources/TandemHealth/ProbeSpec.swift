@@ -9,7 +9,9 @@
 public struct ProbeTiming: Hashable, Sendable, Codable {
     /// Time between the starts of two probes of one endpoint (before jitter).
     public var interval: Duration
-    /// Time an attempt may take before it counts as failed.
+    /// Time an attempt may take before it counts as failed. The default leaves room for one TCP
+    /// data retransmission (Linux's minimum RTO is 200 ms), so a lost request or response
+    /// segment does not fail an http(s) attempt.
     public var timeout: Duration
     /// Consecutive failed probes that mark an up (or unknown) endpoint down.
     public var failuresToDown: Int
@@ -24,7 +26,7 @@ public struct ProbeTiming: Hashable, Sendable, Codable {
     /// so probes to many endpoints do not arrive in bursts. 0...0.5.
     public var jitter: Double
 
-    public static let `default` = ProbeTiming(interval: .milliseconds(150), timeout: .milliseconds(250),
+    public static let `default` = ProbeTiming(interval: .milliseconds(150), timeout: .milliseconds(300),
                                               failuresToDown: 3, successesToUp: 2, attempts: 6, jitter: 0.1)
 
     /// The defaults of one probe kind: https gets more attempts, since a TLS exchange has more
