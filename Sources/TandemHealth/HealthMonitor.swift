@@ -95,8 +95,8 @@ public final class HealthMonitor: Sendable {
     ///   - group: loops to run on (the first `next()` holds the core; probes use all of them).
     ///   - seed: seeds the jitter (and ICMP ids); tests pass a fixed one.
     ///   - tick: how often due probes are looked for; bounds the added delay.
-    ///   - onTransition: called on the core loop for every transition, before it is yielded to
-    ///     `transitions`; must not block.
+    ///   - onTransition: called for every transition, before it is yielded to `transitions`: on
+    ///     the core loop for probe results, on the caller's thread for `setVerdict`; must not block.
     public init(group: EventLoopGroup, logger: Logger = Logger(label: "tandem.health"),
                 seed: UInt64 = UInt64.random(in: .min ... .max), tick: Duration = .milliseconds(5),
                 onTransition: (@Sendable (HealthTransition) -> Void)? = nil) {
