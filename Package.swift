@@ -102,6 +102,22 @@ let package = Package(
                                .product(name: "Prometheus", package: "swift-prometheus"),
                                .product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
                 path: "Sources/TandemMetrics"),
+        // Endpoint health probes: a pure core (probe specs, per-endpoint hysteresis, jittered
+        // scheduler) and a SwiftNIO shell that runs tcp/udp/http/https/ping probes concurrently.
+        .target(name: "TandemHealth",
+                dependencies: [.product(name: "NIOCore", package: "swift-nio"),
+                               .product(name: "NIOPosix", package: "swift-nio"),
+                               .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                               .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                               .product(name: "Logging", package: "swift-log")],
+                path: "Sources/TandemHealth"),
+        // Health probe measurement driver for bench/health-probes.sh: probes one endpoint per kind
+        // and prints every transition as a JSON line.
+        .executableTarget(name: "tandem-healthbench",
+                          dependencies: ["TandemHealth",
+                                         .product(name: "NIOPosix", package: "swift-nio"),
+                                         .product(name: "Logging", package: "swift-log")],
+                          path: "Sources/tandem-healthbench"),
         // LoxiLB-shaped REST API: wire models (shared with the CLI) and the Hummingbird server.
         .target(name: "TandemAPI",
                 dependencies: ["TandemCore", "TandemSync", "TandemHA", "TandemMetrics", "TandemServiceSync",
@@ -169,9 +185,11 @@ let package = Package(
         .testTarget(name: "TandemElectionTests", dependencies: ["TandemElection", "TandemSyncWire", "TandemCore"],
                     path: "Tests/TandemElectionTests"),
         .testTarget(name: "TandemPrivilegedTests",
-                    dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemSync", "TandemCloud",
+                    dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemSync", "TandemCloud", "TandemHealth",
+                                   .product(name: "NIOPosix", package: "swift-nio"),
                                    .product(name: "Logging", package: "swift-log")],
                     path: "Tests/TandemPrivilegedTests"),
+        .testTarget(name: "TandemHealthTests", dependencies: ["TandemHealth"], path: "Tests/TandemHealthTests"),
         // OCI provider. OpenSSL's libcrypto (Debian libssl-dev, via pkg-config) loads every API-key
         // PEM form (PKCS#1, PKCS#8, both encrypted forms) and signs with keys of any size.
         .systemLibrary(name: "CTandemOpenSSL", path: "Sources/CTandemOpenSSL", pkgConfig: "libcrypto",
