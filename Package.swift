@@ -131,7 +131,8 @@ let package = Package(
         // The node daemon: config file, datapath, API, lifecycle.
         .target(name: "TandemNode",
                 dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemSync", "TandemReplication",
-                               "TandemServiceSync", "TandemHA", "TandemCloud", "TandemOCI", "TandemElection", "TandemMetrics",
+                               "TandemServiceSync", "TandemHealth", "TandemHA", "TandemCloud", "TandemOCI", "TandemElection", "TandemMetrics",
+                               .product(name: "NIOPosix", package: "swift-nio"),
                                .product(name: "Yams", package: "Yams"),
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],

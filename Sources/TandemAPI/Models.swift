@@ -58,6 +58,9 @@ public struct ServiceArguments: Codable, Sendable, Equatable {
     /// Tandem's own field (LoxiLB has none like it): reset a down endpoint's established TCP
     /// connections (RST to the client) instead of letting them run to their timeout.
     public var resetOnEndpointDown: Bool?
+    /// Tandem's own field: the probe in Tandem's syntax (`http:/healthz:200`); LoxiLB's probe
+    /// fields then give only the timing.
+    public var probe: String?
     /// Keys of LoxiLB's layer-7 proxy (path_prefix, backend_protocol, path_match_mode,
     /// mtls_frontend, mtls_backend) that were present: Tandem is a layer-4 balancer.
     public var proxyFields: [String] = []
@@ -123,6 +126,7 @@ public struct ServiceArguments: Codable, Sendable, Equatable {
             case "snatip": snatIP = try c.decode(String.self, forKey: k)
             case "persisttimeout": persistTimeout = try c.decode(Int.self, forKey: k)
             case "resetonendpointdown": resetOnEndpointDown = try c.decode(Bool.self, forKey: k)
+            case "probe": probe = try c.decode(String.self, forKey: k)
             case let other where Self.proxyKeys.contains(other): proxyFields.append(k.stringValue)
             default: unknownFields.append(k.stringValue)
             }
@@ -170,6 +174,7 @@ public struct ServiceArguments: Codable, Sendable, Equatable {
         try c.encodeIfPresent(snatIP, forKey: Key("snatIP"))
         try c.encodeIfPresent(persistTimeout, forKey: Key("persistTimeout"))
         try c.encodeIfPresent(resetOnEndpointDown, forKey: Key("resetOnEndpointDown"))
+        try c.encodeIfPresent(probe, forKey: Key("probe"))
     }
 }
 
@@ -487,6 +492,12 @@ extension LoadBalancerEntry {
         let retries = a.probeRetries ?? 0
         guard (0...100).contains(retries) else { throw ServiceError("probeRetries must be 0-100, got \(retries)") }
         p.retries = UInt32(retries)
+        if let spec = a.probe, !spec.isEmpty {
+            guard spec.count <= 255, !spec.contains(where: { $0.isWhitespace || $0.isNewline }) else {
+                throw ServiceError("probe '\(spec.prefix(40))' must be at most 255 characters without spaces (syntax in docs/health.md)")
+            }
+            p.spec = spec
+        }
         return p
     }
 
@@ -507,6 +518,7 @@ extension LoadBalancerEntry {
         a.proberesp = o.probe.response
         a.probeTimeout = Int(o.probe.timeoutSeconds)
         a.probeRetries = Int(o.probe.retries)
+        a.probe = o.probe.spec
         self.init(serviceArguments: a,
                   endpoints: s.endpoints.map { EndpointArguments(endpointIP: $0.ip.description, targetPort: Int($0.port),
                                                                  weight: Int($0.weight)) },

@@ -127,6 +127,11 @@ public struct EndpointHostEntry: Codable, Sendable, Equatable {
     public var avgDelay: String
     public var maxDelay: String
     public var currState: String
+    /// Tandem's additions: the last probe's outcome, how long ago it ran, and how long the
+    /// endpoint has been in its current state (seconds); nil when it is not probed.
+    public var lastProbe: String?
+    public var lastProbeSecondsAgo: Double?
+    public var stateSeconds: Double?
 
     public init(hostName: String, name: String, inactiveReTries: Int = 0, probeType: String, probeReq: String = "",
                 probeResp: String = "", probeDuration: Int = 0, probePort: Int = 0, minDelay: String = "",

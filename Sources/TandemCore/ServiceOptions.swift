@@ -14,9 +14,13 @@ public struct HealthProbe: Hashable, Sendable, Codable {
     public var timeoutSeconds: UInt32
     /// Consecutive failures before an endpoint is marked down; 0 means the monitor's default.
     public var retries: UInt32
+    /// Tandem's own probe syntax (`http:/healthz:200`, `https:/ready:200:insecure`, docs/health.md):
+    /// when set it says what to probe, and LoxiLB's fields above only give the timing.
+    public var spec: String?
 
     public init(kind: Kind? = nil, port: UInt16 = 0, request: String = "", response: String = "",
-                timeoutSeconds: UInt32 = 0, retries: UInt32 = 0) {
+                timeoutSeconds: UInt32 = 0, retries: UInt32 = 0, spec: String? = nil) {
+        self.spec = spec
         self.kind = kind
         self.port = port
         self.request = request

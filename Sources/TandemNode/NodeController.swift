@@ -4,6 +4,7 @@ import TandemAPI
 import TandemCore
 import TandemDatapath
 import TandemHA
+import TandemHealth
 import TandemReplication
 import TandemServiceSync
 import TandemSync
@@ -45,6 +46,12 @@ public actor NodeController: LoadBalancerController {
     private var sharingRefused: UInt64 = 0
     /// External verdicts on endpoint hosts (endpointhoststate): green, yellow or red by address.
     private var hostStates: [IPv4Address: String] = [:]
+    /// Probes of monitored services' endpoints; nil: nothing is probed (tests without it).
+    private var health: HealthMonitor?
+    /// Endpoints (ip:port) the probes hold down, by service.
+    private var probeDown: [ServiceKey: Set<String>] = [:]
+    /// What is registered with the monitor, by service.
+    private var probed: [ServiceKey: Set<EndpointID>] = [:]
     var serviceCount: Int { table.services.count }
     /// Events the datapath could not queue (ring buffer full), so far.
     nonisolated var eventsLost: UInt64 { datapath.stats().eventsLost }
@@ -172,6 +179,7 @@ public actor NodeController: LoadBalancerController {
         table = next
         options[service.key] = opts
         directory.set(service.key, slot: slot, endpoints: service.endpoints)
+        syncProbes(service.key)
         ha?.servicesChanged()
         logger.info("service \(verb)", metadata: ["service": "\(service.key)", "mode": "\(service.mode)",
                                                   "sel": "\(service.selection)", "endpoints": "\(service.endpoints.count)"])
@@ -180,6 +188,7 @@ public actor NodeController: LoadBalancerController {
     /// Puts a new service into the table and the datapath.
     private func install(_ service: Service, options opts: ServiceOptions) async throws {
         try checkReachable(service)
+        try checkProbe(service, opts)
         var next = table
         let slot: UInt32
         do { slot = try next.add(service) } catch {
@@ -202,6 +211,7 @@ public actor NodeController: LoadBalancerController {
     /// Rewrites an existing service in its slot: its connections keep flowing.
     private func replace(_ service: Service, options opts: ServiceOptions) async throws {
         try checkReachable(service)
+        try checkProbe(service, opts)
         var next = table
         let slot: UInt32
         do { slot = try next.replace(service) } catch { throw APIError.badRequest(error.message) }
@@ -223,6 +233,7 @@ public actor NodeController: LoadBalancerController {
         table = next
         options[key] = nil
         directory.remove(key)
+        syncProbes(key)
         ha?.servicesChanged()
     }
 
@@ -319,6 +330,7 @@ public actor NodeController: LoadBalancerController {
         table = next
         options[key] = nil
         directory.remove(key)
+        syncProbes(key)
         let before = deleted
         let sharedBefore = sharing
         remember(deleted: key)
@@ -487,11 +499,120 @@ public actor NodeController: LoadBalancerController {
 // MARK: - Endpoint health verdicts
 
 extension NodeController {
-    /// Indices of the service's endpoints that are out of rotation: their host is red.
+    /// Indices of the service's endpoints that are out of rotation: their host is red, or the
+    /// service's probes hold them down. Unknown (not probed yet) counts as up, so a restart is
+    /// not an outage.
     func downIndices(_ service: Service) -> Set<Int> {
         var down = Set<Int>()
-        for (i, ep) in service.endpoints.enumerated() where hostStates[ep.ip] == "red" { down.insert(i) }
+        let probes = probeDown[service.key] ?? []
+        for (i, ep) in service.endpoints.enumerated() where hostStates[ep.ip] == "red" || probes.contains(ep.identity) {
+            down.insert(i)
+        }
         return down
+    }
+
+    func attach(health monitor: HealthMonitor) {
+        health = monitor
+    }
+
+    /// The probe a monitored service's endpoints get (nil: not monitored). LoxiLB's fields, with
+    /// Tandem's measured timing where they leave it open (docs/health.md).
+    static func probeSpec(_ service: Service, _ opts: ServiceOptions) throws(ProbeSpecError) -> ProbeSpec? {
+        guard opts.monitor else { return nil }
+        let p = opts.probe
+        if let text = p.spec, !text.isEmpty {
+            // Tandem's syntax says what to probe; LoxiLB's period and retries, when set, the timing.
+            let timing = try ProbeSpec.fromLoxiLB(probetype: "none", probeport: 0, probereq: "", proberesp: "",
+                                                  probeTimeout: Int(p.timeoutSeconds), probeRetries: Int(p.retries),
+                                                  serviceProtocol: service.key.proto.description).timing
+            var spec = try ProbeSpec.parse(text)
+            if p.timeoutSeconds != 0 { spec.timing.interval = timing.interval; spec.timing.timeout = min(spec.timing.timeout, timing.interval) }
+            if p.retries != 0 { spec.timing.failuresToDown = timing.failuresToDown }
+            return spec
+        }
+        return try ProbeSpec.fromLoxiLB(probetype: p.kind?.rawValue, probeport: Int(p.port), probereq: p.request,
+                                        proberesp: p.response, probeTimeout: Int(p.timeoutSeconds),
+                                        probeRetries: Int(p.retries), serviceProtocol: service.key.proto.description)
+    }
+
+    fileprivate func checkProbe(_ service: Service, _ opts: ServiceOptions) throws {
+        do { _ = try Self.probeSpec(service, opts) } catch {
+            throw APIError.badRequest("probe: \(error.description)")
+        }
+    }
+
+    /// Registers with the monitor exactly the endpoints of `key` that must be probed now.
+    fileprivate func syncProbes(_ key: ServiceKey) {
+        guard let health else { return }
+        var want: [EndpointID: ProbeTarget] = [:]
+        if let svc = table.services[key], let spec = try? Self.probeSpec(svc, options[key] ?? ServiceOptions()) {
+            for ep in svc.endpoints {
+                let id = EndpointID("\(key)|\(ep.identity)")
+                want[id] = ProbeTarget(id: id, address: ep.ip.description, port: ep.port, spec: spec)
+            }
+        }
+        let have = probed[key] ?? []
+        for id in have where want[id] == nil { health.remove(id) }
+        for (id, target) in want {
+            // Unchanged targets keep their state; add() replaces a changed one and restarts it.
+            if have.contains(id), health.snapshot(of: id)?.target == target { continue }
+            do { try health.add(target) } catch {
+                logger.error("endpoint not probed", metadata: ["endpoint": "\(id)", "error": "\(error)"])
+            }
+        }
+        probed[key] = want.isEmpty ? nil : Set(want.keys)
+        // Verdicts about endpoints no longer probed are forgotten.
+        let ids = Set(want.keys.map(\.rawValue))
+        if var down = probeDown[key] {
+            down = down.filter { ids.contains("\(key)|\($0)") }
+            probeDown[key] = down.isEmpty ? nil : down
+        }
+    }
+
+    /// A probe verdict changed: the datapath follows at once.
+    func healthChanged(_ t: HealthTransition) async {
+        let parts = t.endpoint.rawValue.split(separator: "|", maxSplits: 1).map(String.init)
+        guard parts.count == 2, let key = ServiceKey(text: parts[0]), let svc = table.services[key],
+              probed[key]?.contains(t.endpoint) == true else { return }
+        var down = probeDown[key] ?? []
+        if t.to == .down { down.insert(parts[1]) } else { down.remove(parts[1]) }
+        probeDown[key] = down.isEmpty ? nil : down
+        do { try await datapath.setDownEndpoints(key, downIndices(svc).map { svc.endpoints[$0] }) } catch {
+            logger.error("endpoint states not written to the datapath", metadata: ["service": "\(key)", "error": "\(error)"])
+        }
+        logger.notice("endpoint \(t.to == .down ? "out of" : "in") rotation",
+                      metadata: ["service": "\(key)", "endpoint": "\(parts[1])", "from": "\(t.from)", "to": "\(t.to)",
+                                 "reason": "\(t.reason)"])
+    }
+
+    /// `get ep`: every endpoint of every rule with its probe and, when probed, its state, last
+    /// probe result and times.
+    public func endpointHosts() async -> [EndpointHostEntry] {
+        var out: [EndpointHostEntry] = []
+        for (_, svc) in table.sorted {
+            let listed = EndpointHostEntry.from([LoadBalancerEntry(service: svc, options: options[svc.key] ?? ServiceOptions())])
+            for (i, var e) in listed.enumerated() where i < svc.endpoints.count {
+                let ep = svc.endpoints[i]
+                let snap = probeSnapshot(svc.key, ep)
+                let red = hostStates[ep.ip] == "red"
+                e.currState = red ? "inactive (host red)" : snap.map { $0.state.rawValue } ?? "active"
+                if let snap {
+                    e.lastProbe = snap.lastResult.map { ($0.success ? "ok" : "failed") + ": " + $0.detail }
+                    e.lastProbeSecondsAgo = snap.sinceLastProbe.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }
+                    e.stateSeconds = snap.sinceChange.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }
+                    if let l = snap.lastResult?.latency {
+                        e.avgDelay = String(format: "%.1fms", Double(l.components.attoseconds) / 1e15 + Double(l.components.seconds) * 1000)
+                    }
+                }
+                out.append(e)
+            }
+        }
+        return out
+    }
+
+    /// Probe state of one endpoint, for the API's listings.
+    func probeSnapshot(_ key: ServiceKey, _ ep: Endpoint) -> EndpointSnapshot? {
+        health?.snapshot(of: EndpointID("\(key)|\(ep.identity)"))
     }
 
     /// Writes every service's down set to the datapath (after a verdict changed).
@@ -622,6 +743,7 @@ extension NodeController: ServiceSyncTarget {
         table = next
         options[key] = nil
         directory.remove(key)
+        syncProbes(key)
         remember(deleted: key)
         ha?.servicesChanged()
         logger.info("service deleted by peer", metadata: ["service": "\(key)", "peer": "\(IPv4Address(peer))"])

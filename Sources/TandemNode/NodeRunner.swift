@@ -1,11 +1,13 @@
 import Foundation
 import Logging
+import NIOPosix
 import ServiceLifecycle
 import TandemAPI
 import TandemCore
 import TandemCloud
 import TandemDatapath
 import TandemHA
+import TandemHealth
 import TandemMetrics
 import TandemReplication
 import TandemServiceSync
@@ -164,6 +166,19 @@ public enum NodeRunner {
         let controller = NodeController(datapath: datapath, settings: settings, logger: logger, directory: directory,
                                         store: o.statePath.map(StateStore.init(path:)),
                                         ringEventCounts: { reader.counts }, authCounters: security.counters)
+        // Endpoint probes: one event loop thread runs every probe (NIO channels, no thread per
+        // endpoint); verdicts reach the controller in order through one consumer.
+        let healthGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let health = HealthMonitor(group: healthGroup, logger: logger)
+        await controller.attach(health: health)
+        let verdicts = Task {
+            for await t in health.transitions { await controller.healthChanged(t) }
+        }
+        defer {
+            verdicts.cancel()
+            health.shutdown()
+            healthGroup.shutdownGracefully { _ in }
+        }
         let sharingPort = try o.config.serviceSharingPort()
         var sharing: ServiceSyncShell?
         if let port = sharingPort, let r = replicationSettings, let key = clusterKey {

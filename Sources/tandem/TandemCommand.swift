@@ -176,6 +176,10 @@ struct Create: AsyncParsableCommand {
         @Option(name: .long, help: "Persistence timeout in seconds.") var persistTimeout: Int?
         @Flag(name: .long, help: "Reset (TCP RST) a down endpoint's established connections instead of letting them run to their timeout.")
         var resetOnDown = false
+        @Flag(name: .long, help: "Probe the endpoints (default probe: tcp connect for tcp services, udp for udp).")
+        var monitor = false
+        @Option(name: .long, help: "Probe, e.g. http:/healthz:200, https:/ready:200:insecure, tcp, tcp:8080, udp:53:PAYLOAD:EXPECT, ping, none (implies --monitor; docs/health.md).")
+        var probe: String?
         @OptionGroup var apiOptions: APIOptions
 
         func run() async throws {
@@ -190,6 +194,8 @@ struct Create: AsyncParsableCommand {
                                                 sel: .name(sel), mode: .name(mode), name: name,
                                                 snatIP: snatIP, persistTimeout: persistTimeout)
                     if resetOnDown { args.resetOnEndpointDown = true }
+                    if monitor || probe != nil { args.monitor = true }
+                    args.probe = probe
                     requests.append(LoadBalancerEntry(serviceArguments: args, endpoints: eps))
                 }
             }
