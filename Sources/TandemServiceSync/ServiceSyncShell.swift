@@ -88,6 +88,7 @@ public final class ServiceSyncShell: Sendable {
     private let differing = NIOLockedValueBox<[UInt32: Int]>([:])
     private let tasks = NIOLockedValueBox<[Task<Void, Never>]>([])
     private let server = NIOLockedValueBox<Channel?>(nil)
+    private let stopped = NIOLockedValueBox(false)
     private let kicks: AsyncStream<Void>
     private let kicker: AsyncStream<Void>.Continuation
 
@@ -134,11 +135,18 @@ public final class ServiceSyncShell: Sendable {
         logger.info("service sharing on", metadata: ["port": "\(config.port)", "peers": "\(config.peers.count)"])
     }
 
+    /// Stops exchanging and closes the port. Idempotent: the node's shutdown path may call it
+    /// twice, and a second close on a loop that is gone would never complete.
     public func stop() async {
+        let first = stopped.withLockedValue { s -> Bool in
+            defer { s = true }
+            return !s
+        }
+        guard first else { return }
         kicker.finish()
         let running = tasks.withLockedValue { t in defer { t = [] }; return t }
         for t in running { t.cancel() }
-        if let ch = server.withLockedValue({ $0 }) { try? await ch.close() }
+        if let ch = server.withLockedValue({ s in defer { s = nil }; return s }) { try? await ch.close() }
         for t in running { await t.value }
         try? await group.shutdownGracefully()
     }

@@ -93,7 +93,7 @@ extension Privileged {
 
             // A node that is away misses a delete and a create, and catches up when it is back.
             let statePath = second.statePath
-            _ = second.stop()
+            #expect(second.stop() == 0, "a clean SIGTERM exit")
             n2 = nil
             let gone = try cp.call(n1, "DELETE", APIRoutes.deletePath(ServiceKey(vip: IPv4Address(10, 0, 10, 143), port: 57100, proto: .tcp)))
             #expect(gone.result == "Success", "\(gone.body)")
