@@ -105,7 +105,8 @@ let package = Package(
         // Endpoint health probes: a pure core (probe specs, per-endpoint hysteresis, jittered
         // scheduler) and a SwiftNIO shell that runs tcp/udp/http/https/ping probes concurrently.
         .target(name: "TandemHealth",
-                dependencies: [.product(name: "NIOCore", package: "swift-nio"),
+                dependencies: ["TandemCore",
+                               .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "NIOPosix", package: "swift-nio"),
                                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                                .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -190,7 +191,7 @@ let package = Package(
                                    .product(name: "NIOPosix", package: "swift-nio"),
                                    .product(name: "Logging", package: "swift-log")],
                     path: "Tests/TandemPrivilegedTests"),
-        .testTarget(name: "TandemHealthTests", dependencies: ["TandemHealth"], path: "Tests/TandemHealthTests"),
+        .testTarget(name: "TandemHealthTests", dependencies: ["TandemHealth", "TandemCore"], path: "Tests/TandemHealthTests"),
         // OCI provider. OpenSSL's libcrypto (Debian libssl-dev, via pkg-config) loads every API-key
         // PEM form (PKCS#1, PKCS#8, both encrypted forms) and signs with keys of any size.
         .systemLibrary(name: "CTandemOpenSSL", path: "Sources/CTandemOpenSSL", pkgConfig: "libcrypto",

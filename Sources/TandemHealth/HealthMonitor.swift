@@ -2,6 +2,7 @@
 // probes as non-blocking NIO channels (no thread per endpoint), and publishes transitions.
 
 import Logging
+import TandemCore
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix

@@ -1,6 +1,8 @@
 // When to probe which endpoint: one timer per endpoint, jittered so probes spread out.
 // Pure: the caller passes the time in and owns the random number generator.
 
+import TandemCore  // SplitMix64
+
 /// A probe the shell should start now.
 public struct ProbeRequest: Hashable, Sendable {
     public var endpoint: EndpointID
@@ -8,19 +10,6 @@ public struct ProbeRequest: Hashable, Sendable {
     public var sequence: UInt64
     /// When the probe was due (the tick may come a little later).
     public var due: ContinuousClock.Instant
-}
-
-/// SplitMix64: a small seeded generator, so tests and simulations are reproducible.
-public struct SplitMix64: RandomNumberGenerator, Sendable {
-    private var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 /// Probe timers for many endpoints. Each endpoint is probed every `interval * (1 ± jitter)`,

@@ -1,4 +1,5 @@
 import Testing
+import TandemCore
 @testable import TandemHealth
 
 @Suite struct Scheduling {
