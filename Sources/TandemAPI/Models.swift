@@ -196,6 +196,8 @@ public struct EndpointArguments: Codable, Sendable, Equatable {
     public var weight: Int?
     public var state: String?
     public var counter: String?
+    /// Tandem's addition in listings: health state changes since the endpoint was first probed.
+    public var healthTransitions: UInt64?
 
     public init(endpointIP: String, targetPort: Int, weight: Int? = nil, state: String? = nil, counter: String? = nil) {
         self.endpointIP = endpointIP
@@ -244,6 +246,8 @@ public struct ServiceCountersBody: Codable, Sendable, Equatable {
     public var activeConnections: Int
     /// New connections dropped because their source is outside allowedSources.
     public var deniedSources: UInt64?
+    /// New connections refused (RST / ICMP unreachable) because no endpoint was in rotation.
+    public var noEndpoint: UInt64?
 
     public init(packets: UInt64, bytes: UInt64, newConnections: UInt64, activeConnections: Int, deniedSources: UInt64? = nil) {
         self.packets = packets

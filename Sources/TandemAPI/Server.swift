@@ -362,13 +362,15 @@ public enum APIServer {
             let parts = (ep.counter ?? "").split(separator: ":")
             guard parts.count == 3, let packets = UInt64(parts[0]), let bytes = UInt64(parts[1]),
                   let active = Int(parts[2]) else { return nil }
-            return .init(address: "\(ep.endpointIP):\(ep.targetPort)", packets: packets, bytes: bytes, activeConnections: active)
+            return .init(address: "\(ep.endpointIP):\(ep.targetPort)", packets: packets, bytes: bytes, activeConnections: active,
+                         inRotation: ep.state.map { $0 == "active" }, healthTransitions: ep.healthTransitions)
         }
         var sample = ServiceSample(name: a.name ?? "", vip: a.externalIP, port: a.port, proto: a.protocol_,
                                    packets: e.counters?.packets ?? 0, bytes: e.counters?.bytes ?? 0,
                                    newConnections: e.counters?.newConnections ?? 0,
                                    activeConnections: e.counters?.activeConnections ?? 0, endpoints: endpoints)
         sample.deniedSources = e.counters?.deniedSources ?? 0
+        sample.noEndpoint = e.counters?.noEndpoint ?? 0
         return sample
     }
 

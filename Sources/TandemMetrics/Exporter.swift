@@ -108,11 +108,14 @@ final class Exporter: Sendable {
             counter("tandem_service_bytes_total", labels, s.bytes)
             counter("tandem_service_connections_total", labels, s.newConnections)
             counter("tandem_service_denied_sources_total", labels, s.deniedSources)
+            counter("tandem_service_no_endpoint_total", labels, s.noEndpoint)
             for e in s.endpoints {
                 let el = labels + [("endpoint", e.address)]
                 gauge("tandem_endpoint_active_connections", el, Double(e.activeConnections))
                 counter("tandem_endpoint_packets_total", el, e.packets)
                 counter("tandem_endpoint_bytes_total", el, e.bytes)
+                if let r = e.inRotation { gauge("tandem_endpoint_in_rotation", el, r ? 1 : 0) }
+                if let t = e.healthTransitions { counter("tandem_endpoint_health_transitions_total", el, t) }
             }
         }
 

@@ -73,11 +73,18 @@ public struct ServiceSample: Sendable, Equatable {
         public var packets: UInt64
         public var bytes: UInt64
         public var activeConnections: Int
-        public init(address: String, packets: UInt64, bytes: UInt64, activeConnections: Int) {
+        /// In the rotation (not held down by probes or an outside verdict); nil: not reported.
+        public var inRotation: Bool?
+        /// Health state changes since the endpoint was first probed; nil: not probed.
+        public var healthTransitions: UInt64?
+        public init(address: String, packets: UInt64, bytes: UInt64, activeConnections: Int, inRotation: Bool? = nil,
+                    healthTransitions: UInt64? = nil) {
             self.address = address
             self.packets = packets
             self.bytes = bytes
             self.activeConnections = activeConnections
+            self.inRotation = inRotation
+            self.healthTransitions = healthTransitions
         }
     }
 
@@ -91,6 +98,8 @@ public struct ServiceSample: Sendable, Equatable {
     public var activeConnections: Int
     /// New connections refused because their source is not in allowedSources.
     public var deniedSources: UInt64 = 0
+    /// New connections refused (RST / ICMP unreachable) because no endpoint was in rotation.
+    public var noEndpoint: UInt64 = 0
     public var endpoints: [Endpoint]
 
     public init(name: String, vip: String, port: Int, proto: String, packets: UInt64, bytes: UInt64,

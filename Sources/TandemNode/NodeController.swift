@@ -371,10 +371,12 @@ public actor NodeController: LoadBalancerController {
             let c = datapath.serviceCounters(slot: slot)
             e.counters = ServiceCountersBody(packets: c.packets, bytes: c.bytes, newConnections: c.newFlows,
                                              activeConnections: active[slot] ?? 0, deniedSources: c.denied)
+            e.counters?.noEndpoint = c.noEndpoint
             let down = downIndices(svc)
             for i in e.endpoints.indices {
                 let ec = datapath.endpointCounters(slot: slot, index: i)
                 e.endpoints[i].state = down.contains(i) ? "inactive" : "active"
+                e.endpoints[i].healthTransitions = probeSnapshot(svc.key, svc.endpoints[i]).map { UInt64($0.transitions) }
                 e.endpoints[i].counter = "\(ec.packets):\(ec.bytes):\(activePerEndpoint[slot]?[UInt8(i)] ?? 0)"
             }
             return e

@@ -62,8 +62,9 @@ import TandemSync
     func service(name: String, packets: UInt64, active: Int) throws -> LoadBalancerEntry {
         try JSONDecoder().decode(LoadBalancerEntry.self, from: Data("""
         {"serviceArguments":{"externalIP":"10.9.0.1","port":80,"protocol":"tcp","name":"\(name)"},
-         "endpoints":[{"endpointIP":"10.9.0.21","targetPort":8080,"weight":1,"state":"active","counter":"7:700:2"}],
-         "counters":{"packets":\(packets),"bytes":4096,"newConnections":11,"activeConnections":\(active)}}
+         "endpoints":[{"endpointIP":"10.9.0.21","targetPort":8080,"weight":1,"state":"active","counter":"7:700:2","healthTransitions":3},
+                      {"endpointIP":"10.9.0.22","targetPort":8080,"weight":1,"state":"inactive","counter":"1:60:0"}],
+         "counters":{"packets":\(packets),"bytes":4096,"newConnections":11,"activeConnections":\(active),"noEndpoint":6}}
         """.utf8))
     }
 
@@ -119,6 +120,10 @@ import TandemSync
             "tandem_service_connections_total{\(svc)} 11",
             #"tandem_endpoint_active_connections{\#(svc),endpoint="10.9.0.21:8080"} 2.0"#,
             #"tandem_endpoint_bytes_total{\#(svc),endpoint="10.9.0.21:8080"} 700"#,
+            #"tandem_endpoint_in_rotation{\#(svc),endpoint="10.9.0.21:8080"} 1.0"#,
+            #"tandem_endpoint_in_rotation{\#(svc),endpoint="10.9.0.22:8080"} 0.0"#,
+            #"tandem_endpoint_health_transitions_total{\#(svc),endpoint="10.9.0.21:8080"} 3"#,
+            "tandem_service_no_endpoint_total{\(svc)} 6",
             "tandem_replication_in_sync 1.0",
             "tandem_replication_entries 64.0",
             "# TYPE tandem_replication_entries_sent_total counter",
