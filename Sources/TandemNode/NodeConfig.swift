@@ -2,6 +2,7 @@ import Foundation
 import TandemCore
 import TandemElection
 import TandemHA
+import TandemHealth
 import Yams
 
 /// The node's YAML configuration file. Every field is optional except the interfaces, which may
@@ -124,6 +125,11 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         public var allowedSources: [String]?
         /// Reset a down endpoint's established TCP connections (default: they run to their timeout).
         public var resetOnEndpointDown: Bool?
+        /// Probe the endpoints (LoxiLB's Monitor); implied by `probe`.
+        public var monitor: Bool?
+        /// The probe in Tandem's syntax (`http:/healthz:200`, docs/health.md); default: a tcp
+        /// connect for tcp services, udp for udp.
+        public var probe: String?
         public var endpoints: [EndpointConfig]
     }
 
@@ -228,6 +234,25 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
                               resetOnEndpointDown: s.resetOnEndpointDown ?? false)
             do { try table.add(svc) } catch { throw ConfigError("\(where_): \(error.message)") }
             out.append(svc)
+        }
+        return out
+    }
+
+    /// What the config file's services carry beside their datapath definition (monitoring), by
+    /// key; a probe that does not parse is an error naming the service.
+    public func validatedServiceOptions() throws(ConfigError) -> [ServiceKey: ServiceOptions] {
+        var out: [ServiceKey: ServiceOptions] = [:]
+        for (i, s) in (services ?? []).enumerated() where s.monitor == true || s.probe != nil {
+            let where_ = "services[\(i)] (\(s.externalIP):\(s.port))"
+            guard let vip = IPv4Address(s.externalIP), let port = UInt16(exactly: s.port),
+                  let proto = L4Protocol(name: s.protocol ?? "tcp") else { continue }  // validatedServices says why
+            if let text = s.probe {
+                do { _ = try ProbeSpec.parse(text) } catch {
+                    throw ConfigError("\(where_): probe '\(text)': \(error.description)")
+                }
+            }
+            out[ServiceKey(vip: vip, port: port, proto: proto)] =
+                ServiceOptions(monitor: true, probe: HealthProbe(spec: s.probe))
         }
         return out
     }

@@ -77,11 +77,11 @@ public actor NodeController: LoadBalancerController {
     }
 
     /// Creates a service (the config file's, at start). Refuses one that exists.
-    public func create(_ service: Service) async throws {
+    public func create(_ service: Service, options opts: ServiceOptions = ServiceOptions()) async throws {
         guard table.services[service.key] == nil else {
             throw APIError.conflict("lbrule-exists error: service \(service.key) already exists")
         }
-        try await install(service, options: ServiceOptions())
+        try await install(service, options: opts)
     }
 
     public func apply(_ request: LoadBalancerRequest) async throws {
@@ -241,11 +241,11 @@ public actor NodeController: LoadBalancerController {
     /// config file's), then the config file's services the state neither holds nor deleted.
     /// Services the state holds that this node cannot install now (an endpoint unreachable) are
     /// logged and skipped, and kept in the file (`unrestored`).
-    func restore(config: [Service], state: NodeState?) async throws {
+    func restore(config: [Service], options configOptions: [ServiceKey: ServiceOptions] = [:], state: NodeState?) async throws {
         configKeys = Set(config.map(\.key))
         defer { seedSharing(state) }
         guard let state else {
-            for s in config { try await create(s) }
+            for s in config { try await create(s, options: configOptions[s.key] ?? ServiceOptions()) }
             return
         }
         deleted = state.deleted.compactMap(ServiceKey.init(text:))
@@ -263,7 +263,9 @@ public actor NodeController: LoadBalancerController {
                 logger.error("state file: service not restored (kept in the file)", metadata: ["service": "\(r.service.key)", "error": "\(error)"])
             }
         }
-        for s in config where !held.contains(s.key) && !deleted.contains(s.key) { try await create(s) }
+        for s in config where !held.contains(s.key) && !deleted.contains(s.key) {
+            try await create(s, options: configOptions[s.key] ?? ServiceOptions())
+        }
         logger.info("state restored", metadata: ["services": "\(table.services.count)", "fromState": "\(state.services.count)",
                                                  "deleted": "\(deleted.count)"])
     }

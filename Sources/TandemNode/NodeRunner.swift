@@ -107,6 +107,7 @@ public enum NodeRunner {
                                         answerICMP: o.config.answerICMP ?? true, gateVIPs: ha != nil,
                                         skipFIB: !o.interfaces.allSatisfy { SystemChecks.forwardsIPv4($0) == true })
         let services = try o.config.validatedServices()
+        _ = try o.config.validatedServiceOptions()
         for s in services {
             for ep in s.endpoints {
                 if let why = SystemChecks.routeProblem(ep.ip) {
@@ -190,7 +191,7 @@ public enum NodeRunner {
         }
         do {
             try await datapath.apply(settings: settings)
-            try await controller.restore(config: services, state: state)
+            try await controller.restore(config: services, options: try o.config.validatedServiceOptions(), state: state)
             for i in o.interfaces {
                 try await datapath.attach(interface: i, xdp: o.config.xdp ?? false)
                 if o.config.xdp == true && SystemChecks.isVirtual(i) {

@@ -81,5 +81,34 @@ import Testing
         let c = try NodeConfig.parse(yaml: "cluster: {nodeIndex: 2, nodeCount: 2}")
         #expect(throws: ConfigError.self) { try c.portSlice() }
     }
+
+    @Test func servicesAskForProbesInTheConfigFile() throws {
+        let yaml = """
+        services:
+          - externalIP: 10.0.10.143
+            port: 80
+            probe: http:/healthz:200
+            endpoints: [{ip: 10.0.10.21, port: 8080}]
+          - externalIP: 10.0.10.143
+            port: 53
+            protocol: udp
+            monitor: true
+            endpoints: [{ip: 10.0.10.21, port: 53}]
+          - externalIP: 10.0.10.143
+            port: 81
+            endpoints: [{ip: 10.0.10.21, port: 8080}]
+        """
+        let opts = try NodeConfig.parse(yaml: yaml).validatedServiceOptions()
+        let vip = IPv4Address(10, 0, 10, 143)
+        #expect(opts[ServiceKey(vip: vip, port: 80, proto: .tcp)] == ServiceOptions(monitor: true, probe: HealthProbe(spec: "http:/healthz:200")))
+        #expect(opts[ServiceKey(vip: vip, port: 53, proto: .udp)] == ServiceOptions(monitor: true))
+        #expect(opts[ServiceKey(vip: vip, port: 81, proto: .tcp)] == nil)
+        let bad = yaml.replacingOccurrences(of: "http:/healthz:200", with: "http:/healthz:999")
+        do {
+            _ = try NodeConfig.parse(yaml: bad).validatedServiceOptions()
+            Issue.record("a bad probe was accepted")
+        } catch {
+            #expect(error.description.contains("services[0]") && error.description.contains("999"), "\(error)")
+        }
+    }
 }
-import Foundation

@@ -87,8 +87,16 @@ extension Privileged {
         @Test func theCLIsProbeSyntaxReachesTheDaemon() throws {
             let bed = try TestBed()
             defer { bed.down() }
-            let node = try NodeDaemon(bed: bed, config: nodeConfig())
+            // The config file's service asks for a probe too.
+            let config = nodeConfig().replacingOccurrences(of: "    name: svc\n", with: "    name: svc\n    probe: http:/whoami:200\n")
+            #expect(config.contains("probe: http:/whoami:200"))
+            let node = try NodeDaemon(bed: bed, config: config)
             defer { node.stop() }
+            let fromFile = Date()
+            while Date().timeIntervalSince(fromFile) < 5, try endpointStates(node, port: 56002) != ["10.0.10.21": "up", "10.0.10.22": "up"] {
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+            #expect(try endpointStates(node, port: 56002) == ["10.0.10.21": "up", "10.0.10.22": "up"])
             let bad = try node.cli(["create", "lb", "10.0.10.143", "--tcp", "57403:80", "--endpoints", "10.0.10.21:1",
                                     "--mode", "fullnat", "--probe", "http:/whoami:999"])
             #expect(!bad.ok && bad.stderr.contains("999"), "\(bad.stdout) \(bad.stderr)")
