@@ -39,6 +39,9 @@ public struct ServiceSyncShellConfig: Sendable {
     /// Most records taken from one peer in one exchange (live services are at most 256 and
     /// tombstones at most 4096 on a well-behaved peer).
     public var maxRecordsPerExchange = 8192
+    /// Connections served at once; more are closed on accept. Peers need one each at a time, so
+    /// this only bounds what a stranger (unauthenticated until its first frame) can hold open.
+    public var maxServedConnections = 16
 
     public init(selfID: UInt32, bindAddress: IPv4Address, port: UInt16, peers: [ServiceSyncPeer], key: ClusterKey) {
         self.selfID = selfID
@@ -89,6 +92,9 @@ public final class ServiceSyncShell: Sendable {
     private let tasks = NIOLockedValueBox<[Task<Void, Never>]>([])
     private let server = NIOLockedValueBox<Channel?>(nil)
     private let stopped = NIOLockedValueBox(false)
+    /// Connections being served now, and those closed on accept for the cap.
+    private let served = NIOLockedValueBox(0)
+    private let refusedConnections = NIOLockedValueBox<UInt64>(0)
     private let kicks: AsyncStream<Void>
     private let kicker: AsyncStream<Void>.Continuation
 
@@ -122,7 +128,22 @@ public final class ServiceSyncShell: Sendable {
                 try await listener.executeThenClose { inbound in
                     try await withThrowingDiscardingTaskGroup { children in
                         for try await connection in inbound {
-                            children.addTask { await self.serve(connection) }
+                            let admitted = served.withLockedValue { n -> Bool in
+                                guard n < config.maxServedConnections else { return false }
+                                n += 1
+                                return true
+                            }
+                            guard admitted else {
+                                refusedConnections.withLockedValue { $0 &+= 1 }
+                                // Through executeThenClose, so the channel's writer is finished
+                                // (NIO traps on a writer dropped unfinished).
+                                children.addTask { try? await connection.executeThenClose { _, _ in } }
+                                continue
+                            }
+                            children.addTask {
+                                await self.serve(connection)
+                                self.served.withLockedValue { $0 -= 1 }
+                            }
                         }
                     }
                 }
@@ -168,6 +189,8 @@ public final class ServiceSyncShell: Sendable {
         }
         var dropped: [String: UInt64] = [:]
         for (reason, n) in opener.withLockedValue({ $0.counters }) { dropped[reason.rawValue] = n }
+        let refused = refusedConnections.withLockedValue { $0 }
+        if refused > 0 { dropped["connectionsOverCap"] = refused }
         return ServiceSyncStatus(node: config.selfID, services: selfDigest.count, digest: digestHex(selfDigest.digest),
                                  tombstones: tombstones, peers: peers, counters: counters, dropped: dropped, refused: refused)
     }
