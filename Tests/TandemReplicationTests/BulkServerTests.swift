@@ -13,34 +13,6 @@ import TandemSync
         func removeReplicated(_ keys: [FlowTuple]) {}
     }
 
-    /// A TCP connection to 127.0.0.1:port; the file descriptor.
-    static func connect(port: UInt16) throws -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw POSIXError(.EMFILE) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = port.bigEndian
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard rc == 0 else { close(fd); throw POSIXError(.ECONNREFUSED) }
-        return fd
-    }
-
-    /// Seconds until the server closed `fd` (read returned 0 or an error), or nil within `limit`.
-    static func secondsUntilClosed(_ fd: Int32, limit: Double) -> Double? {
-        let start = Date()
-        var tv = timeval(tv_sec: 0, tv_usec: 50_000)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var byte: UInt8 = 0
-        while Date().timeIntervalSince(start) < limit {
-            let n = recv(fd, &byte, 1, 0)
-            if n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) { return Date().timeIntervalSince(start) }
-        }
-        return nil
-    }
-
     func startShell(maxConnections: Int, requestTimeout: Int64) async throws -> ReplicationShell {
         let key = try #require(ClusterKey(bytes: (0..<32).map { _ in UInt8.random(in: 0...255) }))
         for _ in 0..<20 {
@@ -62,17 +34,22 @@ import TandemSync
     }
 
     @Test func silentClientsAreClosedAndConnectionsAreCapped() async throws {
-        let shell = try await startShell(maxConnections: 3, requestTimeout: 300)
+        // A request timeout long enough that the admitted three are still open when the last two
+        // arrive, however loaded the machine (the unit tests run in parallel); the checks are on
+        // order and counters, not on tight timings.
+        let shell = try await startShell(maxConnections: 3, requestTimeout: 2000)
         var fds: [Int32] = []
         defer { for fd in fds { close(fd) } }
-        for _ in 0..<5 { fds.append(try Self.connect(port: shell.config.port)) }
-        let closedAfter = fds.map { Self.secondsUntilClosed($0, limit: 3) }
-        // Every one is closed: two at once (over the cap), three after the request timeout.
-        #expect(closedAfter.allSatisfy { $0 != nil }, "\(closedAfter)")
-        let times = closedAfter.compactMap { $0 }
-        #expect(times.filter { $0 < 0.25 }.count >= 2, "\(times)")
+        for _ in 0..<5 { fds.append(try LoopbackClient.connect(port: shell.config.port)) }
+        // The two over the cap are closed at once, while the three admitted are still open.
+        let overCap = fds[3...].map { LoopbackClient.secondsUntilClosed($0, limit: 5) }
+        #expect(overCap.allSatisfy { $0.map { $0 < 1.5 } == true }, "over the cap: \(overCap)")
+        #expect(shell.bulkServerStats.open == 3)
+        // The admitted ones are closed for their silence, after the request timeout.
+        let admitted = fds[..<3].map { LoopbackClient.secondsUntilClosed($0, limit: 10) }
+        #expect(admitted.allSatisfy { $0 != nil }, "admitted: \(admitted)")
         var stats = shell.bulkServerStats
-        for _ in 0..<20 where stats.open != 0 {
+        for _ in 0..<40 where stats.open != 0 {
             try await Task.sleep(for: .milliseconds(50))
             stats = shell.bulkServerStats
         }
@@ -80,10 +57,11 @@ import TandemSync
         #expect(stats.closedWithoutRequest == 3)
         #expect(stats.open == 0)
         // Once they are gone, a new client is admitted again (and closed in turn for its silence).
-        let again = try Self.connect(port: shell.config.port)
+        let again = try LoopbackClient.connect(port: shell.config.port)
         fds.append(again)
-        let t = try #require(Self.secondsUntilClosed(again, limit: 3))
-        #expect(t >= 0.2, "admitted, then closed after the request timeout: \(t)")
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(shell.bulkServerStats.open == 1, "admitted again")
+        #expect(LoopbackClient.secondsUntilClosed(again, limit: 10) != nil)
         await shell.stop()
     }
 }
