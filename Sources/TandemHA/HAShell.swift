@@ -72,7 +72,7 @@ public final class HAShell: @unchecked Sendable {
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         loop = group.next()
         let now = Self.monotonicNanos()
-        let epoch = Self.wallMicros()
+        let epoch = wallClockMicros()
         // A restarted node must out-rank what the cluster remembers of its previous life, so its
         // first incarnation is the boot time in seconds.
         let incarnation = UInt32(truncatingIfNeeded: epoch / 1_000_000)
@@ -256,7 +256,7 @@ public final class HAShell: @unchecked Sendable {
                 send(message, to: to)
             case .memberChanged(let node, let status, let incarnation):
                 let now = Self.monotonicNanos()
-                memberChangedAt[node] = Self.wallMicros() / 1000
+                memberChangedAt[node] = wallClockMicros() / 1000
                 logger.notice("member \(status)", metadata: ["node": "\(IPv4Address(node))", "incarnation": "\(incarnation)"])
                 for i in elections.indices {
                     switch status {
@@ -350,7 +350,7 @@ public final class HAShell: @unchecked Sendable {
         Gauge(label: "tandem_ha_role", dimensions: [("instance", name)])
             .record(to == "MASTER" ? 1 : to == "FAULT" ? 2 : 0)
         let from = records[i].transitions.last?.to ?? "BACKUP"
-        records[i].transitions.append(.init(from: from, to: to, term: term, reason: reason, atUnixMs: Self.wallMicros() / 1000))
+        records[i].transitions.append(.init(from: from, to: to, term: term, reason: reason, atUnixMs: wallClockMicros() / 1000))
         if records[i].transitions.count > 32 { records[i].transitions.removeFirst() }
     }
 
@@ -407,7 +407,7 @@ public final class HAShell: @unchecked Sendable {
         switch result {
         case .success(let r):
             records[i].takeovers += 1
-            records[i].lastTakeoverAt = Self.wallMicros() / 1000
+            records[i].lastTakeoverAt = wallClockMicros() / 1000
             records[i].lastTakeoverMs = ms
             records[i].lastTakeoverDetail = r.detail
             Timer(label: "tandem_takeover_duration_seconds", dimensions: [("instance", name), ("provider", r.provider)])
@@ -489,12 +489,6 @@ public final class HAShell: @unchecked Sendable {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
-
-    static func wallMicros() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
     }
 
     /// SCHED_RR priority 10 for the calling thread; nice -10 if that is refused.

@@ -129,7 +129,7 @@ public actor NodeController: LoadBalancerController {
         let before = deleted
         let sharedBefore = sharing
         deleted.removeAll { $0 == service.key }
-        sharing?.recordLocal(service.key, spec: Self.spec(service, opts), nowMicros: Self.wallMicros())
+        sharing?.recordLocal(service.key, spec: Self.spec(service, opts), nowMicros: wallClockMicros())
         do { try persist() } catch {
             await rollBackCreate(service.key)
             deleted = before
@@ -144,7 +144,7 @@ public actor NodeController: LoadBalancerController {
         let oldOptions = options[service.key] ?? ServiceOptions()
         try await replace(service, options: opts)
         let sharedBefore = sharing
-        sharing?.recordLocal(service.key, spec: Self.spec(service, opts), nowMicros: Self.wallMicros())
+        sharing?.recordLocal(service.key, spec: Self.spec(service, opts), nowMicros: wallClockMicros())
         do { try persist() } catch {
             try? await replace(old, options: oldOptions)
             sharing = sharedBefore
@@ -160,10 +160,6 @@ public actor NodeController: LoadBalancerController {
         enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         // Encoding plain value types cannot fail; an empty spec would be refused by peers.
         return (try? Array(enc.encode(LoadBalancerEntry(service: service, options: opts)))) ?? []
-    }
-
-    static func wallMicros() -> UInt64 {
-        UInt64(max(0, Date().timeIntervalSince1970 * 1_000_000))
     }
 
     private func checkReachable(_ service: Service) throws {
@@ -336,7 +332,7 @@ public actor NodeController: LoadBalancerController {
         let before = deleted
         let sharedBefore = sharing
         remember(deleted: key)
-        sharing?.recordLocal(key, spec: nil, nowMicros: Self.wallMicros())
+        sharing?.recordLocal(key, spec: nil, nowMicros: wallClockMicros())
         do { try persist() } catch {
             deleted = before
             sharing = sharedBefore
@@ -672,7 +668,7 @@ extension NodeController: ServiceSyncTarget {
 
     public func serviceSyncMerge(_ records: [ServiceRecord], peerMaxVersion: UInt64, from peer: UInt32) async {
         guard sharing != nil else { return }
-        let now = Self.wallMicros()
+        let now = wallClockMicros()
         sharing?.observe(maxVersion: peerMaxVersion)
         sharing?.expireTombstones(nowMicros: now)
         let actions = sharing?.merge(records, nowMicros: now) ?? []

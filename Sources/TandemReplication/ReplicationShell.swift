@@ -112,7 +112,7 @@ public final class ReplicationShell: @unchecked Sendable {
         loop = group.next()
         installGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         installLoop = installGroup.next()
-        let epoch = Self.wallMicros()
+        let epoch = wallClockMicros()
         core = ReplicationCore(config: config.core, epoch: epoch, seed: epoch ^ UInt64(config.core.selfID))
         sealer = SyncSealer(key: config.key, sender: config.core.selfID, epoch: epoch)
         opener = SyncOpener(key: config.key, selfID: config.core.selfID, members: Set(config.peers.map(\.id)))
@@ -364,17 +364,11 @@ public final class ReplicationShell: @unchecked Sendable {
     // MARK: Loop-confined work
 
     private func now() -> SyncTime {
-        SyncTime(monotonicMillis: Self.clockMillis(), wallMicros: Self.wallMicros())
+        SyncTime(monotonicMillis: Self.clockMillis(), wallMicros: wallClockMicros())
     }
 
     /// The monotonic clock the core's times are on, in milliseconds.
     public static func clockMillis() -> UInt64 { NIODeadline.now().uptimeNanoseconds / 1_000_000 }
-
-    static func wallMicros() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
-    }
 
     /// Arms the tick timer `milliseconds` from now, unless it is already due sooner.
     private func scheduleTick(in milliseconds: Int64) {

@@ -103,7 +103,7 @@ public final class ServiceSyncShell: Sendable {
         self.target = target
         self.logger = logger
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let epoch = UInt64(clock_realtime_micros())
+        let epoch = wallClockMicros()
         sealer = NIOLockedValueBox(SyncSealer(key: config.key, sender: config.selfID, epoch: epoch))
         opener = NIOLockedValueBox(SyncOpener(key: config.key, selfID: config.selfID, members: Set(config.peers.map(\.id))))
         peerState = NIOLockedValueBox(Dictionary(uniqueKeysWithValues: config.peers.map {
@@ -359,11 +359,4 @@ public final class ServiceSyncShell: Sendable {
             all[peer] = p
         }
     }
-}
-
-/// Wall clock in microseconds (the boot epoch of this shell's sealer).
-func clock_realtime_micros() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
 }
