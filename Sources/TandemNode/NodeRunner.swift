@@ -107,7 +107,6 @@ public enum NodeRunner {
                                         answerICMP: o.config.answerICMP ?? true, gateVIPs: ha != nil,
                                         skipFIB: !o.interfaces.allSatisfy { SystemChecks.forwardsIPv4($0) == true })
         let services = try o.config.validatedServices()
-        _ = try o.config.validatedServiceOptions()
         for s in services {
             for ep in s.endpoints {
                 if let why = SystemChecks.routeProblem(ep.ip) {
@@ -126,6 +125,8 @@ public enum NodeRunner {
     /// Runs the node until SIGTERM or SIGINT, then detaches everything it attached.
     public static func run(_ o: NodeOptions, logger: Logger) async throws {
         let (settings, services, replicationSettings, clusterKey, haSettings) = try preflight(o)
+        // Checked here, before the datapath loads: a probe that does not parse stops the node.
+        let serviceOptions = try o.config.validatedServiceOptions()
         let (state, security) = try preflightControlPlane(o, logger: logger)
         // swift-metrics onto the Prometheus registry that GET /netlox/v1/metrics renders (once per process).
         TandemMetrics.bootstrap()
@@ -191,7 +192,7 @@ public enum NodeRunner {
         }
         do {
             try await datapath.apply(settings: settings)
-            try await controller.restore(config: services, options: try o.config.validatedServiceOptions(), state: state)
+            try await controller.restore(config: services, options: serviceOptions, state: state)
             for i in o.interfaces {
                 try await datapath.attach(interface: i, xdp: o.config.xdp ?? false)
                 if o.config.xdp == true && SystemChecks.isVirtual(i) {
