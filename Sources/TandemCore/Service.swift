@@ -147,14 +147,20 @@ public struct ServiceTable: Sendable {
         freeSlots = (0..<UInt32(capacity)).reversed()
     }
 
-    /// Adds a service; a second one with the same key is refused (delete it first).
+    /// Adds a service; a second one with the same key is refused (delete it first). `preferredSlot`
+    /// is taken when free: an adopted datapath's connections refer to their service's old slot.
     @discardableResult
-    public mutating func add(_ service: Service) throws(ServiceError) -> UInt32 {
+    public mutating func add(_ service: Service, preferredSlot: UInt32? = nil) throws(ServiceError) -> UInt32 {
         try service.validate()
         if services[service.key] != nil {
             throw ServiceError("service \(service.key) already exists")
         }
-        guard let slot = freeSlots.popLast() else {
+        let slot: UInt32
+        if let p = preferredSlot, let i = freeSlots.firstIndex(of: p) {
+            slot = freeSlots.remove(at: i)
+        } else if let next = freeSlots.popLast() {
+            slot = next
+        } else {
             throw ServiceError("the service table is full (\(DatapathLimits.maxServices) services)")
         }
         services[service.key] = service

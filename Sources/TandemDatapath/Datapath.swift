@@ -94,6 +94,13 @@ public actor Datapath {
     private let xdpProgramFD: Int32
     private let logger: Logger
     private var closed = false
+    /// How this start found the pin directory (`.fresh` without persistence).
+    public nonisolated let adoption: DatapathAdoption
+    /// What the previous run's graceful exit left (adopted starts only).
+    public nonisolated let resumeRecord: DatapathResumeRecord?
+    private let pins: PinDirectory?
+    private let metaFD: Int32
+    private var meta: PinMeta?
 
     public struct Maps: Sendable {
         public let ct, services, vips, endpoints, schedules, maglev, rr, persist: BPFMap
@@ -124,8 +131,14 @@ public actor Datapath {
     nonisolated let activeCounters: ActiveCounters?
 
     /// Opens and loads the object: every program passes the kernel verifier here or this throws.
+    ///
+    /// With `pinDirectory` (a directory on a BPF filesystem, one per node instance) every map is
+    /// pinned there, and a start that finds maps pinned by a build with the same layout adopts
+    /// them: the connection table, services and events ring of the previous run carry on (see
+    /// `adoption`). A layout that differs is refused and removed, and the datapath starts empty.
     public init(objectPath: String, connectionTableSize: UInt32 = UInt32(TDM_CT_DEFAULT_MAX),
-                eventRingBytes: UInt32 = UInt32(TDM_RINGBUF_BYTES), logger: Logger) throws {
+                eventRingBytes: UInt32 = UInt32(TDM_RINGBUF_BYTES), pinDirectory: String? = nil,
+                logger: Logger) throws {
         self.objectPath = objectPath
         self.logger = logger
         self.connectionTableSize = connectionTableSize
@@ -133,8 +146,7 @@ public actor Datapath {
         guard access(objectPath, R_OK) == 0 else {
             throw DatapathError("BPF object \(objectPath) is missing or unreadable; run `make bpf` first")
         }
-        /// Opens the object and loads it, with or without the replication installer.
-        func openAndLoad(installer: Bool) throws -> (OpaquePointer, Int32) {
+        func open() throws -> OpaquePointer {
             guard let obj = bpf_object__open_file(objectPath, nil), libbpf_get_error(UnsafeRawPointer(obj)) == 0 else {
                 throw DatapathError("open \(objectPath)", errno: errno)
             }
@@ -144,10 +156,44 @@ public actor Datapath {
             if let ring = bpf_object__find_map_by_name(obj, "tdm_events") {
                 bpf_map__set_max_entries(ring, eventRingBytes)
             }
+            return obj
+        }
+        let pins = try pinDirectory.map { try PinDirectory(path: $0) }
+        var adoption = DatapathAdoption.fresh
+        var pinned: (fd: Int32, meta: PinMeta)?
+        var fingerprint: UInt64 = 0
+        if let pins {
+            let probe = try open()
+            fingerprint = tdm_layout_fingerprint(probe)
+            bpf_object__close(probe)
+            pinned = PinMeta.open(pins)
+            adoption = DatapathAdoption.decide(
+                pinnedFingerprint: pinned?.meta.raw.fingerprint, pinnedLayoutVersion: pinned?.meta.raw.layout_version,
+                otherPins: !pins.entries().isEmpty, fingerprint: fingerprint, layoutVersion: UInt32(TDM_LAYOUT_VERSION))
+            if case .refused = adoption {
+                if let fd = pinned?.fd { Glibc.close(fd) }
+                pinned = nil
+                pins.removeAll()
+            }
+        }
+        /// Opens the object and loads it, with or without the replication installer; with pins,
+        /// libbpf reuses each map pinned under its name (checking type and sizes) or creates and
+        /// pins it.
+        func openAndLoad(installer: Bool) throws -> (OpaquePointer, Int32) {
+            let obj = try open()
             if !installer {
                 // Both are BPF_PROG_TYPE_SYSCALL programs: without them the user-space paths run.
                 for name in ["tandem_install", "tandem_reap"] {
                     if let p = bpf_object__find_program_by_name(obj, name) { bpf_program__set_autoload(p, false) }
+                }
+            }
+            if let pins {
+                var m = bpf_object__next_map(obj, nil)
+                while let map = m {
+                    if !bpf_map__is_internal(map), let name = bpf_map__name(map) {
+                        bpf_map__set_pin_path(map, pins.mapPath(String(cString: name)))
+                    }
+                    m = bpf_object__next_map(obj, map)
                 }
             }
             return (obj, bpf_object__load(obj))
@@ -162,9 +208,64 @@ public actor Datapath {
             logger.warning("loading without the in-kernel replication installer", metadata: ["object": "\(objectPath)"])
             (obj, rc) = try openAndLoad(installer: false)
         }
+        if rc != 0, adoption == .adopted, let pins {
+            // libbpf refused to reuse a pinned map (its own check, beyond our fingerprint): start
+            // empty rather than not at all.
+            bpf_object__close(obj)
+            if let fd = pinned?.fd { Glibc.close(fd) }
+            pinned = nil
+            pins.removeAll()
+            adoption = .refused("libbpf could not reuse the pinned maps (errno \(abs(rc)))")
+            (obj, rc) = try openAndLoad(installer: wantInstaller)
+            if rc != 0 && wantInstaller {
+                bpf_object__close(obj)
+                (obj, rc) = try openAndLoad(installer: false)
+            }
+        }
         if rc != 0 {
             bpf_object__close(obj)
+            if let fd = pinned?.fd { Glibc.close(fd) }
             throw DatapathError("load \(objectPath) (verifier log above)", errno: rc)
+        }
+        self.adoption = adoption
+        self.pins = pins
+        if let pins {
+            if let p = pinned {
+                metaFD = p.fd
+                meta = p.meta
+                resumeRecord = p.meta.resume
+            } else {
+                var m = PinMeta()
+                m.raw.fingerprint = fingerprint
+                m.raw.layout_version = UInt32(TDM_LAYOUT_VERSION)
+                do {
+                    let fd = try PinMeta.create(pins)
+                    try m.write(fd)
+                    metaFD = fd
+                } catch {
+                    bpf_object__close(obj)
+                    pins.removeAll()
+                    throw error
+                }
+                meta = m
+                resumeRecord = nil
+            }
+        } else {
+            metaFD = -1
+            meta = nil
+            resumeRecord = nil
+        }
+        switch adoption {
+        case .fresh where pins != nil:
+            logger.info("datapath pinned", metadata: ["directory": "\(pinDirectory ?? "")"])
+        case .adopted:
+            logger.notice("datapath adopted: connections and services carried over from the previous run",
+                          metadata: ["directory": "\(pinDirectory ?? "")", "resume": "\(pinned?.meta.resume != nil)"])
+        case .refused(let why):
+            logger.error("pinned datapath not adopted; starting empty (connections are pulled from peers, if any)",
+                         metadata: ["directory": "\(pinDirectory ?? "")", "reason": "\(why)"])
+        default:
+            break
         }
         let installProg = bpf_object__find_program_by_name(obj, "tandem_install")
         guard let prog = bpf_object__find_program_by_name(obj, "tandem_ingress") else {
@@ -213,47 +314,116 @@ public actor Datapath {
     public nonisolated var fastPathProgramFD: Int32 { xdpProgramFD }
 
     /// Attaches the ingress program to an interface by name, and with `xdp` the XDP fast path in
-    /// front of it (native mode only: generic XDP would cost more than it saves).
+    /// front of it (native mode only: generic XDP would cost more than it saves). On an adopted
+    /// datapath this replaces the previous run's programs in one step each (same filter handle,
+    /// XDP replace): packets never find the interface without a program.
     public func attach(interface name: String, xdp: Bool = false) throws {
         let ifindex = Int32(bitPattern: if_nametoindex(name))
         guard ifindex > 0 else { throw DatapathError("interface \(name) does not exist") }
         if xdp && xdpProgramFD < 0 { throw DatapathError("the BPF object \(objectPath) has no XDP program (tandem_xdp)") }
+        let previous = meta?.interfaces[ifindex]
         var created: Int32 = 0
         let rc = tdm_tc_attach_ingress(ifindex, programFD, &created)
         guard rc == 0 else { throw DatapathError("attach to \(name)", errno: rc) }
+        // The qdisc is ours to remove if this run or the one it adopted created it.
+        let ownsQdisc = created != 0 || (previous ?? 0) & UInt8(TDM_META_IF_QDISC) != 0
         if xdp {
             let xrc = bpf_xdp_attach(ifindex, xdpProgramFD, UInt32(XDP_FLAGS_DRV_MODE), nil)
             if xrc != 0 {
-                _ = tdm_tc_detach_ingress(ifindex, created)
+                if previous == nil { _ = tdm_tc_detach_ingress(ifindex, created) }
                 throw DatapathError("attach XDP to \(name) (native mode; does its driver support XDP?)", errno: xrc)
             }
+        } else if let previous, previous & UInt8(TDM_META_IF_XDP) != 0 {
+            // The previous run had the fast path here; this one does not.
+            _ = bpf_xdp_detach(ifindex, UInt32(XDP_FLAGS_DRV_MODE), nil)
         }
-        attached.append((name, ifindex, created != 0, xdp))
-        logger.info("datapath attached", metadata: ["interface": "\(name)", "ifindex": "\(ifindex)", "xdp": "\(xdp)"])
+        attached.append((name, ifindex, ownsQdisc, xdp))
+        recordAttachments()
+        logger.info("datapath attached", metadata: ["interface": "\(name)", "ifindex": "\(ifindex)", "xdp": "\(xdp)",
+                                                    "replaced": "\(previous != nil)"])
+    }
+
+    /// After the interfaces are attached: detaches the programs an adopted run left on interfaces
+    /// this run does not use.
+    public func detachLeftovers() {
+        guard let m = meta else { return }
+        let mine = Set(attached.map(\.ifindex))
+        for (ifindex, flags) in m.interfaces where !mine.contains(ifindex) {
+            if flags & UInt8(TDM_META_IF_XDP) != 0 { _ = bpf_xdp_detach(ifindex, UInt32(XDP_FLAGS_DRV_MODE), nil) }
+            _ = tdm_tc_detach_ingress(ifindex, flags & UInt8(TDM_META_IF_QDISC) != 0 ? 1 : 0)
+            logger.info("datapath detached from an interface the previous run used", metadata: ["ifindex": "\(ifindex)"])
+        }
+        recordAttachments()
+    }
+
+    /// Writes where the programs are attached into tdm_meta, for the next run's release.
+    private func recordAttachments() {
+        guard var m = meta, metaFD >= 0 else { return }
+        var list: [Int32: UInt8] = [:]
+        for a in attached {
+            list[a.ifindex] = (a.createdQdisc ? UInt8(TDM_META_IF_QDISC) : 0) | (a.xdp ? UInt8(TDM_META_IF_XDP) : 0)
+        }
+        m.interfaces = list
+        do { try m.write(metaFD) } catch {
+            logger.warning("tdm_meta not updated", metadata: ["error": "\(error)"])
+        }
+        meta = m
     }
 
     public var attachedInterfaces: [String] { attached.map(\.name) }
 
-    /// Detaches from every interface (removing clsact qdiscs this process created) and frees the
-    /// object. Nothing is pinned, so nothing is left behind.
+    /// Whether the maps are pinned (the datapath can outlive this process).
+    public nonisolated var isPinned: Bool { pins != nil }
+
+    /// Consumes the resume record the previous run left, so a later crash does not resume it again.
+    public func clearResumeRecord() {
+        guard var m = meta, metaFD >= 0, m.resume != nil else { return }
+        m.resume = nil
+        try? m.write(metaFD)
+        meta = m
+    }
+
+    /// Detaches from every interface (removing clsact qdiscs this process, or the run it adopted,
+    /// created), unpins everything and frees the object: nothing is left behind.
     public func close() {
+        close(release: true)
+    }
+
+    /// With `release` false (a graceful restart of a pinned datapath): the programs stay attached
+    /// and the maps pinned, so forwarding goes on while no daemon runs; `resume`, when given, is
+    /// left for the next start. Without pins there is nothing to keep: the datapath is released.
+    public func close(release: Bool, resume: DatapathResumeRecord? = nil) {
         guard !closed else { return }
         closed = true
-        for a in attached.reversed() {
-            if a.xdp {
-                let xrc = bpf_xdp_detach(a.ifindex, UInt32(XDP_FLAGS_DRV_MODE), nil)
-                if xrc != 0 {
-                    logger.warning("XDP detach failed", metadata: ["interface": "\(a.name)", "error": "\(DatapathError("detach", errno: xrc))"])
+        let keep = !release && pins != nil
+        if keep {
+            if var m = meta, metaFD >= 0 {
+                m.resume = resume
+                do { try m.write(metaFD) } catch {
+                    logger.warning("resume record not written", metadata: ["error": "\(error)"])
                 }
             }
-            let rc = tdm_tc_detach_ingress(a.ifindex, a.createdQdisc ? 1 : 0)
-            if rc != 0 {
-                logger.warning("detach failed", metadata: ["interface": "\(a.name)", "error": "\(DatapathError("detach", errno: rc))"])
-            } else {
-                logger.info("datapath detached", metadata: ["interface": "\(a.name)"])
+            logger.notice("datapath left running for the next start", metadata: [
+                "directory": "\(pins?.path ?? "")", "interfaces": "\(attached.map(\.name).joined(separator: ","))"])
+        } else {
+            for a in attached.reversed() {
+                if a.xdp {
+                    let xrc = bpf_xdp_detach(a.ifindex, UInt32(XDP_FLAGS_DRV_MODE), nil)
+                    if xrc != 0 {
+                        logger.warning("XDP detach failed", metadata: ["interface": "\(a.name)", "error": "\(DatapathError("detach", errno: xrc))"])
+                    }
+                }
+                let rc = tdm_tc_detach_ingress(a.ifindex, a.createdQdisc ? 1 : 0)
+                if rc != 0 {
+                    logger.warning("detach failed", metadata: ["interface": "\(a.name)", "error": "\(DatapathError("detach", errno: rc))"])
+                } else {
+                    logger.info("datapath detached", metadata: ["interface": "\(a.name)"])
+                }
             }
+            pins?.removeAll(removingDirectory: true)
         }
         attached.removeAll()
+        if metaFD >= 0 { Glibc.close(metaFD) }
         installer?.unmap()
         activeCounters?.unmap()
         bpf_object__close(object)
@@ -490,6 +660,18 @@ public actor Datapath {
         var t = base
         t.perService = idleTimeouts.snapshot()
         return t
+    }
+
+    /// The services the maps hold now, by key, with their slots: on an adopted datapath, what the
+    /// previous run installed, so a restore can put each service back in the slot its connections
+    /// (and per-endpoint counts) refer to.
+    public nonisolated func installedServiceSlots() -> [ServiceKey: UInt32] {
+        var out: [ServiceKey: UInt32] = [:]
+        for (k, v) in maps.services.entries(key: tdm_service_key.self, value: tdm_service.self) {
+            guard let proto = L4Protocol(rawValue: k.proto), v.id < UInt32(TDM_MAX_SERVICES) else { continue }
+            out[ServiceKey(vip: IPv4Address(networkOrder: k.vip), port: UInt16(bigEndian: k.port), proto: proto)] = v.id
+        }
+        return out
     }
 
     private func serviceKey(_ k: ServiceKey) -> tdm_service_key {

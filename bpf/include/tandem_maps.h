@@ -309,6 +309,41 @@ struct tdm_install_buf {
 };
 #endif
 
+/*
+ * Pinned datapath (hitless restart). A daemon run with --persist-datapath pins every map under
+ * its pin directory and leaves the programs attached when it exits; the next start adopts them
+ * when the layout matches. tdm_meta (an array map of one struct tdm_pin_meta, created and pinned by
+ * user space, never read by the BPF programs) says which layout the pins have, and what a graceful
+ * exit left for the next start: the roles it held (so it resumes them with no election), its
+ * incarnation, and where the programs are attached (and which clsact qdiscs are Tandem's).
+ */
+#define TDM_LAYOUT_VERSION    1  /* bump when a map's meaning changes without its BTF changing */
+#define TDM_META_INSTANCES    16
+#define TDM_META_IFACES       16
+#define TDM_META_F_RESUME     0x01 /* a graceful exit wrote the resume record below */
+
+struct tdm_meta_instance {
+    __u32 id;       /* FNV-1a 32 of the HA instance name */
+    __u8  role;     /* 1 BACKUP, 2 MASTER (the sync protocol's HARole) */
+    __u8  pad[3];
+    __u64 term;
+};
+
+struct tdm_pin_meta {
+    __u64 fingerprint;      /* of every pinned map's type, sizes, flags and BTF key/value layout */
+    __u32 layout_version;   /* TDM_LAYOUT_VERSION of the build that pinned */
+    __u32 flags;            /* TDM_META_F_* */
+    __u64 exited_at_us;     /* wall clock of the graceful exit */
+    __u32 incarnation;      /* the membership incarnation the exiting daemon had */
+    __u32 instance_count;
+    struct tdm_meta_instance instances[TDM_META_INSTANCES];
+    __u32 ifindex[TDM_META_IFACES];  /* interfaces the programs are attached to, 0 = unused */
+    __u8  if_flags[TDM_META_IFACES]; /* TDM_META_IF_* of each */
+};
+
+#define TDM_META_IF_QDISC 0x01 /* Tandem created the clsact qdisc: removed on release */
+#define TDM_META_IF_XDP   0x02 /* the XDP fast path is attached too */
+
 #ifndef __BPF__
 #define TDM_STATIC_ASSERT(c, m) _Static_assert(c, m)
 #else
@@ -326,6 +361,8 @@ TDM_STATIC_ASSERT(sizeof(struct tdm_ct_event) == 64, "event layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_config) == 144, "config layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_event_ctl) == 8, "event control layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_install_req) == 64, "install request layout");
+TDM_STATIC_ASSERT(sizeof(struct tdm_meta_instance) == 16, "meta instance layout");
+TDM_STATIC_ASSERT(sizeof(struct tdm_pin_meta) == 32 + 16 * TDM_META_INSTANCES + 5 * TDM_META_IFACES, "pin meta layout");
 #ifndef __swift__
 TDM_STATIC_ASSERT(sizeof(struct tdm_install_buf) == TDM_INSTALL_HDR + 64 * TDM_INSTALL_BATCH, "install buffer layout");
 #endif

@@ -22,6 +22,14 @@ int tdm_prog_test_run(int prog_fd, const void *packet, uint32_t packet_len, void
                       uint32_t *retval);
 
 /* Routes libbpf's messages: 0 silences them, 1 prints warnings, 2 prints debug too. */
+/* 1 if path is on a BPF filesystem, 0 if not, -errno if it cannot be checked. */
+int tdm_is_bpffs(const char *path);
+
+struct bpf_object;
+/* A hash of every non-internal map's definition and BTF key/value layout, after
+ * bpf_object__open and any max_entries changes (see tandem_shim.c). */
+uint64_t tdm_layout_fingerprint(struct bpf_object *obj);
+
 void tdm_set_libbpf_verbosity(int level);
 
 /* A sequentially consistent store into memory shared with BPF programs (an mmapped map value). */
