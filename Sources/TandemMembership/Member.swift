@@ -33,8 +33,10 @@ struct Member: Sendable {
     var suspicionDeadline: UInt64 = 0
     /// When this node began to hold the member suspect (its own miss or a peer's gossip).
     var suspectedAtNanos: UInt64 = 0
-    /// When a dead member is probed next (meaningful while dead).
+    /// When a dead (or restarting) member is probed next.
     var nextDeadProbeNanos: UInt64 = 0
+    /// When a restarting member that has not returned is declared dead (meaningful while restarting).
+    var holdDeadline: UInt64 = 0
     /// Random order among members confirmed at the same instant; redrawn after each probe.
     var tiebreak: UInt64
 
@@ -55,13 +57,16 @@ struct Member: Sendable {
 }
 
 extension MemberStatus {
-    /// Precedence at equal incarnation: left (said by the node itself) > dead > suspect > alive.
+    /// Precedence at equal incarnation: left (said by the node itself) > dead > restarting (said
+    /// by the node itself; a hold that expired is declared dead at the same incarnation) >
+    /// suspect > alive.
     var precedence: Int {
         switch self {
         case .alive: 0
         case .suspect: 1
-        case .dead: 2
-        case .left: 3
+        case .restarting: 2
+        case .dead: 3
+        case .left: 4
         }
     }
 }

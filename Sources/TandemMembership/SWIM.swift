@@ -38,6 +38,10 @@ public struct SWIMCounters: Sendable, Hashable, Codable {
     public var startupMissesIgnored: UInt64 = 0
     /// Suspects not declared dead at their deadline because they were heard directly meanwhile.
     public var deathsAverted: UInt64 = 0
+    /// Members that announced a graceful restart and were held (no suspicion, no election).
+    public var restartHoldsStarted: UInt64 = 0
+    /// Restarting members that did not return within restartHoldNanos (declared dead).
+    public var restartHoldsExpired: UInt64 = 0
     public init() {}
 }
 
@@ -63,8 +67,10 @@ public struct SWIM: Sendable {
     public var localAdverts: [InstanceAdvert] = []
     /// This node's incarnation: grows when it refutes a suspicion about itself.
     public private(set) var incarnation: UInt32
-    /// Set by `leave()`: this node announces `left` and no longer probes.
+    /// Set by `leave()`: this node announces `left` (or `restarting`) and no longer probes.
     public private(set) var hasLeft = false
+    /// What `leave()` announces about this node.
+    private var departure: MemberStatus = .left
     public private(set) var counters = SWIMCounters()
 
     /// Peers sorted by node id (deterministic iteration), and their slots.
@@ -132,7 +138,7 @@ public struct SWIM: Sendable {
 
     /// The believed status of a peer, or this node's own; nil for a node not in the cluster.
     public func status(of node: UInt32) -> MemberStatus? {
-        if node == selfID { return hasLeft ? .left : .alive }
+        if node == selfID { return hasLeft ? departure : .alive }
         return slots[node].map { peers[$0].status }
     }
 
@@ -159,6 +165,7 @@ public struct SWIM: Sendable {
         }
         detectStall(now)
         expireSuspicions(now)
+        expireRestartHolds(now)
         advanceProbe(now)
         // A probe still in flight (late or irregular ticks) keeps its full window; the next one
         // starts when it ends.
@@ -216,15 +223,21 @@ public struct SWIM: Sendable {
         return finish()
     }
 
-    /// Announces `left` to every member; afterwards this node only answers probes.
-    public mutating func leave() -> [SWIMAction] {
+    /// Announces `left` to every member; afterwards this node only answers probes. With
+    /// `restarting`, announces `restarting` instead: peers hold this node (no suspicion, no
+    /// election) for their restartHoldNanos, until its next life says it is alive. Sent `copies`
+    /// times to each member, since the process may be gone before any ack could be missed.
+    public mutating func leave(restarting: Bool = false, copies: Int = 1) -> [SWIMAction] {
         guard !hasLeft else { return [] }
         hasLeft = true
+        departure = restarting ? .restarting : .left
         probe = nil
         relays = [:]
         for m in peers where m.status != .left {
-            sendProbe(to: m.node)
-            counters.announcementsSent += 1
+            for _ in 0..<max(1, copies) {
+                sendProbe(to: m.node)
+                counters.announcementsSent += 1
+            }
         }
         return finish()
     }
@@ -320,8 +333,24 @@ public struct SWIM: Sendable {
         }
     }
 
+    /// A restarting member that has not come back within the hold is dead, as a silent one would
+    /// be; announced at the incarnation it restarted with (dead outranks restarting there).
+    private mutating func expireRestartHolds(_ now: UInt64) {
+        for i in peers.indices where peers[i].status == .restarting && now >= peers[i].holdDeadline {
+            peers[i].status = .dead
+            peers[i].nextDeadProbeNanos = now.plus(settings.deadProbePeriodNanos)
+            counters.restartHoldsExpired += 1
+            counters.deathsDeclared += 1
+            queue.enqueue(peers[i].update)
+            changed(i)
+        }
+    }
+
+    /// Dead and restarting members are probed now and then, so their return is noticed even if
+    /// their own hello is lost.
     private mutating func probeDeadMembers(_ now: UInt64) {
-        for i in peers.indices where peers[i].status == .dead && now >= peers[i].nextDeadProbeNanos {
+        for i in peers.indices where (peers[i].status == .dead || peers[i].status == .restarting)
+            && now >= peers[i].nextDeadProbeNanos {
             peers[i].nextDeadProbeNanos = now.plus(settings.deadProbePeriodNanos)
             sendProbe(to: peers[i].node)
             counters.deadProbesSent += 1
@@ -404,7 +433,7 @@ public struct SWIM: Sendable {
     /// Our own update first, then the recipient's status if we do not hold it alive (so it can
     /// refute), then the least-sent pending updates: at most maxPiggybackUpdates besides our own.
     private mutating func gossip(for recipient: UInt32) -> Gossip {
-        var updates = [MemberUpdate(node: selfID, incarnation: incarnation, status: hasLeft ? .left : .alive)]
+        var updates = [MemberUpdate(node: selfID, incarnation: incarnation, status: hasLeft ? departure : .alive)]
         var room = settings.maxPiggybackUpdates
         var excluded: UInt32?
         if room > 0, let r = slots[recipient], peers[r].status != .alive {
@@ -439,6 +468,13 @@ public struct SWIM: Sendable {
         case .dead, .left:
             peers[i].nextDeadProbeNanos = now.plus(settings.deadProbePeriodNanos)
             if probe?.target == u.node { probe = nil }
+        case .restarting:
+            // Only a hold this node started counts down here: a repeat of the same news (every
+            // ack of the departing process carries it) does not extend it, by the supersede rule.
+            peers[i].holdDeadline = now.plus(settings.restartHoldNanos)
+            peers[i].nextDeadProbeNanos = now.plus(settings.deadProbePeriodNanos)
+            if probe?.target == u.node { probe = nil }
+            counters.restartHoldsStarted += 1
         }
         // New to us, so possibly to others: pass it on.
         queue.enqueue(u)

@@ -27,6 +27,11 @@ public struct SWIMSettings: Sendable, Hashable {
     /// be able to send yet (ARP, a proxy-ARP router's delay, a firewall still loading) while it
     /// already hears everyone: its silence about the others is its own problem, not theirs.
     public var startupGraceNanos: UInt64 = 2_000_000_000
+    /// A member that announced `restarting` (a graceful daemon restart: its datapath keeps
+    /// forwarding) is neither suspected nor elected around for this long; if it has not returned
+    /// by then it is declared dead. Long enough for a restart (measured: see README), short
+    /// enough that a node that never comes back costs one bounded outage.
+    public var restartHoldNanos: UInt64 = 10_000_000_000
 
     public init() {}
 
@@ -39,6 +44,7 @@ public struct SWIMSettings: Sendable, Hashable {
         s.indirectProbeCount = max(s.indirectProbeCount, 0)
         s.suspicionTimeoutNanos = max(s.suspicionTimeoutNanos, 1)
         s.deadProbePeriodNanos = max(s.deadProbePeriodNanos, 1)
+        s.restartHoldNanos = max(s.restartHoldNanos, 1)
         // The codec carries at most maxGossipUpdates, our own update included.
         s.maxPiggybackUpdates = min(max(s.maxPiggybackUpdates, 0), SyncCodec.maxGossipUpdates - 1)
         s.retransmitMultiplier = max(s.retransmitMultiplier, 1)

@@ -239,12 +239,15 @@ public struct DigestRequest: Hashable, Sendable {
 // MARK: - Membership and election (gossip channel)
 
 /// A member's liveness as SWIM disseminates it. A higher incarnation always wins; at equal
-/// incarnation dead > suspect > alive (left is final, like dead, but announced by the node itself).
+/// incarnation left > dead > restarting > suspect > alive (left is final, like dead, but announced
+/// by the node itself; restarting too is announced by the node itself: its daemon is restarting
+/// and its datapath keeps forwarding, so peers hold it for a bounded time instead of electing).
 public enum MemberStatus: UInt8, Sendable, CaseIterable, Hashable {
     case alive = 1
     case suspect = 2
     case dead = 3
     case left = 4
+    case restarting = 5
 }
 
 /// One membership fact, piggybacked on probes and acks.
@@ -276,7 +279,11 @@ public struct InstanceAdvert: Hashable, Sendable {
         public static let inSync = Flags(rawValue: 0x01)
         /// The role was set from outside (cistate API), not by the election.
         public static let external = Flags(rawValue: 0x02)
-        public static let known: Flags = [.inSync, .external]
+        /// The sender is MASTER or was within the last recentMasterNanos (30 s): a MASTER that
+        /// hears from a peer it held as dead reasserts the floating IPs only then (the peer may
+        /// have moved them while apart); a peer that merely returned costs no cloud call.
+        public static let recentMaster = Flags(rawValue: 0x04)
+        public static let known: Flags = [.inSync, .external, .recentMaster]
     }
     /// FNV-1a 32 of the instance name (SyncHashing.instanceID).
     public var instance: UInt32

@@ -111,8 +111,8 @@ struct SimCluster {
         stalledUntil[i] = nowMs + ms
     }
 
-    mutating func leave(_ id: UInt32) {
-        guard let i = slot(id), let actions = swims[i]?.leave() else { return }
+    mutating func leave(_ id: UInt32, restarting: Bool = false, copies: Int = 1) {
+        guard let i = slot(id), let actions = swims[i]?.leave(restarting: restarting, copies: copies) else { return }
         perform(actions, at: id)
     }
 

@@ -110,6 +110,11 @@ enum Fixtures {
                       MemberUpdate(node: 3, incarnation: 1_700_000_003, status: .dead),
                       MemberUpdate(node: 4, incarnation: 0, status: .left)],
             adverts: [advert, InstanceAdvert(instance: 0xdead_beef, term: 0, role: .fault, priority: 0, flags: [])])))),
+        // A graceful restart's announcement, with the departing MASTER's advert (recentMaster).
+        ("probe-restarting", .gossip, .probe(Probe(probeID: 11, target: 2, requester: 0, gossip: Gossip(
+            updates: [MemberUpdate(node: 1, incarnation: 1_700_000_000, status: .restarting)],
+            adverts: [InstanceAdvert(instance: 0x1234_5678, term: 7, role: .master, priority: 100,
+                                     flags: [.inSync, .recentMaster])])))),
         ("service-digest", .config, serviceDigest),
         ("service-records", .config, serviceRecords),
         ("service-records-end", .config, .serviceRecords(ServiceRecords(records: []))),
