@@ -16,12 +16,15 @@ import TandemSyncWire
 //    and emits `reassert`, the other steps down. A MASTER that sees a MASTER with a lower term
 //    emits `reassert` (the other side may have moved the floating IP; it steps down when it hears
 //    our term). Each conflict is reasserted once (per peer and peer term), not on every advert.
-//    A MASTER also reasserts on the first advert from a peer it held as dead: that peer may have
+//    A MASTER also reasserts on the first advert from a peer it held as dead if that advert says
+//    MASTER or recentMaster (the peer was MASTER within recentMasterNanos): that peer may have
 //    been MASTER on the other side of a partition and moved the floating IP, and it may have
-//    stepped down (fenced by our advert) before we ever saw it advertise MASTER. Not covered: a
-//    same-term race between connected nodes whose loser steps down before it ever advertises
-//    MASTER; its takeover, already running, may land after the winner's. Such races need two
-//    claims within one advert interval (concurrent cistate and failover, or diverging views).
+//    stepped down (fenced by our advert) before we ever saw it advertise MASTER. A peer that
+//    merely restarted or rebooted (a new process, never MASTER in its life) costs no reassert.
+//    Likewise when a live peer's adverts newly carry recentMaster without MASTER: it claimed and
+//    stepped down (a same-term race lost) between two of its adverts, and its takeover may land
+//    after ours. (A loser's takeover that lands after that reassert too is not covered; it needs
+//    two claims within one advert interval.)
 // 2. Sticky: while any live peer advertises MASTER with this node's current (highest) term, nobody
 //    claims, whatever the priorities or sync states; so a returning old master stays BACKUP. A
 //    peer SWIM still holds as dead whose MASTER advert arrived within candidateTimeoutNanos counts
@@ -53,6 +56,11 @@ import TandemSyncWire
 //    MASTER: the one with the higher term, ties by (priority, id). That is normally the side that
 //    elected during the partition, minority or not (terms are epochs, not votes; there is no
 //    quorum). It emits `reassert` so the floating IP ends on it.
+//
+// 8. Resume: a daemon that restarted gracefully (its datapath kept forwarding, its peers held it as
+//    restarting) resumes the role and term it left with (`resume`), without a claim or a takeover:
+//    the floating IPs never moved. If a peer claimed meanwhile (the hold expired), its higher term
+//    fences the resumed MASTER by rule 1 on its first advert.
 //
 // Membership: SWIM starts with every peer alive and never heard, and so does this election. Node
 // ids must be unique; 0 and this node's own id are not peers. Terms live in memory only: after a
@@ -149,6 +157,10 @@ public struct Election: Sendable {
     private var faultUntil: UInt64 = 0
     /// Conflicts already answered with a reassert: peer -> the term it claimed.
     private var reasserted: [UInt32: UInt64] = [:]
+    /// When this node last stopped being MASTER (the recentMaster flag's clock).
+    private var masterUntil: UInt64?
+    /// Whether each peer's last advert said MASTER or recentMaster.
+    private var recentlyMaster: [UInt32: Bool] = [:]
     /// Peers held as dead since we last heard from them -> whether their first advert since was
     /// handled (rule 1's reassert on return). Cleared once SWIM has them alive and one advert came.
     private var returning: [UInt32: Bool] = [:]
@@ -174,6 +186,8 @@ public struct Election: Sendable {
         var flags: InstanceAdvert.Flags = []
         if inSync { flags.insert(.inSync) }
         if externalBackup || (role == .master && externalMaster) { flags.insert(.external) }
+        if role == .master { flags.insert(.recentMaster) }
+        else if let until = masterUntil, now >= until, now - until <= settings.recentMasterNanos { flags.insert(.recentMaster) }
         return InstanceAdvert(instance: instance, term: term, role: role, priority: settings.priority, flags: flags)
     }
 
@@ -228,13 +242,20 @@ public struct Election: Sendable {
         }
         // First word from a peer we held as dead: whatever it did meanwhile, the IP must be ours
         // (unless this advert makes us lose a same-term race, decided below).
+        // So does a peer whose adverts newly say it was MASTER lately: it claimed (and may have
+        // moved the IP) since we last heard from it, even if it stepped down before we saw it.
         var greet = false
+        let recent = a.role == .master || a.flags.contains(.recentMaster)
+        let wasRecent = recentlyMaster[node] ?? false
+        recentlyMaster[node] = recent
         if returning[node] == false {
             returning[node] = true
-            if role == .master {
+            if role == .master, recent {
                 greet = true
                 if a.role == .master { reasserted[node] = a.term }
             }
+        } else if role == .master, recent, !wasRecent, a.role != .master {
+            greet = true
         }
         if returning[node] == true, alive.contains(node) { returning[node] = nil }
         // A dead peer's advert (one that arrived before SWIM noticed its return, or a late message)
@@ -247,6 +268,20 @@ public struct Election: Sendable {
         evaluate(into: &out)
         if greet, role == .master { reassert(into: &out) }
         return out
+    }
+
+    /// Rule 8: takes back the role and term a graceful restart left (before the first tick). As
+    /// MASTER no action follows: the datapath still answers for the VIPs and they never moved.
+    public mutating func resume(term resumedTerm: UInt64, asMaster: Bool, nowNanos: UInt64) {
+        advance(nowNanos)
+        term = max(term, resumedTerm)
+        guard asMaster, role == .backup else { return }
+        role = .master
+        masterID = selfID
+        masterLostAt = nil
+        settled = true
+        settledAt = now
+        record(from: .backup, to: .master, reason: "resumed after a graceful restart")
     }
 
     /// The replication layer's sync state changed.
@@ -290,6 +325,7 @@ public struct Election: Sendable {
             } else {
                 // We cannot hold the floating IP: stop answering and let another node try.
                 role = .fault
+                masterUntil = now
                 externalMaster = false
                 reasserted = [:]
                 faultUntil = now.addingSaturating(settings.faultHoldNanos)
@@ -459,6 +495,7 @@ public struct Election: Sendable {
 
     private mutating func stepDown(_ reason: String, into out: inout [ElectionAction]) {
         role = .backup
+        masterUntil = now
         externalMaster = false
         reasserted = [:]
         masterID = nil

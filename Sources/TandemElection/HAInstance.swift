@@ -33,14 +33,19 @@ public struct ElectionSettings: Sendable, Hashable {
     public var candidateTimeoutNanos: UInt64
     /// How long a node stays in FAULT after a failed takeover before it is eligible again.
     public var faultHoldNanos: UInt64
+    /// After stepping down, adverts keep the recentMaster flag this long, so a MASTER that hears
+    /// from this node after holding it as dead knows it may have moved the floating IPs.
+    public var recentMasterNanos: UInt64
 
     public init(instanceName: String, priority: UInt8 = 100, settleNanos: UInt64 = 1_000_000_000,
-                candidateTimeoutNanos: UInt64 = 400_000_000, faultHoldNanos: UInt64 = 2_000_000_000) {
+                candidateTimeoutNanos: UInt64 = 400_000_000, faultHoldNanos: UInt64 = 2_000_000_000,
+                recentMasterNanos: UInt64 = 30_000_000_000) {
         self.instanceName = instanceName
         self.priority = priority
         self.settleNanos = settleNanos
         self.candidateTimeoutNanos = candidateTimeoutNanos
         self.faultHoldNanos = faultHoldNanos
+        self.recentMasterNanos = recentMasterNanos
     }
 
     /// The instance id adverts carry (`HAInstance.instanceID(instanceName)`).

@@ -217,7 +217,7 @@ struct ElectionUnitTests {
         #expect(e.onTick(nowNanos: 3_400 * ms) == [.becomeMaster(term: 2)])
     }
 
-    @Test("a returning old master stays BACKUP; the MASTER reasserts once when it hears from it again")
+    @Test("a returning old master stays BACKUP; the MASTER reasserts only if it was MASTER lately")
     func returningPeer() {
         var e = Election(selfID: 1, peers: [2], settings: settings(priority: 10), nowNanos: 0)
         _ = e.onLocalSync(true, nowNanos: 0)
@@ -226,9 +226,17 @@ struct ElectionUnitTests {
         #expect(e.peerAdverts.isEmpty && e.candidates.isEmpty)
         #expect(e.onPeerAlive(2, nowNanos: 200 * ms).isEmpty)
         #expect(e.candidates.isEmpty, "known again only through its advert")
-        // It restarted (term 0, BACKUP). It may have moved the IP before it died: reassert once.
-        #expect(e.onAdvert(advert(term: 0, priority: 200), from: 2, nowNanos: 210 * ms) == [.reassert(term: 2)])
+        // It restarted (term 0, BACKUP, never MASTER in this life): it moved nothing, no cloud call.
+        #expect(e.onAdvert(advert(term: 0, priority: 200), from: 2, nowNanos: 210 * ms).isEmpty)
         #expect(e.onAdvert(advert(term: 2, priority: 200), from: 2, nowNanos: 260 * ms).isEmpty)
+        #expect(e.counters.reasserts == 0)
+        // Held as dead again, it returns saying it was MASTER lately (apart, it may have moved the
+        // IP, then been fenced by our term): reassert once.
+        _ = e.onPeerDead(2, nowNanos: 300 * ms)
+        _ = e.onPeerAlive(2, nowNanos: 400 * ms)
+        #expect(e.onAdvert(advert(term: 2, priority: 200, flags: [.inSync, .recentMaster]), from: 2, nowNanos: 410 * ms)
+            == [.reassert(term: 2)])
+        #expect(e.onAdvert(advert(term: 2, priority: 200, flags: [.inSync, .recentMaster]), from: 2, nowNanos: 460 * ms).isEmpty)
         #expect(e.role == .master && e.term == 2 && e.candidates == [2])
         // The restarted node itself: sticky, whatever its priority.
         var r = Election(selfID: 2, peers: [1], settings: settings(priority: 200), nowNanos: 0)
@@ -269,7 +277,7 @@ struct ElectionUnitTests {
         _ = e.onLocalSync(true, nowNanos: 0)
         _ = e.onAdvert(advert(term: 3, role: .master, priority: 200), from: 2, nowNanos: 10 * ms)
         #expect(e.onExternal(.master, nowNanos: 20 * ms) == [.becomeMaster(term: 4)])
-        #expect(e.advert.flags == [.inSync, .external] && e.externalMaster)
+        #expect(e.advert.flags == [.inSync, .external, .recentMaster] && e.externalMaster)
         // Repeated calls do not churn terms; the old master's adverts do not trigger a reassert
         // (the claim's own takeover moves the IP).
         #expect(e.onExternal(.master, nowNanos: 30 * ms).isEmpty && e.term == 4)
@@ -277,7 +285,7 @@ struct ElectionUnitTests {
         #expect(e.onAdvert(advert(term: 4, priority: 200), from: 2, nowNanos: 90 * ms).isEmpty)
         #expect(e.onExternal(.backup, nowNanos: 100 * ms)
             == [.becomeBackup(term: 4, reason: "set to BACKUP from outside")])
-        #expect(e.advert.flags == [.inSync, .external] && e.externalBackup)
+        #expect(e.advert.flags == [.inSync, .external, .recentMaster] && e.externalBackup, "stepped down just now")
         // Out of candidacy: the peer dies, nobody else is left, still no claim.
         _ = e.onPeerDead(2, nowNanos: 200 * ms)
         #expect(e.onTick(nowNanos: 5_000 * ms).isEmpty && e.role == .backup)
@@ -312,5 +320,51 @@ struct ElectionUnitTests {
         _ = e.onAdvert(top, from: 2, nowNanos: .max)
         _ = e.onExternal(.master, nowNanos: .max)
         #expect(e.role == .master && e.term == .max)
+    }
+
+    @Test("recentMaster: set while MASTER and for recentMasterNanos after stepping down")
+    func recentMasterFlag() {
+        var e = loneMaster()
+        #expect(e.advert.flags.contains(.recentMaster))
+        _ = e.onPeerAlive(2, nowNanos: 1_100 * ms)
+        #expect(isBackup(e.onAdvert(advert(term: 5, role: .master), from: 2, nowNanos: 1_200 * ms)))
+        #expect(e.advert.flags.contains(.recentMaster), "just stepped down")
+        _ = e.onTick(nowNanos: 1_200 * ms + 30_000 * ms)
+        #expect(e.advert.flags.contains(.recentMaster))
+        _ = e.onTick(nowNanos: 1_201 * ms + 30_000 * ms)
+        #expect(!e.advert.flags.contains(.recentMaster))
+        // A node that was never MASTER never says so.
+        let fresh = Election(selfID: 3, peers: [1], settings: settings(), nowNanos: 0)
+        #expect(!fresh.advert.flags.contains(.recentMaster))
+    }
+
+    @Test("resume: a gracefully restarted MASTER keeps its term and role with no claim or takeover")
+    func resumeAsMaster() {
+        var e = Election(selfID: 1, peers: [2], settings: settings(), nowNanos: 0)
+        e.resume(term: 7, asMaster: true, nowNanos: 0)
+        #expect(e.role == .master && e.term == 7 && e.masterID == 1 && e.settled)
+        #expect(e.advert.role == .master && e.advert.term == 7)
+        #expect(e.counters.claims == 0)
+        #expect(e.lastTransition?.reason == "resumed after a graceful restart")
+        // The peer held it as restarting and still advertises BACKUP at term 7: nothing happens.
+        _ = e.onPeerAlive(2, nowNanos: ms)
+        #expect(e.onAdvert(advert(term: 7), from: 2, nowNanos: 2 * ms).isEmpty)
+        #expect(e.onTick(nowNanos: 5_000 * ms).isEmpty && e.role == .master)
+        // Had the peer claimed meanwhile (the hold expired), its higher term fences at once.
+        var late = Election(selfID: 1, peers: [2], settings: settings(), nowNanos: 0)
+        late.resume(term: 7, asMaster: true, nowNanos: 0)
+        _ = late.onPeerAlive(2, nowNanos: ms)
+        #expect(isBackup(late.onAdvert(advert(term: 8, role: .master), from: 2, nowNanos: 2 * ms)))
+        #expect(late.role == .backup && late.term == 8 && late.masterID == 2)
+    }
+
+    @Test("resume as BACKUP keeps the term only; the peer's MASTER advert is then sticky at once")
+    func resumeAsBackup() {
+        var e = Election(selfID: 2, peers: [1], settings: settings(priority: 250), nowNanos: 0)
+        e.resume(term: 4, asMaster: false, nowNanos: 0)
+        #expect(e.role == .backup && e.term == 4)
+        _ = e.onLocalSync(true, nowNanos: ms)
+        #expect(e.onAdvert(advert(term: 4, role: .master, priority: 10), from: 1, nowNanos: 2 * ms).isEmpty)
+        #expect(e.onTick(nowNanos: 5_000 * ms).isEmpty && e.role == .backup && e.masterID == 1)
     }
 }
