@@ -166,6 +166,7 @@ let package = Package(
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/tandem-echo"),
         .testTarget(name: "TandemCoreTests", dependencies: ["TandemCore", "TandemAPI", "TandemNode", "TandemHA", "TandemMetrics",
+                                                            "TandemDatapath",
                                                             .product(name: "Metrics", package: "swift-metrics"),
                                                             .product(name: "Hummingbird", package: "hummingbird"),
                                                             .product(name: "NIOEmbedded", package: "swift-nio")],

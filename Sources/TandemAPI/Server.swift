@@ -26,6 +26,12 @@ public struct APIError: Error, Sendable {
 }
 
 /// What the API needs from the node. The daemon implements it; tests can too.
+/// POST /netlox/v1/node/stop.
+public struct NodeStopEntry: Codable, Sendable, Equatable {
+    public var release: Bool
+    public init(release: Bool) { self.release = release }
+}
+
 public protocol LoadBalancerController: Sendable {
     /// Carries out a POST to config/loadbalancer: create; the same rule again (a success, changing
     /// nothing); a changed rule (replaced in place, flows kept); attach or detach endpoints.
@@ -54,9 +60,15 @@ public protocol LoadBalancerController: Sendable {
     func ciStates() async -> [CIStateEntry]?
     /// Sets an instance's role from outside; throws APIError (400 bad state or instance, 404 not clustered).
     func setCIState(_ entry: CIStateEntry) async throws
+    /// Stops the daemon after the answer: `release` detaches the datapath and leaves the cluster
+    /// (peers elect at once); otherwise, with a pinned datapath, a graceful restart's exit.
+    func stopNode(release: Bool) async throws
 }
 
 extension LoadBalancerController {
+    public func stopNode(release: Bool) async throws {
+        throw APIError.notFound("this server cannot stop its node")
+    }
     public func delete(named name: String) async throws {
         let keys = await loadBalancers().filter { $0.serviceArguments.name == name }
         guard !keys.isEmpty else { throw APIError.notFound("no-rule error: no service is named '\(name)'") }
@@ -190,6 +202,8 @@ public enum APIRoutes {
     public static let metrics = "/netlox/v1/metrics"
     public static let endpointAll = "/netlox/v1/config/endpoint/all"
     public static let endpointHostState = "/netlox/v1/config/endpointhoststate"
+    /// Tandem's own: stop the daemon (body {"release": bool}).
+    public static let nodeStop = "/netlox/v1/node/stop"
 
     public static func deletePath(_ k: ServiceKey) -> String {
         "\(loadBalancer)/externalipaddress/\(k.vip)/port/\(k.port)/protocol/\(k.proto)"
@@ -333,6 +347,21 @@ public enum APIServer {
                     throw APIError.badRequest("vip '\(vip)' is not an IPv4 address")
                 }
                 try await controller.setCIState(entry)
+                return try json(APIErrorBody.success)
+            }
+        }
+        router.post(RouterPath(APIRoutes.nodeStop)) { request, _ -> Response in
+            await answer {
+                let body = try await collect(request)
+                var entry = NodeStopEntry(release: false)
+                if !body.isEmpty {
+                    do { entry = try JSONDecoder().decode(NodeStopEntry.self, from: body) } catch let e as DecodingError {
+                        throw APIError.badRequest("invalid node stop body: \(describe(e))")
+                    } catch {
+                        throw APIError.badRequest("invalid node stop body: \(error)")
+                    }
+                }
+                try await controller.stopNode(release: entry.release)
                 return try json(APIErrorBody.success)
             }
         }

@@ -64,7 +64,10 @@ public final class HAShell: @unchecked Sendable {
         var lastError: String?
     }
 
-    public init(config: HAShellConfig, hooks: HAHooks, provider: any CloudProvider, logger: Logger) {
+    /// `resume`: what the previous life of this daemon left at a graceful restart; its MASTER
+    /// instances resume without an election or a takeover, and the incarnation goes above it.
+    public init(config: HAShellConfig, hooks: HAHooks, provider: any CloudProvider, logger: Logger,
+                resume: HAResume? = nil) {
         self.config = config
         self.hooks = hooks
         self.provider = provider
@@ -75,7 +78,8 @@ public final class HAShell: @unchecked Sendable {
         let epoch = wallClockMicros()
         // A restarted node must out-rank what the cluster remembers of its previous life, so its
         // first incarnation is the boot time in seconds.
-        let incarnation = UInt32(truncatingIfNeeded: epoch / 1_000_000)
+        var incarnation = UInt32(truncatingIfNeeded: epoch / 1_000_000)
+        if let r = resume, r.incarnation >= incarnation, r.incarnation < .max { incarnation = r.incarnation + 1 }
         let peerIDs = config.peers.map(\.id)
         swim = SWIM(selfID: config.selfID, peers: peerIDs, incarnation: incarnation, settings: config.swim,
                     seed: epoch ^ UInt64(config.selfID), nowNanos: now)
@@ -84,6 +88,15 @@ public final class HAShell: @unchecked Sendable {
             settings.instanceName = instance.name
             settings.priority = instance.priority
             return Election(selfID: config.selfID, peers: peerIDs, settings: settings, nowNanos: now)
+        }
+        if let r = resume {
+            var resumed = elections
+            for i in resumed.indices {
+                let id = resumed[i].instance
+                guard let x = r.instances.first(where: { $0.id == id }) else { continue }
+                resumed[i].resume(term: x.term, asMaster: x.master, nowNanos: now)
+            }
+            elections = resumed
         }
         records = config.instances.map { _ in InstanceRecord() }
         sealer = SyncSealer(key: config.key, sender: config.selfID, epoch: epoch)
@@ -110,9 +123,16 @@ public final class HAShell: @unchecked Sendable {
                 peerAddresses[p.id] = try SocketAddress(ipAddress: "\(p.address)", port: Int(config.port))
             }
             // Until elected, this node answers for nothing, and whatever a crashed earlier run left
-            // configured (an l2 address) is released.
+            // configured (an l2 address) is released; a MASTER resumed after a graceful restart
+            // keeps answering for its VIPs, which never moved.
             applyGate()
-            let stale = config.instances.indices.flatMap { sortedVIPs(of: $0) }
+            for (i, e) in elections.enumerated() where e.role == .master {
+                self.note(i, to: "MASTER", term: e.term, reason: "resumed after a graceful restart")
+                logger.notice("resumed MASTER after a graceful restart", metadata: [
+                    "instance": "\(config.instances[i].name)", "term": "\(e.term)",
+                    "vips": "\(sortedVIPs(of: i).map(\.description).joined(separator: ","))"])
+            }
+            let stale = config.instances.indices.flatMap { sortedVIPs(of: $0) }.filter { !activeVIPs.contains($0) }
             if !stale.isEmpty { jobs.yield(.release(vips: stale)) }
             swim.localAdverts = elections.map(\.advert)
             timer = loop.scheduleRepeatedTask(initialDelay: .milliseconds(10), delay: .nanoseconds(Int64(config.swim.tickNanos))) {
@@ -137,21 +157,34 @@ public final class HAShell: @unchecked Sendable {
 
     /// Leaves the cluster (peers elect at once instead of waiting for detection), stops answering
     /// for every VIP and releases them. Idempotent.
-    public func stop() async {
+    ///
+    /// With `restarting` (a graceful restart of a daemon whose datapath stays pinned and running):
+    /// announces `restarting` instead, so peers hold their fire for their restart hold, and keeps
+    /// the VIP gate and the floating IPs as they are. Returns what the next life resumes.
+    @discardableResult
+    public func stop(restarting: Bool = false) async -> HAResume? {
         let first = stoppedBox.withLockedValue { stopped -> Bool in
             defer { stopped = true }
             return !stopped
         }
-        guard first else { return }
-        let released: [IPv4Address] = (try? await loop.submit { [self] () -> [IPv4Address] in
+        guard first else { return nil }
+        let (released, resume): ([IPv4Address], HAResume?) = (try? await loop.submit { [self] () -> ([IPv4Address], HAResume?) in
             timer?.cancel()
             timer = nil
+            if restarting {
+                // Three copies each: the process is gone before a lost one could be noticed.
+                perform(swim.leave(restarting: true, copies: 3))
+                let r = HAResume(incarnation: swim.incarnation, instances: elections.map {
+                    HAResume.Instance(id: $0.instance, master: $0.role == .master, term: $0.term)
+                })
+                return ([], r)
+            }
             perform(swim.leave())
             let owned = Array(activeVIPs)
             activeVIPs = []
             try? hooks.setActiveVIPs([])
-            return owned
-        }.get()) ?? []
+            return (owned, nil)
+        }.get()) ?? ([], nil)
         jobs.finish()
         await runner?.value
         if !released.isEmpty { await provider.release(vips: released) }
@@ -161,7 +194,9 @@ public final class HAShell: @unchecked Sendable {
         }.get()
         try? await channel?.close()
         try? await group.shutdownGracefully()
-        logger.info("cluster membership stopped", metadata: ["released": "\(released.map(\.description).joined(separator: ","))"])
+        logger.info("cluster membership stopped", metadata: ["released": "\(released.map(\.description).joined(separator: ","))",
+                                                             "restarting": "\(restarting)"])
+        return resume
     }
 
     // MARK: Queries and control (any thread)
@@ -260,7 +295,9 @@ public final class HAShell: @unchecked Sendable {
                 logger.notice("member \(status)", metadata: ["node": "\(IPv4Address(node))", "incarnation": "\(incarnation)"])
                 for i in elections.indices {
                     switch status {
-                    case .alive, .suspect: handle(elections[i].onPeerAlive(node, nowNanos: now), instance: i)
+                    // A restarting peer's datapath still forwards: it keeps its role until its
+                    // hold expires (then SWIM declares it dead).
+                    case .alive, .suspect, .restarting: handle(elections[i].onPeerAlive(node, nowNanos: now), instance: i)
                     case .dead, .left: handle(elections[i].onPeerDead(node, nowNanos: now), instance: i)
                     }
                 }

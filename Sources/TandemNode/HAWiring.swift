@@ -11,14 +11,15 @@ import TandemSync
 enum HAWiring {
     static func makeShell(_ h: NodeConfig.HASettings, replication r: NodeConfig.ReplicationSettings, key: ClusterKey,
                           provider: any CloudProvider, datapath: Datapath, directory: ServiceDirectory,
-                          replicationShell: ReplicationShell?, logger: Logger) -> HAShell {
-        let config = HAShellConfig(selfID: r.selfAddress.value, bindAddress: r.selfAddress, port: h.gossipPort,
+                          replicationShell: ReplicationShell?, resume: HAResume?, logger: Logger) -> HAShell {
+        var config = HAShellConfig(selfID: r.selfAddress.value, bindAddress: r.selfAddress, port: h.gossipPort,
                                    peers: r.peers.map { HAPeer(id: $0.value, address: $0) }, key: key,
                                    instances: h.instances)
+        config.swim.restartHoldNanos = h.restartHoldNanos
         let hooks = HAHooks(serviceVIPs: { directory.vips() },
                             setActiveVIPs: { try datapath.setActiveVIPs($0) },
                             replicationInSync: { replicationShell?.inSync ?? true })
-        return HAShell(config: config, hooks: hooks, provider: provider, logger: logger)
+        return HAShell(config: config, hooks: hooks, provider: provider, logger: logger, resume: resume)
     }
 }
 

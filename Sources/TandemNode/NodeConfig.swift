@@ -52,12 +52,16 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         public var shareServices: Bool?
         /// TCP port of service sharing, the same on every node (default 11114).
         public var configSyncPort: Int?
+        /// How long peers hold a node whose daemon announced a graceful restart before they
+        /// declare it dead and elect without it, seconds (default 10; 1-300). Set it alike on
+        /// every node: the peers' value applies.
+        public var restartHoldSeconds: Double?
 
         public init() {}
 
         enum CodingKeys: String, CodingKey {
             case seed, nodeIndex, nodeCount, peers, syncAddress, syncPort, keyFile, gossipPort, cloud, l2Interface
-            case priority, instances, election, shareServices, configSyncPort
+            case priority, instances, election, shareServices, configSyncPort, restartHoldSeconds
             case selfIndex = "self"
         }
     }
@@ -84,6 +88,8 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         public var cloud: String
         public var l2Interface: String?
         public var instances: [HAInstanceConfig]
+        /// cluster.restartHoldSeconds, in nanoseconds.
+        public var restartHoldNanos: UInt64 = 10_000_000_000
     }
 
     /// Replication settings, validated.
@@ -149,6 +155,13 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
     public var oci: OCI?
     /// Where API changes are kept across restarts (default /var/lib/tandem/state.jsonl).
     public var stateFile: String?
+    /// Keep the datapath pinned and running when the daemon exits on SIGTERM (a graceful
+    /// restart: peers hold their fire, the next start adopts maps and programs). Default false:
+    /// every exit detaches everything. Also `--persist-datapath`.
+    public var persistDatapath: Bool?
+    /// A directory on a BPF filesystem for the pins (default /sys/fs/bpf/tandem); each node
+    /// instance gets its own subdirectory, named after its first interface and node IP.
+    public var pinDirectory: String?
 
     public init() {}
 
@@ -352,7 +365,13 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         guard instances.filter({ $0.vips == nil }).count <= 1 else {
             throw ConfigError("cluster: only one instance may leave out 'vips' (it takes every other service VIP)")
         }
-        return HASettings(gossipPort: UInt16(port), cloud: cloud, l2Interface: l2, instances: instances)
+        var hold: UInt64 = 10_000_000_000
+        if let h = c.restartHoldSeconds {
+            guard h >= 1, h <= 300 else { throw ConfigError("cluster: restartHoldSeconds must be 1-300, got \(h)") }
+            hold = UInt64(h * 1e9)
+        }
+        return HASettings(gossipPort: UInt16(port), cloud: cloud, l2Interface: l2, instances: instances,
+                          restartHoldNanos: hold)
     }
 
     static func describe(_ e: DecodingError) -> String {

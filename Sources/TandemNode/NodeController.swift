@@ -37,6 +37,8 @@ public actor NodeController: LoadBalancerController {
     /// kept in the file until the API creates or deletes that key, so a transient problem at
     /// boot does not erase them.
     private var unrestored: [ServiceKey: LoadBalancerEntry] = [:]
+    /// During a restore onto an adopted datapath: the slot each service had (see `restore`).
+    private var adoptedSlots: [ServiceKey: UInt32] = [:]
     static let maxRememberedDeletes = 1024
     private let authCounters: APIAuthCounters
     /// The cluster-shared service table (versions, tombstones); nil when services are not shared.
@@ -187,13 +189,15 @@ public actor NodeController: LoadBalancerController {
         try checkProbe(service, opts)
         var next = table
         let slot: UInt32
-        do { slot = try next.add(service) } catch {
+        let adoptedSlot = adoptedSlots.removeValue(forKey: service.key)
+        do { slot = try next.add(service, preferredSlot: adoptedSlot) } catch {
             throw error.message.contains("already exists") ? APIError.conflict("lbrule-exists error: \(error.message)")
                 : error.message.contains("table is full") ? APIError(.forbidden, "rule-hwm error: \(error.message)")
                 : APIError.badRequest(error.message)
         }
         do {
-            try await datapath.resetCounters(slot: slot)
+            // An adopted service keeps its counters, like its connections.
+            if adoptedSlot != slot { try await datapath.resetCounters(slot: slot) }
             try await datapath.install(service, slot: slot, hashSeed: settings.hashSeed, downEndpoints: downIndices(service))
         } catch {
             // Leave nothing half-installed behind.
@@ -237,7 +241,25 @@ public actor NodeController: LoadBalancerController {
     /// config file's), then the config file's services the state neither holds nor deleted.
     /// Services the state holds that this node cannot install now (an endpoint unreachable) are
     /// logged and skipped, and kept in the file (`unrestored`).
-    func restore(config: [Service], options configOptions: [ServiceKey: ServiceOptions] = [:], state: NodeState?) async throws {
+    ///
+    /// `adopted` (an adopted pinned datapath's services and slots) puts each service back in its
+    /// slot; adopted services that are not restored are removed from the maps.
+    func restore(config: [Service], options configOptions: [ServiceKey: ServiceOptions] = [:], state: NodeState?,
+                 adopted: [ServiceKey: UInt32] = [:]) async throws {
+        adoptedSlots = adopted
+        do { try await restoreServices(config: config, options: configOptions, state: state) } catch {
+            adoptedSlots = [:]
+            throw error
+        }
+        // What the previous run served and this one does not: out of the maps.
+        for (key, slot) in adoptedSlots where table.services[key] == nil {
+            await datapath.uninstall(key, slot: slot)
+            logger.info("adopted service not restored: removed", metadata: ["service": "\(key)"])
+        }
+        adoptedSlots = [:]
+    }
+
+    private func restoreServices(config: [Service], options configOptions: [ServiceKey: ServiceOptions], state: NodeState?) async throws {
         configKeys = Set(config.map(\.key))
         defer { seedSharing(state) }
         guard let state else {
@@ -427,6 +449,19 @@ public actor NodeController: LoadBalancerController {
     public func ciStates() async -> [CIStateEntry]? {
         guard let s = await ha?.status() else { return nil }
         return s.instances.map { CIStateEntry(instance: $0.name, state: $0.role, vip: $0.vips.first ?? "0.0.0.0") }
+    }
+
+    /// Set by NodeRunner: asks the running node to exit (release or graceful restart).
+    private var stopHandler: (@Sendable (Bool) -> Void)?
+
+    func onStopRequest(_ handler: @escaping @Sendable (Bool) -> Void) {
+        stopHandler = handler
+    }
+
+    public func stopNode(release: Bool) async throws {
+        guard let stopHandler else { throw APIError.notFound("the node is not running") }
+        logger.notice("stop requested through the API", metadata: ["release": "\(release)"])
+        stopHandler(release)
     }
 
     public func setCIState(_ entry: CIStateEntry) async throws {

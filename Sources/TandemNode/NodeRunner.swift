@@ -29,10 +29,13 @@ public struct NodeOptions: Sendable {
     /// TLS certificate/key and token files for the API.
     public var tokenFile: String?
     public var tls: APITLSFiles?
+    /// SIGTERM leaves the datapath pinned and running (graceful restart); see NodeConfig.persistDatapath.
+    public var persistDatapath: Bool
 
     public init(interfaces: [String], objectPath: String, config: NodeConfig, apiAddress: String, apiPort: Int,
                 reapInterval: Duration = .seconds(2), statePath: String? = StateStore.defaultPath, ignoreState: Bool = false,
-                tokenFile: String? = nil, tls: APITLSFiles? = nil) {
+                tokenFile: String? = nil, tls: APITLSFiles? = nil, persistDatapath: Bool = false) {
+        self.persistDatapath = persistDatapath
         self.statePath = statePath
         self.ignoreState = ignoreState
         self.tokenFile = tokenFile
@@ -122,7 +125,17 @@ public enum NodeRunner {
         return (settings, services, replication, key, ha)
     }
 
-    /// Runs the node until SIGTERM or SIGINT, then detaches everything it attached.
+    /// The pin directory of this node instance: one per (first interface, node IP), so two
+    /// daemons on one machine never adopt each other's maps. bpffs refuses names with a dot, so
+    /// the address is written with underscores (eth0-10_0_10_141).
+    public static func pinDirectory(base: String?, interface: String, nodeIP: IPv4Address) -> String {
+        let name = "\(interface)-\(nodeIP)".map { $0.isLetter || $0.isNumber || $0 == "-" ? $0 : "_" }
+        return (base ?? "/sys/fs/bpf/tandem") + "/" + String(name)
+    }
+
+    /// Runs the node until SIGTERM or SIGINT (or `tandem node stop`). SIGINT, and SIGTERM without
+    /// persistDatapath, detach everything it attached; SIGTERM with persistDatapath is a graceful
+    /// restart: the datapath stays pinned and forwarding, peers are told to hold their fire.
     public static func run(_ o: NodeOptions, logger: Logger) async throws {
         let (settings, services, replicationSettings, clusterKey, haSettings) = try preflight(o)
         // Checked here, before the datapath loads: a probe that does not parse stops the node.
@@ -134,9 +147,30 @@ public enum NodeRunner {
         // stops the node before it touches the kernel.
         var provider: (any CloudProvider)?
         if let h = haSettings { provider = try await HAWiring.makeProvider(h, config: o.config, logger: logger) }
-        let datapath = try Datapath(objectPath: o.objectPath,
+        let pinDirectory = o.persistDatapath
+            ? pinDirectory(base: o.config.pinDirectory, interface: o.interfaces[0], nodeIP: settings.nodeIP) : nil
+        let datapath: Datapath
+        do {
+            datapath = try Datapath(objectPath: o.objectPath,
                                     connectionTableSize: o.config.connectionTableSize ?? 262_144,
-                                    eventRingBytes: try o.config.validatedEventRingBytes(), logger: logger)
+                                    eventRingBytes: try o.config.validatedEventRingBytes(), pinDirectory: pinDirectory,
+                                    logger: logger)
+        } catch let e as DatapathError where e.message.hasPrefix("pin directory") {
+            throw ConfigError(e.message)
+        }
+        // A graceful exit's record, while peers still hold this node as restarting.
+        var resume: HAResume?
+        if let r = datapath.resumeRecord {
+            let hold = haSettings?.restartHoldNanos ?? 10_000_000_000
+            if r.isFresh(nowMicros: wallClockMicros(), holdMicros: hold / 1000) {
+                resume = HAResume(incarnation: r.incarnation,
+                                  instances: r.instances.map { .init(id: $0.id, master: $0.master, term: $0.term) })
+            } else {
+                logger.notice("the previous run's graceful exit is older than the restart hold: starting as a returning node")
+            }
+            await datapath.clearResumeRecord()
+        }
+        let adoptedSlots = datapath.adoption == .adopted ? datapath.installedServiceSlots() : [:]
         let directory = ServiceDirectory()
         // Replication consumes every event, a poll's worth at a time; without it they are only
         // counted on the reader thread. The shell is created first and started later: events
@@ -192,13 +226,14 @@ public enum NodeRunner {
         }
         do {
             try await datapath.apply(settings: settings)
-            try await controller.restore(config: services, options: serviceOptions, state: state)
+            try await controller.restore(config: services, options: serviceOptions, state: state, adopted: adoptedSlots)
             for i in o.interfaces {
                 try await datapath.attach(interface: i, xdp: o.config.xdp ?? false)
                 if o.config.xdp == true && SystemChecks.isVirtual(i) {
                     logger.warning("XDP fast path on a virtual interface: packets sent by local stacks with checksum offload (veth) carry partial checksums XDP cannot see and would leave corrupted; use it only where senders compute full checksums, and give the peer device an XDP program so XDP_TX frames are delivered", metadata: ["interface": "\(i)"])
                 }
             }
+            await datapath.detachLeftovers()
         } catch {
             await datapath.close()
             throw error
@@ -221,7 +256,7 @@ public enum NodeRunner {
         var ha: HAShell?
         if let h = haSettings, let r = replicationSettings, let key = clusterKey, let provider {
             let haShell = HAWiring.makeShell(h, replication: r, key: key, provider: provider, datapath: datapath,
-                                             directory: directory, replicationShell: shell, logger: logger)
+                                             directory: directory, replicationShell: shell, resume: resume, logger: logger)
             do { try await haShell.start() } catch {
                 await sharing?.stop()
                 await shell?.stop()
@@ -251,18 +286,62 @@ public enum NodeRunner {
             "token": "\(security.token != nil)",
             "ports": "\(settings.portSlice.low)-\(settings.portSlice.high)",
         ])
-        // Services stop in reverse order: the API first, then the datapath detaches.
+        // Services stop in reverse order: the API first, then the datapath detaches (or stays).
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: dpService), .init(service: api)],
-            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            services: [.init(service: dpService), .init(service: api)], logger: logger))
+        let exit = ExitRequest(persist: o.persistDatapath && datapath.isPinned)
+        let signals = exit.installSignalHandlers { Task { await group.triggerGracefulShutdown() } }
+        await controller.onStopRequest { release in
+            exit.request(release: release)
+            Task { await group.triggerGracefulShutdown() }
+        }
+        defer { signals.forEach { $0.cancel() } }
         do {
             try await group.run()
         } catch {
-            await dpService.shutdown()
+            await dpService.shutdown(release: true)
             throw error
         }
-        await dpService.shutdown()
-        logger.info("tandem node stopped; datapath detached")
+        let release = exit.release
+        await dpService.shutdown(release: release)
+        logger.info(release ? "tandem node stopped; datapath detached"
+                            : "tandem node stopped for a restart; datapath pinned and forwarding")
+    }
+}
+
+/// How the daemon was asked to exit: SIGINT, `tandem node stop --release`, or SIGTERM without
+/// persistence release the datapath; SIGTERM (and `tandem node stop`) with persistence keep it.
+final class ExitRequest: @unchecked Sendable {
+    private let lock = NSLock()
+    private var releaseRequested: Bool
+    let persist: Bool
+
+    init(persist: Bool) {
+        self.persist = persist
+        releaseRequested = !persist
+    }
+
+    func request(release: Bool) {
+        lock.withLock { releaseRequested = release || !persist }
+    }
+
+    var release: Bool { lock.withLock { releaseRequested } }
+
+    /// SIGTERM and SIGINT through dispatch sources (the signals themselves are ignored), each
+    /// recording its meaning before `shutdown` runs.
+    func installSignalHandlers(_ shutdown: @escaping @Sendable () -> Void) -> [DispatchSourceSignal] {
+        var sources: [DispatchSourceSignal] = []
+        for (sig, release) in [(SIGTERM, false), (SIGINT, true)] {
+            signal(sig, SIG_IGN)
+            let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            src.setEventHandler { [self] in
+                request(release: release)
+                shutdown()
+            }
+            src.resume()
+            sources.append(src)
+        }
+        return sources
     }
 }
 
@@ -309,10 +388,22 @@ final class DatapathService: ServiceLifecycle.Service, @unchecked Sendable {
             while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
         }
         scanner.stop()
-        await shutdown()
     }
 
-    func shutdown() async {
+    /// `release` false: a graceful restart. Peers are told this node is restarting (they hold
+    /// their fire), the VIP gate and floating IPs stay, and the pinned datapath keeps forwarding
+    /// with what the next start resumes recorded in it.
+    func shutdown(release: Bool = true) async {
+        guard release else {
+            let resume = await ha?.stop(restarting: true)
+            await sharing?.stop()
+            reader.stop()
+            await replication?.stop()
+            await datapath.close(release: false, resume: DatapathResumeRecord(
+                exitedAtMicros: wallClockMicros(), incarnation: resume?.incarnation ?? 0,
+                instances: (resume?.instances ?? []).map { .init(id: $0.id, master: $0.master, term: $0.term) }))
+            return
+        }
         // Leave the cluster first: peers elect at once, and this node stops answering for the
         // VIPs before anything else is torn down.
         await ha?.stop()

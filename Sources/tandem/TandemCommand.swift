@@ -41,7 +41,27 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
 }
 
 struct Node: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run a load-balancer node.", subcommands: [Run.self])
+    static let configuration = CommandConfiguration(abstract: "Run a load-balancer node.", subcommands: [Run.self, Stop.self])
+
+    struct Stop: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Stop the running node (through its API).",
+            discussion: """
+                Without --release, a node run with --persist-datapath exits for a restart: its datapath \
+                stays pinned and forwarding, its peers hold their fire for cluster.restartHoldSeconds, and \
+                the next start resumes (as SIGTERM does). With --release it detaches everything, removes \
+                the pins and leaves the cluster, so a peer takes over at once (as SIGINT does): use it for \
+                a real shutdown or before an upgrade that changes the datapath's layout.
+                """)
+        @OptionGroup var api: APIOptions
+        @Flag(name: .long, help: "Detach the datapath, remove its pins and leave the cluster.") var release = false
+
+        func run() async throws {
+            let body = try JSONEncoder().encode(NodeStopEntry(release: release))
+            _ = try await api.client().send("POST", APIRoutes.nodeStop, body: body)
+            print(release ? "node stopping: datapath released" : "node stopping for a restart")
+        }
+    }
 
     struct Run: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Load the datapath and serve until SIGTERM/SIGINT.")
@@ -80,6 +100,10 @@ struct Node: AsyncParsableCommand {
         @Option(name: .long, help: "Serve the API over HTTPS with this PEM certificate chain (with --api-tls-key).")
         var apiTlsCert: String?
         @Option(name: .long, help: "PEM private key of --api-tls-cert.") var apiTlsKey: String?
+        @Flag(name: .long, help: "On SIGTERM leave the datapath pinned and forwarding and tell peers this is a restart (hitless restart; SIGINT or `tandem node stop --release` detach everything).")
+        var persistDatapath = false
+        @Option(name: .long, help: "BPF-filesystem directory for the pinned datapath (default /sys/fs/bpf/tandem).")
+        var pinDirectory: String?
 
         func run() async throws {
             var logger = Logger(label: "tandem")
@@ -109,6 +133,7 @@ struct Node: AsyncParsableCommand {
                     cfg.oci = o
                 }
                 if xdp { cfg.xdp = true }
+                if let pinDirectory { cfg.pinDirectory = pinDirectory }
                 let cert = apiTlsCert ?? cfg.api?.tlsCertificate, key = apiTlsKey ?? cfg.api?.tlsKey
                 guard (cert == nil) == (key == nil) else {
                     throw ConfigError("api: a TLS certificate needs its key and a key its certificate (--api-tls-cert with --api-tls-key)")
@@ -122,7 +147,8 @@ struct Node: AsyncParsableCommand {
                     statePath: noState ? nil : (stateFile ?? cfg.stateFile ?? StateStore.defaultPath),
                     ignoreState: ignoreState,
                     tokenFile: apiTokenFile ?? cfg.api?.tokenFile,
-                    tls: cert.flatMap { c in key.map { APITLSFiles(certificatePath: c, keyPath: $0) } })
+                    tls: cert.flatMap { c in key.map { APITLSFiles(certificatePath: c, keyPath: $0) } },
+                    persistDatapath: persistDatapath || cfg.persistDatapath == true)
                 try await NodeRunner.run(opts, logger: logger)
             } catch let e as ConfigError {
                 FileHandle.standardError.write(Data("tandem: \(e.message)\n".utf8))
