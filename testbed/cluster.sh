@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Two-node Tandem cluster in the test bed: configs, daemons, roles. Source after lib.sh; needs
-# TANDEM, KEY (cluster key file), CLOUD (l2 | oci | none) and, for oci, OCI_API.
+# TANDEM, KEY (cluster key file), CLOUD (l2 | oci | none) and, for oci, OCI_API. PERSIST=1 with
+# PIN_DIR (from tb_bpffs) runs the daemons with a pinned datapath (graceful restarts).
 
 KEY="${KEY:-$TB_STATE/cluster.key}"
 
@@ -22,6 +23,7 @@ cluster:
   nodeIndex: $(index "$node")
   cloud: $CLOUD
   priority: $prio
+$( ((${PERSIST:-0})) && printf 'persistDatapath: true\npinDirectory: %s\n' "$PIN_DIR" )
 services:
   - {externalIP: $TB_VIP, port: 56002, protocol: tcp, mode: fullnat, sel: rr, name: web,
      endpoints: [{ip: $(tb_ip ep1), port: 80}, {ip: $(tb_ip ep2), port: 80}]}

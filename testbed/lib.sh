@@ -356,12 +356,24 @@ tb_kill_pidfile() {
 }
 
 # Tears everything of this TB down. Never fails; safe to call repeatedly.
+# A BPF filesystem of the test bed's own, for daemons run with persistDatapath: pins made inside
+# `ip netns exec` (which remounts /sys, hiding /sys/fs/bpf) land here, visible from the root
+# namespace, and tb_down's unmount frees every one of them. Prints its path.
+tb_bpffs() {
+    local dir="$TB_STATE/bpffs"
+    mkdir -p "$dir"
+    mountpoint -q "$dir" || mount -t bpf bpf "$dir"
+    echo "$dir"
+}
+
 tb_down() {
     local r ns f
     [[ "$TB" =~ ^[a-z][a-z0-9]{0,5}$ ]] || { tb_log "refusing to tear down odd TB='$TB'"; return 0; }
     if [[ -d "$TB_STATE" ]]; then
         while IFS= read -r f; do tb_kill_pidfile "$f"; done < <(find "$TB_STATE" -name '*.pid' 2>/dev/null)
     fi
+    # Pinned datapaths: unmounting the bed's bpffs unpins them (programs go with the interfaces).
+    if mountpoint -q "$TB_STATE/bpffs" 2>/dev/null; then umount -l "$TB_STATE/bpffs" 2>/dev/null || true; fi
     for r in "${TB_ALL_ROLES[@]}"; do
         ns="$(tb_ns "$r")"
         tb_ns_exists "$ns" || continue
