@@ -64,6 +64,30 @@ extension Privileged {
             #expect(take >= 0 && take < 2000, "OCI takeover \(take) ms after the kill")
         }
 
+        /// testbed/restart.sh, short: graceful restarts of the MASTER and the BACKUP change no role
+        /// and lose no flow; a crash of the MASTER's daemon is a failover that loses no flow.
+        @Test func gracefulRestartsChangeNoRoleAndLoseNoFlow() throws {
+            let name = "t" + String(UUID().uuidString.lowercased().filter { $0.isLetter || $0.isNumber }.prefix(5))
+            let r = try run(["bash", Env.repo.appendingPathComponent("testbed/restart.sh").path, "--tcp", "40", "--udp", "10",
+                             "--graceful", "2", "--crash", "1", "--backup", "1", "--baseline", "0", "--settle", "1"],
+                            env: ["TB": name, "TANDEM_BIN": Env.bin.path], timeout: 240)
+            defer { _ = try? run(["bash", Env.repo.appendingPathComponent("testbed/down.sh").path], env: ["TB": name]) }
+            let line = r.stdout.split(separator: "\n").last.map(String.init) ?? ""
+            let s = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] ?? [:]
+            #expect(r.status == 0, "restart.sh failed: \(r.stderr.suffix(4000))")
+            #expect(s["ok"] as? Bool == true, "\(line)")
+            #expect((s["gracefulRoleChanges"] as? NSNumber)?.intValue == 0, "\(line)")
+            for proto in ["tcp", "udp"] {
+                let p = s[proto] as? [String: Any] ?? [:]
+                let total = (p["total"] as? NSNumber)?.intValue ?? -1
+                #expect(total > 0 && (p["survived"] as? NSNumber)?.intValue == total, "\(proto): \(p)")
+            }
+            // No failover-sized stall in a graceful restart (a loaded CI machine has its own stalls).
+            let stall = (s["longestStallGracefulMs"] as? NSNumber)?.doubleValue ?? .infinity
+            #expect(stall < 1000, "longest stall \(stall) ms in graceful restarts")
+            // The pins went with the bed: nothing left under the bed's bpffs after it is torn down.
+        }
+
         @Test func saturatedCoresDeclareNobodyDead() throws {
             let name = "t" + String(UUID().uuidString.lowercased().filter { $0.isLetter || $0.isNumber }.prefix(5))
             let r = try run(["bash", Env.repo.appendingPathComponent("testbed/saturate.sh").path, "--duration", "20"],
