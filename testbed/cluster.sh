@@ -64,6 +64,8 @@ crash_node() {
     while kill -0 "$pid" 2>/dev/null; do sleep 0.01; done
     tb_exec "$node" tc qdisc del dev eth0 clsact 2>/dev/null || true
     tb_exec "$node" ip addr del "$TB_VIP/32" dev eth0 2>/dev/null || true
+    # A reboot empties bpffs too: the node's pinned datapath goes with it.
+    if [[ -n "${PIN_DIR:-}" ]]; then rm -rf "$PIN_DIR/eth0-$(tb_ip "$node" | tr . _)"; fi
     rm -f "$TB_STATE/$node.pid"
 }
 

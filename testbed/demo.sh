@@ -4,7 +4,9 @@
 # imitated by the vcn router and the fake OCI (every request signature verified; a move rewrites
 # the vcn's route for the floating IP). It curls the VIP, "reboots" the MASTER, curls again, brings
 # the old master back as BACKUP, then runs long-lived flows through another reboot and reports
-# whether every flow survived. Tears everything down at the end.
+# whether every flow survived. Before that reboot it restarts the MASTER's daemon alone, as
+# `systemctl restart tandem` would (the nodes run with persistDatapath): the datapath keeps
+# forwarding, the BACKUP holds its fire, no role changes. Tears everything down at the end.
 #   DEMO_CLOUD=l2 testbed/demo.sh   runs the on-premises variant (bridge, gratuitous ARP) instead.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -48,6 +50,8 @@ curl_vip() {
 
 FORCE=1 bash "$REPO/testbed/up.sh"
 cluster_key
+PERSIST=1
+PIN_DIR="$(tb_bpffs)"
 if [[ "$CLOUD" == oci ]]; then
     # shellcheck source=testbed/oci.sh
     source "$REPO/testbed/oci.sh"
@@ -85,14 +89,42 @@ back() { [[ "$(role "$MASTER")" == BACKUP ]] && in_sync "$MASTER"; }
 tb_wait_for 30 "$MASTER back in sync" back
 tb_exec "$BACKUP" "$TANDEM" get cluster
 
-say "long-lived flows: 50 TCP + 10 UDP through $TB_VIP, each echoing continuously; then reboot the MASTER ($BACKUP)"
-ready="$TB_STATE/demo-flows.ready"
-ip netns exec "$(tb_ns client)" "$TANDEM_ECHO" flows --tcp-target "$TB_VIP:56004" --tcp 50 \
-    --udp-target "$TB_VIP:56003" --udp 10 --interval-ms 50 --duration 600 --ready-file "$ready" \
-    >"$TB_STATE/demo-flows.json" 2>"$TB_STATE/demo-flows.log" &
-FLOWS_PID=$!
-tb_wait_for 30 "the flows" test -f "$ready"
-sleep 1
+# flows NAME: 50 TCP + 10 UDP long-lived flows through the VIP, each echoing every 50 ms.
+flows() {
+    local ready="$TB_STATE/demo-$1.ready"
+    ip netns exec "$(tb_ns client)" "$TANDEM_ECHO" flows --tcp-target "$TB_VIP:56004" --tcp 50 \
+        --udp-target "$TB_VIP:56003" --udp 10 --interval-ms 50 --duration 600 --ready-file "$ready" \
+        >"$TB_STATE/demo-$1.json" 2>"$TB_STATE/demo-$1.log" &
+    FLOWS_PID=$!
+    tb_wait_for 30 "the flows" test -f "$ready"
+    sleep 1
+}
+flows_report() {
+    python3 -c 'import json,sys; f=json.loads(sys.argv[1]); print("flows survived: TCP %d/%d, UDP %d/%d; longest stall %.0f ms" % (f["tcp"]["survived"], f["tcp"]["total"], f["udp"]["survived"], f["udp"]["total"], f["longestStallMs"]))' "$(tail -n 1 "$TB_STATE/demo-$1.json")"
+}
+
+say "long-lived flows: 50 TCP + 10 UDP through $TB_VIP; restart the MASTER's daemon ($BACKUP) as systemctl restart would"
+flows restart
+term_before="$(api "$BACKUP" | python3 -c 'import json,sys; print(json.load(sys.stdin)["instances"][0]["term"])')"
+pid="$(cat "$TB_STATE/$BACKUP.pid")"
+t0="$(date +%s%3N)"
+kill -TERM "$pid"
+while kill -0 "$pid" 2>/dev/null; do sleep 0.01; done
+start_node "$BACKUP"
+tb_wait_for 30 "$BACKUP's daemon to answer" bash -c "ip netns exec $(tb_ns "$BACKUP") $TANDEM get cluster >/dev/null 2>&1"
+echo "$BACKUP's daemon was gone for $(( $(date +%s%3N) - t0 )) ms; its datapath forwarded meanwhile"
+sleep 3
+kill -TERM "$FLOWS_PID"
+rc=0; wait "$FLOWS_PID" || rc=$?
+FLOWS_PID=""
+term_after="$(api "$BACKUP" | python3 -c 'import json,sys; print(json.load(sys.stdin)["instances"][0]["term"])')"
+echo "$BACKUP is $(role "$BACKUP") (term $term_before before, $term_after after), $MASTER is $(role "$MASTER"): $( [[ "$term_before" == "$term_after" && "$(role "$BACKUP")" == MASTER ]] && echo "no role change" || echo "ROLES CHANGED")"
+restart_summary="$(flows_report restart)"
+echo "$restart_summary"
+[[ $rc == 0 && "$term_before" == "$term_after" ]] || { echo "demo: FAILED (the graceful restart lost a flow or changed a role)" >&2; exit 1; }
+
+say "long-lived flows again; now reboot the MASTER ($BACKUP)"
+flows reboot
 crash_node "$BACKUP"
 became() { [[ "$(role "$MASTER")" == MASTER ]]; }
 tb_wait_for 20 "$MASTER to take the floating IP" became
@@ -100,9 +132,9 @@ sleep 3
 kill -TERM "$FLOWS_PID"
 rc=0; wait "$FLOWS_PID" || rc=$?
 FLOWS_PID=""
-cat "$TB_STATE/demo-flows.log" >&2
-result="$(tail -n 1 "$TB_STATE/demo-flows.json")"
+cat "$TB_STATE/demo-reboot.log" >&2
 say "summary"
-python3 -c 'import json,sys; f=json.loads(sys.argv[1]); print("flows survived: TCP %d/%d, UDP %d/%d; longest stall %.0f ms" % (f["tcp"]["survived"], f["tcp"]["total"], f["udp"]["survived"], f["udp"]["total"], f["longestStallMs"]))' "$result"
+echo "daemon restart of the MASTER: $restart_summary; no role change"
+echo "reboot of the MASTER:         $(flows_report reboot)"
 [[ $rc == 0 ]] || { echo "demo: FAILED (a flow did not survive)" >&2; exit 1; }
 echo "demo: OK (tearing the test bed down)"
