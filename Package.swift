@@ -140,6 +140,7 @@ let package = Package(
                 path: "Sources/TandemNode"),
         .executableTarget(name: "tandem",
                           dependencies: ["TandemCore", "TandemAPI", "TandemNode", "TandemServiceSync", "TandemHA", "TandemCloud", "TandemOCI",
+                                         "TandemDatapath",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")],
                           path: "Sources/tandem"),

@@ -113,6 +113,19 @@ api_up() { tb_exec "$1" "$TANDEM" get cluster >/dev/null 2>&1; }
 ( while :; do echo "$(now_ms) $(tb_vip_owner)"; sleep 0.25; done ) >>"$TB_STATE/owners.txt" 2>/dev/null &
 OWNER_PID=$!
 
+# The upgrade check against the live pins: this build adopts them; a build (here: a config) whose
+# connection table differs would not, and says so with exit 3.
+for n in llb1 llb2; do
+    tb_exec "$n" "$TANDEM" node layout --config "$TB_STATE/$n.yaml" >"$TB_STATE/layout-$n.out" 2>&1 ||
+        { cat "$TB_STATE/layout-$n.out" >&2; log "tandem node layout: $n's pins not adoptable by this build"; exit 1; }
+done
+sed 's/^interfaces:/connectionTableSize: 131072\ninterfaces:/' "$TB_STATE/llb1.yaml" >"$TB_STATE/llb1-other.yaml"
+layout_rc=0
+tb_exec llb1 "$TANDEM" node layout --config "$TB_STATE/llb1-other.yaml" >"$TB_STATE/layout-other.out" 2>&1 || layout_rc=$?
+((layout_rc == 3)) && grep -q "NOT adopt" "$TB_STATE/layout-other.out" ||
+    { cat "$TB_STATE/layout-other.out" >&2; log "tandem node layout did not refuse another table size (exit $layout_rc)"; exit 1; }
+log "tandem node layout: both nodes' pins adoptable; another table size refused (exit 3)"
+
 # start_flows PHASE: long-lived flows for one phase (each phase gets its own, so each reports its
 # own longest stall); stop_flows prints their JSON report.
 start_flows() {

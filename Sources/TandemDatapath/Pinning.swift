@@ -66,6 +66,11 @@ public enum DatapathAdoption: Sendable, Equatable {
 struct PinDirectory: Sendable {
     let path: String
 
+    /// For reading only: no check, nothing created.
+    init(unchecked path: String) {
+        self.path = path
+    }
+
     /// Creates the directory (and parents) on a bpffs; throws when the place is no bpffs.
     init(path: String) throws {
         self.path = path
@@ -206,5 +211,38 @@ struct PinMeta {
                 }
             }
         }
+    }
+}
+
+/// What a restart with this build would do with the pins: for checking an upgrade before it.
+public struct DatapathLayoutCheck: Sendable, Equatable {
+    /// This build's layout fingerprint (with the given table sizes).
+    public var fingerprint: UInt64
+    public var layoutVersion: UInt32
+    /// What is pinned now, if anything.
+    public var pinnedFingerprint: UInt64?
+    public var pinnedLayoutVersion: UInt32?
+    /// What a start would do.
+    public var outcome: DatapathAdoption
+
+    /// Opens the object (no load, nothing touched) and reads tdm_meta under `pinDirectory`.
+    public static func check(objectPath: String, connectionTableSize: UInt32, eventRingBytes: UInt32,
+                             pinDirectory: String) throws -> DatapathLayoutCheck {
+        guard let obj = bpf_object__open_file(objectPath, nil), libbpf_get_error(UnsafeRawPointer(obj)) == 0 else {
+            throw DatapathError("open \(objectPath)", errno: errno)
+        }
+        defer { bpf_object__close(obj) }
+        if let m = bpf_object__find_map_by_name(obj, "tdm_ct") { bpf_map__set_max_entries(m, connectionTableSize) }
+        if let m = bpf_object__find_map_by_name(obj, "tdm_events") { bpf_map__set_max_entries(m, eventRingBytes) }
+        let fp = tdm_layout_fingerprint(obj)
+        let dir = PinDirectory(unchecked: pinDirectory)
+        let pinned = PinMeta.open(dir)
+        if let fd = pinned?.fd { Glibc.close(fd) }
+        let outcome = DatapathAdoption.decide(
+            pinnedFingerprint: pinned?.meta.raw.fingerprint, pinnedLayoutVersion: pinned?.meta.raw.layout_version,
+            otherPins: !dir.entries().isEmpty, fingerprint: fp, layoutVersion: UInt32(TDM_LAYOUT_VERSION))
+        return DatapathLayoutCheck(fingerprint: fp, layoutVersion: UInt32(TDM_LAYOUT_VERSION),
+                                   pinnedFingerprint: pinned?.meta.raw.fingerprint,
+                                   pinnedLayoutVersion: pinned?.meta.raw.layout_version, outcome: outcome)
     }
 }

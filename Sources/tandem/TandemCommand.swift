@@ -4,6 +4,7 @@ import Logging
 import TandemAPI
 import TandemServiceSync
 import TandemCore
+import TandemDatapath
 import TandemHA
 import TandemNode
 import TandemSync
@@ -41,7 +42,64 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
 }
 
 struct Node: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run a load-balancer node.", subcommands: [Run.self, Stop.self])
+    static let configuration = CommandConfiguration(abstract: "Run a load-balancer node.",
+                                                    subcommands: [Run.self, Stop.self, Layout.self])
+
+    struct Layout: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Say whether a restart with this build would adopt the pinned datapath.",
+            discussion: """
+                Run the new build's binary before an upgrade, in the node's network namespace, with the \
+                node's config: it compares this build's map layout (types, sizes, BTF key/value layout, \
+                connectionTableSize, eventRingBytes) with what the running daemon pinned. Exit 0: a \
+                restart adopts it (hitless); exit 3: a restart would start with an empty datapath, so \
+                drain the node first (tandem node stop --release, upgrade, start). Nothing is changed.
+                """)
+        @Option(name: .long, help: "YAML config file of the node.") var config: String?
+        @Option(name: .long, parsing: .upToNextOption, help: "Interfaces (as for node run).") var interface: [String] = []
+        @Option(name: .long, help: "The compiled datapath.") var bpfObject: String?
+        @Option(name: .long, help: "BPF-filesystem directory for the pins (default /sys/fs/bpf/tandem).") var pinDirectory: String?
+
+        func run() async throws {
+            do {
+                let cfg = try config.map { try NodeConfig.load(path: $0) } ?? NodeConfig()
+                let interfaces = interface.isEmpty ? (cfg.interfaces ?? []) : interface
+                guard let first = interfaces.first else { throw ConfigError("no interface given: use --interface or 'interfaces:' in the config") }
+                let nodeIP: IPv4Address
+                if let t = cfg.nodeIP {
+                    guard let a = IPv4Address(t) else { throw ConfigError("nodeIP '\(t)' is not an IPv4 address") }
+                    nodeIP = a
+                } else if let a = SystemChecks.ipv4Address(of: first) {
+                    nodeIP = a
+                } else {
+                    throw ConfigError("interface \(first) has no IPv4 address here; run in the node's namespace or set nodeIP")
+                }
+                let dir = NodeRunner.pinDirectory(base: pinDirectory ?? cfg.pinDirectory, interface: first, nodeIP: nodeIP)
+                let c = try DatapathLayoutCheck.check(objectPath: bpfObject ?? Run.defaultObjectPath(),
+                                                      connectionTableSize: cfg.connectionTableSize ?? 262_144,
+                                                      eventRingBytes: try cfg.validatedEventRingBytes(), pinDirectory: dir)
+                print("this build:  layout \(String(format: "%016llx", c.fingerprint)) (version \(c.layoutVersion))")
+                if let p = c.pinnedFingerprint {
+                    print("pinned:      layout \(String(format: "%016llx", p)) (version \(c.pinnedLayoutVersion ?? 0)) in \(dir)")
+                } else {
+                    print("pinned:      nothing in \(dir)")
+                }
+                switch c.outcome {
+                case .adopted: print("a restart adopts the pinned datapath (hitless)")
+                case .fresh: print("nothing to adopt: a start loads a fresh datapath")
+                case .refused(let why):
+                    print("a restart would NOT adopt it (\(why)): drain first with tandem node stop --release")
+                    throw ExitCode(3)
+                }
+            } catch let e as ConfigError {
+                FileHandle.standardError.write(Data("tandem: \(e.message)\n".utf8))
+                throw ExitCode(2)
+            } catch let e as DatapathError {
+                FileHandle.standardError.write(Data("tandem: \(e.message)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
+    }
 
     struct Stop: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
