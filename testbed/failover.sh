@@ -162,6 +162,7 @@ PY
     fi
     tb_exec "$KILLED" ip link set eth0 up
     tb_exec "$KILLED" ip route replace default via "$TB_GW_HOSTS" dev eth0
+    reasserts_before="$(grep -c "re-asserting the floating IPs" "$TB_STATE/$SURV.log" || true)"
     t_back="$(now_ms)"
     start_node "$KILLED"
     if ((SLOW_START)); then
@@ -177,6 +178,9 @@ PY
     unasked="$(api "$SURV" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(1 for t in s["instances"][0]["transitions"] if t["atUnixMs"] >= int(sys.argv[1])))' "$t_back" 2>/dev/null || echo -1)"
     returned_role="$(role "$KILLED")"
     survivor_role="$(role "$SURV")"
+    # A peer that merely returned is no conflict: the MASTER must not move the floating IP again.
+    reasserts=$(( $(grep -c "re-asserting the floating IPs" "$TB_STATE/$SURV.log" || true) - reasserts_before ))
+    log "round $round: $SURV re-asserted the floating IPs $reasserts time(s) on the return"
     log "round $round: $KILLED back as $returned_role, in sync ${resync_ms} ms after its restart; $SURV is $survivor_role; survivor role changes since the return: $unasked"
     kill -TERM "$FLOWS_PID"
     flows_rc=0
@@ -184,14 +188,16 @@ PY
     FLOWS_PID=""
     flows="$(tail -n 1 "$TB_STATE/flows-$round.json")"
     [[ -n "$flows" ]] || flows='{}'
-    round_json="$(FLOWS="$flows" python3 - "$round" "$detect_ms" "$takeover_ms" "$provider_ms" "$resync_ms" "$returned_role" "$survivor_role" "$flows_rc" "$KILLED" "$SURV" "$dead_ms" "$VICTIM" "$unasked" <<'PY'
+    round_json="$(FLOWS="$flows" python3 - "$round" "$detect_ms" "$takeover_ms" "$provider_ms" "$resync_ms" "$returned_role" "$survivor_role" "$flows_rc" "$KILLED" "$SURV" "$dead_ms" "$VICTIM" "$unasked" "$reasserts" <<'PY'
 import json, os, sys
-r, detect, take, prov, resync, back_role, surv_role, rc, killed, survivor, dead, victim, unasked = sys.argv[1:]
+r, detect, take, prov, resync, back_role, surv_role, rc, killed, survivor, dead, victim, unasked, reasserts = sys.argv[1:]
 f = json.loads(os.environ["FLOWS"] or "{}")
-ok = rc == "0" and back_role == "BACKUP" and surv_role == "MASTER" and (victim == "backup" or int(take) >= 0) and unasked == "0"
+ok = rc == "0" and back_role == "BACKUP" and surv_role == "MASTER" and (victim == "backup" or int(take) >= 0) and unasked == "0" \
+    and reasserts == "0"
 print(json.dumps({"round": int(r), "victim": victim, "killed": killed, "master": survivor, "detectedMs": int(dead), "electedMs": int(detect),
                   "takeoverMs": int(take), "providerMs": float(prov), "resyncMs": int(resync),
-                  "returnedAs": back_role, "survivorRole": surv_role, "unaskedRoleChanges": int(unasked), "flows": f, "ok": ok}))
+                  "returnedAs": back_role, "survivorRole": surv_role, "unaskedRoleChanges": int(unasked),
+                  "reassertsOnReturn": int(reasserts), "flows": f, "ok": ok}))
 PY
 )"
     rounds_json+=("$round_json")
@@ -219,6 +225,7 @@ def stat(key):
 tot = lambda p, k: sum(r["flows"].get(p, {}).get(k, 0) for r in rounds)
 out = {"cloud": cloud, "rounds": len(rounds), "ok": all_ok,
        "unaskedRoleChanges": sum(max(0, r.get("unaskedRoleChanges", 0)) for r in rounds),
+       "reassertsOnReturn": sum(r.get("reassertsOnReturn", 0) for r in rounds),
        "tcp": {"survived": tot("tcp", "survived"), "total": tot("tcp", "total")},
        "udp": {"survived": tot("udp", "survived"), "total": tot("udp", "total")},
        "late": {"survived": sum(r["flows"].get("late", {}).get("survived", 0) for r in rounds),
