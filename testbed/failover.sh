@@ -6,8 +6,10 @@
 # the floating IP and keep every flow going; the old master comes back later as BACKUP and resyncs.
 #
 #   testbed/failover.sh [--tcp 200] [--udp 50] [--rounds 1] [--cloud l2|oci] [--down 3] [--victim master|backup]
-#                       [--slow-start]
+#                       [--slow-start] [--plot FILE.svg|FILE.png]
 #
+# --plot writes a timeline of the first round (every flow's stalls as bars, the kill, death
+# declared, election, floating IP moved, the return marked) with matplotlib, installed if missing.
 # --victim backup reboots the BACKUP instead: the MASTER must keep its role and every flow.
 # --slow-start makes each return slow, as a real reboot can be: the vcn router answers the
 # returning node's ARP after a random 0-800 ms (Linux's default proxy_delay), its ARP cache starts
@@ -21,7 +23,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-TCP_FLOWS=200 UDP_FLOWS=50 ROUNDS=1 CLOUD=l2 DOWN_SECONDS=3 LATE_TCP=5 LATE_UDP=5 INTERVAL_MS=20 VICTIM=master SLOW_START=0
+TCP_FLOWS=200 UDP_FLOWS=50 ROUNDS=1 CLOUD=l2 DOWN_SECONDS=3 LATE_TCP=5 LATE_UDP=5 INTERVAL_MS=20 VICTIM=master SLOW_START=0 PLOT=""
 while (($#)); do
     case "$1" in
         --tcp) TCP_FLOWS="$2"; shift 2 ;;
@@ -33,7 +35,8 @@ while (($#)); do
         --interval-ms) INTERVAL_MS="$2"; shift 2 ;;
         --victim) VICTIM="$2"; shift 2 ;;
         --slow-start) SLOW_START=1; shift ;;
-        -h|--help) sed -n 2,18p "$0"; exit 0 ;;
+        --plot) PLOT="$2"; shift 2 ;;
+        -h|--help) sed -n 2,20p "$0"; exit 0 ;;
         *) echo "failover: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -201,6 +204,25 @@ print(json.dumps({"round": int(r), "victim": victim, "killed": killed, "master":
 PY
 )"
     rounds_json+=("$round_json")
+    # The round's events, on the flows' clock (Unix ms), for the timeline plot.
+    python3 - "$t_kill" "$dead_ms" "$detect_ms" "$takeover_ms" "$t_back" "$resync_ms" "$KILLED" "$SURV" \
+        >"$TB_STATE/failover-$round.events.json" <<'PY'
+import json, sys
+t_kill, dead, elected, take, t_back, resync = (int(x) for x in sys.argv[1:7])
+killed, surv = sys.argv[7:9]
+ev = [{"label": f"{killed} killed", "atUnixMs": t_kill}]
+if dead >= 0: ev.append({"label": f"{killed} declared dead", "atUnixMs": t_kill + dead})
+if elected >= 0: ev.append({"label": f"{surv} elected", "atUnixMs": t_kill + elected})
+if take >= 0: ev.append({"label": "floating IP moved", "atUnixMs": t_kill + take})
+ev.append({"label": f"{killed} back", "atUnixMs": t_back})
+if resync >= 0: ev.append({"label": f"{killed} in sync", "atUnixMs": t_back + resync})
+print(json.dumps(ev))
+PY
+    if [[ -n "$PLOT" && $round == 1 ]]; then
+        tb_need_matplotlib
+        "$TB_PLOT_PYTHON" "$REPO/testbed/plot_timeline.py" "$TB_STATE/flows-$round.json" "$TB_STATE/failover-$round.events.json" "$PLOT" \
+            --title "failover.sh ($CLOUD): $KILLED rebooted, $TCP_FLOWS TCP + $UDP_FLOWS UDP flows" || all_ok=0
+    fi
     summary="$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); f=r["flows"]; print("tcp %s/%s udp %s/%s late %s/%s longest stall %s ms" % (f.get("tcp",{}).get("survived","?"), f.get("tcp",{}).get("total","?"), f.get("udp",{}).get("survived","?"), f.get("udp",{}).get("total","?"), f.get("late",{}).get("survived","?"), f.get("late",{}).get("tcp",0)+f.get("late",{}).get("udp",0), f.get("longestStallMs","?")))' "$round_json")"
     if python3 -c 'import json,sys; sys.exit(0 if json.loads(sys.argv[1])["ok"] else 1)' "$round_json"; then
         log "round $round: OK: $summary"

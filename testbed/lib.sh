@@ -356,6 +356,21 @@ tb_kill_pidfile() {
 }
 
 # Tears everything of this TB down. Never fails; safe to call repeatedly.
+# The timeline plots' library (Debian's python3-matplotlib), installed when missing. Sets
+# TB_PLOT_PYTHON to an interpreter that has it (Debian's /usr/bin/python3 when the python3 on
+# PATH is another one, e.g. pyenv's).
+tb_need_matplotlib() {
+    local py
+    for py in python3 /usr/bin/python3; do
+        if "$py" -c 'import matplotlib' 2>/dev/null; then TB_PLOT_PYTHON="$py"; return 0; fi
+    done
+    tb_log "installing python3-matplotlib for the timeline plot"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-matplotlib >/dev/null 2>&1 ||
+        { apt-get update -q >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-matplotlib >/dev/null; }
+    /usr/bin/python3 -c 'import matplotlib' 2>/dev/null || { tb_die "python3-matplotlib could not be installed (apt-get install python3-matplotlib)"; return 1; }
+    TB_PLOT_PYTHON=/usr/bin/python3
+}
+
 # A BPF filesystem of the test bed's own, for daemons run with persistDatapath: pins made inside
 # `ip netns exec` (which remounts /sys, hiding /sys/fs/bpf) land here, visible from the root
 # namespace, and tb_down's unmount frees every one of them. Prints its path.

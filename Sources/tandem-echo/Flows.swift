@@ -221,6 +221,12 @@ struct Flows: ParsableCommand {
         out += "\"loopCpuPercent\":\(formatFixed(r.loopCPU, decimals: 1)),"
         out += "\"sendRatePercent\":\(formatFixed(r.sendRate, decimals: 1)),\"udpEndpoints\":{\(endpoints)},\"durationS\":\(formatFixed(r.durationS, decimals: 3))"
         if let error = r.error { out += ",\"error\":\(jsonString(error))" }
+        let stalls = r.stalls.map {
+            "[\($0.flow),\($0.tcp ? 1 : 0),\(formatFixed($0.startUnixMs, decimals: 1)),\(formatFixed($0.endUnixMs, decimals: 1))]"
+        }.joined(separator: ",")
+        out += ",\"startedAtUnixMs\":\(formatFixed(r.startedAtUnixMs, decimals: 1))"
+        if let ready = r.readyAtUnixMs { out += ",\"readyAtUnixMs\":\(formatFixed(ready, decimals: 1))" }
+        out += ",\"endedAtUnixMs\":\(formatFixed(r.endedAtUnixMs, decimals: 1)),\"stalls\":[\(stalls)]"
         return out + "}"
     }
 }

@@ -72,6 +72,18 @@ struct FlowsReport: Sendable {
     var durationS = 0.0
     /// Why the run is invalid (exit 2): the initial flows were not all established.
     var error: String?
+    /// Stalls (gaps of three intervals or more) by flow index, for the timeline plot.
+    struct Stall: Sendable {
+        var flow: Int
+        var tcp: Bool
+        var startUnixMs: Double
+        var endUnixMs: Double
+    }
+    var stalls: [Stall] = []
+    static let maxStalls = 5000
+    var startedAtUnixMs = 0.0
+    var readyAtUnixMs: Double?
+    var endedAtUnixMs = 0.0
 
     var exitCode: Int32 { error != nil ? 2 : (failures.isEmpty ? 0 : 1) }
 }
@@ -125,11 +137,25 @@ class Flow {
         lastEcho = now
     }
 
+    /// Gaps longer than the runner's stall threshold, as (start, end), for the timeline plot.
+    /// Bounded: the longest `maxStallsKept` of this flow.
+    var stalls: [(from: NIODeadline, to: NIODeadline)] = []
+    static let maxStallsKept = 8
+
     /// Counts the time without echo up to `now` into `maxGap` (from `measureFrom` on).
     final func noteGap(until now: NIODeadline) {
         guard let measureFrom else { return }
         let from = max(lastEcho, measureFrom)
-        if now > from { maxGap = max(maxGap, (now - from).nanoseconds) }
+        guard now > from else { return }
+        let gap = (now - from).nanoseconds
+        maxGap = max(maxGap, gap)
+        if gap >= runner.stallThreshold.nanoseconds {
+            stalls.append((from, now))
+            if stalls.count > Self.maxStallsKept {
+                stalls.sort { ($0.to - $0.from) > ($1.to - $1.from) }
+                stalls.removeLast()
+            }
+        }
     }
 
     final func echoed(now: NIODeadline, bytes: Int) {
@@ -547,6 +573,18 @@ final class FlowsRunner {
     /// The interval is cut into slots (5 ms or more apart, at most 8) and each flow sends in its
     /// own slot: hundreds of flows do not all send in one burst, which keeps the echo timing
     /// even and leaves the loop room to read in between.
+    /// A gap this long is a stall on the timeline: three send intervals, at least 50 ms.
+    var stallThreshold: TimeAmount { .nanoseconds(max(3 * config.interval.nanoseconds, 50_000_000)) }
+    /// Wall clock of NIODeadline's zero, so stalls are reported in Unix milliseconds (the test-bed
+    /// scripts mark their events in the same clock).
+    let wallClockOffsetMs: Double = {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) * 1000 + Double(ts.tv_nsec) / 1e6 - Double(NIODeadline.now().uptimeNanoseconds) / 1e6
+    }()
+
+    func unixMs(_ d: NIODeadline) -> Double { wallClockOffsetMs + Double(d.uptimeNanoseconds) / 1e6 }
+
     private lazy var slots = max(1, min(8, Int(config.interval.nanoseconds / 5_000_000)))
     private var slotSpacing: TimeAmount { .nanoseconds(config.interval.nanoseconds / Int64(slots)) }
     var flowCount: Int { flows.count }
@@ -763,6 +801,18 @@ final class FlowsRunner {
             }
         }
         report.longestStall = max(report.longestStallTCP, report.longestStallUDP)
+        for (i, flow) in flows.enumerated() {
+            for st in flow.stalls {
+                report.stalls.append(.init(flow: i, tcp: flow.isTCP, startUnixMs: unixMs(st.from), endUnixMs: unixMs(st.to)))
+            }
+        }
+        if report.stalls.count > FlowsReport.maxStalls {
+            report.stalls.sort { ($0.endUnixMs - $0.startUnixMs) > ($1.endUnixMs - $1.startUnixMs) }
+            report.stalls.removeLast(report.stalls.count - FlowsReport.maxStalls)
+        }
+        report.startedAtUnixMs = unixMs(startedAt)
+        report.readyAtUnixMs = readyAt.map(unixMs)
+        report.endedAtUnixMs = unixMs(end)
         report.messages = messages
         report.bytes = bytes
         report.udpResends = udpResends

@@ -33,8 +33,14 @@ extension Privileged {
         }
 
         @Test func rebootTheMasterTwiceL2() throws {
-            let s = try failover(["--tcp", "40", "--udp", "10", "--rounds", "2", "--cloud", "l2", "--down", "2"])
+            let plot = NSTemporaryDirectory() + "tdm-failover-\(UUID().uuidString.prefix(8)).png"
+            defer { try? FileManager.default.removeItem(atPath: plot) }
+            let s = try failover(["--tcp", "40", "--udp", "10", "--rounds", "2", "--cloud", "l2", "--down", "2", "--plot", plot])
             checkAllSurvived(s)
+            // The timeline plot of round 1: a PNG (matplotlib installed by the script if missing).
+            let png = FileManager.default.contents(atPath: plot) ?? Data()
+            #expect(png.count > 10_000 && png.prefix(4) == Data([0x89, 0x50, 0x4e, 0x47]), "no timeline plot at \(plot)")
+            #expect((s["reassertsOnReturn"] as? NSNumber)?.intValue == 0, "a returning peer made the MASTER move the IP again")
             // Takeover within a second of the kill (the target), with room for a loaded CI machine.
             for round in s["perRound"] as? [[String: Any]] ?? [] {
                 let take = (round["takeoverMs"] as? NSNumber)?.intValue ?? -1
