@@ -10,8 +10,10 @@
 # keeps forwarding until the floating IP has moved.
 #
 #   testbed/restart.sh [--tcp 200] [--udp 50] [--graceful 10] [--crash 10] [--backup 1]
-#                      [--cloud l2|oci] [--interval-ms 20] [--settle 2] [--baseline 1]
+#                      [--cloud l2|oci] [--interval-ms 20] [--settle 2] [--baseline 1] [--plot FILE]
 #
+# --plot writes a timeline of the graceful MASTER restarts (every flow's stalls, each SIGTERM and
+# return marked) with matplotlib, installed if missing.
 # --baseline N first runs the same flows for N x 10 s with nothing restarted: the noise floor of
 # stalls on this machine.
 #
@@ -23,7 +25,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-TCP_FLOWS=200 UDP_FLOWS=50 GRACEFUL=10 CRASH=10 BACKUP_RESTARTS=1 CLOUD=l2 INTERVAL_MS=20 SETTLE=2 BASELINE=1
+TCP_FLOWS=200 UDP_FLOWS=50 GRACEFUL=10 CRASH=10 BACKUP_RESTARTS=1 CLOUD=l2 INTERVAL_MS=20 SETTLE=2 BASELINE=1 PLOT=""
 while (($#)); do
     case "$1" in
         --tcp) TCP_FLOWS="$2"; shift 2 ;;
@@ -35,7 +37,8 @@ while (($#)); do
         --interval-ms) INTERVAL_MS="$2"; shift 2 ;;
         --settle) SETTLE="$2"; shift 2 ;;
         --baseline) BASELINE="$2"; shift 2 ;;
-        -h|--help) sed -n 2,20p "$0"; exit 0 ;;
+        --plot) PLOT="$2"; shift 2 ;;
+        -h|--help) sed -n 2,27p "$0"; exit 0 ;;
         *) echo "restart: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -154,6 +157,7 @@ restart_once() {
     pid="$(pid_of "$node")"
     t0="$(now_ms)"
     if [[ "$how" == graceful ]]; then kill -TERM "$pid"; else kill -KILL "$pid"; fi
+    echo "{\"label\": \"$node $([[ "$how" == graceful ]] && echo SIGTERM || echo SIGKILL)\", \"atUnixMs\": $t0}" >>"$EVENTS"
     while kill -0 "$pid" 2>/dev/null; do sleep 0.01; done
     rm -f "$TB_STATE/$node.pid"
     start_node "$node"
@@ -162,7 +166,9 @@ restart_once() {
         ((SECONDS < deadline)) || { log "$node did not come back within 30 s"; echo -1; return 0; }
         sleep 0.02
     done
-    echo $(( $(now_ms) - t0 ))
+    local t1; t1="$(now_ms)"
+    echo "{\"label\": \"$node back\", \"atUnixMs\": $t1}" >>"$EVENTS"
+    echo $(( t1 - t0 ))
 }
 
 phases_json=()
@@ -172,6 +178,8 @@ phase() {
     local name="$1" how="$2" who="$3" count="$4" i node other_node t_start term_before gone=() masters
     ((count > 0)) || return 0
     log "$name: $TCP_FLOWS TCP + $UDP_FLOWS UDP flows through $TB_VIP"
+    EVENTS="$TB_STATE/events-$name.jsonl"
+    : >"$EVENTS"
     start_flows "$name"
     t_start="$(now_ms)"
     masters="$(master_of)"
@@ -190,6 +198,14 @@ phase() {
     done
     stop_flows "$name"
     local flows="$FLOWS_REPORT"
+    if [[ -n "$PLOT" && "$name" == graceful-master ]]; then
+        tb_need_matplotlib
+        python3 -c 'import json,sys; print(json.dumps([json.loads(l) for l in open(sys.argv[1]) if l.strip()]))' "$EVENTS" \
+            >"$TB_STATE/events-$name.json"
+        "$TB_PLOT_PYTHON" "$REPO/testbed/plot_timeline.py" "$TB_STATE/flows-$name.json" "$TB_STATE/events-$name.json" "$PLOT" \
+            --title "restart.sh ($CLOUD): the MASTER's daemon restarted gracefully $count times, $TCP_FLOWS TCP + $UDP_FLOWS UDP flows" ||
+            all_ok=0
+    fi
     local m_after; m_after="$(master_of)"
     local term_after; term_after="$(term "$m_after")"
     local changes=0 n c
