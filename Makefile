@@ -16,7 +16,9 @@ deps:
 
 bpf: $(BPF_OBJS)
 
-bpf/obj/%.o: bpf/%.c bpf/include/tandem_maps.h
+BPF_HEADERS := $(wildcard bpf/include/*.h bpf/lib/*.h)
+
+bpf/obj/%.o: bpf/%.c $(BPF_HEADERS)
 	@mkdir -p bpf/obj
 	$(BPF_CLANG) $(BPF_CFLAGS) -c $< -o $@
 

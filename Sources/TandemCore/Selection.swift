@@ -31,7 +31,7 @@ public enum WeightedSchedule {
     static func gcd(_ a: Int, _ b: Int) -> Int { b == 0 ? a : gcd(b, a % b) }
 }
 
-/// The flow hash the datapath computes for Maglev (bpf/tandem_lb.c, tdm_flow_hash): murmur3's
+/// The flow hash the datapath computes for Maglev (bpf/lib/common.h, tdm_flow_hash): murmur3's
 /// finalizer over the tuple in host order. Both sides must agree bit for bit.
 public enum FlowHash {
     @inlinable

@@ -276,7 +276,7 @@ extension tdm_install_req {
 }
 
 /// Both halves of a replicated connection as they will be written, before merging with the table
-/// (the user-space path; tandem_install in bpf/tandem_lb.c does the same in the kernel).
+/// (the user-space path; tandem_install, bpf/lib/install.h, does the same in the kernel).
 struct ReplicaPair {
     var origKey: tdm_flow_key
     var replyKey: tdm_flow_key

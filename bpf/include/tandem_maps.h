@@ -344,11 +344,7 @@ struct tdm_pin_meta {
 #define TDM_META_IF_QDISC 0x01 /* Tandem created the clsact qdisc: removed on release */
 #define TDM_META_IF_XDP   0x02 /* the XDP fast path is attached too */
 
-#ifndef __BPF__
 #define TDM_STATIC_ASSERT(c, m) _Static_assert(c, m)
-#else
-#define TDM_STATIC_ASSERT(c, m) _Static_assert(c, m)
-#endif
 TDM_STATIC_ASSERT(sizeof(struct tdm_flow_key) == 16, "flow key layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_ct_entry) == 88, "ct entry layout");
 TDM_STATIC_ASSERT(sizeof(struct tdm_service_key) == 8, "service key layout");

@@ -39,7 +39,7 @@ static inline void tdm_atomic_store_u32(uint32_t *p, uint32_t v) { __atomic_stor
 static inline uint64_t tdm_atomic_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline void tdm_atomic_add_u64(uint64_t *p, uint64_t v) { __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 static inline void tdm_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
-/* Subtracts one unless the value is already zero (as lc_give in bpf/tandem_lb.c). */
+/* Subtracts one unless the value is already zero (as lc_give in bpf/lib/endpoints.h). */
 static inline void tdm_atomic_give_u64(uint64_t *p) {
     uint64_t v = __atomic_load_n(p, __ATOMIC_SEQ_CST);
     while (v != 0 && !__atomic_compare_exchange_n(p, &v, v - 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
