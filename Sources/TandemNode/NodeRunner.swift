@@ -311,6 +311,8 @@ public enum NodeRunner {
 
 /// How the daemon was asked to exit: SIGINT, `tandem node stop --release`, or SIGTERM without
 /// persistence release the datapath; SIGTERM (and `tandem node stop`) with persistence keep it.
+/// A release, once asked for, stands: systemd follows an ExecStop that sent SIGINT (a system
+/// shutdown) with its own SIGTERM.
 final class ExitRequest: @unchecked Sendable {
     private let lock = NSLock()
     private var releaseRequested: Bool
@@ -322,7 +324,7 @@ final class ExitRequest: @unchecked Sendable {
     }
 
     func request(release: Bool) {
-        lock.withLock { releaseRequested = release || !persist }
+        lock.withLock { releaseRequested = releaseRequested || release || !persist }
     }
 
     var release: Bool { lock.withLock { releaseRequested } }

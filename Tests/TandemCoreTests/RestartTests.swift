@@ -1,7 +1,7 @@
 import Testing
 import TandemCore
 import TandemDatapath
-import TandemNode
+@testable import TandemNode
 
 /// The pure parts of a hitless restart: whether pins are adopted, whether a resume record still
 /// counts, where the pins live, and that a restored service gets its old slot back.
@@ -70,5 +70,23 @@ import TandemNode
         #expect(try t.add(svc(2)) == 0)
         #expect(try t.add(svc(3), preferredSlot: 17) == 1, "taken: the next free one")
         #expect(try t.add(svc(4), preferredSlot: 0) == 2, "taken: the next free one")
+    }
+}
+
+@Suite struct ExitRequestTests {
+    @Test("SIGTERM keeps a persisted datapath; SIGINT or --release release it, and a release stands")
+    func exitModes() {
+        let persisted = ExitRequest(persist: true)
+        #expect(!persisted.release)
+        persisted.request(release: false)  // SIGTERM, tandem node stop
+        #expect(!persisted.release)
+        persisted.request(release: true)   // SIGINT, --release
+        #expect(persisted.release)
+        persisted.request(release: false)  // systemd's SIGTERM after an ExecStop that sent SIGINT
+        #expect(persisted.release)
+        let plain = ExitRequest(persist: false)
+        #expect(plain.release)
+        plain.request(release: false)
+        #expect(plain.release, "without pins there is nothing to keep")
     }
 }
