@@ -133,17 +133,12 @@ struct Node: AsyncParsableCommand {
             }
         }
 
-        /// bpf/obj/tandem_lb.o next to the source tree, or beside the installed binary.
+        /// $TANDEM_BPF_OBJECT, the installed object beside the binary (/usr/bin -> /usr/lib/tandem),
+        /// or bpf/obj/tandem_lb.o of the source tree (InstallPaths).
         static func defaultObjectPath() -> String {
-            if let env = ProcessInfo.processInfo.environment["TANDEM_BPF_OBJECT"] { return env }
-            let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-            var dir = exe.deletingLastPathComponent()
-            for _ in 0..<5 {
-                let candidate = dir.appendingPathComponent("bpf/obj/tandem_lb.o").path
-                if FileManager.default.fileExists(atPath: candidate) { return candidate }
-                dir = dir.deletingLastPathComponent()
-            }
-            return "/usr/lib/tandem/tandem_lb.o"
+            InstallPaths.bpfObject(executable: InstallPaths.currentExecutable,
+                                   environment: ProcessInfo.processInfo.environment,
+                                   exists: { FileManager.default.fileExists(atPath: $0) })
         }
     }
 }
