@@ -29,10 +29,13 @@ public struct NodeOptions: Sendable {
     /// TLS certificate/key and token files for the API.
     public var tokenFile: String?
     public var tls: APITLSFiles?
+    /// The config file as read at start; SIGHUP re-reads it (ConfigReload.swift).
+    public var configFile: ConfigFileSource?
 
     public init(interfaces: [String], objectPath: String, config: NodeConfig, apiAddress: String, apiPort: Int,
                 reapInterval: Duration = .seconds(2), statePath: String? = StateStore.defaultPath, ignoreState: Bool = false,
-                tokenFile: String? = nil, tls: APITLSFiles? = nil) {
+                tokenFile: String? = nil, tls: APITLSFiles? = nil, configFile: ConfigFileSource? = nil) {
+        self.configFile = configFile
         self.statePath = statePath
         self.ignoreState = ignoreState
         self.tokenFile = tokenFile
@@ -124,6 +127,7 @@ public enum NodeRunner {
 
     /// Runs the node until SIGTERM or SIGINT, then detaches everything it attached.
     public static func run(_ o: NodeOptions, logger: Logger) async throws {
+        let hup = ConfigReloader.Trap(logger: logger)  // SIGHUP would end the process until then
         let (settings, services, replicationSettings, clusterKey, haSettings) = try preflight(o)
         // Checked here, before the datapath loads: a probe that does not parse stops the node.
         let serviceOptions = try o.config.validatedServiceOptions()
@@ -244,6 +248,8 @@ public enum NodeRunner {
             await dpServiceStopEarly(datapath: datapath, reader: reader, shell: shell, ha: ha)
             throw ConfigError("api: \(error)")
         }
+        hup.attach(ConfigReloader(source: o.configFile, controller: controller, interfaces: o.interfaces,
+                                  nodeIP: settings.nodeIP, logger: logger))
         let serviceCount = await controller.serviceCount
         logger.info("tandem node running", metadata: [
             "interfaces": "\(o.interfaces.joined(separator: ","))", "nodeIP": "\(settings.nodeIP)",
@@ -261,6 +267,7 @@ public enum NodeRunner {
             await dpService.shutdown()
             throw error
         }
+        await hup.stop()
         await dpService.shutdown()
         logger.info("tandem node stopped; datapath detached")
     }

@@ -86,6 +86,7 @@ struct Node: AsyncParsableCommand {
             logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
             do {
                 var cfg = try config.map { try NodeConfig.load(path: $0) } ?? NodeConfig()
+                let fromFile = config.map { ConfigFileSource(path: $0, loaded: cfg) }
                 // Flags override the file's cluster settings.
                 if cluster != nil || clusterKey != nil || syncAddress != nil || syncPort != nil || self.`self` != nil
                     || cloud != nil || gossipPort != nil || priority != nil {
@@ -122,7 +123,8 @@ struct Node: AsyncParsableCommand {
                     statePath: noState ? nil : (stateFile ?? cfg.stateFile ?? StateStore.defaultPath),
                     ignoreState: ignoreState,
                     tokenFile: apiTokenFile ?? cfg.api?.tokenFile,
-                    tls: cert.flatMap { c in key.map { APITLSFiles(certificatePath: c, keyPath: $0) } })
+                    tls: cert.flatMap { c in key.map { APITLSFiles(certificatePath: c, keyPath: $0) } },
+                    configFile: fromFile)
                 try await NodeRunner.run(opts, logger: logger)
             } catch let e as ConfigError {
                 FileHandle.standardError.write(Data("tandem: \(e.message)\n".utf8))
