@@ -7,7 +7,7 @@ BPF_OBJS := bpf/obj/tandem_lb.o bpf/obj/testbed_xdp_pass.o
 SWIFT ?= swift
 SWIFT_FLAGS ?=
 
-.PHONY: all deps bpf build test unit-test privileged-test demo bench bench-datapath bench-replication bench-failover release package clean
+.PHONY: all deps bpf build test unit-test privileged-test demo bench bench-datapath bench-replication bench-failover release package package-test clean
 
 all: build
 
@@ -35,6 +35,10 @@ demo: deps build
 # the man page comes from the debug build's --help texts.
 package: deps build
 	@bash scripts/package.sh
+
+# Builds, installs, runs (in a test-bed namespace), removes and purges the package (root).
+package-test: deps build
+	bash scripts/package-test.sh
 
 # Benchmarks measure release builds.
 release: bpf
