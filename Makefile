@@ -7,7 +7,7 @@ BPF_OBJS := bpf/obj/tandem_lb.o bpf/obj/testbed_xdp_pass.o
 SWIFT ?= swift
 SWIFT_FLAGS ?=
 
-.PHONY: all deps bpf build test unit-test privileged-test demo bench bench-datapath bench-replication bench-failover release clean
+.PHONY: all deps bpf build test unit-test privileged-test demo bench bench-datapath bench-replication bench-failover release package package-test clean
 
 all: build
 
@@ -30,6 +30,17 @@ test: deps build
 
 demo: deps build
 	bash testbed/demo.sh
+
+# dist/tandem_<version>_<arch>.deb: the release tandem with the static Swift standard library,
+# the BPF object, the systemd unit, the example config (scripts/package.sh, packaging/).
+# Release build in .build-package (static and dynamic builds must not share a build directory);
+# the man page comes from the debug build's --help texts.
+package: deps build
+	@bash scripts/package.sh
+
+# Builds, installs, runs (in a test-bed namespace), removes and purges the package (root).
+package-test: deps build
+	bash scripts/package-test.sh
 
 # Benchmarks measure release builds.
 release: bpf
@@ -55,4 +66,4 @@ bench-failover: deps build release
 	TANDEM_BIN=$(CURDIR)/.build/release bash testbed/failover.sh --rounds 10 --cloud oci > bench/results/failover-oci-latest.json
 
 clean:
-	rm -rf bpf/obj .build
+	rm -rf bpf/obj .build dist

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The full test run: unit tests, then the privileged suite (root, BPF, network namespaces).
+# The full test run: unit tests, then the privileged suite (root, BPF, network namespaces), then
+# the Debian package's test (build, install, run from the installed paths, purge).
 # Called by `make test` after deps and build.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -38,9 +39,14 @@ cli=${PIPESTATUS[0]}
 ((unit == 0)) && unit=$cli
 swift test --skip-build --filter Privileged 2>&1 | tee -a .build/test-output.txt
 privileged=${PIPESTATUS[0]}
+# The package: `make package` (the release build of tandem with the static standard library, in
+# its own build directory: most of this step's time), dpkg -i, the unit's command in a test-bed
+# namespace under the unit's capabilities, dpkg -r and -P leaving nothing behind.
+bash scripts/package-test.sh 2>&1 | tee -a .build/test-output.txt
+package=${PIPESTATUS[0]}
 set -e
-status=$((unit != 0 ? unit : privileged))
-left=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^t[a-z0-9]{5}-' || true)
+status=$((unit != 0 ? unit : privileged != 0 ? privileged : package))
+left=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(t[a-z0-9]{5}|pk[0-9]{4})-' || true)
 if [[ -n "$left" ]]; then
     echo "test: namespaces left behind: $left" >&2
     status=1

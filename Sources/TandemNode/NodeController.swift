@@ -375,6 +375,16 @@ public actor NodeController: LoadBalancerController {
         }
     }
 
+    /// A config reload (ConfigReload.swift): `keys` are the file's services now. A service the
+    /// file dropped was removed by the file, not through the API, so it is not remembered as
+    /// deleted: the file may list it again before the next restart, which must then create it.
+    func configReloaded(keys: Set<ServiceKey>, dropped: [ServiceKey]) throws {
+        configKeys = keys
+        let before = deleted
+        deleted.removeAll { dropped.contains($0) }
+        if deleted != before { try persist() }
+    }
+
     public func loadBalancers() async -> [LoadBalancerEntry] {
         let conns = Connection.join(datapath.connectionEntries())
         let timeouts = datapath.effectiveTimeouts(settings.timeouts)

@@ -31,11 +31,15 @@ public struct NodeOptions: Sendable {
     public var tls: APITLSFiles?
     /// SIGTERM leaves the datapath pinned and running (graceful restart); see NodeConfig.persistDatapath.
     public var persistDatapath: Bool
+    /// The config file as read at start; SIGHUP re-reads it (ConfigReload.swift).
+    public var configFile: ConfigFileSource?
 
     public init(interfaces: [String], objectPath: String, config: NodeConfig, apiAddress: String, apiPort: Int,
                 reapInterval: Duration = .seconds(2), statePath: String? = StateStore.defaultPath, ignoreState: Bool = false,
-                tokenFile: String? = nil, tls: APITLSFiles? = nil, persistDatapath: Bool = false) {
+                tokenFile: String? = nil, tls: APITLSFiles? = nil, persistDatapath: Bool = false,
+                configFile: ConfigFileSource? = nil) {
         self.persistDatapath = persistDatapath
+        self.configFile = configFile
         self.statePath = statePath
         self.ignoreState = ignoreState
         self.tokenFile = tokenFile
@@ -137,6 +141,7 @@ public enum NodeRunner {
     /// persistDatapath, detach everything it attached; SIGTERM with persistDatapath is a graceful
     /// restart: the datapath stays pinned and forwarding, peers are told to hold their fire.
     public static func run(_ o: NodeOptions, logger: Logger) async throws {
+        let hup = ConfigReloader.Trap(logger: logger)  // SIGHUP would end the process until then
         let (settings, services, replicationSettings, clusterKey, haSettings) = try preflight(o)
         // Checked here, before the datapath loads: a probe that does not parse stops the node.
         let serviceOptions = try o.config.validatedServiceOptions()
@@ -279,6 +284,8 @@ public enum NodeRunner {
             await dpServiceStopEarly(datapath: datapath, reader: reader, shell: shell, ha: ha)
             throw ConfigError("api: \(error)")
         }
+        hup.attach(ConfigReloader(source: o.configFile, controller: controller, interfaces: o.interfaces,
+                                  nodeIP: settings.nodeIP, logger: logger))
         let serviceCount = await controller.serviceCount
         logger.info("tandem node running", metadata: [
             "interfaces": "\(o.interfaces.joined(separator: ","))", "nodeIP": "\(settings.nodeIP)",
@@ -302,6 +309,7 @@ public enum NodeRunner {
             await dpService.shutdown(release: true)
             throw error
         }
+        await hup.stop()
         let release = exit.release
         await dpService.shutdown(release: release)
         logger.info(release ? "tandem node stopped; datapath detached"

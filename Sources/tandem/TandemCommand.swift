@@ -14,6 +14,32 @@ struct Tandem: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tandem",
         abstract: "Tandem: a self-managed eBPF load balancer.",
+        discussion: """
+            Tandem is a highly available layer-4 load balancer for public clouds (Oracle Cloud \
+            first) and on-premises networks. Each node runs an eBPF datapath in the kernel (TC \
+            ingress, optionally XDP) loaded and driven by `tandem node run`; nodes replicate their \
+            connection tables to each other, elect a MASTER per HA instance and move the floating \
+            IP on failover (l2: address and gratuitous ARP; oci: the private-IP move), so \
+            established flows survive. Every other command is a loxicmd-shaped client of a node's \
+            REST API (LoxiLB's /netlox/v1 on port 11111, loopback by default).
+
+            FILES: /etc/tandem/config.yaml is the node's configuration (the package installs a \
+            commented example of every setting). /usr/lib/tandem/tandem_lb.o is the compiled \
+            datapath, found beside the binary (<prefix>/bin/tandem -> <prefix>/lib/tandem/). \
+            /var/lib/tandem/state.jsonl keeps API changes across restarts. The systemd unit \
+            tandem.service runs `tandem node run --config /etc/tandem/config.yaml`: \
+            `systemctl enable --now tandem` starts it, `systemctl reload tandem` re-reads the \
+            config (SIGHUP).
+
+            ENVIRONMENT: TANDEM_API is the base URL of the node's API for the client commands \
+            (default http://127.0.0.1:11111); TANDEM_TOKEN the API's bearer token; \
+            TANDEM_BPF_OBJECT the datapath object `node run` loads without --bpf-object.
+
+            EXAMPLES: `tandem node run --config /etc/tandem/config.yaml`; \
+            `tandem create lb 10.0.10.143 --tcp=56002:80 --endpoints=10.0.10.21:1,10.0.10.22:1 \
+            --mode=fullnat`; `tandem get lb -o wide`; `tandem get cluster`; \
+            `tandem cluster keygen > /etc/tandem/cluster.key`.
+            """,
         subcommands: [Node.self, Cluster.self, Create.self, Delete.self, Get.self, SetCommand.self, Cloud.self])
 }
 
@@ -122,7 +148,38 @@ struct Node: AsyncParsableCommand {
     }
 
     struct Run: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Load the datapath and serve until SIGTERM/SIGINT.")
+        static let configuration = CommandConfiguration(
+            abstract: "Load the datapath and serve until SIGTERM/SIGINT.",
+            discussion: """
+                Checks everything it can before touching the kernel, then loads the datapath (the \
+                kernel's verifier checks it), writes the config file's services and the state \
+                file's API changes into its maps, attaches it to the interfaces, and starts the \
+                REST API and, with cluster peers, replication, membership gossip, the election \
+                and the floating IP's provider. Flags override the config file.
+
+                SIGNALS: SIGTERM or SIGINT: leave the cluster (peers elect at once), detach every \
+                program and qdisc attached, exit 0. SIGHUP: re-read the --config file and apply \
+                its services, added, changed and removed, as API writes are applied (kept in the \
+                state file; in a cluster that shares services, sent to every node); any other \
+                changed setting is logged as needing a restart and keeps its running value. A \
+                file that does not parse or validate, or names an endpoint this node has no route \
+                to, is refused with a logged reason and changes nothing.
+
+                EXIT STATUS: 0 after SIGTERM or SIGINT; 2 when the node refuses to start: not \
+                root, an interface missing, the BPF object missing, a bad config or state file \
+                (the one-line reason names the field or line); 1 on any other failure.
+
+                PRIVILEGES: runs as root (user id 0), using the capabilities CAP_BPF and \
+                CAP_PERFMON (load the programs and maps), CAP_NET_ADMIN (TC and XDP attach, the \
+                floating IP's address), CAP_NET_RAW (ping probes, gratuitous ARP) and \
+                CAP_SYS_NICE (the gossip thread's SCHED_RR); the systemd unit grants these and no \
+                others.
+
+                FILES: --config is usually /etc/tandem/config.yaml (a commented example of every \
+                setting); the datapath is /usr/lib/tandem/tandem_lb.o beside an installed binary, \
+                bpf/obj/tandem_lb.o in a source tree, or $TANDEM_BPF_OBJECT; the state file \
+                defaults to /var/lib/tandem/state.jsonl.
+                """)
 
         @Option(name: .long, help: "YAML config file.") var config: String?
         @Option(name: .long, parsing: .upToNextOption, help: "Interfaces to attach to (repeatable).")
@@ -168,6 +225,7 @@ struct Node: AsyncParsableCommand {
             logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
             do {
                 var cfg = try config.map { try NodeConfig.load(path: $0) } ?? NodeConfig()
+                let fromFile = config.map { ConfigFileSource(path: $0, loaded: cfg) }
                 // Flags override the file's cluster settings.
                 if cluster != nil || clusterKey != nil || syncAddress != nil || syncPort != nil || self.`self` != nil
                     || cloud != nil || gossipPort != nil || priority != nil {
@@ -206,7 +264,8 @@ struct Node: AsyncParsableCommand {
                     ignoreState: ignoreState,
                     tokenFile: apiTokenFile ?? cfg.api?.tokenFile,
                     tls: cert.flatMap { c in key.map { APITLSFiles(certificatePath: c, keyPath: $0) } },
-                    persistDatapath: persistDatapath || cfg.persistDatapath == true)
+                    persistDatapath: persistDatapath || cfg.persistDatapath == true,
+                    configFile: fromFile)
                 try await NodeRunner.run(opts, logger: logger)
             } catch let e as ConfigError {
                 FileHandle.standardError.write(Data("tandem: \(e.message)\n".utf8))
@@ -217,17 +276,12 @@ struct Node: AsyncParsableCommand {
             }
         }
 
-        /// bpf/obj/tandem_lb.o next to the source tree, or beside the installed binary.
+        /// $TANDEM_BPF_OBJECT, the installed object beside the binary (/usr/bin -> /usr/lib/tandem),
+        /// or bpf/obj/tandem_lb.o of the source tree (InstallPaths).
         static func defaultObjectPath() -> String {
-            if let env = ProcessInfo.processInfo.environment["TANDEM_BPF_OBJECT"] { return env }
-            let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-            var dir = exe.deletingLastPathComponent()
-            for _ in 0..<5 {
-                let candidate = dir.appendingPathComponent("bpf/obj/tandem_lb.o").path
-                if FileManager.default.fileExists(atPath: candidate) { return candidate }
-                dir = dir.deletingLastPathComponent()
-            }
-            return "/usr/lib/tandem/tandem_lb.o"
+            InstallPaths.bpfObject(executable: InstallPaths.currentExecutable,
+                                   environment: ProcessInfo.processInfo.environment,
+                                   exists: { FileManager.default.fileExists(atPath: $0) })
         }
     }
 }
