@@ -132,6 +132,16 @@ public struct EndpointHostEntry: Codable, Sendable, Equatable {
     public var lastProbe: String?
     public var lastProbeSecondsAgo: Double?
     public var stateSeconds: Double?
+    /// When this node's probes last changed the endpoint's state (wall clock, µs since 1970).
+    public var stateChangedAtUnixMicros: UInt64?
+    /// The verdict in force in this node's datapath ("up" or "down"), whose it is ("own", or the
+    /// address of the MASTER whose published verdicts this node follows), when the deciding node
+    /// marked it down, and when this node's datapath took the service's current down set (µs
+    /// since 1970). `currState` beside it is this node's own probe state.
+    public var verdict: String?
+    public var verdictFrom: String?
+    public var verdictSinceUnixMicros: UInt64?
+    public var verdictAppliedUnixMicros: UInt64?
 
     public init(hostName: String, name: String, inactiveReTries: Int = 0, probeType: String, probeReq: String = "",
                 probeResp: String = "", probeDuration: Int = 0, probePort: Int = 0, minDelay: String = "",

@@ -47,12 +47,12 @@ public enum TableRenderer {
     /// `tandem get ep`: loxicmd's endpoint table.
     public static func endpointHosts(_ list: [EndpointHostEntry]) -> String {
         let headers = ["HOST", "NAME", "PTYPE", "PORT", "DURATION", "RETRIES", "MINDELAY", "AVGDELAY", "MAXDELAY", "STATE",
-                       "LAST PROBE", "PROBED", "IN STATE"]
+                       "LAST PROBE", "PROBED", "IN STATE", "IN FORCE", "FROM"]
         let rows = list.map { e in
             [e.hostName, e.name, e.probeReq.isEmpty ? e.probeType : "\(e.probeType):\(e.probeReq)", "\(e.probePort)",
              "\(e.probeDuration)", "\(e.inactiveReTries)", e.minDelay, e.avgDelay, e.maxDelay, e.currState,
              e.lastProbe ?? "-", e.lastProbeSecondsAgo.map { String(format: "%.1f s ago", $0) } ?? "-",
-             e.stateSeconds.map { String(format: "%.1f s", $0) } ?? "-"]
+             e.stateSeconds.map { String(format: "%.1f s", $0) } ?? "-", e.verdict ?? "-", e.verdictFrom ?? "-"]
         }
         return render(headers: headers, rows: rows)
     }

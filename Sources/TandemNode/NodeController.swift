@@ -44,14 +44,20 @@ public actor NodeController: LoadBalancerController {
     private var sharingShell: ServiceSyncShell?
     /// Records from peers whose spec did not validate as an API request.
     private var sharingRefused: UInt64 = 0
-    /// External verdicts on endpoint hosts (endpointhoststate): green, yellow or red by address.
-    private var hostStates: [IPv4Address: String] = [:]
     /// Probes of monitored services' endpoints; nil: nothing is probed (tests without it).
     private var health: HealthMonitor?
-    /// Endpoints (ip:port) the probes hold down, by service.
-    private var probeDown: [ServiceKey: Set<String>] = [:]
     /// What is registered with the monitor, by service.
     private var probed: [ServiceKey: Set<EndpointID>] = [:]
+    /// Endpoint verdicts: this node's probe verdicts, the cluster's host states (endpointhoststate)
+    /// and the sets peers published (proto/SPEC.md §14.5). The node id is set by `enableSharing`.
+    var verdicts = ClusterVerdicts(selfID: 1)
+    /// The down set each service's datapath holds, where it came from and when it was written.
+    private var applied: [ServiceKey: AppliedVerdict] = [:]
+    /// The MASTER of each service VIP, as the election last said (empty: not clustered).
+    private var masters: [IPv4Address: UInt32] = [:]
+    /// Times a peer's verdict changed this node's datapath.
+    private var verdictsApplied: UInt64 = 0
+    private var verdictLoop: Task<Void, Never>?
     var serviceCount: Int { table.services.count }
     /// Events the datapath could not queue (ring buffer full), so far.
     nonisolated var eventsLost: UInt64 { datapath.stats().eventsLost }
@@ -176,6 +182,7 @@ public actor NodeController: LoadBalancerController {
         options[service.key] = opts
         directory.set(service.key, slot: slot, endpoints: service.endpoints)
         syncProbes(service.key)
+        applied[service.key] = nil
         ha?.servicesChanged()
         logger.info("service \(verb)", metadata: ["service": "\(service.key)", "mode": "\(service.mode)",
                                                   "sel": "\(service.selection)", "endpoints": "\(service.endpoints.count)"])
@@ -202,6 +209,7 @@ public actor NodeController: LoadBalancerController {
         }
         unrestored[service.key] = nil
         adopt(next, service, options: opts, slot: slot, verb: "created")
+        await refreshVerdicts([service.key])
     }
 
     /// Rewrites an existing service in its slot: its connections keep flowing.
@@ -220,6 +228,7 @@ public actor NodeController: LoadBalancerController {
             throw APIError.internalError("datapath refused the service: \(error)")
         }
         adopt(next, service, options: opts, slot: slot, verb: "updated")
+        await refreshVerdicts([service.key])
     }
 
     private func rollBackCreate(_ key: ServiceKey) async {
@@ -245,7 +254,12 @@ public actor NodeController: LoadBalancerController {
             return
         }
         deleted = state.deleted.compactMap(ServiceKey.init(text:))
-        for (h, st) in state.hostStates { if let ip = IPv4Address(h) { hostStates[ip] = st } }
+        verdicts.seedHosts(state.hostStates.compactMap { h, st in
+            guard let ip = IPv4Address(h), let s = HostVerdictState(name: st) else { return nil }
+            // A file from before host states were versioned: version 1, so any newer write wins.
+            let stamp = state.hostStamps[h]
+            return HostVerdict(host: ip, state: s, version: stamp?.version ?? 1, origin: stamp?.origin ?? verdicts.selfID)
+        })
         var held = Set<ServiceKey>()
         for e in state.services {
             let r: LoadBalancerRequest
@@ -296,7 +310,10 @@ public actor NodeController: LoadBalancerController {
         let live = table.sorted.map { LoadBalancerEntry(service: $0.service, options: options[$0.service.key] ?? ServiceOptions()) }
         let kept = unrestored.sorted { $0.key < $1.key }.map(\.value)
         var state = NodeState(services: live + kept, deleted: deleted.map(\.description))
-        for (ip, st) in hostStates { state.hostStates[ip.description] = st }
+        for (ip, h) in verdicts.hosts {
+            state.hostStates[ip.description] = h.state.name
+            state.hostStamps[ip.description] = ServiceStamp(version: h.version, origin: h.origin)
+        }
         if let sharing {
             for (key, h) in sharing.held {
                 let stamp = ServiceStamp(version: h.record.version, origin: h.record.origin,
@@ -410,6 +427,11 @@ public actor NodeController: LoadBalancerController {
             "xdp_forwarded": s.xdpForwarded, "reaped": s.reaped, "reaped_halves": s.reapedHalves,
             "drop_source_denied": s.sourceDenied,
         ]
+        let v = verdicts.counters
+        out["verdicts_received"] = v.received
+        out["verdicts_outdated"] = v.outdated
+        out["verdicts_applied"] = verdictsApplied
+        out["verdicts_host_states_merged"] = v.hostStatesMerged
         out["api_auth_refused"] = authCounters.refusedRequests
         for (k, v) in eventCounts { out["events_\(k)"] = v }
         for (k, v) in ringEventCounts() { out["events_\(k)", default: 0] += v }
@@ -418,6 +440,8 @@ public actor NodeController: LoadBalancerController {
 
     func attach(ha shell: HAShell) {
         ha = shell
+        // Who is MASTER decides whose verdicts the datapath follows; only peers' sets make it matter.
+        if sharingShell != nil { startVerdictLoop() }
     }
 
     public func cluster() async -> HAStatus? {
@@ -498,17 +522,25 @@ public actor NodeController: LoadBalancerController {
 
 // MARK: - Endpoint health verdicts
 
+/// What one service's datapath holds: the down set written, where it came from, and when.
+struct AppliedVerdict: Sendable, Equatable {
+    var verdict: EffectiveVerdict
+    /// Wall clock µs of the last write that changed the down set.
+    var atMicros: UInt64
+}
+
 extension NodeController {
-    /// Indices of the service's endpoints that are out of rotation: their host is red, or the
-    /// service's probes hold them down. Unknown (not probed yet) counts as up, so a restart is
-    /// not an outage.
+    /// Indices of the service's endpoints out of rotation: the verdict in force (the MASTER's
+    /// published set, or this node's own probes and red hosts). Unknown (not probed yet) counts
+    /// as up, so a restart is not an outage.
     func downIndices(_ service: Service) -> Set<Int> {
-        var down = Set<Int>()
-        let probes = probeDown[service.key] ?? []
-        for (i, ep) in service.endpoints.enumerated() where hostStates[ep.ip] == "red" || probes.contains(ep.identity) {
-            down.insert(i)
-        }
-        return down
+        let down = effectiveVerdict(service).downSet
+        return Set(service.endpoints.indices.filter { down.contains(EndpointRef(service.endpoints[$0])) })
+    }
+
+    func effectiveVerdict(_ service: Service) -> EffectiveVerdict {
+        verdicts.effective(service.key, endpoints: service.endpoints.map(EndpointRef.init),
+                           master: masters[service.key.vip], nowNanos: monotonicNanoseconds())
     }
 
     func attach(health monitor: HealthMonitor) {
@@ -541,8 +573,11 @@ extension NodeController {
         }
     }
 
-    /// Registers with the monitor exactly the endpoints of `key` that must be probed now.
+    /// Registers with the monitor exactly the endpoints of `key` that must be probed now, and
+    /// tells the verdict table what the node serves.
     fileprivate func syncProbes(_ key: ServiceKey) {
+        if table.services[key] == nil { applied[key] = nil }
+        defer { servedChanged() }
         guard let health else { return }
         var want: [EndpointID: ProbeTarget] = [:]
         if let svc = table.services[key], let spec = try? Self.probeSpec(svc, options[key] ?? ServiceOptions()) {
@@ -562,48 +597,150 @@ extension NodeController {
         }
         probed[key] = want.isEmpty ? nil : Set(want.keys)
         // Verdicts about endpoints no longer probed are forgotten.
-        let ids = Set(want.keys.map(\.rawValue))
-        if var down = probeDown[key] {
-            down = down.filter { ids.contains("\(key)|\($0)") }
-            probeDown[key] = down.isEmpty ? nil : down
+        let now = wallClockMicros()
+        for ep in verdicts.probeDown[key]?.keys.map({ $0 }) ?? [] where want[EndpointID("\(key)|\(ep)")] == nil {
+            verdicts.setProbe(key, ep, down: false, atMicros: now, nowMicros: now)
         }
     }
 
-    /// A probe verdict changed: the datapath follows at once.
+    /// The services and endpoints the node serves, for the set it publishes.
+    private func servedChanged() {
+        let served = table.services.mapValues { $0.endpoints.map(EndpointRef.init) }
+        verdicts.setServed(served, nowMicros: wallClockMicros())
+    }
+
+    /// A probe verdict changed: published to peers at once, and the datapath follows the verdict
+    /// in force.
     func healthChanged(_ t: HealthTransition) async {
         let parts = t.endpoint.rawValue.split(separator: "|", maxSplits: 1).map(String.init)
         guard parts.count == 2, let key = ServiceKey(text: parts[0]), let svc = table.services[key],
-              probed[key]?.contains(t.endpoint) == true else { return }
-        var down = probeDown[key] ?? []
-        if t.to == .down { down.insert(parts[1]) } else { down.remove(parts[1]) }
-        probeDown[key] = down.isEmpty ? nil : down
-        do { try await datapath.setDownEndpoints(key, downIndices(svc).map { svc.endpoints[$0] }) } catch {
-            logger.error("endpoint states not written to the datapath", metadata: ["service": "\(key)", "error": "\(error)"])
+              probed[key]?.contains(t.endpoint) == true,
+              let ep = svc.endpoints.first(where: { $0.identity == parts[1] }) else { return }
+        let now = wallClockMicros()
+        // The transition's own time, in the wall clock peers compare.
+        let ago = ContinuousClock.now - t.at
+        let agoMicros = UInt64(max(0, ago.components.seconds)) * 1_000_000 + UInt64(max(0, ago.components.attoseconds)) / 1_000_000_000_000
+        if verdicts.setProbe(key, EndpointRef(ep), down: t.to == .down, atMicros: now &- min(agoMicros, now), nowMicros: now) {
+            sharingShell?.changed()
         }
-        logger.notice("endpoint \(t.to == .down ? "out of" : "in") rotation",
-                      metadata: ["service": "\(key)", "endpoint": "\(parts[1])", "from": "\(t.from)", "to": "\(t.to)",
-                                 "reason": "\(t.reason)"])
+        await refreshVerdicts([key])
+        let inForce = applied[key].map { Self.describe($0.verdict.source) } ?? "own"
+        logger.notice("endpoint probe verdict", metadata: ["service": "\(key)", "endpoint": "\(parts[1])", "from": "\(t.from)",
+                                                           "to": "\(t.to)", "reason": "\(t.reason)", "inForce": "\(inForce)"])
+    }
+
+    static func describe(_ source: VerdictSource) -> String {
+        switch source {
+        case .own: "own"
+        case .peer(let id): "\(IPv4Address(id))"
+        }
+    }
+
+    /// Writes the verdict in force of these services (all when nil) to the datapath where it
+    /// differs from what the datapath holds. Logs every change, naming the peer whose verdict it was.
+    func refreshVerdicts(_ keys: [ServiceKey]? = nil) async {
+        let nowMicros = wallClockMicros()
+        for key in keys ?? table.services.keys.sorted() {
+            guard let svc = table.services[key] else {
+                applied[key] = nil
+                continue
+            }
+            let eff = effectiveVerdict(svc)
+            let before = applied[key]
+            if let before, before.verdict == eff { continue }
+            let changed = before?.verdict.downSet != eff.downSet
+            if changed {
+                let down = svc.endpoints.filter { eff.down[EndpointRef($0)] != nil }
+                do { try await datapath.setDownEndpoints(key, down) } catch {
+                    logger.error("endpoint states not written to the datapath", metadata: ["service": "\(key)", "error": "\(error)"])
+                    continue
+                }
+            }
+            applied[key] = AppliedVerdict(verdict: eff, atMicros: changed ? nowMicros : before?.atMicros ?? nowMicros)
+            guard let before else { continue }
+            let downText = eff.downSet.sorted().map(\.description).joined(separator: ",")
+            if changed {
+                var meta: Logger.Metadata = ["service": "\(key)", "down": "\(downText.isEmpty ? "none" : downText)",
+                                             "from": "\(Self.describe(eff.source))"]
+                if case .peer = eff.source {
+                    verdictsApplied &+= 1
+                    let own = verdicts.ownDown(key, endpoints: svc.endpoints.map(EndpointRef.init)).keys.sorted()
+                    meta["own"] = "\(own.isEmpty ? "none" : own.map(\.description).joined(separator: ","))"
+                    logger.notice("a peer's endpoint verdict changed this node's datapath", metadata: meta)
+                } else {
+                    logger.notice("endpoints in rotation changed", metadata: meta)
+                }
+            } else if before.verdict.source != eff.source {
+                logger.info("endpoint verdicts now follow \(Self.describe(eff.source))",
+                            metadata: ["service": "\(key)", "down": "\(downText.isEmpty ? "none" : downText)"])
+            }
+        }
+    }
+
+    /// Follows the election every 250 ms: a new MASTER (or this node taking over) switches whose
+    /// verdicts the datapath uses, and a MASTER's set that stops arriving goes stale.
+    func startVerdictLoop() {
+        guard verdictLoop == nil else { return }
+        verdictLoop = Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(250))
+                guard let self, !Task.isCancelled else { return }
+                await self.verdictTick()
+            }
+        }
+    }
+
+    /// Stops following the election (before the HA shell stops).
+    public func stopVerdictLoop() {
+        verdictLoop?.cancel()
+        verdictLoop = nil
+    }
+
+    func verdictTick() async {
+        var now: [IPv4Address: UInt32] = [:]
+        for i in await ha?.status()?.instances ?? [] {
+            guard let m = i.master else { continue }
+            for v in i.vips { if let ip = IPv4Address(v) { now[ip] = m } }
+        }
+        if now != masters {
+            let text = Set(now.values).sorted().map { "\(IPv4Address($0))" }.joined(separator: ",")
+            logger.info("verdicts: MASTER changed", metadata: ["masters": "\(text.isEmpty ? "none" : text)"])
+            masters = now
+        }
+        await refreshVerdicts()
     }
 
     /// `get ep`: every endpoint of every rule with its probe and, when probed, its state, last
-    /// probe result and times.
+    /// probe result and times, beside the verdict in force in the datapath and its source.
     public func endpointHosts() async -> [EndpointHostEntry] {
         var out: [EndpointHostEntry] = []
+        let wallNow = wallClockMicros()
         for (_, svc) in table.sorted {
             let listed = EndpointHostEntry.from([LoadBalancerEntry(service: svc, options: options[svc.key] ?? ServiceOptions())])
+            let inForce = applied[svc.key] ?? AppliedVerdict(verdict: effectiveVerdict(svc), atMicros: 0)
             for (i, var e) in listed.enumerated() where i < svc.endpoints.count {
                 let ep = svc.endpoints[i]
                 let snap = probeSnapshot(svc.key, ep)
-                let red = hostStates[ep.ip] == "red"
+                let red = verdicts.hosts[ep.ip]?.state == .red
                 e.currState = red ? "inactive (host red)" : snap.map { $0.state.rawValue } ?? "active"
                 if let snap {
                     e.lastProbe = snap.lastResult.map { ($0.success ? "ok" : "failed") + ": " + $0.detail }
                     e.lastProbeSecondsAgo = snap.sinceLastProbe.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }
                     e.stateSeconds = snap.sinceChange.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }
+                    if let since = snap.sinceChange {
+                        let micros = UInt64(max(0, since.components.seconds)) * 1_000_000
+                            + UInt64(max(0, since.components.attoseconds)) / 1_000_000_000_000
+                        e.stateChangedAtUnixMicros = wallNow &- min(micros, wallNow)
+                    }
                     if let l = snap.lastResult?.latency {
                         e.avgDelay = String(format: "%.1fms", Double(l.components.attoseconds) / 1e15 + Double(l.components.seconds) * 1000)
                     }
                 }
+                let down = inForce.verdict.down[EndpointRef(ep)]
+                e.verdict = down == nil ? "up" : "down"
+                e.verdictFrom = Self.describe(inForce.verdict.source)
+                e.verdictSinceUnixMicros = down?.sinceMicros
+                e.verdictAppliedUnixMicros = inForce.atMicros == 0 ? nil : inForce.atMicros
                 out.append(e)
             }
         }
@@ -615,34 +752,29 @@ extension NodeController {
         health?.snapshot(of: EndpointID("\(key)|\(ep.identity)"))
     }
 
-    /// Writes every service's down set to the datapath (after a verdict changed).
-    private func applyVerdicts(touching host: IPv4Address) async {
-        for (key, svc) in table.services where svc.endpoints.contains(where: { $0.ip == host }) {
-            let down = downIndices(svc).map { svc.endpoints[$0] }
-            do { try await datapath.setDownEndpoints(key, down) } catch {
-                logger.error("endpoint states not written to the datapath", metadata: ["service": "\(key)", "error": "\(error)"])
-            }
-        }
-    }
-
     public func setEndpointHostState(_ entry: EndpointHostStateEntry) async throws {
         guard let ip = IPv4Address(entry.hostName) else {
             throw APIError.badRequest("hostName '\(entry.hostName)' is not an IPv4 address")
         }
-        let state = entry.state.lowercased()
+        guard let state = HostVerdictState(name: entry.state) else {
+            throw APIError.badRequest("state '\(entry.state)' is not green, yellow or red")
+        }
         guard table.services.values.contains(where: { $0.endpoints.contains { $0.ip == ip } }) else {
             throw APIError.notFound("no rule has an endpoint at \(ip)")
         }
-        let before = hostStates[ip]
-        if before == state { return }
-        hostStates[ip] = state
+        let before = verdicts.hosts[ip]
+        // The same state again is not a new write: nodes posted the same verdict agree.
+        if before?.state == state { return }
+        let saved = verdicts
+        verdicts.setHostLocal(ip, state, nowMicros: wallClockMicros())
         do { try persist() } catch {
-            hostStates[ip] = before
+            verdicts = saved
             throw error
         }
-        await applyVerdicts(touching: ip)
-        logger.notice("endpoint host state set from outside", metadata: ["host": "\(ip)", "from": "\(before ?? "none")",
-                                                                      "to": "\(state)"])
+        sharingShell?.changed()
+        await refreshVerdicts()
+        logger.notice("endpoint host state set from outside", metadata: ["host": "\(ip)", "from": "\(before?.state.name ?? "none")",
+                                                                      "to": "\(state.name)"])
     }
 }
 
@@ -652,6 +784,29 @@ extension NodeController: ServiceSyncTarget {
     /// Turns sharing on; call before `restore`, which seeds the shared table.
     func enableSharing(selfID: UInt32) {
         sharing = ServiceSyncCore(selfID: selfID)
+        verdicts = ClusterVerdicts(selfID: selfID)
+    }
+
+    public func serviceSyncVerdicts() async -> VerdictSet {
+        verdicts.published()
+    }
+
+    /// A peer's verdict set: host states it knows are merged (and kept), and every service's
+    /// datapath follows the verdict in force.
+    public func serviceSyncReceive(_ set: VerdictSet, from peer: UInt32, epoch: UInt64) async {
+        let outcome = verdicts.receive(set, from: peer, epoch: epoch, nowNanos: monotonicNanoseconds(),
+                                       nowMicros: wallClockMicros())
+        guard case .accepted(let hostsChanged) = outcome else { return }
+        if !hostsChanged.isEmpty {
+            try? persist()
+            for h in hostsChanged {
+                logger.notice("endpoint host state learned from peer",
+                              metadata: ["host": "\(h)", "to": "\(verdicts.hosts[h]?.state.name ?? "-")", "peer": "\(IPv4Address(peer))"])
+            }
+            // This node's own set changed with them: peers that hear from it first learn it sooner.
+            sharingShell?.changed()
+        }
+        await refreshVerdicts()
     }
 
     func attach(sharing shell: ServiceSyncShell) {
@@ -752,7 +907,16 @@ extension NodeController: ServiceSyncTarget {
     public func serviceSync() async -> ServiceSyncStatus? {
         guard let sharing, let shell = sharingShell else { return nil }
         let stones = sharing.held.values.filter { $0.record.spec == nil }.count
-        return shell.status(selfDigest: sharing.digest(), tombstones: stones, counters: sharing.counters,
-                            refused: sharingRefused)
+        var status = shell.status(selfDigest: sharing.digest(), tombstones: stones, counters: sharing.counters,
+                                  refused: sharingRefused)
+        let now = monotonicNanoseconds()
+        status.verdicts = VerdictStatus(
+            generation: verdicts.generation, counters: verdicts.counters, applied: verdictsApplied,
+            peers: verdicts.peers.sorted { $0.key < $1.key }.map { id, p in
+                VerdictStatus.Peer(node: id, address: "\(IPv4Address(id))", generation: p.generation,
+                                   receivedSecondsAgo: Double(now &- min(p.receivedAtNanos, now)) / 1e9,
+                                   down: p.services.values.reduce(0) { $0 + $1.count }, fresh: verdicts.isFresh(id, nowNanos: now))
+            })
+        return status
     }
 }

@@ -21,6 +21,9 @@ public struct NodeState: Sendable, Equatable {
     public var stamps: [String: ServiceStamp] = [:]
     /// External endpoint verdicts (LoxiLB's endpointhoststate: green, yellow, red) by host address.
     public var hostStates: [String: String] = [:]
+    /// The cluster-shared version of each host state (proto/SPEC.md §14.5); a host without one
+    /// (a file from before they were shared) gets version 1.
+    public var hostStamps: [String: ServiceStamp] = [:]
 
     public init(services: [LoadBalancerEntry] = [], deleted: [String] = [], stamps: [String: ServiceStamp] = [:],
                 hostStates: [String: String] = [:]) {
@@ -122,6 +125,7 @@ public struct StateStore: Sendable {
                     throw StateFileError("state file \(path) line \(n): a hostState record needs an IPv4 address and a state of green, yellow or red")
                 }
                 state.hostStates[host] = st
+                if let v = r.version, v > 0, let o = r.origin, o != 0 { state.hostStamps[host] = ServiceStamp(version: v, origin: o) }
                 continue
             }
             switch (r.service, r.deleted ?? r.stamp) {
@@ -172,7 +176,10 @@ public struct StateStore: Sendable {
         for (k, st) in state.stamps.sorted(by: { $0.key < $1.key }) {
             try line(Record(stamp: k, version: st.version, origin: st.origin, tombstonedAt: st.tombstonedAt))
         }
-        for (h, st) in state.hostStates.sorted(by: { $0.key < $1.key }) { try line(Record(hostState: h, state: st)) }
+        for (h, st) in state.hostStates.sorted(by: { $0.key < $1.key }) {
+            let stamp = state.hostStamps[h]
+            try line(Record(version: stamp?.version, origin: stamp?.origin, hostState: h, state: st))
+        }
         return out
     }
 

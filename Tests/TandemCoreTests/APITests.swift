@@ -91,6 +91,13 @@ import Testing
         let t = TableRenderer.loadBalancers([LoadBalancerEntry(service: s)], wide: false)
         #expect(t.contains("| EXT IP      | PORT  | PROTO | NAME | MARK | SEL | MODE    | # OF ENDPOINTS | MONITOR |"))
         #expect(t.contains("| 10.0.10.143 | 56002 | tcp   | web  | 0    | rr  | fullnat | 1              | Off     |"))
+        // get ep: the node's own probe state beside the verdict in force and whose it is.
+        var ep = EndpointHostEntry(hostName: "10.0.10.21", name: "10.0.10.143:56002/tcp", probeType: "tcp", currState: "up")
+        ep.verdict = "down"
+        ep.verdictFrom = "10.0.10.141"
+        let eps = TableRenderer.endpointHosts([ep])
+        #expect(eps.contains("| STATE | LAST PROBE | PROBED | IN STATE | IN FORCE | FROM        |"), "\(eps)")
+        #expect(eps.contains("| up    | -          | -      | -        | down     | 10.0.10.141 |"), "\(eps)")
         let ct = TableRenderer.conntrack([])
         #expect(ct.contains("SERVICE | DEST IP | SRC IP | DPORT | SPORT | PROTO | STATE | ACT | PACKETS | BYTES"))
     }
