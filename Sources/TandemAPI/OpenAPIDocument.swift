@@ -84,6 +84,37 @@ public enum OpenAPIDocument {
         }
       }
     },
+    "/netlox/v1/config/endpoint": {
+      "post": {
+        "summary": "LoxiLB's endpoint object: a probe for one host under a key (name, or hostName_probeType_probePort); created or replaced. An object whose key is a monitored rule endpoint's (IP_tcp_PORT, IP_udp_PORT) supplies that endpoint's probe.",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["hostName"],
+          "properties": {"hostName": {"type": "string", "format": "ipv4"}, "name": {"type": "string"}, "description": {"type": "string"},
+                         "probeType": {"type": "string", "enum": ["tcp", "udp", "http", "https", "ping", "none", "connect-tcp", "connect-udp"]},
+                         "probePort": {"type": "integer", "minimum": 0, "maximum": 65535}, "probeReq": {"type": "string"}, "probeResp": {"type": "string"},
+                         "probeDuration": {"type": "integer", "minimum": 0, "maximum": 3600}, "inactiveReTries": {"type": "integer", "minimum": 0, "maximum": 100}}}}}},
+        "responses": {
+          "200": {"description": "Success", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
+          "400": {"description": "Malformed object; nothing changed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
+          "403": {"description": "Too many objects (4096)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}}
+        }
+      }
+    },
+    "/netlox/v1/config/endpoint/epipaddress/{ip}": {
+      "delete": {
+        "summary": "Delete an endpoint object: by name, or by host, probe_type and probe_port",
+        "parameters": [
+          {"name": "ip", "in": "path", "required": true, "schema": {"type": "string", "format": "ipv4"}},
+          {"name": "name", "in": "query", "schema": {"type": "string"}},
+          {"name": "probe_type", "in": "query", "schema": {"type": "string"}},
+          {"name": "probe_port", "in": "query", "schema": {"type": "number"}}
+        ],
+        "responses": {
+          "200": {"description": "Deleted", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
+          "400": {"description": "Malformed path or query", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
+          "404": {"description": "host-notfound: no object with that key", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}}
+        }
+      }
+    },
     "/netlox/v1/config/endpointhoststate": {
       "post": {
         "summary": "An outside verdict on an endpoint host: red takes it out of rotation in every rule, green and yellow put it back",

@@ -58,6 +58,8 @@ public actor NodeController: LoadBalancerController {
     /// Times a peer's verdict changed this node's datapath.
     private var verdictsApplied: UInt64 = 0
     private var verdictLoop: Task<Void, Never>?
+    /// LoxiLB endpoint objects by key (`POST config/endpoint`).
+    private var endpointObjects: [String: EndpointObject] = [:]
     var serviceCount: Int { table.services.count }
     /// Events the datapath could not queue (ring buffer full), so far.
     nonisolated var eventsLost: UInt64 { datapath.stats().eventsLost }
@@ -254,6 +256,16 @@ public actor NodeController: LoadBalancerController {
             return
         }
         deleted = state.deleted.compactMap(ServiceKey.init(text:))
+        // Before the services: a rule endpoint an object governs is probed with its settings at once.
+        for e in state.endpoints {
+            do throws(ServiceError) {
+                let o = try e.validated()
+                endpointObjects[o.key] = o
+                syncObjectProbe(o.key)
+            } catch {
+                logger.error("state file: endpoint object refused", metadata: ["error": "\(error.message)"])
+            }
+        }
         verdicts.seedHosts(state.hostStates.compactMap { h, st in
             guard let ip = IPv4Address(h), let s = HostVerdictState(name: st) else { return nil }
             // A file from before host states were versioned: version 1, so any newer write wins.
@@ -310,6 +322,7 @@ public actor NodeController: LoadBalancerController {
         let live = table.sorted.map { LoadBalancerEntry(service: $0.service, options: options[$0.service.key] ?? ServiceOptions()) }
         let kept = unrestored.sorted { $0.key < $1.key }.map(\.value)
         var state = NodeState(services: live + kept, deleted: deleted.map(\.description))
+        state.endpoints = endpointObjects.keys.sorted().compactMap { endpointObjects[$0]?.entry }
         for (ip, h) in verdicts.hosts {
             state.hostStates[ip.description] = h.state.name
             state.hostStamps[ip.description] = ServiceStamp(version: h.version, origin: h.origin)
@@ -583,7 +596,9 @@ extension NodeController {
         if let svc = table.services[key], let spec = try? Self.probeSpec(svc, options[key] ?? ServiceOptions()) {
             for ep in svc.endpoints {
                 let id = EndpointID("\(key)|\(ep.identity)")
-                want[id] = ProbeTarget(id: id, address: ep.ip.description, port: ep.port, spec: spec)
+                // LoxiLB: an endpoint object under the endpoint's key supplies its probe.
+                let governed = endpointObjects[EndpointObject.ruleKey(ep, proto: key.proto)].flatMap { try? Self.probeSpec($0) }
+                want[id] = ProbeTarget(id: id, address: ep.ip.description, port: ep.port, spec: governed ?? spec)
             }
         }
         let have = probed[key] ?? []
@@ -736,6 +751,15 @@ extension NodeController {
                         e.avgDelay = String(format: "%.1fms", Double(l.components.attoseconds) / 1e15 + Double(l.components.seconds) * 1000)
                     }
                 }
+                if options[svc.key]?.monitor == true, let o = endpointObjects[EndpointObject.ruleKey(ep, proto: svc.key.proto)] {
+                    e.probeObject = o.key
+                    e.probeType = o.probeType
+                    e.probeReq = o.probeReq
+                    e.probeResp = o.probeResp
+                    e.probeDuration = Int(o.probeDuration)
+                    e.inactiveReTries = Int(o.inactiveReTries)
+                    if o.probePort != 0 { e.probePort = Int(o.probePort) }
+                }
                 let down = inForce.verdict.down[EndpointRef(ep)]
                 e.verdict = down == nil ? "up" : "down"
                 e.verdictFrom = Self.describe(inForce.verdict.source)
@@ -744,7 +768,84 @@ extension NodeController {
                 out.append(e)
             }
         }
+        // LoxiLB lists its endpoint objects beside the hosts its rules made; so does Tandem.
+        for key in endpointObjects.keys.sorted() {
+            guard let o = endpointObjects[key] else { continue }
+            let snap = health?.snapshot(of: Self.objectProbeID(key))
+            var e = EndpointHostEntry(hostName: o.host.description, name: o.key, inactiveReTries: Int(o.inactiveReTries),
+                                      probeType: o.probeType, probeReq: o.probeReq, probeResp: o.probeResp,
+                                      probeDuration: Int(o.probeDuration), probePort: Int(o.probePort),
+                                      currState: snap.map { $0.state.rawValue } ?? "unknown")
+            e.probeObject = o.key
+            e.lastProbe = snap?.lastResult.map { ($0.success ? "ok" : "failed") + ": " + $0.detail }
+            e.lastProbeSecondsAgo = snap?.sinceLastProbe.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }
+            e.stateSeconds = snap?.sinceChange.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }
+            out.append(e)
+        }
         return out
+    }
+
+    // MARK: Endpoint objects (LoxiLB's POST config/endpoint)
+
+    /// The probe an object asks for, with LoxiLB's field meanings (docs/api.md).
+    static func probeSpec(_ o: EndpointObject) throws(ProbeSpecError) -> ProbeSpec {
+        try ProbeSpec.fromLoxiLB(probetype: o.probeType, probeport: Int(o.probePort), probereq: o.probeReq,
+                                 proberesp: o.probeResp, probeTimeout: Int(o.probeDuration),
+                                 probeRetries: Int(o.inactiveReTries), serviceProtocol: o.probeType == "udp" ? "udp" : "tcp")
+    }
+
+    static func objectProbeID(_ key: String) -> EndpointID { EndpointID("object|\(key)") }
+
+    /// An object is probed on its own too, as LoxiLB does, so its state is listed.
+    private func syncObjectProbe(_ key: String) {
+        guard let health else { return }
+        let id = Self.objectProbeID(key)
+        guard let o = endpointObjects[key], let spec = try? Self.probeSpec(o) else {
+            health.remove(id)
+            return
+        }
+        let target = ProbeTarget(id: id, address: o.host.description, port: o.probePort, spec: spec)
+        if health.snapshot(of: id)?.target == target { return }
+        do { try health.add(target) } catch {
+            logger.error("endpoint object not probed", metadata: ["object": "\(key)", "error": "\(error)"])
+        }
+    }
+
+    /// Re-registers the probes of every service with an endpoint at these hosts.
+    private func resyncProbes(hosts: Set<IPv4Address>) {
+        for (key, svc) in table.services where svc.endpoints.contains(where: { hosts.contains($0.ip) }) { syncProbes(key) }
+    }
+
+    public func setEndpointObject(_ o: EndpointObject) async throws {
+        do { _ = try Self.probeSpec(o) } catch { throw APIError.badRequest("host-args error: \(error.description)") }
+        let before = endpointObjects[o.key]
+        // The same object again (LoxiLB clients re-post): a success that changes nothing.
+        if before == o { return }
+        guard before != nil || endpointObjects.count < EndpointObject.limit else {
+            throw APIError(.forbidden, "capacity: this node keeps at most \(EndpointObject.limit) endpoint objects")
+        }
+        endpointObjects[o.key] = o
+        do { try persist() } catch {
+            endpointObjects[o.key] = before
+            throw error
+        }
+        syncObjectProbe(o.key)
+        resyncProbes(hosts: Set([o.host] + (before.map { [$0.host] } ?? [])))
+        logger.info("endpoint object \(before == nil ? "created" : "replaced")",
+                    metadata: ["object": "\(o.key)", "host": "\(o.host)", "probe": "\(o.probeType)", "port": "\(o.probePort)"])
+    }
+
+    public func deleteEndpointObject(key: String) async throws {
+        guard let o = endpointObjects.removeValue(forKey: key) else {
+            throw APIError.notFound("host-notfound error: no endpoint object '\(key)'")
+        }
+        do { try persist() } catch {
+            endpointObjects[key] = o
+            throw error
+        }
+        syncObjectProbe(key)
+        resyncProbes(hosts: [o.host])
+        logger.info("endpoint object deleted", metadata: ["object": "\(key)"])
     }
 
     /// Probe state of one endpoint, for the API's listings.

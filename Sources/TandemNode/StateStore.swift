@@ -24,6 +24,8 @@ public struct NodeState: Sendable, Equatable {
     /// The cluster-shared version of each host state (proto/SPEC.md §14.5); a host without one
     /// (a file from before they were shared) gets version 1.
     public var hostStamps: [String: ServiceStamp] = [:]
+    /// LoxiLB endpoint objects (`POST config/endpoint`), as a POST would recreate them.
+    public var endpoints: [EndpointObjectEntry] = []
 
     public init(services: [LoadBalancerEntry] = [], deleted: [String] = [], stamps: [String: ServiceStamp] = [:],
                 hostStates: [String: String] = [:]) {
@@ -78,6 +80,8 @@ public struct StateStore: Sendable {
         /// An endpoint host's external verdict (with state beside it).
         var hostState: String?
         var state: String?
+        /// A LoxiLB endpoint object.
+        var endpoint: EndpointObjectEntry?
     }
 
     /// The stored state, or nil when there is no file yet. A file that exists but cannot be read
@@ -118,6 +122,16 @@ public struct StateStore: Sendable {
             let r: Record
             do { r = try decoder.decode(Record.self, from: Data(line)) } catch {
                 throw StateFileError("state file \(path) line \(n): \(short(error))")
+            }
+            if let e = r.endpoint {
+                guard r.service == nil, r.deleted == nil, r.stamp == nil, r.hostState == nil else {
+                    throw StateFileError("state file \(path) line \(n): a record must hold exactly one of service, deleted, stamp, hostState, endpoint")
+                }
+                do throws(ServiceError) { _ = try e.validated() } catch {
+                    throw StateFileError("state file \(path) line \(n): endpoint object: \(error.message)")
+                }
+                state.endpoints.append(e)
+                continue
             }
             if let host = r.hostState {
                 guard r.service == nil, r.deleted == nil, r.stamp == nil, IPv4Address(host) != nil,
@@ -180,6 +194,7 @@ public struct StateStore: Sendable {
             let stamp = state.hostStamps[h]
             try line(Record(version: stamp?.version, origin: stamp?.origin, hostState: h, state: st))
         }
+        for e in state.endpoints { try line(Record(endpoint: e)) }
         return out
     }
 

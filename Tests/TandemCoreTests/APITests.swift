@@ -66,6 +66,8 @@ import Testing
         #expect(paths[APIRoutes.conntrackAll] != nil)
         #expect(paths[APIRoutes.clusterServices] != nil)
         #expect(paths[APIRoutes.endpointHostState] != nil)
+        #expect(paths[APIRoutes.endpoint] != nil)
+        #expect(paths[APIRoutes.endpoint + "/epipaddress/{ip}"] != nil)
     }
 }
 
