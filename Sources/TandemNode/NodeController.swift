@@ -58,6 +58,9 @@ public actor NodeController: LoadBalancerController {
     /// Times a peer's verdict changed this node's datapath.
     private var verdictsApplied: UInt64 = 0
     private var verdictLoop: Task<Void, Never>?
+    /// A refresh is writing to the datapath; another was asked for meanwhile (see refreshVerdicts).
+    private var refreshing = false
+    private var refreshAgain = false
     /// LoxiLB endpoint objects by key (`POST config/endpoint`).
     private var endpointObjects: [String: EndpointObject] = [:]
     var serviceCount: Int { table.services.count }
@@ -653,7 +656,26 @@ extension NodeController {
 
     /// Writes the verdict in force of these services (all when nil) to the datapath where it
     /// differs from what the datapath holds. Logs every change, naming the peer whose verdict it was.
+    ///
+    /// One refresh runs at a time: the datapath writes suspend the actor, and two interleaved
+    /// refreshes could leave an older down set in the map than the one recorded. A refresh asked
+    /// for while one runs makes the running one go over every service again when it is done.
     func refreshVerdicts(_ keys: [ServiceKey]? = nil) async {
+        guard !refreshing else {
+            refreshAgain = true
+            return
+        }
+        refreshing = true
+        defer { refreshing = false }
+        var scope = keys
+        repeat {
+            refreshAgain = false
+            await refreshOnce(scope)
+            scope = nil
+        } while refreshAgain
+    }
+
+    private func refreshOnce(_ keys: [ServiceKey]?) async {
         let nowMicros = wallClockMicros()
         for key in keys ?? table.services.keys.sorted() {
             guard let svc = table.services[key] else {
