@@ -138,7 +138,16 @@ public enum TableRenderer {
                         ["applyFailed", "\(s.counters.applyFailed)"], ["tombstonesExpired", "\(s.counters.tombstonesExpired)"],
                         ["refused", "\(s.refused)"]]
             rows += s.dropped.sorted { $0.key < $1.key }.map { ["dropped: \($0.key)", "\($0.value)"] }
+            if let v = s.verdicts {
+                rows += [["verdict sets received", "\(v.counters.received)"], ["verdict sets outdated", "\(v.counters.outdated)"],
+                         ["peer verdicts applied", "\(v.applied)"], ["host states merged", "\(v.counters.hostStatesMerged)"]]
+            }
             out += "\n\n" + render(headers: ["SHARING COUNTER", "VALUE"], rows: rows)
+            if let v = s.verdicts, !v.peers.isEmpty {
+                out += "\n\n" + render(headers: ["VERDICTS FROM", "GENERATION", "DOWN", "RECEIVED", "FRESH"], rows: v.peers.map { p in
+                    [p.address, "\(p.generation)", "\(p.down)", String(format: "%.1f s ago", p.receivedSecondsAgo), p.fresh ? "yes" : "no"]
+                })
+            }
         }
         return out
     }

@@ -328,9 +328,4 @@ public struct ClusterVerdicts: Sendable {
         return VerdictSet(generation: max(generation, 1), services: services,
                           hosts: hosts.values.sorted { $0.host < $1.host })
     }
-
-    /// Forgets a peer's set (it left the cluster).
-    public mutating func forget(_ peer: UInt32) {
-        peers[peer] = nil
-    }
 }

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import TandemAPI
 @testable import TandemCore
+import TandemServiceSync
 
 @Suite struct APIModelTests {
     func decode(_ json: String) throws -> LoadBalancerEntry {
@@ -100,6 +101,15 @@ import Testing
         let eps = TableRenderer.endpointHosts([ep])
         #expect(eps.contains("| STATE | LAST PROBE | PROBED | IN STATE | IN FORCE | FROM        |"), "\(eps)")
         #expect(eps.contains("| up    | -          | -      | -        | down     | 10.0.10.141 |"), "\(eps)")
+        // get cluster -o wide: whose verdicts this node holds, and how fresh.
+        var sync = ServiceSyncStatus(node: 1, services: 1, digest: "00", tombstones: 0, peers: [], counters: ServiceSyncCounters(),
+                                     dropped: [:], refused: 0)
+        sync.verdicts = VerdictStatus(generation: 9, counters: VerdictCounters(), applied: 2,
+                                      peers: [.init(node: 2, address: "10.0.10.141", generation: 7, receivedSecondsAgo: 0.5, down: 1,
+                                                    fresh: true)])
+        let wideSync = TableRenderer.serviceSync(sync, wide: true)
+        #expect(wideSync.contains("| peer verdicts applied ") && wideSync.contains("| 10.0.10.141   | 7          | 1    | 0.5 s ago | yes   |"),
+                "\(wideSync)")
         let ct = TableRenderer.conntrack([])
         #expect(ct.contains("SERVICE | DEST IP | SRC IP | DPORT | SPORT | PROTO | STATE | ACT | PACKETS | BYTES"))
     }
