@@ -71,7 +71,7 @@ public enum OpenAPIDocument {
     "/netlox/v1/metrics": {
       "get": {
         "summary": "Prometheus metrics (text exposition format 0.0.4)",
-        "description": "The node's state as at GET /status, /config/loadbalancer/all, /sync and /cluster, copied in at each scrape (counters keep the node's exact values), plus what is recorded as it happens (HA role changes, takeover durations and failures). Datapath: tandem_datapath_dropped_packets_total{reason}, tandem_datapath_events_total{kind}, tandem_datapath_events_lost_total, ... Services and endpoints: tandem_service_active_connections, tandem_service_{packets,bytes,connections}_total, tandem_endpoint_active_connections, tandem_endpoint_{packets,bytes}_total, tandem_endpoint_in_rotation (1 in rotation, 0 held down), tandem_endpoint_health_transitions_total, tandem_service_no_endpoint_total. Replication: tandem_replication_in_sync, tandem_replication_entries, tandem_replication_lag_{p50,p99,max}_seconds, tandem_replication_<counter>_total, tandem_replication_dropped_messages_total{reason}, tandem_replication_peer_*{peer}. Cluster: tandem_ha_role{instance} (0 BACKUP, 1 MASTER, 2 FAULT), tandem_ha_term{instance}, tandem_cluster_member_state{member,state}, tandem_gossip_<counter>_total, tandem_gossip_dropped_messages_total{reason}, tandem_takeover_duration_seconds (histogram), tandem_takeover_failures_total. Replication and cluster series appear only on a clustered node.",
+        "description": "The node's state as at GET /status, /config/loadbalancer/all, /sync and /cluster, copied in at each scrape (counters keep the node's exact values), plus what is recorded as it happens (HA role changes, takeover durations and failures). Datapath: tandem_datapath_dropped_packets_total{reason}, tandem_datapath_events_total{kind}, tandem_datapath_events_lost_total, ... Services and endpoints: tandem_service_active_connections, tandem_service_{packets,bytes,connections}_total, tandem_endpoint_active_connections, tandem_endpoint_{packets,bytes}_total, tandem_endpoint_in_rotation (1 in rotation, 0 held down), tandem_endpoint_health_transitions_total, tandem_service_no_endpoint_total. Replication: tandem_replication_in_sync, tandem_replication_entries, tandem_replication_lag_{p50,p99,max}_seconds, tandem_replication_<counter>_total, tandem_replication_dropped_messages_total{reason}, tandem_replication_peer_*{peer}. Cluster: tandem_ha_role{instance} (0 BACKUP, 1 MASTER, 2 FAULT), tandem_ha_term{instance}, tandem_cluster_member_state{member,state}, tandem_gossip_<counter>_total, tandem_gossip_dropped_messages_total{reason}, tandem_takeover_duration_seconds (histogram), tandem_takeover_failures_total, tandem_cluster_verdicts_total{event} (endpoint verdict sets received and outdated, host states merged, and applied: a peer's verdict changed this node's datapath). Replication and cluster series appear only on a clustered node.",
         "responses": {"200": {"description": "Metrics", "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}}}}
       }
     },
@@ -81,6 +81,37 @@ public enum OpenAPIDocument {
         "responses": {
           "200": {"description": "Service sharing status", "content": {"application/json": {"schema": {"type": "object"}}}},
           "404": {"description": "Services not shared", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}}
+        }
+      }
+    },
+    "/netlox/v1/config/endpoint": {
+      "post": {
+        "summary": "LoxiLB's endpoint object: a probe for one host under a key (name, or hostName_probeType_probePort); created or replaced. An object whose key is a monitored rule endpoint's (IP_tcp_PORT, IP_udp_PORT) supplies that endpoint's probe.",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["hostName"],
+          "properties": {"hostName": {"type": "string", "format": "ipv4"}, "name": {"type": "string"}, "description": {"type": "string"},
+                         "probeType": {"type": "string", "enum": ["tcp", "udp", "http", "https", "ping", "none", "connect-tcp", "connect-udp"]},
+                         "probePort": {"type": "integer", "minimum": 0, "maximum": 65535}, "probeReq": {"type": "string"}, "probeResp": {"type": "string"},
+                         "probeDuration": {"type": "integer", "minimum": 0, "maximum": 3600}, "inactiveReTries": {"type": "integer", "minimum": 0, "maximum": 100}}}}}},
+        "responses": {
+          "200": {"description": "Success", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
+          "400": {"description": "Malformed object; nothing changed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
+          "403": {"description": "Too many objects (4096)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}}
+        }
+      }
+    },
+    "/netlox/v1/config/endpoint/epipaddress/{ip}": {
+      "delete": {
+        "summary": "Delete an endpoint object: by name, or by host, probe_type and probe_port",
+        "parameters": [
+          {"name": "ip", "in": "path", "required": true, "schema": {"type": "string", "format": "ipv4"}},
+          {"name": "name", "in": "query", "schema": {"type": "string"}},
+          {"name": "probe_type", "in": "query", "schema": {"type": "string"}},
+          {"name": "probe_port", "in": "query", "schema": {"type": "number"}}
+        ],
+        "responses": {
+          "200": {"description": "Deleted", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
+          "400": {"description": "Malformed path or query", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
+          "404": {"description": "host-notfound: no object with that key", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}}
         }
       }
     },

@@ -56,6 +56,11 @@ public protocol LoadBalancerController: Sendable {
     func serviceSync() async -> ServiceSyncStatus?
     /// An external verdict on an endpoint host (LoxiLB's endpointhoststate); throws APIError.
     func setEndpointHostState(_ entry: EndpointHostStateEntry) async throws
+    /// LoxiLB's endpoint object (`POST config/endpoint`): created, or replaced when its key exists;
+    /// throws APIError (400 a probe this node cannot run, 403 too many) and changes nothing then.
+    func setEndpointObject(_ object: EndpointObject) async throws
+    /// Deletes the endpoint object with this key; 404 (LoxiLB's "host-notfound") when none has it.
+    func deleteEndpointObject(key: String) async throws
     /// kube-loxilb's cistate: each HA instance's role on this node; nil when not clustered.
     func ciStates() async -> [CIStateEntry]?
     /// Sets an instance's role from outside; throws APIError (400 bad state or instance, 404 not clustered).
@@ -84,6 +89,12 @@ extension LoadBalancerController {
     public func serviceSync() async -> ServiceSyncStatus? { nil }
     public func setEndpointHostState(_ entry: EndpointHostStateEntry) async throws {
         throw APIError.notFound("endpoint host states are not kept by this controller")
+    }
+    public func setEndpointObject(_ object: EndpointObject) async throws {
+        throw APIError.notFound("endpoint objects are not kept by this controller")
+    }
+    public func deleteEndpointObject(key: String) async throws {
+        throw APIError.notFound("host-notfound error: no endpoint object '\(key)'")
     }
     public func ciStates() async -> [CIStateEntry]? { nil }
     public func setCIState(_ entry: CIStateEntry) async throws {
@@ -144,6 +155,19 @@ public struct EndpointHostEntry: Codable, Sendable, Equatable {
     public var lastProbe: String?
     public var lastProbeSecondsAgo: Double?
     public var stateSeconds: Double?
+    /// When this node's probes last changed the endpoint's state (wall clock, µs since 1970).
+    public var stateChangedAtUnixMicros: UInt64?
+    /// The verdict in force in this node's datapath ("up" or "down"), whose it is ("own", or the
+    /// address of the MASTER whose published verdicts this node follows), when the deciding node
+    /// marked it down, and when this node's datapath took the service's current down set (µs
+    /// since 1970). `currState` beside it is this node's own probe state.
+    public var verdict: String?
+    public var verdictFrom: String?
+    public var verdictSinceUnixMicros: UInt64?
+    public var verdictAppliedUnixMicros: UInt64?
+    /// The endpoint object (its name) whose settings this probe uses: a rule endpoint an object
+    /// governs (LoxiLB's key rule), or the object itself.
+    public var probeObject: String?
 
     public init(hostName: String, name: String, inactiveReTries: Int = 0, probeType: String, probeReq: String = "",
                 probeResp: String = "", probeDuration: Int = 0, probePort: Int = 0, minDelay: String = "",
@@ -201,6 +225,18 @@ public enum APIRoutes {
     public static let ciStateAll = "/netlox/v1/config/cistate/all"
     public static let metrics = "/netlox/v1/metrics"
     public static let endpointAll = "/netlox/v1/config/endpoint/all"
+    public static let endpoint = "/netlox/v1/config/endpoint"
+
+    /// LoxiLB's delete of an endpoint object: the host in the path; `name`, or `probe_type` and
+    /// `probe_port`, in the query (loxicmd always sends all three).
+    public static func endpointDeletePath(host: String, name: String? = nil, probeType: String? = nil,
+                                          probePort: Int? = nil) -> String {
+        var q: [String] = []
+        if let name { q.append("name=\(name.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed) ?? name)") }
+        if let probeType { q.append("probe_type=\(probeType)") }
+        if let probePort { q.append("probe_port=\(probePort)") }
+        return "\(endpoint)/epipaddress/\(host)" + (q.isEmpty ? "" : "?" + q.joined(separator: "&"))
+    }
     public static let endpointHostState = "/netlox/v1/config/endpointhoststate"
     /// Tandem's own: stop the daemon (body {"release": bool}).
     public static let nodeStop = "/netlox/v1/node/stop"
@@ -265,6 +301,37 @@ public enum APIServer {
         }
         router.get(RouterPath(APIRoutes.endpointAll)) { _, _ -> Response in
             await answer { try json(EndpointHostList(await controller.endpointHosts())) }
+        }
+        router.post(RouterPath(APIRoutes.endpoint)) { request, _ -> Response in
+            await answer {
+                let body = try await collect(request)
+                let entry: EndpointObjectEntry
+                do { entry = try JSONDecoder().decode(EndpointObjectEntry.self, from: body) } catch let e as DecodingError {
+                    throw APIError.badRequest("malformed endpoint body: \(describe(e))")
+                } catch {
+                    throw APIError.badRequest("malformed endpoint body: \(error)")
+                }
+                let object: EndpointObject
+                do throws(ServiceError) { object = try entry.validated() } catch { throw APIError.badRequest(error.message) }
+                try await controller.setEndpointObject(object)
+                return try json(APIErrorBody.success)
+            }
+        }
+        // LoxiLB's delete: the host in the path, the rest of the key in the query.
+        router.delete("/netlox/v1/config/endpoint/epipaddress/:ip") { request, context -> Response in
+            await answer {
+                let q = request.uri.queryParameters
+                return try await deleteEndpointObject(controller, host: context.parameters.get("ip") ?? "",
+                                                      name: q["name"].map(String.init), type: q["probe_type"].map(String.init),
+                                                      port: q["probe_port"].map(String.init))
+            }
+        }
+        // LoxiLB's older path form (loxicmd before the query parameters).
+        router.delete("/netlox/v1/config/endpoint/epipaddress/:ip/probetype/:type/probeport/:port") { _, context -> Response in
+            await answer {
+                try await deleteEndpointObject(controller, host: context.parameters.get("ip") ?? "", name: nil,
+                                               type: context.parameters.get("type"), port: context.parameters.get("port"))
+            }
         }
         // kube-loxilb's liveness poll (every 2 s): any answer means the node is up.
         router.get(RouterPath(APIRoutes.base)) { _, _ -> Response in
@@ -381,6 +448,30 @@ public enum APIServer {
                      body: .init(byteBuffer: ByteBuffer(string: OpenAPIDocument.json)))
         }
         return router
+    }
+
+    /// The key LoxiLB deletes by: `name` when given, else `host_probeType_probePort` (a missing
+    /// port is 0, as Go's zero value).
+    static func deleteEndpointObject(_ controller: some LoadBalancerController, host: String, name: String?, type: String?,
+                                     port: String?) async throws -> Response {
+        guard let ip = IPv4Address(host) else { throw APIError.badRequest("host-parse error: '\(host)' is not an IPv4 address") }
+        let key: String
+        if let name, !name.isEmpty {
+            key = name
+        } else {
+            let t = EndpointObject.normalize(type: type ?? "")
+            guard !t.isEmpty else {
+                throw APIError.badRequest("name, or probe_type and probe_port, must say which endpoint object of \(ip) to delete")
+            }
+            // Go parses probe_port as a float64 and truncates it; "8080.0" works there too.
+            let text = port ?? "0"
+            guard let value = Double(text), value.isFinite, value >= 0, value <= 65535, value == value.rounded(.down) else {
+                throw APIError.badRequest("probe_port '\(text)' is not a port (0-65535)")
+            }
+            key = EndpointObject.key(host: ip, probeType: t, probePort: UInt16(value))
+        }
+        try await controller.deleteEndpointObject(key: key)
+        return try json(APIErrorBody.success)
     }
 
     /// A service's counters as the metrics scrape takes them; an endpoint's `counter` is

@@ -47,12 +47,12 @@ public enum TableRenderer {
     /// `tandem get ep`: loxicmd's endpoint table.
     public static func endpointHosts(_ list: [EndpointHostEntry]) -> String {
         let headers = ["HOST", "NAME", "PTYPE", "PORT", "DURATION", "RETRIES", "MINDELAY", "AVGDELAY", "MAXDELAY", "STATE",
-                       "LAST PROBE", "PROBED", "IN STATE"]
+                       "LAST PROBE", "PROBED", "IN STATE", "IN FORCE", "FROM"]
         let rows = list.map { e in
             [e.hostName, e.name, e.probeReq.isEmpty ? e.probeType : "\(e.probeType):\(e.probeReq)", "\(e.probePort)",
              "\(e.probeDuration)", "\(e.inactiveReTries)", e.minDelay, e.avgDelay, e.maxDelay, e.currState,
              e.lastProbe ?? "-", e.lastProbeSecondsAgo.map { String(format: "%.1f s ago", $0) } ?? "-",
-             e.stateSeconds.map { String(format: "%.1f s", $0) } ?? "-"]
+             e.stateSeconds.map { String(format: "%.1f s", $0) } ?? "-", e.verdict ?? "-", e.verdictFrom ?? "-"]
         }
         return render(headers: headers, rows: rows)
     }
@@ -138,7 +138,16 @@ public enum TableRenderer {
                         ["applyFailed", "\(s.counters.applyFailed)"], ["tombstonesExpired", "\(s.counters.tombstonesExpired)"],
                         ["refused", "\(s.refused)"]]
             rows += s.dropped.sorted { $0.key < $1.key }.map { ["dropped: \($0.key)", "\($0.value)"] }
+            if let v = s.verdicts {
+                rows += [["verdict sets received", "\(v.counters.received)"], ["verdict sets outdated", "\(v.counters.outdated)"],
+                         ["peer verdicts applied", "\(v.applied)"], ["host states merged", "\(v.counters.hostStatesMerged)"]]
+            }
             out += "\n\n" + render(headers: ["SHARING COUNTER", "VALUE"], rows: rows)
+            if let v = s.verdicts, !v.peers.isEmpty {
+                out += "\n\n" + render(headers: ["VERDICTS FROM", "GENERATION", "DOWN", "RECEIVED", "FRESH"], rows: v.peers.map { p in
+                    [p.address, "\(p.generation)", "\(p.down)", String(format: "%.1f s ago", p.receivedSecondsAgo), p.fresh ? "yes" : "no"]
+                })
+            }
         }
         return out
     }

@@ -94,6 +94,11 @@ final class Exporter: Sendable {
                 if key.hasPrefix("events_") {
                     return ("tandem_datapath_events_total", [("kind", snake(String(key.dropFirst(7))))])
                 }
+                // Endpoint verdict sharing (proto/SPEC.md §14.5): sets received, outdated,
+                // applied (a peer's verdict changed the datapath), host states merged.
+                if key.hasPrefix("verdicts_") {
+                    return ("tandem_cluster_verdicts_total", [("event", snake(String(key.dropFirst(9))))])
+                }
                 return ("tandem_datapath_\(snake(key))_total", [])
             }
         }

@@ -46,14 +46,25 @@ public actor NodeController: LoadBalancerController {
     private var sharingShell: ServiceSyncShell?
     /// Records from peers whose spec did not validate as an API request.
     private var sharingRefused: UInt64 = 0
-    /// External verdicts on endpoint hosts (endpointhoststate): green, yellow or red by address.
-    private var hostStates: [IPv4Address: String] = [:]
     /// Probes of monitored services' endpoints; nil: nothing is probed (tests without it).
     private var health: HealthMonitor?
-    /// Endpoints (ip:port) the probes hold down, by service.
-    private var probeDown: [ServiceKey: Set<String>] = [:]
     /// What is registered with the monitor, by service.
     private var probed: [ServiceKey: Set<EndpointID>] = [:]
+    /// Endpoint verdicts: this node's probe verdicts, the cluster's host states (endpointhoststate)
+    /// and the sets peers published (proto/SPEC.md §14.5). The node id is set by `enableSharing`.
+    var verdicts = ClusterVerdicts(selfID: 1)
+    /// The down set each service's datapath holds, where it came from and when it was written.
+    private var applied: [ServiceKey: AppliedVerdict] = [:]
+    /// The MASTER of each service VIP, as the election last said (empty: not clustered).
+    private var masters: [IPv4Address: UInt32] = [:]
+    /// Times a peer's verdict changed this node's datapath.
+    private var verdictsApplied: UInt64 = 0
+    private var verdictLoop: Task<Void, Never>?
+    /// A refresh is writing to the datapath; another was asked for meanwhile (see refreshVerdicts).
+    private var refreshing = false
+    private var refreshAgain = false
+    /// LoxiLB endpoint objects by key (`POST config/endpoint`).
+    private var endpointObjects: [String: EndpointObject] = [:]
     var serviceCount: Int { table.services.count }
     /// Events the datapath could not queue (ring buffer full), so far.
     nonisolated var eventsLost: UInt64 { datapath.stats().eventsLost }
@@ -178,6 +189,7 @@ public actor NodeController: LoadBalancerController {
         options[service.key] = opts
         directory.set(service.key, slot: slot, endpoints: service.endpoints)
         syncProbes(service.key)
+        applied[service.key] = nil
         ha?.servicesChanged()
         logger.info("service \(verb)", metadata: ["service": "\(service.key)", "mode": "\(service.mode)",
                                                   "sel": "\(service.selection)", "endpoints": "\(service.endpoints.count)"])
@@ -206,6 +218,7 @@ public actor NodeController: LoadBalancerController {
         }
         unrestored[service.key] = nil
         adopt(next, service, options: opts, slot: slot, verb: "created")
+        await refreshVerdicts([service.key])
     }
 
     /// Rewrites an existing service in its slot: its connections keep flowing.
@@ -224,6 +237,7 @@ public actor NodeController: LoadBalancerController {
             throw APIError.internalError("datapath refused the service: \(error)")
         }
         adopt(next, service, options: opts, slot: slot, verb: "updated")
+        await refreshVerdicts([service.key])
     }
 
     private func rollBackCreate(_ key: ServiceKey) async {
@@ -267,7 +281,22 @@ public actor NodeController: LoadBalancerController {
             return
         }
         deleted = state.deleted.compactMap(ServiceKey.init(text:))
-        for (h, st) in state.hostStates { if let ip = IPv4Address(h) { hostStates[ip] = st } }
+        // Before the services: a rule endpoint an object governs is probed with its settings at once.
+        for e in state.endpoints {
+            do throws(ServiceError) {
+                let o = try e.validated()
+                endpointObjects[o.key] = o
+                syncObjectProbe(o.key)
+            } catch {
+                logger.error("state file: endpoint object refused", metadata: ["error": "\(error.message)"])
+            }
+        }
+        verdicts.seedHosts(state.hostStates.compactMap { h, st in
+            guard let ip = IPv4Address(h), let s = HostVerdictState(name: st) else { return nil }
+            // A file from before host states were versioned: version 1, so any newer write wins.
+            let stamp = state.hostStamps[h]
+            return HostVerdict(host: ip, state: s, version: stamp?.version ?? 1, origin: stamp?.origin ?? verdicts.selfID)
+        })
         var held = Set<ServiceKey>()
         for e in state.services {
             let r: LoadBalancerRequest
@@ -318,7 +347,11 @@ public actor NodeController: LoadBalancerController {
         let live = table.sorted.map { LoadBalancerEntry(service: $0.service, options: options[$0.service.key] ?? ServiceOptions()) }
         let kept = unrestored.sorted { $0.key < $1.key }.map(\.value)
         var state = NodeState(services: live + kept, deleted: deleted.map(\.description))
-        for (ip, st) in hostStates { state.hostStates[ip.description] = st }
+        state.endpoints = endpointObjects.keys.sorted().compactMap { endpointObjects[$0]?.entry }
+        for (ip, h) in verdicts.hosts {
+            state.hostStates[ip.description] = h.state.name
+            state.hostStamps[ip.description] = ServiceStamp(version: h.version, origin: h.origin)
+        }
         if let sharing {
             for (key, h) in sharing.held {
                 let stamp = ServiceStamp(version: h.record.version, origin: h.record.origin,
@@ -442,6 +475,11 @@ public actor NodeController: LoadBalancerController {
             "xdp_forwarded": s.xdpForwarded, "reaped": s.reaped, "reaped_halves": s.reapedHalves,
             "drop_source_denied": s.sourceDenied,
         ]
+        let v = verdicts.counters
+        out["verdicts_received"] = v.received
+        out["verdicts_outdated"] = v.outdated
+        out["verdicts_applied"] = verdictsApplied
+        out["verdicts_host_states_merged"] = v.hostStatesMerged
         out["api_auth_refused"] = authCounters.refusedRequests
         for (k, v) in eventCounts { out["events_\(k)"] = v }
         for (k, v) in ringEventCounts() { out["events_\(k)", default: 0] += v }
@@ -450,6 +488,8 @@ public actor NodeController: LoadBalancerController {
 
     func attach(ha shell: HAShell) {
         ha = shell
+        // Who is MASTER decides whose verdicts the datapath follows; only peers' sets make it matter.
+        if sharingShell != nil { startVerdictLoop() }
     }
 
     public func cluster() async -> HAStatus? {
@@ -543,17 +583,25 @@ public actor NodeController: LoadBalancerController {
 
 // MARK: - Endpoint health verdicts
 
+/// What one service's datapath holds: the down set written, where it came from, and when.
+struct AppliedVerdict: Sendable, Equatable {
+    var verdict: EffectiveVerdict
+    /// Wall clock µs of the last write that changed the down set.
+    var atMicros: UInt64
+}
+
 extension NodeController {
-    /// Indices of the service's endpoints that are out of rotation: their host is red, or the
-    /// service's probes hold them down. Unknown (not probed yet) counts as up, so a restart is
-    /// not an outage.
+    /// Indices of the service's endpoints out of rotation: the verdict in force (the MASTER's
+    /// published set, or this node's own probes and red hosts). Unknown (not probed yet) counts
+    /// as up, so a restart is not an outage.
     func downIndices(_ service: Service) -> Set<Int> {
-        var down = Set<Int>()
-        let probes = probeDown[service.key] ?? []
-        for (i, ep) in service.endpoints.enumerated() where hostStates[ep.ip] == "red" || probes.contains(ep.identity) {
-            down.insert(i)
-        }
-        return down
+        let down = effectiveVerdict(service).downSet
+        return Set(service.endpoints.indices.filter { down.contains(EndpointRef(service.endpoints[$0])) })
+    }
+
+    func effectiveVerdict(_ service: Service) -> EffectiveVerdict {
+        verdicts.effective(service.key, endpoints: service.endpoints.map(EndpointRef.init),
+                           master: masters[service.key.vip], nowNanos: monotonicNanoseconds())
     }
 
     func attach(health monitor: HealthMonitor) {
@@ -586,14 +634,19 @@ extension NodeController {
         }
     }
 
-    /// Registers with the monitor exactly the endpoints of `key` that must be probed now.
+    /// Registers with the monitor exactly the endpoints of `key` that must be probed now, and
+    /// tells the verdict table what the node serves.
     fileprivate func syncProbes(_ key: ServiceKey) {
+        if table.services[key] == nil { applied[key] = nil }
+        defer { servedChanged() }
         guard let health else { return }
         var want: [EndpointID: ProbeTarget] = [:]
         if let svc = table.services[key], let spec = try? Self.probeSpec(svc, options[key] ?? ServiceOptions()) {
             for ep in svc.endpoints {
                 let id = EndpointID("\(key)|\(ep.identity)")
-                want[id] = ProbeTarget(id: id, address: ep.ip.description, port: ep.port, spec: spec)
+                // LoxiLB: an endpoint object under the endpoint's key supplies its probe.
+                let governed = endpointObjects[EndpointObject.ruleKey(ep, proto: key.proto)].flatMap { try? Self.probeSpec($0) }
+                want[id] = ProbeTarget(id: id, address: ep.ip.description, port: ep.port, spec: governed ?? spec)
             }
         }
         let have = probed[key] ?? []
@@ -607,52 +660,259 @@ extension NodeController {
         }
         probed[key] = want.isEmpty ? nil : Set(want.keys)
         // Verdicts about endpoints no longer probed are forgotten.
-        let ids = Set(want.keys.map(\.rawValue))
-        if var down = probeDown[key] {
-            down = down.filter { ids.contains("\(key)|\($0)") }
-            probeDown[key] = down.isEmpty ? nil : down
+        let now = wallClockMicros()
+        for ep in verdicts.probeDown[key]?.keys.map({ $0 }) ?? [] where want[EndpointID("\(key)|\(ep)")] == nil {
+            verdicts.setProbe(key, ep, down: false, atMicros: now, nowMicros: now)
         }
     }
 
-    /// A probe verdict changed: the datapath follows at once.
+    /// The services and endpoints the node serves, for the set it publishes.
+    private func servedChanged() {
+        let served = table.services.mapValues { $0.endpoints.map(EndpointRef.init) }
+        verdicts.setServed(served, nowMicros: wallClockMicros())
+    }
+
+    /// A probe verdict changed: published to peers at once, and the datapath follows the verdict
+    /// in force.
     func healthChanged(_ t: HealthTransition) async {
         let parts = t.endpoint.rawValue.split(separator: "|", maxSplits: 1).map(String.init)
         guard parts.count == 2, let key = ServiceKey(text: parts[0]), let svc = table.services[key],
-              probed[key]?.contains(t.endpoint) == true else { return }
-        var down = probeDown[key] ?? []
-        if t.to == .down { down.insert(parts[1]) } else { down.remove(parts[1]) }
-        probeDown[key] = down.isEmpty ? nil : down
-        do { try await datapath.setDownEndpoints(key, downIndices(svc).map { svc.endpoints[$0] }) } catch {
-            logger.error("endpoint states not written to the datapath", metadata: ["service": "\(key)", "error": "\(error)"])
+              probed[key]?.contains(t.endpoint) == true,
+              let ep = svc.endpoints.first(where: { $0.identity == parts[1] }) else { return }
+        let now = wallClockMicros()
+        // The transition's own time, in the wall clock peers compare.
+        let ago = ContinuousClock.now - t.at
+        let agoMicros = UInt64(max(0, ago.components.seconds)) * 1_000_000 + UInt64(max(0, ago.components.attoseconds)) / 1_000_000_000_000
+        if verdicts.setProbe(key, EndpointRef(ep), down: t.to == .down, atMicros: now &- min(agoMicros, now), nowMicros: now) {
+            sharingShell?.changed()
         }
-        logger.notice("endpoint \(t.to == .down ? "out of" : "in") rotation",
-                      metadata: ["service": "\(key)", "endpoint": "\(parts[1])", "from": "\(t.from)", "to": "\(t.to)",
-                                 "reason": "\(t.reason)"])
+        await refreshVerdicts([key])
+        let inForce = applied[key].map { Self.describe($0.verdict.source) } ?? "own"
+        logger.notice("endpoint probe verdict", metadata: ["service": "\(key)", "endpoint": "\(parts[1])", "from": "\(t.from)",
+                                                           "to": "\(t.to)", "reason": "\(t.reason)", "inForce": "\(inForce)"])
+    }
+
+    static func describe(_ source: VerdictSource) -> String {
+        switch source {
+        case .own: "own"
+        case .peer(let id): "\(IPv4Address(id))"
+        }
+    }
+
+    /// Writes the verdict in force of these services (all when nil) to the datapath where it
+    /// differs from what the datapath holds. Logs every change, naming the peer whose verdict it was.
+    ///
+    /// One refresh runs at a time: the datapath writes suspend the actor, and two interleaved
+    /// refreshes could leave an older down set in the map than the one recorded. A refresh asked
+    /// for while one runs makes the running one go over every service again when it is done.
+    func refreshVerdicts(_ keys: [ServiceKey]? = nil) async {
+        guard !refreshing else {
+            refreshAgain = true
+            return
+        }
+        refreshing = true
+        defer { refreshing = false }
+        var scope = keys
+        repeat {
+            refreshAgain = false
+            await refreshOnce(scope)
+            scope = nil
+        } while refreshAgain
+    }
+
+    private func refreshOnce(_ keys: [ServiceKey]?) async {
+        let nowMicros = wallClockMicros()
+        for key in keys ?? table.services.keys.sorted() {
+            guard let svc = table.services[key] else {
+                applied[key] = nil
+                continue
+            }
+            let eff = effectiveVerdict(svc)
+            let before = applied[key]
+            if let before, before.verdict == eff { continue }
+            let changed = before?.verdict.downSet != eff.downSet
+            if changed {
+                let down = svc.endpoints.filter { eff.down[EndpointRef($0)] != nil }
+                do { try await datapath.setDownEndpoints(key, down) } catch {
+                    logger.error("endpoint states not written to the datapath", metadata: ["service": "\(key)", "error": "\(error)"])
+                    continue
+                }
+            }
+            applied[key] = AppliedVerdict(verdict: eff, atMicros: changed ? nowMicros : before?.atMicros ?? nowMicros)
+            guard let before else { continue }
+            let downText = eff.downSet.sorted().map(\.description).joined(separator: ",")
+            if changed {
+                var meta: Logger.Metadata = ["service": "\(key)", "down": "\(downText.isEmpty ? "none" : downText)",
+                                             "from": "\(Self.describe(eff.source))"]
+                if case .peer = eff.source {
+                    verdictsApplied &+= 1
+                    let own = verdicts.ownDown(key, endpoints: svc.endpoints.map(EndpointRef.init)).keys.sorted()
+                    meta["own"] = "\(own.isEmpty ? "none" : own.map(\.description).joined(separator: ","))"
+                    logger.notice("a peer's endpoint verdict changed this node's datapath", metadata: meta)
+                } else {
+                    logger.notice("endpoints in rotation changed", metadata: meta)
+                }
+            } else if before.verdict.source != eff.source {
+                logger.info("endpoint verdicts now follow \(Self.describe(eff.source))",
+                            metadata: ["service": "\(key)", "down": "\(downText.isEmpty ? "none" : downText)"])
+            }
+        }
+    }
+
+    /// Follows the election every 250 ms: a new MASTER (or this node taking over) switches whose
+    /// verdicts the datapath uses, and a MASTER's set that stops arriving goes stale.
+    func startVerdictLoop() {
+        guard verdictLoop == nil else { return }
+        verdictLoop = Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(250))
+                guard let self, !Task.isCancelled else { return }
+                await self.verdictTick()
+            }
+        }
+    }
+
+    /// Stops following the election (before the HA shell stops).
+    public func stopVerdictLoop() {
+        verdictLoop?.cancel()
+        verdictLoop = nil
+    }
+
+    func verdictTick() async {
+        var now: [IPv4Address: UInt32] = [:]
+        for i in await ha?.status()?.instances ?? [] {
+            guard let m = i.master else { continue }
+            for v in i.vips { if let ip = IPv4Address(v) { now[ip] = m } }
+        }
+        if now != masters {
+            let text = Set(now.values).sorted().map { "\(IPv4Address($0))" }.joined(separator: ",")
+            logger.info("verdicts: MASTER changed", metadata: ["masters": "\(text.isEmpty ? "none" : text)"])
+            masters = now
+        }
+        await refreshVerdicts()
     }
 
     /// `get ep`: every endpoint of every rule with its probe and, when probed, its state, last
-    /// probe result and times.
+    /// probe result and times, beside the verdict in force in the datapath and its source.
     public func endpointHosts() async -> [EndpointHostEntry] {
         var out: [EndpointHostEntry] = []
+        let wallNow = wallClockMicros()
         for (_, svc) in table.sorted {
             let listed = EndpointHostEntry.from([LoadBalancerEntry(service: svc, options: options[svc.key] ?? ServiceOptions())])
+            let inForce = applied[svc.key] ?? AppliedVerdict(verdict: effectiveVerdict(svc), atMicros: 0)
             for (i, var e) in listed.enumerated() where i < svc.endpoints.count {
                 let ep = svc.endpoints[i]
                 let snap = probeSnapshot(svc.key, ep)
-                let red = hostStates[ep.ip] == "red"
+                let red = verdicts.hosts[ep.ip]?.state == .red
                 e.currState = red ? "inactive (host red)" : snap.map { $0.state.rawValue } ?? "active"
                 if let snap {
                     e.lastProbe = snap.lastResult.map { ($0.success ? "ok" : "failed") + ": " + $0.detail }
                     e.lastProbeSecondsAgo = snap.sinceLastProbe.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }
                     e.stateSeconds = snap.sinceChange.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }
+                    if let since = snap.sinceChange {
+                        let micros = UInt64(max(0, since.components.seconds)) * 1_000_000
+                            + UInt64(max(0, since.components.attoseconds)) / 1_000_000_000_000
+                        e.stateChangedAtUnixMicros = wallNow &- min(micros, wallNow)
+                    }
                     if let l = snap.lastResult?.latency {
                         e.avgDelay = String(format: "%.1fms", Double(l.components.attoseconds) / 1e15 + Double(l.components.seconds) * 1000)
                     }
                 }
+                if options[svc.key]?.monitor == true, let o = endpointObjects[EndpointObject.ruleKey(ep, proto: svc.key.proto)] {
+                    e.probeObject = o.key
+                    e.probeType = o.probeType
+                    e.probeReq = o.probeReq
+                    e.probeResp = o.probeResp
+                    e.probeDuration = Int(o.probeDuration)
+                    e.inactiveReTries = Int(o.inactiveReTries)
+                    if o.probePort != 0 { e.probePort = Int(o.probePort) }
+                }
+                let down = inForce.verdict.down[EndpointRef(ep)]
+                e.verdict = down == nil ? "up" : "down"
+                e.verdictFrom = Self.describe(inForce.verdict.source)
+                e.verdictSinceUnixMicros = down?.sinceMicros
+                e.verdictAppliedUnixMicros = inForce.atMicros == 0 ? nil : inForce.atMicros
                 out.append(e)
             }
         }
+        // LoxiLB lists its endpoint objects beside the hosts its rules made; so does Tandem.
+        for key in endpointObjects.keys.sorted() {
+            guard let o = endpointObjects[key] else { continue }
+            let snap = health?.snapshot(of: Self.objectProbeID(key))
+            var e = EndpointHostEntry(hostName: o.host.description, name: o.key, inactiveReTries: Int(o.inactiveReTries),
+                                      probeType: o.probeType, probeReq: o.probeReq, probeResp: o.probeResp,
+                                      probeDuration: Int(o.probeDuration), probePort: Int(o.probePort),
+                                      currState: snap.map { $0.state.rawValue } ?? "unknown")
+            e.probeObject = o.key
+            e.lastProbe = snap?.lastResult.map { ($0.success ? "ok" : "failed") + ": " + $0.detail }
+            e.lastProbeSecondsAgo = snap?.sinceLastProbe.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }
+            e.stateSeconds = snap?.sinceChange.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }
+            out.append(e)
+        }
         return out
+    }
+
+    // MARK: Endpoint objects (LoxiLB's POST config/endpoint)
+
+    /// The probe an object asks for, with LoxiLB's field meanings (docs/api.md).
+    static func probeSpec(_ o: EndpointObject) throws(ProbeSpecError) -> ProbeSpec {
+        try ProbeSpec.fromLoxiLB(probetype: o.probeType, probeport: Int(o.probePort), probereq: o.probeReq,
+                                 proberesp: o.probeResp, probeTimeout: Int(o.probeDuration),
+                                 probeRetries: Int(o.inactiveReTries), serviceProtocol: o.probeType == "udp" ? "udp" : "tcp")
+    }
+
+    static func objectProbeID(_ key: String) -> EndpointID { EndpointID("object|\(key)") }
+
+    /// An object is probed on its own too, as LoxiLB does, so its state is listed.
+    private func syncObjectProbe(_ key: String) {
+        guard let health else { return }
+        let id = Self.objectProbeID(key)
+        guard let o = endpointObjects[key], let spec = try? Self.probeSpec(o) else {
+            health.remove(id)
+            return
+        }
+        let target = ProbeTarget(id: id, address: o.host.description, port: o.probePort, spec: spec)
+        if health.snapshot(of: id)?.target == target { return }
+        do { try health.add(target) } catch {
+            logger.error("endpoint object not probed", metadata: ["object": "\(key)", "error": "\(error)"])
+        }
+    }
+
+    /// Re-registers the probes of every service with an endpoint at these hosts.
+    private func resyncProbes(hosts: Set<IPv4Address>) {
+        for (key, svc) in table.services where svc.endpoints.contains(where: { hosts.contains($0.ip) }) { syncProbes(key) }
+    }
+
+    public func setEndpointObject(_ o: EndpointObject) async throws {
+        do { _ = try Self.probeSpec(o) } catch { throw APIError.badRequest("host-args error: \(error.description)") }
+        let before = endpointObjects[o.key]
+        // The same object again (LoxiLB clients re-post): a success that changes nothing.
+        if before == o { return }
+        guard before != nil || endpointObjects.count < EndpointObject.limit else {
+            throw APIError(.forbidden, "capacity: this node keeps at most \(EndpointObject.limit) endpoint objects")
+        }
+        endpointObjects[o.key] = o
+        do { try persist() } catch {
+            endpointObjects[o.key] = before
+            throw error
+        }
+        syncObjectProbe(o.key)
+        resyncProbes(hosts: Set([o.host] + (before.map { [$0.host] } ?? [])))
+        logger.info("endpoint object \(before == nil ? "created" : "replaced")",
+                    metadata: ["object": "\(o.key)", "host": "\(o.host)", "probe": "\(o.probeType)", "port": "\(o.probePort)"])
+    }
+
+    public func deleteEndpointObject(key: String) async throws {
+        guard let o = endpointObjects.removeValue(forKey: key) else {
+            throw APIError.notFound("host-notfound error: no endpoint object '\(key)'")
+        }
+        do { try persist() } catch {
+            endpointObjects[key] = o
+            throw error
+        }
+        syncObjectProbe(key)
+        resyncProbes(hosts: [o.host])
+        logger.info("endpoint object deleted", metadata: ["object": "\(key)"])
     }
 
     /// Probe state of one endpoint, for the API's listings.
@@ -660,34 +920,29 @@ extension NodeController {
         health?.snapshot(of: EndpointID("\(key)|\(ep.identity)"))
     }
 
-    /// Writes every service's down set to the datapath (after a verdict changed).
-    private func applyVerdicts(touching host: IPv4Address) async {
-        for (key, svc) in table.services where svc.endpoints.contains(where: { $0.ip == host }) {
-            let down = downIndices(svc).map { svc.endpoints[$0] }
-            do { try await datapath.setDownEndpoints(key, down) } catch {
-                logger.error("endpoint states not written to the datapath", metadata: ["service": "\(key)", "error": "\(error)"])
-            }
-        }
-    }
-
     public func setEndpointHostState(_ entry: EndpointHostStateEntry) async throws {
         guard let ip = IPv4Address(entry.hostName) else {
             throw APIError.badRequest("hostName '\(entry.hostName)' is not an IPv4 address")
         }
-        let state = entry.state.lowercased()
+        guard let state = HostVerdictState(name: entry.state) else {
+            throw APIError.badRequest("state '\(entry.state)' is not green, yellow or red")
+        }
         guard table.services.values.contains(where: { $0.endpoints.contains { $0.ip == ip } }) else {
             throw APIError.notFound("no rule has an endpoint at \(ip)")
         }
-        let before = hostStates[ip]
-        if before == state { return }
-        hostStates[ip] = state
+        let before = verdicts.hosts[ip]
+        // The same state again is not a new write: nodes posted the same verdict agree.
+        if before?.state == state { return }
+        let saved = verdicts
+        verdicts.setHostLocal(ip, state, nowMicros: wallClockMicros())
         do { try persist() } catch {
-            hostStates[ip] = before
+            verdicts = saved
             throw error
         }
-        await applyVerdicts(touching: ip)
-        logger.notice("endpoint host state set from outside", metadata: ["host": "\(ip)", "from": "\(before ?? "none")",
-                                                                      "to": "\(state)"])
+        sharingShell?.changed()
+        await refreshVerdicts()
+        logger.notice("endpoint host state set from outside", metadata: ["host": "\(ip)", "from": "\(before?.state.name ?? "none")",
+                                                                      "to": "\(state.name)"])
     }
 }
 
@@ -697,6 +952,29 @@ extension NodeController: ServiceSyncTarget {
     /// Turns sharing on; call before `restore`, which seeds the shared table.
     func enableSharing(selfID: UInt32) {
         sharing = ServiceSyncCore(selfID: selfID)
+        verdicts = ClusterVerdicts(selfID: selfID)
+    }
+
+    public func serviceSyncVerdicts() async -> VerdictSet {
+        verdicts.published()
+    }
+
+    /// A peer's verdict set: host states it knows are merged (and kept), and every service's
+    /// datapath follows the verdict in force.
+    public func serviceSyncReceive(_ set: VerdictSet, from peer: UInt32, epoch: UInt64) async {
+        let outcome = verdicts.receive(set, from: peer, epoch: epoch, nowNanos: monotonicNanoseconds(),
+                                       nowMicros: wallClockMicros())
+        guard case .accepted(let hostsChanged) = outcome else { return }
+        if !hostsChanged.isEmpty {
+            try? persist()
+            for h in hostsChanged {
+                logger.notice("endpoint host state learned from peer",
+                              metadata: ["host": "\(h)", "to": "\(verdicts.hosts[h]?.state.name ?? "-")", "peer": "\(IPv4Address(peer))"])
+            }
+            // This node's own set changed with them: peers that hear from it first learn it sooner.
+            sharingShell?.changed()
+        }
+        await refreshVerdicts()
     }
 
     func attach(sharing shell: ServiceSyncShell) {
@@ -797,7 +1075,16 @@ extension NodeController: ServiceSyncTarget {
     public func serviceSync() async -> ServiceSyncStatus? {
         guard let sharing, let shell = sharingShell else { return nil }
         let stones = sharing.held.values.filter { $0.record.spec == nil }.count
-        return shell.status(selfDigest: sharing.digest(), tombstones: stones, counters: sharing.counters,
-                            refused: sharingRefused)
+        var status = shell.status(selfDigest: sharing.digest(), tombstones: stones, counters: sharing.counters,
+                                  refused: sharingRefused)
+        let now = monotonicNanoseconds()
+        status.verdicts = VerdictStatus(
+            generation: verdicts.generation, counters: verdicts.counters, applied: verdictsApplied,
+            peers: verdicts.peers.sorted { $0.key < $1.key }.map { id, p in
+                VerdictStatus.Peer(node: id, address: "\(IPv4Address(id))", generation: p.generation,
+                                   receivedSecondsAgo: Double(now &- min(p.receivedAtNanos, now)) / 1e9,
+                                   down: p.services.values.reduce(0) { $0 + $1.count }, fresh: verdicts.isFresh(id, nowNanos: now))
+            })
+        return status
     }
 }

@@ -416,6 +416,7 @@ final class DatapathService: ServiceLifecycle.Service, @unchecked Sendable {
         }
         // Leave the cluster first: peers elect at once, and this node stops answering for the
         // VIPs before anything else is torn down.
+        await controller.stopVerdictLoop()
         await ha?.stop()
         await sharing?.stop()
         reader.stop()

@@ -21,6 +21,11 @@ public struct NodeState: Sendable, Equatable {
     public var stamps: [String: ServiceStamp] = [:]
     /// External endpoint verdicts (LoxiLB's endpointhoststate: green, yellow, red) by host address.
     public var hostStates: [String: String] = [:]
+    /// The cluster-shared version of each host state (proto/SPEC.md §14.5); a host without one
+    /// (a file from before they were shared) gets version 1.
+    public var hostStamps: [String: ServiceStamp] = [:]
+    /// LoxiLB endpoint objects (`POST config/endpoint`), as a POST would recreate them.
+    public var endpoints: [EndpointObjectEntry] = []
 
     public init(services: [LoadBalancerEntry] = [], deleted: [String] = [], stamps: [String: ServiceStamp] = [:],
                 hostStates: [String: String] = [:]) {
@@ -75,6 +80,8 @@ public struct StateStore: Sendable {
         /// An endpoint host's external verdict (with state beside it).
         var hostState: String?
         var state: String?
+        /// A LoxiLB endpoint object.
+        var endpoint: EndpointObjectEntry?
     }
 
     /// The stored state, or nil when there is no file yet. A file that exists but cannot be read
@@ -116,12 +123,23 @@ public struct StateStore: Sendable {
             do { r = try decoder.decode(Record.self, from: Data(line)) } catch {
                 throw StateFileError("state file \(path) line \(n): \(short(error))")
             }
+            if let e = r.endpoint {
+                guard r.service == nil, r.deleted == nil, r.stamp == nil, r.hostState == nil else {
+                    throw StateFileError("state file \(path) line \(n): a record must hold exactly one of service, deleted, stamp, hostState, endpoint")
+                }
+                do throws(ServiceError) { _ = try e.validated() } catch {
+                    throw StateFileError("state file \(path) line \(n): endpoint object: \(error.message)")
+                }
+                state.endpoints.append(e)
+                continue
+            }
             if let host = r.hostState {
                 guard r.service == nil, r.deleted == nil, r.stamp == nil, IPv4Address(host) != nil,
                       let st = r.state, ["green", "yellow", "red"].contains(st) else {
                     throw StateFileError("state file \(path) line \(n): a hostState record needs an IPv4 address and a state of green, yellow or red")
                 }
                 state.hostStates[host] = st
+                if let v = r.version, v > 0, let o = r.origin, o != 0 { state.hostStamps[host] = ServiceStamp(version: v, origin: o) }
                 continue
             }
             switch (r.service, r.deleted ?? r.stamp) {
@@ -172,7 +190,11 @@ public struct StateStore: Sendable {
         for (k, st) in state.stamps.sorted(by: { $0.key < $1.key }) {
             try line(Record(stamp: k, version: st.version, origin: st.origin, tombstonedAt: st.tombstonedAt))
         }
-        for (h, st) in state.hostStates.sorted(by: { $0.key < $1.key }) { try line(Record(hostState: h, state: st)) }
+        for (h, st) in state.hostStates.sorted(by: { $0.key < $1.key }) {
+            let stamp = state.hostStamps[h]
+            try line(Record(version: stamp?.version, origin: stamp?.origin, hostState: h, state: st))
+        }
+        for e in state.endpoints { try line(Record(endpoint: e)) }
         return out
     }
 

@@ -14,6 +14,16 @@ public protocol ServiceSyncTarget: Sendable {
     func serviceSyncRecords() async -> [ServiceRecord]
     /// Merges what a peer sent, and applies the winners to the node's table.
     func serviceSyncMerge(_ records: [ServiceRecord], peerMaxVersion: UInt64, from peer: UInt32) async
+    /// This node's endpoint verdicts (proto/SPEC.md §14.5), sent after the digest on every exchange.
+    func serviceSyncVerdicts() async -> VerdictSet
+    /// A peer's whole verdict set; `epoch` is the sender's boot epoch.
+    func serviceSyncReceive(_ verdicts: VerdictSet, from peer: UInt32, epoch: UInt64) async
+}
+
+extension ServiceSyncTarget {
+    /// A node that keeps no verdicts publishes an empty set.
+    public func serviceSyncVerdicts() async -> VerdictSet { VerdictSet(generation: 1, services: [], hosts: []) }
+    public func serviceSyncReceive(_ verdicts: VerdictSet, from peer: UInt32, epoch: UInt64) async {}
 }
 
 public struct ServiceSyncPeer: Sendable, Hashable {
@@ -58,6 +68,7 @@ enum ServiceSyncError: Error, CustomStringConvertible {
     case dropped(SyncDecodeError)
     case wrongSender(UInt32, expected: UInt32)
     case tooManyRecords(Int)
+    case verdicts(VerdictAssemblyError)
     case timedOut
 
     var description: String {
@@ -67,6 +78,7 @@ enum ServiceSyncError: Error, CustomStringConvertible {
         case .dropped(let e): "frame dropped: \(e)"
         case .wrongSender(let s, let e): "frame from node \(s), expected \(e)"
         case .tooManyRecords(let n): "more than \(n) records"
+        case .verdicts(let e): "verdict set refused: \(e)"
         case .timedOut: "exchange timed out"
         }
     }
@@ -95,6 +107,8 @@ public final class ServiceSyncShell: Sendable {
     /// Connections being served now, and those closed on accept for the cap.
     private let served = NIOLockedValueBox(0)
     private let refusedConnections = NIOLockedValueBox<UInt64>(0)
+    /// Verdict sets whose parts did not fit together (each part decoded on its own).
+    private let refusedVerdicts = NIOLockedValueBox<UInt64>(0)
     private let kicks: AsyncStream<Void>
     private let kicker: AsyncStream<Void>.Continuation
 
@@ -172,7 +186,8 @@ public final class ServiceSyncShell: Sendable {
         try? await group.shutdownGracefully()
     }
 
-    /// A local change: exchange with every peer now rather than at the next period.
+    /// A local change (a service, or this node's verdicts): exchange with every peer now rather
+    /// than at the next period.
     public func changed() {
         kicker.yield()
     }
@@ -191,6 +206,8 @@ public final class ServiceSyncShell: Sendable {
         for (reason, n) in opener.withLockedValue({ $0.counters }) { dropped[reason.rawValue] = n }
         let refused = refusedConnections.withLockedValue { $0 }
         if refused > 0 { dropped["connectionsOverCap"] = refused }
+        let badSets = refusedVerdicts.withLockedValue { $0 }
+        if badSets > 0 { dropped["verdictSetsRefused"] = badSets }
         return ServiceSyncStatus(node: config.selfID, services: selfDigest.count, digest: digestHex(selfDigest.digest),
                                  tombstones: tombstones, peers: peers, counters: counters, dropped: dropped, refused: refused)
     }
@@ -269,15 +286,34 @@ public final class ServiceSyncShell: Sendable {
         }
     }
 
-    /// One exchange, the same on both ends: digests, then whole tables both ways (sent while
-    /// receiving, so neither side's send buffer can block the other) when they differ.
+    /// One exchange, the same on both ends: digests and verdict sets, then whole tables both ways
+    /// (sent while receiving, so neither side's send buffer can block the other) when the digests
+    /// differ.
     private func run(inbound: NIOAsyncChannelInboundStream<[UInt8]>, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
                      expecting expected: UInt32?) async throws {
         var frames = inbound.makeAsyncIterator()
         let mine = await target.serviceSyncDigest()
-        try await outbound.write(frame(.serviceDigest(mine)))
-        let (peer, first) = try await receive(&frames, expecting: expected)
+        // A verdict set is at most 16 frames (§14.5): small enough to write before reading.
+        let verdicts = await target.serviceSyncVerdicts().parts().map { frame(.endpointVerdicts($0)) }
+        try await Self.write([frame(.serviceDigest(mine))] + verdicts, to: outbound)
+        let (peer, first, header) = try await receive(&frames, expecting: expected)
         guard case .serviceDigest(let theirs) = first else { throw ServiceSyncError.unexpected("\(first.type.wireName) first") }
+        var assembler = VerdictAssembler()
+        while true {
+            let (_, m, _) = try await receive(&frames, expecting: peer)
+            guard case .endpointVerdicts(let part) = m else {
+                throw ServiceSyncError.unexpected("\(m.type.wireName) where endpoint verdicts were due")
+            }
+            let set: VerdictSet?
+            do { set = try assembler.add(part) } catch {
+                refusedVerdicts.withLockedValue { $0 &+= 1 }
+                throw ServiceSyncError.verdicts(error)
+            }
+            if let set {
+                await target.serviceSyncReceive(set, from: peer, epoch: header.epoch)
+                break
+            }
+        }
         let agree = theirs.count == mine.count && theirs.digest == mine.digest
         if agree {
             await target.serviceSyncMerge([], peerMaxVersion: theirs.maxVersion, from: peer)
@@ -291,7 +327,7 @@ public final class ServiceSyncShell: Sendable {
         async let sent: Void = Self.write(encoded, to: outbound)
         var received: [ServiceRecord] = []
         while true {
-            let (_, m) = try await receive(&frames, expecting: peer)
+            let (_, m, _) = try await receive(&frames, expecting: peer)
             guard case .serviceRecords(let r) = m else { throw ServiceSyncError.unexpected(m.type.wireName) }
             if r.records.isEmpty { break }
             received += r.records
@@ -315,7 +351,7 @@ public final class ServiceSyncShell: Sendable {
     }
 
     private func receive(_ frames: inout NIOAsyncChannelInboundStream<[UInt8]>.AsyncIterator, expecting: UInt32?)
-        async throws -> (UInt32, SyncMessage)
+        async throws -> (UInt32, SyncMessage, SyncHeader)
     {
         guard let bytes = try await frames.next() else { throw ServiceSyncError.closed }
         switch opener.withLockedValue({ $0.open(bytes, channel: .config) }) {
@@ -326,7 +362,7 @@ public final class ServiceSyncShell: Sendable {
             if let expecting, header.sender != expecting {
                 throw ServiceSyncError.wrongSender(header.sender, expected: expecting)
             }
-            return (header.sender, message)
+            return (header.sender, message, header)
         }
     }
 

@@ -37,6 +37,8 @@ public struct ServiceSyncStatus: Codable, Sendable, Equatable {
     public var dropped: [String: UInt64]
     /// Records whose spec did not validate as an API request.
     public var refused: UInt64
+    /// Endpoint verdict sharing (§14.5): counters, and per peer the set held from it.
+    public var verdicts: VerdictStatus?
 
     public init(node: UInt32, services: UInt32, digest: String, tombstones: Int, peers: [Peer],
                 counters: ServiceSyncCounters, dropped: [String: UInt64], refused: UInt64) {
@@ -52,6 +54,43 @@ public struct ServiceSyncStatus: Codable, Sendable, Equatable {
 
     /// True when every peer agreed at its last exchange.
     public var allAgree: Bool { peers.allSatisfy { $0.agrees == true } }
+}
+
+/// Endpoint verdicts as this node holds them: what it publishes, what it took from peers, and
+/// how often a peer's verdict changed its datapath.
+public struct VerdictStatus: Codable, Sendable, Equatable {
+    public struct Peer: Codable, Sendable, Equatable {
+        public var node: UInt32
+        public var address: String
+        public var generation: UInt64
+        /// Seconds since the peer's set was last received (a repeat refreshes it).
+        public var receivedSecondsAgo: Double
+        /// Endpoints the peer holds down, over all its services.
+        public var down: Int
+        /// Whether the set is recent enough to be used.
+        public var fresh: Bool
+        public init(node: UInt32, address: String, generation: UInt64, receivedSecondsAgo: Double, down: Int, fresh: Bool) {
+            self.node = node
+            self.address = address
+            self.generation = generation
+            self.receivedSecondsAgo = receivedSecondsAgo
+            self.down = down
+            self.fresh = fresh
+        }
+    }
+
+    /// The generation of the set this node publishes.
+    public var generation: UInt64
+    public var counters: VerdictCounters
+    /// Times a peer's verdict changed this node's datapath.
+    public var applied: UInt64
+    public var peers: [Peer]
+    public init(generation: UInt64, counters: VerdictCounters, applied: UInt64, peers: [Peer]) {
+        self.generation = generation
+        self.counters = counters
+        self.applied = applied
+        self.peers = peers
+    }
 }
 
 /// Lower-case, zero-padded hex of a digest.

@@ -325,7 +325,7 @@ public struct ReplicationCore: Sendable {
             break // stream-channel messages; a datagram carrying one is ignored
         case .probe, .probeRequest, .probeAck:
             break // gossip-channel messages (the header decoder keeps them off this channel)
-        case .serviceDigest, .serviceRecords:
+        case .serviceDigest, .serviceRecords, .endpointVerdicts:
             break // config-channel messages (likewise)
         }
         return actions

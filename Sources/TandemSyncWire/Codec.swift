@@ -9,7 +9,7 @@ public enum SyncChannel: UInt32, Sendable, CaseIterable, Hashable, CustomStringC
     case stream = 1
     /// UDP on the gossip port: membership probes and election adverts.
     case gossip = 2
-    /// TCP on the config port: service table sharing (digests and records).
+    /// TCP on the config port: service table sharing (digests and records) and endpoint verdicts.
     case config = 3
 
     /// Largest whole sealed message (header, ciphertext and tag) on this channel.
@@ -181,7 +181,15 @@ public enum SyncCodec {
         case .probeRequest(let p): 8 + gossipSize(p.gossip)
         case .serviceDigest: 20
         case .serviceRecords(let r): 2 + r.records.reduce(0) { $0 + serviceRecordSize($1) }
+        case .endpointVerdicts(let v):
+            SyncWire.endpointVerdictsFixed + v.services.reduce(0) { $0 + serviceVerdictSize($1) }
+                + v.hosts.count * SyncWire.hostVerdictSize
         }
+    }
+
+    /// Encoded size of one service's verdicts.
+    public static func serviceVerdictSize(_ v: ServiceVerdict) -> Int {
+        SyncWire.serviceVerdictFixed + v.down.count * SyncWire.downEndpointSize
     }
 
     /// Encoded size of one service record.
@@ -261,6 +269,33 @@ public enum SyncCodec {
         case .serviceRecords(let r):
             w.u16(count16(r.records.count, "service records"))
             for rec in r.records { encodeServiceRecord(rec, into: &w) }
+        case .endpointVerdicts(let v):
+            w.u64(v.generation)
+            w.u8(v.more ? 0x01 : 0)
+            w.u8(v.part)
+            w.u16(count16(v.services.count, "service verdicts"))
+            w.u16(count16(v.hosts.count, "host verdicts"))
+            for s in v.services {
+                w.u32(s.key.vip.value)
+                w.u16(s.key.port)
+                w.u8(s.key.proto.rawValue)
+                precondition(s.down.count <= DatapathLimits.maxEndpoints, "\(s.down.count) endpoints down in one service")
+                w.u8(UInt8(s.down.count))
+                for d in s.down {
+                    w.u32(d.address.value)
+                    w.u16(d.port)
+                    w.u8(d.reasons.rawValue)
+                    w.u8(0)  // reserved
+                    w.u64(d.sinceMicros)
+                }
+            }
+            for h in v.hosts {
+                w.u32(h.host.value)
+                w.u8(h.state.rawValue)
+                w.u8(0)  // reserved
+                w.u64(h.version)
+                w.u32(h.origin)
+            }
         }
         return w.bytes
     }
@@ -428,6 +463,9 @@ public enum SyncCodec {
             }
             r.entryIndex = nil
             message = .serviceRecords(ServiceRecords(records: records))
+
+        case .endpointVerdicts:
+            message = .endpointVerdicts(try decodeEndpointVerdicts(&r))
         }
         try r.expectEnd()
         return message
@@ -570,6 +608,91 @@ public enum SyncCodec {
                              origin: origin, spec: spec)
     }
 
+    // MARK: Endpoint verdicts
+
+    private static func decodeEndpointVerdicts(_ r: inout ByteReader) throws(SyncDecodeError) -> EndpointVerdicts {
+        let generation = try r.u64("generation")
+        guard generation != 0 else { throw r.fail("generation is 0; generations start at 1") }
+        let flags = try r.u8("flags")
+        guard flags & ~0x01 == 0 else { throw r.fail("undefined flag bits 0x\(hex(flags & ~0x01))") }
+        let more = flags & 0x01 != 0
+        let part = try r.u8("part")
+        guard Int(part) < SyncWire.maxVerdictParts else {
+            throw r.fail("part \(part), a set has at most \(SyncWire.maxVerdictParts) parts")
+        }
+        guard !more || Int(part) < SyncWire.maxVerdictParts - 1 else {
+            throw r.fail("part \(part) is the last a set may have but says more follow")
+        }
+        let serviceCount = Int(try r.u16("serviceCount"))
+        let hostCount = Int(try r.u16("hostCount"))
+        // Both lists' fixed parts must fit the bytes before anything is allocated for them.
+        try r.expectAtLeast(serviceCount * SyncWire.serviceVerdictFixed + hostCount * SyncWire.hostVerdictSize, size: 1,
+                            "counts")
+        var services: [ServiceVerdict] = []
+        services.reserveCapacity(serviceCount)
+        var previousKey: ServiceKey?
+        for i in 0..<serviceCount {
+            r.entryIndex = i
+            let vip = try r.u32("vip")
+            let port = try r.u16("port")
+            guard port != 0 else { throw r.fail("service port is 0") }
+            let rawProto = try r.u8("proto")
+            guard let proto = L4Protocol(rawValue: rawProto) else {
+                throw r.fail("protocol \(rawProto), must be 6 (TCP) or 17 (UDP)")
+            }
+            let key = ServiceKey(vip: IPv4Address(vip), port: port, proto: proto)
+            if let p = previousKey, !(p < key) { throw r.fail("service \(key) is not above the previous (\(p))") }
+            previousKey = key
+            let count = Int(try r.u8("count"))
+            guard count <= DatapathLimits.maxEndpoints else {
+                throw r.fail("count \(count) exceeds \(DatapathLimits.maxEndpoints) endpoints")
+            }
+            try r.expectAtLeast(count, size: SyncWire.downEndpointSize, "count")
+            var down: [DownEndpoint] = []
+            down.reserveCapacity(count)
+            for j in 0..<count {
+                let address = IPv4Address(try r.u32("address"))
+                let epPort = try r.u16("endpoint port")
+                guard epPort != 0 else { throw r.fail("endpoint \(j) has port 0") }
+                let reasons = VerdictReasons(rawValue: try r.u8("reasons"))
+                guard !reasons.isEmpty else { throw r.fail("endpoint \(j) is down for no reason (reasons 0)") }
+                guard VerdictReasons.known.isSuperset(of: reasons) else {
+                    throw r.fail("endpoint \(j): undefined reason bits 0x\(hex(reasons.subtracting(.known).rawValue))")
+                }
+                let reserved = try r.u8("reserved")
+                guard reserved == 0 else { throw r.fail("endpoint \(j): reserved is 0x\(hex(reserved)), must be 0") }
+                let since = try r.u64("since")
+                guard since != 0 else { throw r.fail("endpoint \(j): since is 0") }
+                if let last = down.last, !((last.address, last.port) < (address, epPort)) {
+                    throw r.fail("endpoint \(j) (\(address):\(epPort)) is not above the previous (\(last.identity))")
+                }
+                down.append(DownEndpoint(address: address, port: epPort, reasons: reasons, sinceMicros: since))
+            }
+            services.append(ServiceVerdict(key: key, down: down))
+        }
+        r.entryIndex = nil
+        try r.expectItems(hostCount, size: SyncWire.hostVerdictSize, "hostCount")
+        var hosts: [HostVerdict] = []
+        hosts.reserveCapacity(hostCount)
+        for i in 0..<hostCount {
+            let host = IPv4Address(try r.u32("host"))
+            let rawState = try r.u8("state")
+            guard let state = HostVerdictState(rawValue: rawState) else {
+                throw r.fail("host \(i): state \(rawState), must be 1 (green), 2 (yellow) or 3 (red)")
+            }
+            let reserved = try r.u8("reserved")
+            guard reserved == 0 else { throw r.fail("host \(i): reserved is 0x\(hex(reserved)), must be 0") }
+            let version = try r.u64("version")
+            guard version != 0 else { throw r.fail("host \(i): version is 0; versions start at 1") }
+            let origin = try nodeID(&r, "origin")
+            if let last = hosts.last, !(last.host < host) {
+                throw r.fail("host \(i) (\(host)) is not above the previous (\(last.host))")
+            }
+            hosts.append(HostVerdict(host: host, state: state, version: version, origin: origin))
+        }
+        return EndpointVerdicts(generation: generation, part: part, more: more, services: services, hosts: hosts)
+    }
+
     // MARK: Gossip
 
     static func encodeGossip(_ g: Gossip, into w: inout ByteWriter) {
@@ -709,6 +832,7 @@ extension SyncMessageType {
         case .probeAck: "probeAck"
         case .serviceDigest: "serviceDigest"
         case .serviceRecords: "serviceRecords"
+        case .endpointVerdicts: "endpointVerdicts"
         }
     }
 
@@ -720,10 +844,10 @@ extension SyncMessageType {
         }
     }
 
-    /// Service-sharing types, which travel only on the config channel.
+    /// Service-sharing and verdict types, which travel only on the config channel.
     public var isConfig: Bool {
         switch self {
-        case .serviceDigest, .serviceRecords: true
+        case .serviceDigest, .serviceRecords, .endpointVerdicts: true
         default: false
         }
     }

@@ -2,7 +2,7 @@
 /// exactly what the fuzzer runs. Feeds untrusted bytes to every decoder and checks the codec's
 /// invariants; a violation traps, which libFuzzer reports as a crash.
 public enum SyncDecodeFuzzing {
-    /// Input layout: byte 0 selects the payload type (its raw value when 1...16, otherwise
+    /// Input layout: byte 0 selects the payload type (its raw value when 1...17, otherwise
     /// modulo the type count); the rest is given to the header decoder and, as a payload of the
     /// selected type, to the payload decoder.
     public static func run(_ input: UnsafeRawBufferPointer) {

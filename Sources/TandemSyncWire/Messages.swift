@@ -24,6 +24,18 @@ public enum SyncWire {
     /// Fixed part of a service record: vip u32, port u16, proto u8, flags u8, version u64,
     /// origin u32, specLength u16.
     public static let serviceRecordFixed = 22
+    /// Fixed part of an endpoint-verdicts part: generation u64, flags u8, part u8,
+    /// serviceCount u16, hostCount u16.
+    public static let endpointVerdictsFixed = 14
+    /// Fixed part of one service's verdicts: vip u32, port u16, proto u8, count u8.
+    public static let serviceVerdictFixed = 8
+    /// One endpoint held down: address u32, port u16, reasons u8, reserved u8, since u64.
+    public static let downEndpointSize = 16
+    /// One host state: address u32, state u8, reserved u8, version u64, origin u32.
+    public static let hostVerdictSize = 18
+    /// Most parts one verdict set is split into (a whole set of 256 services with every
+    /// endpoint down and 16384 host states takes 9).
+    public static let maxVerdictParts = 16
 }
 
 public enum SyncMessageType: UInt8, Sendable, CaseIterable {
@@ -45,6 +57,8 @@ public enum SyncMessageType: UInt8, Sendable, CaseIterable {
     // Service table sharing (config channel, proto/SPEC.md §14).
     case serviceDigest = 15
     case serviceRecords = 16
+    // Endpoint health verdicts (config channel, proto/SPEC.md §14.5).
+    case endpointVerdicts = 17
 }
 
 /// Header flag bits.
@@ -393,6 +407,120 @@ public struct ServiceRecords: Hashable, Sendable {
     public init(records: [ServiceRecord]) { self.records = records }
 }
 
+// MARK: - Endpoint health verdicts (config channel)
+
+/// Why a node holds an endpoint out of rotation.
+public struct VerdictReasons: OptionSet, Hashable, Sendable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// The node's own probes found it dead.
+    public static let probe = VerdictReasons(rawValue: 0x01)
+    /// Its host's external state (endpointhoststate) is red.
+    public static let hostState = VerdictReasons(rawValue: 0x02)
+    public static let known: VerdictReasons = [.probe, .hostState]
+}
+
+/// An endpoint of one service that the sender holds down.
+public struct DownEndpoint: Hashable, Sendable {
+    public var address: IPv4Address
+    public var port: UInt16
+    /// Non-empty.
+    public var reasons: VerdictReasons
+    /// When the endpoint went down at the sender (wall clock µs; non-zero).
+    public var sinceMicros: UInt64
+
+    public init(address: IPv4Address, port: UInt16, reasons: VerdictReasons, sinceMicros: UInt64) {
+        self.address = address
+        self.port = port
+        self.reasons = reasons
+        self.sinceMicros = sinceMicros
+    }
+
+    /// The endpoint's identity as services name it ("ip:port").
+    public var identity: String { "\(address):\(port)" }
+}
+
+/// One service the sender serves and the endpoints of it that it holds down (none: all in
+/// rotation). Listing every service lets a receiver tell "none down" from "not served".
+public struct ServiceVerdict: Hashable, Sendable {
+    public var key: ServiceKey
+    /// At most `DatapathLimits.maxEndpoints`, ascending by (address, port).
+    public var down: [DownEndpoint]
+    public init(key: ServiceKey, down: [DownEndpoint]) {
+        self.key = key
+        self.down = down
+    }
+}
+
+/// An endpoint host's external state, as `POST config/endpointhoststate` sets it.
+public enum HostVerdictState: UInt8, Sendable, CaseIterable, Hashable {
+    case green = 1
+    case yellow = 2
+    case red = 3
+
+    public var name: String {
+        switch self {
+        case .green: "green"
+        case .yellow: "yellow"
+        case .red: "red"
+        }
+    }
+
+    public init?(name: String) {
+        guard let s = Self.allCases.first(where: { $0.name == name.lowercased() }) else { return nil }
+        self = s
+    }
+}
+
+/// The newest write of one host's external state: shared cluster-wide, newest (version, origin)
+/// wins, like a service record.
+public struct HostVerdict: Hashable, Sendable {
+    public var host: IPv4Address
+    public var state: HostVerdictState
+    /// Hybrid logical clock in µs at the node where the state was posted; non-zero.
+    public var version: UInt64
+    /// That node's id; non-zero.
+    public var origin: UInt32
+
+    public init(host: IPv4Address, state: HostVerdictState, version: UInt64, origin: UInt32) {
+        self.host = host
+        self.state = state
+        self.version = version
+        self.origin = origin
+    }
+
+    /// Whether this write beats `other` of the same host: newer version, then higher origin.
+    public func supersedes(_ other: HostVerdict) -> Bool {
+        (version, origin) > (other.version, other.origin)
+    }
+}
+
+/// One part of the sender's verdict set: the services it serves with the endpoints it holds
+/// down, and the host states it knows. A set is one or more parts sent back to back, all with
+/// the same generation; every part but the last has `more` set.
+public struct EndpointVerdicts: Hashable, Sendable {
+    /// The set's version at the sender: a hybrid logical clock in µs that grows with every change
+    /// of the set; non-zero.
+    public var generation: UInt64
+    /// Index of this part, from 0; below `SyncWire.maxVerdictParts`.
+    public var part: UInt8
+    /// Another part of this set follows.
+    public var more: Bool
+    /// Ascending by service key (vip, port, proto), across the parts of a set too.
+    public var services: [ServiceVerdict]
+    /// Ascending by address, across the parts of a set too.
+    public var hosts: [HostVerdict]
+
+    public init(generation: UInt64, part: UInt8 = 0, more: Bool = false, services: [ServiceVerdict],
+                hosts: [HostVerdict]) {
+        self.generation = generation
+        self.part = part
+        self.more = more
+        self.services = services
+        self.hosts = hosts
+    }
+}
+
 public enum SyncMessage: Hashable, Sendable {
     case hello(Hello)
     case deltaBatch(DeltaBatch)
@@ -410,6 +538,7 @@ public enum SyncMessage: Hashable, Sendable {
     case probeAck(ProbeAck)
     case serviceDigest(ServiceDigest)
     case serviceRecords(ServiceRecords)
+    case endpointVerdicts(EndpointVerdicts)
 
     public var type: SyncMessageType {
         switch self {
@@ -429,6 +558,7 @@ public enum SyncMessage: Hashable, Sendable {
         case .probeAck: .probeAck
         case .serviceDigest: .serviceDigest
         case .serviceRecords: .serviceRecords
+        case .endpointVerdicts: .endpointVerdicts
         }
     }
 }

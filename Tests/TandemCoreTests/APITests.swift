@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import TandemAPI
 @testable import TandemCore
+import TandemServiceSync
 
 @Suite struct APIModelTests {
     func decode(_ json: String) throws -> LoadBalancerEntry {
@@ -66,6 +67,8 @@ import Testing
         #expect(paths[APIRoutes.conntrackAll] != nil)
         #expect(paths[APIRoutes.clusterServices] != nil)
         #expect(paths[APIRoutes.endpointHostState] != nil)
+        #expect(paths[APIRoutes.endpoint] != nil)
+        #expect(paths[APIRoutes.endpoint + "/epipaddress/{ip}"] != nil)
     }
 }
 
@@ -91,6 +94,22 @@ import Testing
         let t = TableRenderer.loadBalancers([LoadBalancerEntry(service: s)], wide: false)
         #expect(t.contains("| EXT IP      | PORT  | PROTO | NAME | MARK | SEL | MODE    | # OF ENDPOINTS | MONITOR |"))
         #expect(t.contains("| 10.0.10.143 | 56002 | tcp   | web  | 0    | rr  | fullnat | 1              | Off     |"))
+        // get ep: the node's own probe state beside the verdict in force and whose it is.
+        var ep = EndpointHostEntry(hostName: "10.0.10.21", name: "10.0.10.143:56002/tcp", probeType: "tcp", currState: "up")
+        ep.verdict = "down"
+        ep.verdictFrom = "10.0.10.141"
+        let eps = TableRenderer.endpointHosts([ep])
+        #expect(eps.contains("| STATE | LAST PROBE | PROBED | IN STATE | IN FORCE | FROM        |"), "\(eps)")
+        #expect(eps.contains("| up    | -          | -      | -        | down     | 10.0.10.141 |"), "\(eps)")
+        // get cluster -o wide: whose verdicts this node holds, and how fresh.
+        var sync = ServiceSyncStatus(node: 1, services: 1, digest: "00", tombstones: 0, peers: [], counters: ServiceSyncCounters(),
+                                     dropped: [:], refused: 0)
+        sync.verdicts = VerdictStatus(generation: 9, counters: VerdictCounters(), applied: 2,
+                                      peers: [.init(node: 2, address: "10.0.10.141", generation: 7, receivedSecondsAgo: 0.5, down: 1,
+                                                    fresh: true)])
+        let wideSync = TableRenderer.serviceSync(sync, wide: true)
+        #expect(wideSync.contains("| peer verdicts applied ") && wideSync.contains("| 10.0.10.141   | 7          | 1    | 0.5 s ago | yes   |"),
+                "\(wideSync)")
         let ct = TableRenderer.conntrack([])
         #expect(ct.contains("SERVICE | DEST IP | SRC IP | DPORT | SPORT | PROTO | STATE | ACT | PACKETS | BYTES"))
     }

@@ -118,10 +118,17 @@ import Testing
     func sample() throws -> NodeState {
         let e = try JSONDecoder().decode(LoadBalancerEntry.self, from: Data(KubeLoxilbRequestTests.kubeLoxilbBody.utf8))
         let r = try e.toRequest()
-        return NodeState(services: [LoadBalancerEntry(service: r.service, options: r.options)], deleted: ["10.0.10.150:53/udp"],
-                         stamps: ["10.0.10.143:56002/tcp": ServiceStamp(version: 1_700_000_000_000_001, origin: 0x0a000a8d),
-                                  "10.0.10.150:53/udp": ServiceStamp(version: 1_700_000_000_000_009, origin: 0x0a000a58,
-                                                                     tombstonedAt: 1_700_000_000_000_009)])
+        var state = NodeState(services: [LoadBalancerEntry(service: r.service, options: r.options)], deleted: ["10.0.10.150:53/udp"],
+                              stamps: ["10.0.10.143:56002/tcp": ServiceStamp(version: 1_700_000_000_000_001, origin: 0x0a000a8d),
+                                       "10.0.10.150:53/udp": ServiceStamp(version: 1_700_000_000_000_009, origin: 0x0a000a58,
+                                                                          tombstonedAt: 1_700_000_000_000_009)],
+                              hostStates: ["10.0.10.21": "red", "10.0.10.22": "green"])
+        // A host state keeps its cluster-shared version; one from an older file has none.
+        state.hostStamps["10.0.10.21"] = ServiceStamp(version: 1_700_000_000_000_020, origin: 0x0a000a58)
+        state.endpoints = [EndpointObjectEntry(hostName: "10.0.10.21", name: "10.0.10.21_tcp_80", inactiveReTries: 2,
+                                               probeType: "http", probeReq: "healthz", probeResp: "", probeDuration: 5,
+                                               probePort: 80)]
+        return state
     }
 
     @Test func aSharedSpecIsTheSameBytesForTheSameRuleAndDecodesBackToIt() throws {
@@ -158,6 +165,7 @@ import Testing
         ("{\"tandemState\":1}\n{\"stamp\":\"10.0.10.143:80/tcp\",\"version\":0,\"origin\":1}\n", "line 2: a stamp needs"),
         ("{\"tandemState\":1}\n{\"stamp\":\"nonsense\",\"version\":5,\"origin\":1}\n", "line 2: stamp key"),
         ("{\"tandemState\":1}\n{\"deleted\":\"x\",\"stamp\":\"10.0.10.143:80/tcp\",\"version\":5,\"origin\":1}\n", "line 2: a record must hold"),
+        ("{\"tandemState\":1}\n{\"endpoint\":{\"hostName\":\"10.0.10.21\",\"probeType\":\"sctp\",\"probePort\":80}}\n", "line 2: endpoint object: host-args"),
     ])
     func damagedFilesAreReportedByLineAndLeftAlone(_ text: String, _ expected: String) throws {
         let path = tempPath()

@@ -98,7 +98,7 @@ import TandemSync
         TandemMetrics.bootstrap()
         let node = FakeNode(
             datapath: ["drop_no_endpoint": 4, "drop_table_full": 0, "events_stateChanged": 9, "events_lost": 1,
-                       "icmp_replied": 2],
+                       "icmp_replied": 2, "verdicts_received": 12, "verdicts_applied": 3],
             services: [try service(name: "metrics-web", packets: 100, active: 3)],
             replication: replication(), ha: try cluster(instance: "metrics-inst"))
         let (status, contentType, text) = try await scrape(node)
@@ -113,6 +113,8 @@ import TandemSync
             #"tandem_datapath_events_total{kind="state_changed"} 9"#,
             "tandem_datapath_events_lost_total 1",
             "tandem_datapath_icmp_replies_total 2",
+            #"tandem_cluster_verdicts_total{event="received"} 12"#,
+            #"tandem_cluster_verdicts_total{event="applied"} 3"#,
             "# TYPE tandem_service_active_connections gauge",
             "tandem_service_active_connections{\(svc)} 3.0",
             "tandem_service_packets_total{\(svc)} 100",

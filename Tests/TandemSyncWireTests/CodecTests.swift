@@ -106,9 +106,10 @@ struct TestRNG: RandomNumberGenerator {
         #expect(reason(patched(2, 0)) == .badVersion)
         #expect(reason(patched(2, 2)) == .badVersion)
         #expect(reason(patched(3, 0)) == .unknownType)
-        #expect(reason(patched(3, 17)) == .unknownType)
+        #expect(reason(patched(3, 18)) == .unknownType)
         #expect(reason(patched(3, 12)) == .badFlags)  // a probe without the gossip flag
         #expect(reason(patched(3, 15)) == .badFlags)  // a service digest without the config flag
+        #expect(reason(patched(3, 17)) == .badFlags)  // endpoint verdicts without the config flag
         #expect(reason(patched(3, 255)) == .unknownType)
         for bit in 1..<8 { #expect(reason(patched(4, 1 << bit)) == .badFlags) }
         #expect(reason(patched(4, 1)) == nil)

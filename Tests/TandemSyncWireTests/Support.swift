@@ -118,7 +118,30 @@ enum Fixtures {
         ("service-digest", .config, serviceDigest),
         ("service-records", .config, serviceRecords),
         ("service-records-end", .config, .serviceRecords(ServiceRecords(records: []))),
+        ("endpoint-verdicts", .config, endpointVerdicts),
+        ("endpoint-verdicts-more", .config, .endpointVerdicts(EndpointVerdicts(
+            generation: 1_700_000_000_600_000, part: 0, more: true,
+            services: [ServiceVerdict(key: liveService.key, down: [])], hosts: []))),
+        ("endpoint-verdicts-empty", .config, .endpointVerdicts(EndpointVerdicts(
+            generation: 1, part: 0, more: false, services: [], hosts: []))),
     ]
+
+    /// A verdict set in one part: a TCP service with two endpoints down (one by probe, one by
+    /// probe and a red host), a UDP service with none down, and two host states.
+    static let endpointVerdicts = SyncMessage.endpointVerdicts(EndpointVerdicts(
+        generation: 1_700_000_000_500_000, part: 0, more: false,
+        services: [
+            ServiceVerdict(key: liveService.key, down: [
+                DownEndpoint(address: ip("10.0.0.11"), port: 8080, reasons: [.probe], sinceMicros: 1_700_000_000_400_000),
+                DownEndpoint(address: ip("10.0.0.12"), port: 8080, reasons: [.probe, .hostState],
+                             sinceMicros: 1_700_000_000_450_000),
+            ]),
+            ServiceVerdict(key: deletedService.key, down: []),
+        ],
+        hosts: [
+            HostVerdict(host: ip("10.0.0.12"), state: .red, version: 1_700_000_000_450_000, origin: 3),
+            HostVerdict(host: ip("10.0.0.13"), state: .green, version: 1_700_000_000_460_000, origin: 1),
+        ]))
 
     /// A live service (a short JSON spec) and a tombstone.
     static let liveService = ServiceRecord(
@@ -252,6 +275,19 @@ enum Describe {
             ["probeID": Int(a.probeID), "target": Int(a.target), "requester": Int(a.requester), "gossip": gossip(a.gossip)]
         case .serviceDigest(let d):
             ["count": Int(d.count), "digest": hash(d.digest), "maxVersion": u64(d.maxVersion)]
+        case .endpointVerdicts(let v):
+            ["generation": u64(v.generation), "part": Int(v.part), "more": v.more,
+             "services": v.services.map { s -> [String: Any] in
+                 ["vip": s.key.vip.description, "port": Int(s.key.port), "proto": Int(s.key.proto.rawValue),
+                  "down": s.down.map { d -> [String: Any] in
+                      ["address": d.address.description, "port": Int(d.port), "reasons": Int(d.reasons.rawValue),
+                       "since": u64(d.sinceMicros)]
+                  }]
+             },
+             "hosts": v.hosts.map { h -> [String: Any] in
+                 ["host": h.host.description, "state": Int(h.state.rawValue), "version": u64(h.version),
+                  "origin": Int(h.origin)]
+             }]
         case .serviceRecords(let r):
             ["records": r.records.map { rec -> [String: Any] in
                 var d: [String: Any] = ["vip": rec.key.vip.description, "port": Int(rec.key.port),

@@ -94,8 +94,8 @@ enum VectorGenerator {
                     note: "the hello vector with magic 0x5454"),
             Invalid(name: "bad-version", bytes: patched(hello, [(2, 2)]), channel: .datagram, expect: .badVersion,
                     note: "the hello vector with version 2"),
-            Invalid(name: "unknown-type", bytes: patched(hello, [(3, 17)]), channel: .datagram, expect: .unknownType,
-                    note: "the hello vector with type 17"),
+            Invalid(name: "unknown-type", bytes: patched(hello, [(3, 200)]), channel: .datagram, expect: .unknownType,
+                    note: "the hello vector with type 200 (unassigned)"),
             Invalid(name: "unknown-type-zero", bytes: patched(hello, [(3, 0)]), channel: .datagram, expect: .unknownType,
                     note: "the hello vector with type 0"),
             Invalid(name: "bad-flags", bytes: patched(hello, [(4, 0x08)]), channel: .datagram, expect: .badFlags,
@@ -154,6 +154,9 @@ enum VectorGenerator {
         }
         let probePayload = SyncCodec.encodePayload(Fixtures.probe)
         let recordsPayload = SyncCodec.encodePayload(Fixtures.serviceRecords)
+        // Offsets in the endpoint-verdicts payload: fixed part 0-13; service 0 at 14 (its
+        // endpoints at 22 and 38, 16 bytes each); service 1 at 54; hosts at 62 and 80.
+        let verdicts = SyncCodec.encodePayload(Fixtures.endpointVerdicts)
         let batch = SyncCodec.encodePayload(.deltaBatch(DeltaBatch(firstSequence: 42, entries: [Fixtures.tcpUpsert, Fixtures.udpDelete])))
         let ack = SyncCodec.encodePayload(.ack(Ack(streamEpoch: Fixtures.epoch, cumulative: 41)))
         list += [
@@ -229,6 +232,36 @@ enum VectorGenerator {
                       "service records whose count 65535 cannot fit in the bytes (checked before decoding)"),
             malformed("advert-reserved", .probeAck, patched(SyncCodec.encodePayload(Fixtures.probeAck), [(14 + 9 + 15, 1)]),
                       "probe ack whose advert has reserved 1"),
+            malformed("verdicts-generation-zero", .endpointVerdicts, patched(verdicts, (0..<8).map { ($0, UInt8(0)) }),
+                      "endpoint verdicts of generation 0"),
+            malformed("verdicts-flags", .endpointVerdicts, patched(verdicts, [(8, 0x02)]),
+                      "endpoint verdicts with the undefined flag bit 0x02"),
+            malformed("verdicts-part-over-limit", .endpointVerdicts, patched(verdicts, [(9, 16)]),
+                      "endpoint verdicts part 16 (a set has at most 16 parts, 0-15)"),
+            malformed("verdicts-last-part-more", .endpointVerdicts, patched(verdicts, [(8, 0x01), (9, 15)]),
+                      "endpoint verdicts part 15 that says more parts follow"),
+            malformed("verdicts-counts-over-bytes", .endpointVerdicts, patched(verdicts, [(10, 0xff), (11, 0xff)]),
+                      "endpoint verdicts whose serviceCount 65535 cannot fit in the bytes (checked before decoding)"),
+            malformed("verdicts-service-order", .endpointVerdicts, patched(verdicts, [(57, 9)]),
+                      "endpoint verdicts whose second service (198.51.100.9) is not above the first (198.51.100.10)"),
+            malformed("verdicts-service-proto", .endpointVerdicts, patched(verdicts, [(20, 1)]),
+                      "endpoint verdicts for a service of protocol 1"),
+            malformed("verdicts-endpoint-count", .endpointVerdicts, patched(verdicts, [(21, 65)]),
+                      "endpoint verdicts with 65 endpoints down in one service (limit 64)"),
+            malformed("verdicts-endpoint-order", .endpointVerdicts, patched(verdicts, [(41, 10)]),
+                      "endpoint verdicts whose second endpoint (10.0.0.10:8080) is not above the first (10.0.0.11:8080)"),
+            malformed("verdicts-endpoint-reasons", .endpointVerdicts, patched(verdicts, [(28, 0)]),
+                      "endpoint verdicts with an endpoint down for no reason (reasons 0)"),
+            malformed("verdicts-endpoint-reserved", .endpointVerdicts, patched(verdicts, [(29, 1)]),
+                      "endpoint verdicts with an endpoint's reserved byte 1"),
+            malformed("verdicts-endpoint-since-zero", .endpointVerdicts, patched(verdicts, (30..<38).map { ($0, UInt8(0)) }),
+                      "endpoint verdicts with an endpoint down since 0"),
+            malformed("verdicts-host-state", .endpointVerdicts, patched(verdicts, [(66, 4)]),
+                      "endpoint verdicts with host state 4"),
+            malformed("verdicts-host-order", .endpointVerdicts, patched(verdicts, [(83, 11)]),
+                      "endpoint verdicts whose second host (10.0.0.11) is not above the first (10.0.0.12)"),
+            malformed("verdicts-host-origin-zero", .endpointVerdicts, patched(verdicts, (76..<80).map { ($0, UInt8(0)) }),
+                      "endpoint verdicts with a host state from origin node 0"),
         ]
         return list
     }

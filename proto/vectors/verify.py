@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks proto/vectors with an implementation independent of the Swift code: Python's hmac and
 hashlib for HKDF-SHA256, the `cryptography` package for ChaCha20-Poly1305, and the hash functions
-of SPEC.md §10.1 written out again. Optional (the Swift tests are the gate); needs
+of SPEC.md §10.1 and the endpointVerdicts layout of §14.5 written out again. Optional (the Swift tests are the gate); needs
 python3-cryptography.  Usage: python3 proto/vectors/verify.py"""
 import glob, hashlib, hmac, json, os, struct, sys
 
@@ -34,6 +34,55 @@ def flow_hash(k):
     return mix(mix((a + 0x9E3779B97F4A7C15) & M) ^ b)
 
 
+def ip_text(v):
+    return ".".join(str((v >> s) & 0xFF) for s in (24, 16, 8, 0))
+
+
+def decode_endpoint_verdicts(b):
+    """endpointVerdicts (17), SPEC.md §14.5, decoded from its own description; raises ValueError
+    on anything a receiver must refuse."""
+    if len(b) < 14:
+        raise ValueError("shorter than the fixed part")
+    generation, flags, part, nsvc, nhost = struct.unpack(">QBBHH", b[:14])
+    if generation == 0 or flags & ~1 or part >= 16 or (flags & 1 and part == 15):
+        raise ValueError("bad fixed part")
+    if nsvc * 8 + nhost * 18 > len(b) - 14:
+        raise ValueError("counts exceed the bytes")
+    off, services, prev = 14, [], None
+    for _ in range(nsvc):
+        if off + 8 > len(b):
+            raise ValueError("service runs past the payload")
+        vip, port, proto, n = struct.unpack(">IHBB", b[off:off + 8])
+        off += 8
+        key = (vip, port, proto)
+        if port == 0 or proto not in (6, 17) or n > 64 or (prev is not None and key <= prev):
+            raise ValueError("bad service")
+        prev, down, prev_ep = key, [], None
+        for _ in range(n):
+            if off + 16 > len(b):
+                raise ValueError("endpoint runs past the payload")
+            addr, eport, reasons, reserved, since = struct.unpack(">IHBBQ", b[off:off + 16])
+            off += 16
+            if eport == 0 or reasons == 0 or reasons & ~3 or reserved or since == 0 or \
+                    (prev_ep is not None and (addr, eport) <= prev_ep):
+                raise ValueError("bad endpoint")
+            prev_ep = (addr, eport)
+            down.append({"address": ip_text(addr), "port": eport, "reasons": reasons, "since": str(since)})
+        services.append({"vip": ip_text(vip), "port": port, "proto": proto, "down": down})
+    if len(b) - off != nhost * 18:
+        raise ValueError("host count disagrees with the bytes")
+    hosts, prev_host = [], None
+    for _ in range(nhost):
+        host, state, reserved, version, origin = struct.unpack(">IBBQI", b[off:off + 18])
+        off += 18
+        if state not in (1, 2, 3) or reserved or version == 0 or origin == 0 or \
+                (prev_host is not None and host <= prev_host):
+            raise ValueError("bad host")
+        prev_host = host
+        hosts.append({"host": ip_text(host), "state": state, "version": str(version), "origin": origin})
+    return {"generation": str(generation), "part": part, "more": bool(flags & 1), "services": services, "hosts": hosts}
+
+
 def main():
     h = json.load(open(os.path.join(HERE, "hashes.json")))
     for m in h["mix"]:
@@ -58,7 +107,7 @@ def main():
     assert info.hex() == s["info"]
     assert hkdf(KEY, s["salt"].encode(), info).hex() == s["subkey"]
 
-    count = 0
+    count = verdicts = refused = 0
     for path in sorted(glob.glob(os.path.join(HERE, "valid", "*.hex"))):
         frame = bytes.fromhex("".join(open(path).read().split()))
         d = json.load(open(path[:-4] + ".json"))
@@ -72,8 +121,22 @@ def main():
         nonce = struct.pack(">IQ", channel, seq)
         plain = ChaCha20Poly1305(subkey).decrypt(nonce, frame[28:], frame[:28])
         assert plain.hex() == d["payload"], path
+        if type_ == 17:
+            assert decode_endpoint_verdicts(plain) == d["message"], path
+            verdicts += 1
         count += 1
-    print(f"ok: hashes, subkey, and {count} sealed vectors verified")
+    for path in sorted(glob.glob(os.path.join(HERE, "invalid", "*.json"))):
+        d = json.load(open(path))
+        if d.get("type") == 17:
+            try:
+                decode_endpoint_verdicts(bytes.fromhex(d["payload"]))
+            except ValueError:
+                refused += 1
+                continue
+            raise AssertionError(f"{path}: decodes, but a receiver must refuse it")
+    assert verdicts >= 3 and refused >= 10, (verdicts, refused)
+    print(f"ok: hashes, subkey, and {count} sealed vectors verified; "
+          f"{verdicts} endpointVerdicts decoded, {refused} malformed ones refused")
 
 
 if __name__ == "__main__":
