@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Partition test: two Tandem nodes on the L2 test bed, the network between them cut one way, the
-# other way, and both ways, each followed by healing. What must hold (README, "Partitions"):
+# other way, and both ways, each followed by healing. What must hold (docs/ha.md, "Partitions"):
 #   - one-way cut: the side that stops hearing its peer elects itself with a higher term; the peer
 #     hears that term and steps down, but its own probes go unanswered, so it declares the other
 #     dead and claims a higher term still, which the other cannot hear: during a one-way cut both

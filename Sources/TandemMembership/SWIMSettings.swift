@@ -29,7 +29,7 @@ public struct SWIMSettings: Sendable, Hashable {
     public var startupGraceNanos: UInt64 = 2_000_000_000
     /// A member that announced `restarting` (a graceful daemon restart: its datapath keeps
     /// forwarding) is neither suspected nor elected around for this long; if it has not returned
-    /// by then it is declared dead. Long enough for a restart (measured: see README), short
+    /// by then it is declared dead. Long enough for a restart (measured: docs/restart.md), short
     /// enough that a node that never comes back costs one bounded outage.
     public var restartHoldNanos: UInt64 = 10_000_000_000
 

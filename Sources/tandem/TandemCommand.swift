@@ -203,7 +203,7 @@ struct Node: AsyncParsableCommand {
         @Option(name: .long, help: "OCI: config profile (default DEFAULT).") var profile: String?
         @Option(name: .long, help: "OCI: Core API base URL (default from the region).") var apiEndpoint: String?
         @Option(name: .long, help: "OCI: instance metadata base URL (default http://169.254.169.254).") var imdsEndpoint: String?
-        @Flag(name: .long, help: "Also attach the XDP fast path (native XDP) for established flows; see README.")
+        @Flag(name: .long, help: "Also attach the XDP fast path (native XDP) for established flows; see docs/datapath.md.")
         var xdp = false
         @Option(name: .long, help: "State file that keeps API changes across restarts (default /var/lib/tandem/state.jsonl).")
         var stateFile: String?
