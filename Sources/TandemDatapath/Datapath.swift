@@ -97,7 +97,7 @@ public actor Datapath {
     /// How this start found the pin directory (`.fresh` without persistence).
     public nonisolated let adoption: DatapathAdoption
     /// What the previous run's graceful exit left (adopted starts only).
-    public nonisolated let resumeRecord: DatapathResumeRecord?
+    public nonisolated let resumeRecord: GracefulExitRecord?
     private let pins: PinDirectory?
     private let metaFD: Int32
     private var meta: PinMeta?
@@ -392,7 +392,7 @@ public actor Datapath {
     /// With `release` false (a graceful restart of a pinned datapath): the programs stay attached
     /// and the maps pinned, so forwarding goes on while no daemon runs; `resume`, when given, is
     /// left for the next start. Without pins there is nothing to keep: the datapath is released.
-    public func close(release: Bool, resume: DatapathResumeRecord? = nil) {
+    public func close(release: Bool, resume: GracefulExitRecord? = nil) {
         guard !closed else { return }
         closed = true
         let keep = !release && pins != nil

@@ -2,39 +2,7 @@ import CLibBPF
 import CTandemShim
 import Foundation
 import Glibc
-
-/// What a graceful exit leaves in the pinned datapath for the next start: the roles it held (so a
-/// resumed MASTER keeps its term and floating IPs without an election) and its incarnation (so the
-/// new process out-ranks the "restarting" its peers hold).
-public struct DatapathResumeRecord: Sendable, Equatable {
-    public struct Instance: Sendable, Equatable {
-        /// FNV-1a 32 of the HA instance name.
-        public var id: UInt32
-        public var master: Bool
-        public var term: UInt64
-        public init(id: UInt32, master: Bool, term: UInt64) {
-            self.id = id
-            self.master = master
-            self.term = term
-        }
-    }
-    /// Wall clock of the exit, in microseconds.
-    public var exitedAtMicros: UInt64
-    public var incarnation: UInt32
-    public var instances: [Instance]
-
-    public init(exitedAtMicros: UInt64, incarnation: UInt32, instances: [Instance]) {
-        self.exitedAtMicros = exitedAtMicros
-        self.incarnation = incarnation
-        self.instances = instances
-    }
-
-    /// Whether a start at `nowMicros` may still resume: peers hold a restarting member for
-    /// `holdMicros`, after which they have declared it dead and elected without it.
-    public func isFresh(nowMicros: UInt64, holdMicros: UInt64) -> Bool {
-        nowMicros >= exitedAtMicros && nowMicros - exitedAtMicros < holdMicros
-    }
-}
+import TandemCore
 
 /// How a start found the pin directory.
 public enum DatapathAdoption: Sendable, Equatable {
@@ -176,10 +144,10 @@ struct PinMeta {
         }
     }
 
-    var resume: DatapathResumeRecord? {
+    var resume: GracefulExitRecord? {
         get {
             guard raw.flags & UInt32(TDM_META_F_RESUME) != 0 else { return nil }
-            var list: [DatapathResumeRecord.Instance] = []
+            var list: [GracefulExitRecord.Instance] = []
             var m = raw
             withUnsafeBytes(of: &m.instances) { buf in
                 let n = min(Int(m.instance_count), Int(TDM_META_INSTANCES))
@@ -188,7 +156,7 @@ struct PinMeta {
                     list.append(.init(id: x.id, master: x.role == 2, term: x.term))
                 }
             }
-            return DatapathResumeRecord(exitedAtMicros: raw.exited_at_us, incarnation: raw.incarnation, instances: list)
+            return GracefulExitRecord(exitedAtMicros: raw.exited_at_us, incarnation: raw.incarnation, instances: list)
         }
         set {
             guard let r = newValue else {

@@ -21,27 +21,6 @@ public struct HAInstanceConfig: Sendable, Equatable {
     public static let defaultName = "llb-inst0"
 }
 
-/// What a graceful restart carries from one daemon life to the next (kept in the pinned datapath):
-/// the membership incarnation it had and its role and term per instance (by instance id).
-public struct HAResume: Sendable, Equatable {
-    public struct Instance: Sendable, Equatable {
-        public var id: UInt32
-        public var master: Bool
-        public var term: UInt64
-        public init(id: UInt32, master: Bool, term: UInt64) {
-            self.id = id
-            self.master = master
-            self.term = term
-        }
-    }
-    public var incarnation: UInt32
-    public var instances: [Instance]
-    public init(incarnation: UInt32, instances: [Instance]) {
-        self.incarnation = incarnation
-        self.instances = instances
-    }
-}
-
 public struct HAPeer: Sendable, Equatable {
     public var id: UInt32
     public var address: IPv4Address

@@ -67,7 +67,7 @@ public final class HAShell: @unchecked Sendable {
     /// `resume`: what the previous life of this daemon left at a graceful restart; its MASTER
     /// instances resume without an election or a takeover, and the incarnation goes above it.
     public init(config: HAShellConfig, hooks: HAHooks, provider: any CloudProvider, logger: Logger,
-                resume: HAResume? = nil) {
+                resume: GracefulExitRecord? = nil) {
         self.config = config
         self.hooks = hooks
         self.provider = provider
@@ -162,20 +162,20 @@ public final class HAShell: @unchecked Sendable {
     /// announces `restarting` instead, so peers hold their fire for their restart hold, and keeps
     /// the VIP gate and the floating IPs as they are. Returns what the next life resumes.
     @discardableResult
-    public func stop(restarting: Bool = false) async -> HAResume? {
+    public func stop(restarting: Bool = false) async -> GracefulExitRecord? {
         let first = stoppedBox.withLockedValue { stopped -> Bool in
             defer { stopped = true }
             return !stopped
         }
         guard first else { return nil }
-        let (released, resume): ([IPv4Address], HAResume?) = (try? await loop.submit { [self] () -> ([IPv4Address], HAResume?) in
+        let (released, resume): ([IPv4Address], GracefulExitRecord?) = (try? await loop.submit { [self] () -> ([IPv4Address], GracefulExitRecord?) in
             timer?.cancel()
             timer = nil
             if restarting {
                 // Three copies each: the process is gone before a lost one could be noticed.
                 perform(swim.leave(restarting: true, copies: 3))
-                let r = HAResume(incarnation: swim.incarnation, instances: elections.map {
-                    HAResume.Instance(id: $0.instance, master: $0.role == .master, term: $0.term)
+                let r = GracefulExitRecord(exitedAtMicros: wallClockMicros(), incarnation: swim.incarnation, instances: elections.map {
+                    GracefulExitRecord.Instance(id: $0.instance, master: $0.role == .master, term: $0.term)
                 })
                 return ([], r)
             }

@@ -164,12 +164,11 @@ public enum NodeRunner {
             throw ConfigError(e.message)
         }
         // A graceful exit's record, while peers still hold this node as restarting.
-        var resume: HAResume?
+        var resume: GracefulExitRecord?
         if let r = datapath.resumeRecord {
             let hold = haSettings?.restartHoldNanos ?? 10_000_000_000
             if r.isFresh(nowMicros: wallClockMicros(), holdMicros: hold / 1000) {
-                resume = HAResume(incarnation: r.incarnation,
-                                  instances: r.instances.map { .init(id: $0.id, master: $0.master, term: $0.term) })
+                resume = r
             } else {
                 logger.notice("the previous run's graceful exit is older than the restart hold: starting as a returning node")
             }
@@ -409,9 +408,9 @@ final class DatapathService: ServiceLifecycle.Service, @unchecked Sendable {
             await sharing?.stop()
             reader.stop()
             await replication?.stop()
-            await datapath.close(release: false, resume: DatapathResumeRecord(
-                exitedAtMicros: wallClockMicros(), incarnation: resume?.incarnation ?? 0,
-                instances: (resume?.instances ?? []).map { .init(id: $0.id, master: $0.master, term: $0.term) }))
+            // Without HA there is no role to resume, only the datapath.
+            await datapath.close(release: false, resume: resume ?? GracefulExitRecord(
+                exitedAtMicros: wallClockMicros(), incarnation: 0, instances: []))
             return
         }
         // Leave the cluster first: peers elect at once, and this node stops answering for the

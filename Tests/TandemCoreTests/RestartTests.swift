@@ -33,7 +33,7 @@ import TandemDatapath
 
     @Test("a resume record counts only within the peers' restart hold")
     func resumeFreshness() {
-        let r = DatapathResumeRecord(exitedAtMicros: 1_000_000, incarnation: 5, instances: [])
+        let r = GracefulExitRecord(exitedAtMicros: 1_000_000, incarnation: 5, instances: [])
         #expect(r.isFresh(nowMicros: 1_000_000, holdMicros: 10_000_000))
         #expect(r.isFresh(nowMicros: 10_999_999, holdMicros: 10_000_000))
         #expect(!r.isFresh(nowMicros: 11_000_000, holdMicros: 10_000_000))

@@ -38,7 +38,7 @@ extension Privileged {
             #expect(first.adoption == .fresh)
             try await first.install(Self.service, slot: 5, hashSeed: 1)
             try first.setActiveVIPs([Self.key.vip])
-            let record = DatapathResumeRecord(exitedAtMicros: 123, incarnation: 9,
+            let record = GracefulExitRecord(exitedAtMicros: 123, incarnation: 9,
                                               instances: [.init(id: 0xabcd, master: true, term: 4)])
             await first.close(release: false, resume: record)
             let pinned = try FileManager.default.contentsOfDirectory(atPath: dir)
