@@ -52,6 +52,8 @@ start_node() {
 api() { tb_exec "$1" "$TANDEM" get cluster -o json 2>/dev/null; }
 # role NODE -> MASTER/BACKUP/FAULT (empty if the API does not answer)
 role() { api "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["instances"][0]["role"])' 2>/dev/null || true; }
+# term NODE -> the first instance's term (empty if the API does not answer)
+term() { api "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["instances"][0]["term"])' 2>/dev/null || true; }
 in_sync() { api "$1" | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["inSync"] else 1)' 2>/dev/null; }
 master_of() { local n; for n in llb1 llb2; do [[ "$(role "$n")" == MASTER ]] && echo "$n"; done; return 0; }
 

@@ -105,7 +105,7 @@ flows_report() {
 
 say "long-lived flows: 50 TCP + 10 UDP through $TB_VIP; restart the MASTER's daemon ($BACKUP) as systemctl restart would"
 flows restart
-term_before="$(api "$BACKUP" | python3 -c 'import json,sys; print(json.load(sys.stdin)["instances"][0]["term"])')"
+term_before="$(term "$BACKUP")"
 pid="$(cat "$TB_STATE/$BACKUP.pid")"
 t0="$(date +%s%3N)"
 kill -TERM "$pid"
@@ -117,7 +117,7 @@ sleep 3
 kill -TERM "$FLOWS_PID"
 rc=0; wait "$FLOWS_PID" || rc=$?
 FLOWS_PID=""
-term_after="$(api "$BACKUP" | python3 -c 'import json,sys; print(json.load(sys.stdin)["instances"][0]["term"])')"
+term_after="$(term "$BACKUP")"
 echo "$BACKUP is $(role "$BACKUP") (term $term_before before, $term_after after), $MASTER is $(role "$MASTER"): $( [[ "$term_before" == "$term_after" && "$(role "$BACKUP")" == MASTER ]] && echo "no role change" || echo "ROLES CHANGED")"
 restart_summary="$(flows_report restart)"
 echo "$restart_summary"

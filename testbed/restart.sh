@@ -98,8 +98,6 @@ log "waiting for a MASTER and an in-sync BACKUP"
 wait_settled 30
 tb_exec client curl -fsS -m 3 -o /dev/null "http://$TB_VIP:56002/" || { log "curl through the VIP failed before any restart"; exit 1; }
 
-# term NODE -> the instance's current term (empty if the API does not answer)
-term() { api "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["instances"][0]["term"])' 2>/dev/null || true; }
 # transitions NODE SINCE_MS -> role changes recorded since then, resumptions after a graceful
 # restart excluded (they are the same role and term carried over, not a change)
 transitions() {
