@@ -147,16 +147,7 @@ public actor Datapath {
             throw DatapathError("BPF object \(objectPath) is missing or unreadable; run `make bpf` first")
         }
         func open() throws -> OpaquePointer {
-            guard let obj = bpf_object__open_file(objectPath, nil), libbpf_get_error(UnsafeRawPointer(obj)) == 0 else {
-                throw DatapathError("open \(objectPath)", errno: errno)
-            }
-            if let ctMap = bpf_object__find_map_by_name(obj, "tdm_ct") {
-                bpf_map__set_max_entries(ctMap, connectionTableSize)
-            }
-            if let ring = bpf_object__find_map_by_name(obj, "tdm_events") {
-                bpf_map__set_max_entries(ring, eventRingBytes)
-            }
-            return obj
+            try Self.openObject(objectPath, connectionTableSize: connectionTableSize, eventRingBytes: eventRingBytes)
         }
         let pins = try pinDirectory.map { try PinDirectory(path: $0) }
         var adoption = DatapathAdoption.fresh
@@ -306,6 +297,20 @@ public actor Datapath {
             throw error
         }
         activeCounters = ActiveCounters(map: maps.lcActive)
+    }
+
+    /// Opens the object (no load) with the node's table sizes, which are part of its layout.
+    static func openObject(_ objectPath: String, connectionTableSize: UInt32, eventRingBytes: UInt32) throws -> OpaquePointer {
+        guard let obj = bpf_object__open_file(objectPath, nil), libbpf_get_error(UnsafeRawPointer(obj)) == 0 else {
+            throw DatapathError("open \(objectPath)", errno: errno)
+        }
+        if let ctMap = bpf_object__find_map_by_name(obj, "tdm_ct") {
+            bpf_map__set_max_entries(ctMap, connectionTableSize)
+        }
+        if let ring = bpf_object__find_map_by_name(obj, "tdm_events") {
+            bpf_map__set_max_entries(ring, eventRingBytes)
+        }
+        return obj
     }
 
     public nonisolated var ingressProgramFD: Int32 { programFD }

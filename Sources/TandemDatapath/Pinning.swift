@@ -196,12 +196,8 @@ public struct DatapathLayoutCheck: Sendable, Equatable {
     /// Opens the object (no load, nothing touched) and reads tdm_meta under `pinDirectory`.
     public static func check(objectPath: String, connectionTableSize: UInt32, eventRingBytes: UInt32,
                              pinDirectory: String) throws -> DatapathLayoutCheck {
-        guard let obj = bpf_object__open_file(objectPath, nil), libbpf_get_error(UnsafeRawPointer(obj)) == 0 else {
-            throw DatapathError("open \(objectPath)", errno: errno)
-        }
+        let obj = try Datapath.openObject(objectPath, connectionTableSize: connectionTableSize, eventRingBytes: eventRingBytes)
         defer { bpf_object__close(obj) }
-        if let m = bpf_object__find_map_by_name(obj, "tdm_ct") { bpf_map__set_max_entries(m, connectionTableSize) }
-        if let m = bpf_object__find_map_by_name(obj, "tdm_events") { bpf_map__set_max_entries(m, eventRingBytes) }
         let fp = tdm_layout_fingerprint(obj)
         let dir = PinDirectory(unchecked: pinDirectory)
         let pinned = PinMeta.open(dir)
