@@ -255,6 +255,21 @@ OWNER_PID=""
 curl_ok=true
 tb_exec client curl -fsS -m 3 -o /dev/null "http://$TB_VIP:56002/" || { curl_ok=false; all_ok=0; }
 
+# A real stop through the API: `tandem node stop --release` on the BACKUP detaches everything and
+# removes its pins; the MASTER goes on serving.
+backup="$(other "$(master_of)")"
+pid="$(pid_of "$backup")"
+tb_exec "$backup" "$TANDEM" node stop --release >/dev/null || { log "tandem node stop --release failed on $backup"; all_ok=0; }
+for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+pins="$PIN_DIR/eth0-$(tb_ip "$backup" | tr . _)"
+if kill -0 "$pid" 2>/dev/null || [[ -e "$pins" ]] || ! grep -q "tandem node stopped; datapath detached" "$TB_STATE/$backup.log"; then
+    log "tandem node stop --release: $backup still running, its pins left, or no release logged"; all_ok=0
+else
+    rm -f "$TB_STATE/$backup.pid"
+    log "tandem node stop --release: $backup detached, pins removed"
+fi
+tb_exec client curl -fsS -m 3 -o /dev/null "http://$TB_VIP:56002/" || { log "the MASTER stopped serving after the BACKUP's release"; curl_ok=false; all_ok=0; }
+
 python3 - "$all_ok" "$curl_ok" "$CLOUD" "${phases_json[@]}" <<'PY'
 import json, sys
 all_ok, curl_ok, cloud = sys.argv[1] == "1", sys.argv[2] == "true", sys.argv[3]
