@@ -39,8 +39,8 @@ now() { date +%s.%N; }
 NODE_PID="" LOAD_PID=""
 cleanup() {
     local rc=$?
-    [[ -n "$LOAD_PID" ]] && kill "$LOAD_PID" 2>/dev/null || true
-    [[ -n "$NODE_PID" ]] && kill -TERM "$NODE_PID" 2>/dev/null || true
+    if [[ -n "$LOAD_PID" ]]; then kill "$LOAD_PID" 2>/dev/null || true; fi
+    if [[ -n "$NODE_PID" ]]; then kill -TERM "$NODE_PID" 2>/dev/null || true; fi
     sleep 0.3
     ((rc == 0)) || { echo "--- node log (tail)" >&2; tail -n 30 "$TB_STATE/llb1.log" >&2 2>/dev/null || true; }
     [[ "${KEEP:-0}" == 1 ]] || bash "$REPO/testbed/down.sh" >/dev/null 2>&1 || true
@@ -122,9 +122,9 @@ PY
 stop_load() { [[ -n "$LOAD_PID" ]] && kill "$LOAD_PID" 2>/dev/null; wait "$LOAD_PID" 2>/dev/null || true; LOAD_PID=""; }
 
 EP1="$(tb_ip ep1)" EP2="$(tb_ip ep2)"
-wait_gone() { local i; for i in $(seq 100); do [[ -e "$1" ]] || return 0; sleep 0.02; done; return 1; }
+wait_gone() { for _ in $(seq 100); do [[ -e "$1" ]] || return 0; sleep 0.02; done; return 1; }
 stop_nginx() { kill -TERM "$(cat "$TB_STATE/ep1/nginx.pid")"; wait_gone "$TB_STATE/ep1/nginx.pid"; }
-start_nginx() { local i; for i in $(seq 50); do tb_start_nginx ep1 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+start_nginx() { for _ in $(seq 50); do tb_start_nginx ep1 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 # Drops on the endpoint's own device (netdev hooks), below its sockets, as a dead link would.
 drop_all() { tb_exec "$1" nft "add table netdev tdmh; add chain netdev tdmh in { type filter hook ingress device eth0 priority 0; policy drop; }; add chain netdev tdmh out { type filter hook egress device eth0 priority 0; policy drop; }"; }
 lossy() { tb_exec "$1" nft "add table netdev tdmh; add chain netdev tdmh in { type filter hook ingress device eth0 priority 0; }; add chain netdev tdmh out { type filter hook egress device eth0 priority 0; }; add rule netdev tdmh in numgen random mod 100 < $LOSS drop; add rule netdev tdmh out numgen random mod 100 < $LOSS drop"; }
