@@ -10,7 +10,7 @@ packages=(
     iproute2 nftables iptables iputils-ping procps util-linux                      # test bed
     nginx-light curl wrk haproxy socat conntrack conntrackd keepalived openssl ethtool     # peers and benchmark tools
     dpkg-dev binutils systemd libcap2-bin man-db                                   # make package and its test
-    python3-matplotlib                                                             # timeline plots (failover.sh, restart.sh --plot)
+    python3-matplotlib                                                             # timeline plots (failover, restart, health.sh --plot)
 )
 
 missing=()

@@ -6,25 +6,37 @@
 # are counted (must be 0).
 #
 #   testbed/health.sh [--probes tcp,http:/whoami:200] [--flap-seconds 60] [--loss 20]
+#                     [--plot FILE.png|FILE.svg]
+#
+# --plot writes a timeline of the run with matplotlib, installed if missing: the requests by the
+# endpoint that answered them and the failed ones, per 100 ms, one row per probe kind with each
+# failure, ep1 shown down by the API, the recovery and ep1 shown up marked; a last row, per second,
+# for the flap run.
 #
 # Reports per kind and round: time from the failure to ep1 leaving the rotation (as the API shows
 # it), requests failed, requests sent to ep1 after it was marked down (must be 0), time back in
 # rotation after recovery; and the flap count. One JSON line on stdout, a readable summary on
 # stderr; exits non-zero unless every round met the targets (down in < 1 s, nothing sent to a down
-# endpoint, no flap). Builds its own test bed (one node) and removes it.
+# endpoint, no flap), or if a plot asked for could not be written. Builds its own test bed (one
+# node) and removes it.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PROBES="tcp,http:/whoami:200" FLAP_SECS=60 LOSS=20
+PROBES="tcp,http:/whoami:200" FLAP_SECS=60 LOSS=20 PLOT=""
 while (($#)); do
     case "$1" in
         --probes) PROBES="$2"; shift 2 ;;
         --flap-seconds) FLAP_SECS="$2"; shift 2 ;;
         --loss) LOSS="$2"; shift 2 ;;
-        -h|--help) sed -n 2,16p "$0"; exit 0 ;;
+        --plot) PLOT="$2"; shift 2 ;;
+        -h|--help) sed -n 2,21p "$0"; exit 0 ;;
         *) echo "health: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 [[ "$FLAP_SECS" =~ ^[0-9]+$ && "$LOSS" =~ ^[0-9]+$ ]] || { echo "health: --flap-seconds and --loss are whole numbers" >&2; exit 2; }
+if [[ -n "$PLOT" ]]; then
+    [[ "$PLOT" == *.png || "$PLOT" == *.svg ]] || { echo "health: --plot FILE must end in .png or .svg" >&2; exit 2; }
+    [[ -d "$(dirname "$PLOT")" ]] || { echo "health: --plot $PLOT: no directory $(dirname "$PLOT")" >&2; exit 2; }
+fi
 BIN="${TANDEM_BIN:-$REPO/.build/debug}"
 TANDEM="$BIN/tandem"
 export TANDEM_ECHO="$BIN/tandem-echo"
@@ -33,6 +45,7 @@ export TB="${TB:-hs$(printf '%04d' $((RANDOM % 10000)))}"
 source "$REPO/testbed/lib.sh"
 [[ $EUID -eq 0 ]] || { echo "health: must run as root" >&2; exit 1; }
 [[ -x "$TANDEM" && -x "$TANDEM_ECHO" ]] || { echo "health: build first (make build)" >&2; exit 1; }
+[[ -z "$PLOT" ]] || tb_need_matplotlib   # sets TB_PLOT_PYTHON; before the run, so a failure costs nothing
 
 log() { printf '[health %s] %s\n' "$(date +%T.%3N)" "$*" >&2; }
 now() { date +%s.%N; }
@@ -130,7 +143,54 @@ drop_all() { tb_exec "$1" nft "add table netdev tdmh; add chain netdev tdmh in {
 lossy() { tb_exec "$1" nft "add table netdev tdmh; add chain netdev tdmh in { type filter hook ingress device eth0 priority 0; }; add chain netdev tdmh out { type filter hook egress device eth0 priority 0; }; add rule netdev tdmh in numgen random mod 100 < $LOSS drop; add rule netdev tdmh out numgen random mod 100 < $LOSS drop"; }
 lift() { tb_exec "$1" nft delete table netdev tdmh; }
 
-results=()
+# --plot: one line per phase (its requests, events and ep1's time out of rotation) for
+# testbed/plot_requests.py; the per-kind result gives the numbers in the row's title.
+plot_kind() {  # KIND LOAD RESULT_JSON ROUND:T0:T_DOWN:T_FIX:T_UP...
+    python3 - "$@" >>"$TB_STATE/plot-phases.jsonl" <<'PY'
+import json, sys
+kind, load, res, marks = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4:]
+how = {"refused": ("ep1's nginx stopped", "nginx started"), "dropped": ("ep1 drops all packets", "drop lifted")}
+ms = lambda t: t * 1000.0
+events, bands, parts = [], [], []
+for m in marks:
+    name, t0, t_down, t_fix, t_up = m.split(":")
+    t0, t_down, t_fix, t_up = float(t0), float(t_down), float(t_fix), float(t_up)
+    fail, fix = how.get(name, (name, "recovered"))
+    x = res[name]
+    events.append({"label": fail, "atUnixMs": ms(t0), "kind": "failure"})
+    if t_down > 0:
+        events.append({"label": f"API: ep1 down, +{x['detectMs']} ms", "atUnixMs": ms(t_down), "kind": "detected"})
+    events.append({"label": fix, "atUnixMs": ms(t_fix), "kind": "recovery"})
+    if t_up > 0:
+        events.append({"label": f"API: ep1 up, +{x['returnMs']} ms", "atUnixMs": ms(t_up), "kind": "restored"})
+    if t_down > 0:
+        bands.append({"label": "ep1 out of rotation (API)", "fromUnixMs": ms(t_down),
+                      "toUnixMs": ms(t_up if t_up > 0 else t_fix + 10)})
+    never = "" if x["detectMs"] is not None else ", ep1 never shown down"
+    parts.append(f"{name}: {x['failed']} of {x['requests']} requests failed, {x['toEp1AfterDown']} sent to ep1 while down{never}")
+print(json.dumps({"title": f"probe {kind}  |  " + "  |  ".join(parts), "load": load, "binMs": 100,
+                  "events": events, "bands": bands}))
+PY
+}
+plot_flap() {  # LOAD T_LOSS T_LIFT FLAPS
+    python3 - "$@" "$LOSS" "$FLAP_SECS" "${kinds[0]}" >>"$TB_STATE/plot-phases.jsonl" <<'PY'
+import json, sys
+load, loss, secs, kind = sys.argv[1], sys.argv[5], sys.argv[6], sys.argv[7]
+t_loss, t_lift, flaps = float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+reqs = [json.loads(l) for l in open(load) if l.strip()]
+failed = sum(1 for r in reqs if not r["ok"])
+kept = "stayed in rotation" if flaps == 0 else "flapped"
+print(json.dumps({"title": f"flap run: {loss} % loss to and from ep2 for {secs} s, load on the {kind} rule  |  "
+                           f"ep2 state changes: {flaps}, {kept}  |  {failed} of {len(reqs)} requests failed",
+                  "load": load, "binMs": 1000,
+                  "events": [{"label": f"{loss} % loss on ep2", "atUnixMs": t_loss * 1000, "kind": "failure"},
+                             {"label": "loss lifted", "atUnixMs": t_lift * 1000, "kind": "recovery"}],
+                  "bands": [{"label": "ep2 lossy", "fromUnixMs": t_loss * 1000, "toUnixMs": t_lift * 1000,
+                             "color": "#fde3c8"}]}))
+PY
+}
+
+results=() plot_ok=1
 port=56010
 IFS=',' read -r -a kinds <<<"$PROBES"
 for kind in "${kinds[@]}"; do
@@ -179,6 +239,7 @@ for m in marks:
 print(json.dumps(out))
 PY
 )")
+    [[ -z "$PLOT" ]] || plot_kind "$kind" "$load" "${results[-1]}" "${marks[@]}" || plot_ok=0
 done
 
 # Flaps: LOSS % of ep2's packets dropped both ways for FLAP_SECS, load running on the first rule.
@@ -188,14 +249,18 @@ declare -A before
 for ((p = first_port; p <= port; p++)); do before[$p]="$(transitions "$p" "$EP2")"; done
 load="$TB_STATE/load-flap.jsonl"
 start_load "$first_port" "$load"
+t_loss="$(now)"
 lossy ep2
 sleep "$FLAP_SECS"
+t_lift="$(now)"
 lift ep2
 stop_load
 flaps=0
 for ((p = first_port; p <= port; p++)); do flaps=$((flaps + $(transitions "$p" "$EP2") - ${before[$p]})); done
+[[ -z "$PLOT" ]] || plot_flap "$load" "$t_loss" "$t_lift" "$flaps" || plot_ok=0
 
-python3 - "$flaps" "$FLAP_SECS" "$LOSS" "$load" "${results[@]}" <<'PY'
+rc=0
+python3 - "$flaps" "$FLAP_SECS" "$LOSS" "$load" "${results[@]}" <<'PY' || rc=$?
 import json, sys
 flaps, secs, loss, load = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 kinds = [json.loads(x) for x in sys.argv[5:]]
@@ -219,3 +284,15 @@ print(f"health: {'PASS' if ok else 'FAIL'}", file=sys.stderr)
 print(json.dumps(out))
 sys.exit(0 if ok else 1)
 PY
+# The plot comes after the verdict and the JSON line, and changes neither; a plot asked for and not
+# written (or missing a phase) makes the exit status non-zero.
+if [[ -n "$PLOT" ]]; then
+    verdict=PASS; ((rc == 0)) || verdict=FAIL
+    { python3 -c 'import json,sys; print(json.dumps({"phases": [json.loads(l) for l in open(sys.argv[1]) if l.strip()]}))' \
+        "$TB_STATE/plot-phases.jsonl" >"$TB_STATE/plot-run.json" &&
+        "$TB_PLOT_PYTHON" "$REPO/testbed/plot_requests.py" "$TB_STATE/plot-run.json" "$PLOT" \
+            --title "health.sh: ep1 fails under a request every 20 ms through the VIP, then $LOSS % loss on ep2: $verdict"; } ||
+        plot_ok=0
+    ((plot_ok)) || { log "--plot: $PLOT not written, or a phase is missing from it"; ((rc != 0)) || rc=1; }
+fi
+((rc == 0)) || exit "$rc"
