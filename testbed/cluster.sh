@@ -63,7 +63,7 @@ crash_node() {
     pid="$(cat "$TB_STATE/$node.pid")"
     kill -KILL "$pid" 2>/dev/null || true
     tb_exec "$node" ip link set eth0 down
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.01; done
+    while tb_alive "$pid"; do sleep 0.01; done
     tb_exec "$node" tc qdisc del dev eth0 clsact 2>/dev/null || true
     tb_exec "$node" ip addr del "$TB_VIP/32" dev eth0 2>/dev/null || true
     # A reboot empties bpffs too: the node's pinned datapath goes with it.

@@ -109,7 +109,7 @@ term_before="$(term "$BACKUP")"
 pid="$(cat "$TB_STATE/$BACKUP.pid")"
 t0="$(date +%s%3N)"
 kill -TERM "$pid"
-while kill -0 "$pid" 2>/dev/null; do sleep 0.01; done
+while tb_alive "$pid"; do sleep 0.01; done
 start_node "$BACKUP"
 tb_wait_for 30 "$BACKUP's daemon to answer" bash -c "ip netns exec $(tb_ns "$BACKUP") $TANDEM get cluster >/dev/null 2>&1"
 echo "$BACKUP's daemon was gone for $(( $(date +%s%3N) - t0 )) ms; its datapath forwarded meanwhile"

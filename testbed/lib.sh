@@ -344,12 +344,21 @@ tb_kill_ns_pids() {
     sleep 0.1
 }
 
+# tb_alive PID: the process exists and has not exited. `kill -0` also succeeds on a zombie, and a
+# daemon started from a subshell is reaped by PID 1, which here can take seconds: waiting on
+# `kill -0` measured the reaper, not the exit (a restart looked 2 s long when it took 7 ms to exit).
+tb_alive() {
+    local st
+    st="$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null)" || return 1
+    [[ -n "$st" && "${st%% *}" != Z ]]
+}
+
 # Kills the process named in a pid file if it is still alive, then removes the file.
 tb_kill_pidfile() {
     local f="$1" pid
     [[ -f "$f" ]] || return 0
     pid="$(cat "$f" 2>/dev/null || true)"
-    if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+    if [[ "$pid" =~ ^[0-9]+$ ]] && tb_alive "$pid"; then
         kill -TERM "$pid" 2>/dev/null || true
     fi
     rm -f "$f"

@@ -156,7 +156,7 @@ restart_once() {
     t0="$(now_ms)"
     if [[ "$how" == graceful ]]; then kill -TERM "$pid"; else kill -KILL "$pid"; fi
     echo "{\"label\": \"$node $([[ "$how" == graceful ]] && echo SIGTERM || echo SIGKILL)\", \"atUnixMs\": $t0}" >>"$EVENTS"
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.01; done
+    while tb_alive "$pid"; do sleep 0.01; done
     rm -f "$TB_STATE/$node.pid"
     start_node "$node"
     local deadline=$((SECONDS + 30))
@@ -260,9 +260,9 @@ tb_exec client curl -fsS -m 3 -o /dev/null "http://$TB_VIP:56002/" || { curl_ok=
 backup="$(other "$(master_of)")"
 pid="$(pid_of "$backup")"
 tb_exec "$backup" "$TANDEM" node stop --release >/dev/null || { log "tandem node stop --release failed on $backup"; all_ok=0; }
-for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+for _ in $(seq 100); do tb_alive "$pid" || break; sleep 0.05; done
 pins="$PIN_DIR/eth0-$(tb_ip "$backup" | tr . _)"
-if kill -0 "$pid" 2>/dev/null || [[ -e "$pins" ]] || ! grep -q "tandem node stopped; datapath detached" "$TB_STATE/$backup.log"; then
+if tb_alive "$pid" || [[ -e "$pins" ]] || ! grep -q "tandem node stopped; datapath detached" "$TB_STATE/$backup.log"; then
     log "tandem node stop --release: $backup still running, its pins left, or no release logged"; all_ok=0
 else
     rm -f "$TB_STATE/$backup.pid"
