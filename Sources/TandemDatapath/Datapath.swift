@@ -679,6 +679,27 @@ public actor Datapath {
         return out
     }
 
+    /// The endpoints (ip:port) each installed service holds down, read from the maps themselves:
+    /// on an adopted datapath, what the previous run's verdicts were, so a restart can keep an
+    /// endpoint that was down out of rotation until its probes pass again.
+    public nonisolated func heldDownEndpoints() -> [ServiceKey: Set<String>] {
+        var out: [ServiceKey: Set<String>] = [:]
+        for (k, v) in maps.services.entries(key: tdm_service_key.self, value: tdm_service.self) {
+            guard let proto = L4Protocol(rawValue: k.proto), v.id < UInt32(TDM_MAX_SERVICES) else { continue }
+            let base = v.id * UInt32(TDM_MAX_ENDPOINTS)
+            var down = Set<String>()
+            for i in 0..<min(UInt32(v.endpoint_count), UInt32(TDM_MAX_ENDPOINTS)) {
+                guard (maps.endpointState.lookup(base + i, as: tdm_ep_state.self)?.down ?? 0) != 0,
+                      let ep = maps.endpoints.lookup(base + i, as: tdm_endpoint.self) else { continue }
+                down.insert("\(IPv4Address(networkOrder: ep.ip)):\(UInt16(bigEndian: ep.port))")
+            }
+            if !down.isEmpty {
+                out[ServiceKey(vip: IPv4Address(networkOrder: k.vip), port: UInt16(bigEndian: k.port), proto: proto)] = down
+            }
+        }
+        return out
+    }
+
     private func serviceKey(_ k: ServiceKey) -> tdm_service_key {
         var sk = tdm_service_key()
         sk.vip = k.vip.networkOrder

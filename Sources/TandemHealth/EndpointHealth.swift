@@ -143,6 +143,14 @@ public struct EndpointHealth: Hashable, Sendable {
                   probed: spec.kind != .none)
     }
 
+    /// Starts the probes from down rather than unknown: an endpoint the previous run of the daemon
+    /// held down (read back from the adopted datapath) stays out of rotation until
+    /// `successesToUp` probes succeed, instead of getting traffic until probes fail it again.
+    public mutating func assumeDown() {
+        guard probed, probeState == .unknown else { return }
+        probeState = .down
+    }
+
     /// The effective state: the probes' state combined with the external verdict (see
     /// `ExternalVerdict` for the rule).
     public var state: HealthState { Self.combine(probeState, verdict) }

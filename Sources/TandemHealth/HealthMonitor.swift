@@ -117,8 +117,9 @@ public final class HealthMonitor: Sendable {
     }
 
     /// Adds an endpoint, or replaces its target (spec or address); a replaced endpoint starts
-    /// again from unknown. Throws on an address that is not an IP literal or an invalid spec.
-    public func add(_ target: ProbeTarget) throws {
+    /// again from unknown, or with `startingDown` from down (see `EndpointHealth.assumeDown`).
+    /// Throws on an address that is not an IP literal or an invalid spec.
+    public func add(_ target: ProbeTarget, startingDown: Bool = false) throws {
         try target.spec.validate()
         let address: SocketAddress
         do {
@@ -131,7 +132,9 @@ public final class HealthMonitor: Sendable {
             if let existing = c.targets[target.id], existing.target == target { return }
             c.generation += 1
             c.targets[target.id] = (target, address, c.generation)
-            c.health[target.id] = EndpointHealth(id: target.id, spec: target.spec)
+            var h = EndpointHealth(id: target.id, spec: target.spec)
+            if startingDown { h.assumeDown() }
+            c.health[target.id] = h
             c.probesSent[target.id] = 0
             c.probesFailed[target.id] = 0
             c.unreachable[target.id] = target.spec.kind == .udp && target.spec.expectedBody == nil ? UnreachableMemory() : nil

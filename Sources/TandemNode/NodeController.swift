@@ -39,6 +39,11 @@ public actor NodeController: LoadBalancerController {
     private var unrestored: [ServiceKey: LoadBalancerEntry] = [:]
     /// During a restore onto an adopted datapath: the slot each service had (see `restore`).
     private var adoptedSlots: [ServiceKey: UInt32] = [:]
+    /// During a restore onto an adopted datapath: the endpoints (ip:port) each service held down,
+    /// which start their probes from down (see `restore`).
+    private var heldDown: [ServiceKey: Set<String>] = [:]
+    /// Probes to start from down (`holdDownAdopted`), taken by `syncProbes` as it adds them.
+    private var startingDown: Set<EndpointID> = []
     static let maxRememberedDeletes = 1024
     private let authCounters: APIAuthCounters
     /// The cluster-shared service table (versions, tombstones); nil when services are not shared.
@@ -202,6 +207,7 @@ public actor NodeController: LoadBalancerController {
         var next = table
         let slot: UInt32
         let adoptedSlot = adoptedSlots.removeValue(forKey: service.key)
+        if adoptedSlot != nil { holdDownAdopted(service, options: opts) }
         do { slot = try next.add(service, preferredSlot: adoptedSlot) } catch {
             throw error.message.contains("already exists") ? APIError.conflict("lbrule-exists error: \(error.message)")
                 : error.message.contains("table is full") ? APIError(.forbidden, "rule-hwm error: \(error.message)")
@@ -214,6 +220,7 @@ public actor NodeController: LoadBalancerController {
         } catch {
             // Leave nothing half-installed behind.
             await datapath.uninstall(service.key, slot: slot)
+            forgetHeldDown(service)
             throw APIError.internalError("datapath refused the service: \(error)")
         }
         unrestored[service.key] = nil
@@ -257,10 +264,14 @@ public actor NodeController: LoadBalancerController {
     /// logged and skipped, and kept in the file (`unrestored`).
     ///
     /// `adopted` (an adopted pinned datapath's services and slots) puts each service back in its
-    /// slot; adopted services that are not restored are removed from the maps.
+    /// slot; adopted services that are not restored are removed from the maps. `heldDown` (what
+    /// the adopted maps held down) keeps those endpoints of a monitored service down until their
+    /// probes pass: a restart does not put an endpoint known dead back into rotation.
     func restore(config: [Service], options configOptions: [ServiceKey: ServiceOptions] = [:], state: NodeState?,
-                 adopted: [ServiceKey: UInt32] = [:]) async throws {
+                 adopted: [ServiceKey: UInt32] = [:], heldDown: [ServiceKey: Set<String>] = [:]) async throws {
         adoptedSlots = adopted
+        self.heldDown = heldDown
+        defer { self.heldDown = [:]; startingDown = [] }
         do { try await restoreServices(config: config, options: configOptions, state: state) } catch {
             adoptedSlots = [:]
             throw error
@@ -640,21 +651,13 @@ extension NodeController {
         if table.services[key] == nil { applied[key] = nil }
         defer { servedChanged() }
         guard let health else { return }
-        var want: [EndpointID: ProbeTarget] = [:]
-        if let svc = table.services[key], let spec = try? Self.probeSpec(svc, options[key] ?? ServiceOptions()) {
-            for ep in svc.endpoints {
-                let id = EndpointID("\(key)|\(ep.identity)")
-                // LoxiLB: an endpoint object under the endpoint's key supplies its probe.
-                let governed = endpointObjects[EndpointObject.ruleKey(ep, proto: key.proto)].flatMap { try? Self.probeSpec($0) }
-                want[id] = ProbeTarget(id: id, address: ep.ip.description, port: ep.port, spec: governed ?? spec)
-            }
-        }
+        let want = table.services[key].map { probeTargets($0, options: options[key] ?? ServiceOptions()) } ?? [:]
         let have = probed[key] ?? []
         for id in have where want[id] == nil { health.remove(id) }
         for (id, target) in want {
             // Unchanged targets keep their state; add() replaces a changed one and restarts it.
             if have.contains(id), health.snapshot(of: id)?.target == target { continue }
-            do { try health.add(target) } catch {
+            do { try health.add(target, startingDown: startingDown.remove(id) != nil) } catch {
                 logger.error("endpoint not probed", metadata: ["endpoint": "\(id)", "error": "\(error)"])
             }
         }
@@ -663,6 +666,51 @@ extension NodeController {
         let now = wallClockMicros()
         for ep in verdicts.probeDown[key]?.keys.map({ $0 }) ?? [] where want[EndpointID("\(key)|\(ep)")] == nil {
             verdicts.setProbe(key, ep, down: false, atMicros: now, nowMicros: now)
+        }
+    }
+
+    /// The probes a service's endpoints get (none if it is not monitored).
+    private func probeTargets(_ svc: Service, options opts: ServiceOptions) -> [EndpointID: ProbeTarget] {
+        guard let spec = try? Self.probeSpec(svc, opts) else { return [:] }
+        var want: [EndpointID: ProbeTarget] = [:]
+        for ep in svc.endpoints {
+            let id = EndpointID("\(svc.key)|\(ep.identity)")
+            // LoxiLB: an endpoint object under the endpoint's key supplies its probe.
+            let governed = endpointObjects[EndpointObject.ruleKey(ep, proto: svc.key.proto)].flatMap { try? Self.probeSpec($0) }
+            want[id] = ProbeTarget(id: id, address: ep.ip.description, port: ep.port, spec: governed ?? spec)
+        }
+        return want
+    }
+
+    /// On a restore onto an adopted datapath: records as probe-down the probed endpoints of
+    /// `service` that the previous run held down, before the install computes its down set, and
+    /// marks their probes to start from down. So no new connection reaches them in the gap.
+    fileprivate func holdDownAdopted(_ service: Service, options opts: ServiceOptions) {
+        guard health != nil, let held = heldDown[service.key] else { return }
+        let targets = probeTargets(service, options: opts)
+        let now = wallClockMicros()
+        var kept: [String] = []
+        for ep in service.endpoints where held.contains(ep.identity) {
+            let id = EndpointID("\(service.key)|\(ep.identity)")
+            // Kind none has no probe that could bring it back: it follows its verdicts alone.
+            guard let t = targets[id], t.spec.kind != .none else { continue }
+            _ = verdicts.setProbe(service.key, EndpointRef(ep), down: true, atMicros: now, nowMicros: now)
+            startingDown.insert(id)
+            kept.append(ep.identity)
+        }
+        if !kept.isEmpty {
+            logger.notice("endpoints the previous run held down stay down until their probes pass",
+                          metadata: ["service": "\(service.key)", "endpoints": "\(kept.sorted().joined(separator: ","))"])
+        }
+    }
+
+    /// Undoes `holdDownAdopted` for a service whose install failed.
+    fileprivate func forgetHeldDown(_ service: Service) {
+        let now = wallClockMicros()
+        for ep in service.endpoints {
+            let id = EndpointID("\(service.key)|\(ep.identity)")
+            guard startingDown.remove(id) != nil else { continue }
+            _ = verdicts.setProbe(service.key, EndpointRef(ep), down: false, atMicros: now, nowMicros: now)
         }
     }
 

@@ -175,6 +175,7 @@ public enum NodeRunner {
             await datapath.clearResumeRecord()
         }
         let adoptedSlots = datapath.adoption == .adopted ? datapath.installedServiceSlots() : [:]
+        let heldDown = datapath.adoption == .adopted ? datapath.heldDownEndpoints() : [:]
         let directory = ServiceDirectory()
         // Replication consumes every event, a poll's worth at a time; without it they are only
         // counted on the reader thread. The shell is created first and started later: events
@@ -230,7 +231,8 @@ public enum NodeRunner {
         }
         do {
             try await datapath.apply(settings: settings)
-            try await controller.restore(config: services, options: serviceOptions, state: state, adopted: adoptedSlots)
+            try await controller.restore(config: services, options: serviceOptions, state: state, adopted: adoptedSlots,
+                                         heldDown: heldDown)
             for i in o.interfaces {
                 try await datapath.attach(interface: i, xdp: o.config.xdp ?? false)
                 if o.config.xdp == true && SystemChecks.isVirtual(i) {

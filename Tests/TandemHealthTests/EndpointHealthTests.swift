@@ -20,6 +20,28 @@ private func machine(down: Int = 3, up: Int = 2) -> EndpointHealth {
         #expect(h.lastChangeAt == at(1))
     }
 
+    /// After a restart onto an adopted datapath: an endpoint held down starts down and needs the
+    /// full `successesToUp` to come back, as any down endpoint does.
+    @Test func assumedDownNeedsAllItsSuccessesToComeUp() {
+        var h = machine(down: 3, up: 2)
+        h.assumeDown()
+        #expect(h.state == .down)
+        #expect(h.onProbeResult(.failed("refused"), at: at(1)).isEmpty, "already down: no transition")
+        #expect(h.onProbeResult(.ok(), at: at(2)).isEmpty, "one success is not enough")
+        let t = h.onProbeResult(.ok(), at: at(3))
+        #expect(t.map(\.from) == [.down] && t.map(\.to) == [.up])
+    }
+
+    @Test func assumeDownChangesNothingOnceProbedOrWithoutProbes() {
+        var probed = machine()
+        _ = probed.onProbeResult(.ok(), at: at(1))
+        probed.assumeDown()
+        #expect(probed.state == .up, "a probe's answer wins over what the last run held")
+        var none = EndpointHealth(id: EndpointID("ep"), failuresToDown: 3, successesToUp: 2, probed: false)
+        none.assumeDown()
+        #expect(none.state == .up, "kind none has no probe that could bring it back")
+    }
+
     @Test func nConsecutiveFailuresMarkDownNotFewer() {
         var h = machine(down: 3)
         _ = h.onProbeResult(.ok(), at: at(0))

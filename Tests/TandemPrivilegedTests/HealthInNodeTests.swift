@@ -84,6 +84,55 @@ extension Privileged {
             #expect(table.stdout.contains("LAST PROBE") && table.stdout.contains("ok: "), "\(table.stdout)")
         }
 
+        /// A graceful restart onto the pinned datapath keeps an endpoint that was down out of
+        /// rotation: the new daemon reads the held-down set back from the maps and starts those
+        /// probes from down, so no request reaches the dead endpoint while the probes catch up.
+        @Test func aRestartKeepsADownEndpointOutOfRotationUntilItsProbesPass() throws {
+            let bed = try TestBed()
+            defer { bed.down() }
+            let fs = try Pinning.BPFFS()
+            defer { withExtendedLifetime(fs) {} } // mounted until both daemons are gone
+            let cp = ControlPlane()
+            let config = nodeConfig(extra: "persistDatapath: true\npinDirectory: \(fs.path)")
+            // Two daemons, one after the other, on one state file and log (the first owns both and
+            // removes them when the test ends).
+            let first = try NodeDaemon(bed: bed, config: config)
+            defer { first.stop() }
+            let made = try cp.call(first, "POST", APIRoutes.loadBalancer, body: rule(port: 57410, probetype: "http"))
+            #expect(made.result == "Success", "\(made.body)")
+            let dir = "/run/tandem-testbed/\(bed.name)/ep1"
+            let stopped = try run(["bash", "-c", "kill -TERM $(cat \(dir)/nginx.pid); for i in $(seq 100); do [ -e \(dir)/nginx.pid ] || exit 0; sleep 0.01; done; exit 1"])
+            #expect(stopped.ok, "\(stopped.stderr)")
+            let deadline = Date().addingTimeInterval(5)
+            while Date() < deadline, try endpointStates(first, port: 57410)["10.0.10.21"] != "down" {
+                Thread.sleep(forTimeInterval: 0.02)
+            }
+            try #require(try endpointStates(first, port: 57410)["10.0.10.21"] == "down", "ep1 never marked down")
+
+            // SIGTERM with persistDatapath: a graceful restart; the next daemon adopts the maps.
+            #expect(first.stop() == 0)
+            let node = try NodeDaemon(bed: bed, config: config, statePath: first.statePath)
+            defer { node.stop() }
+            #expect(node.log.contains("datapath adopted"), "\(node.log.suffix(2000))")
+            #expect(node.log.contains("stay down until their probes pass"), "\(node.log.suffix(2000))")
+            // At once, before any probe could have failed it again: still down, and no request fails.
+            #expect(try endpointStates(node, port: 57410)["10.0.10.21"] == "down")
+            let after = try hits(bed, port: 57410)
+            #expect(after.ep1 == 0 && after.ep2 == 20 && after.failed == 0, "\(after)")
+
+            // Its nginx back: the probes bring it up as for any down endpoint.
+            let started = try run(["ip", "netns", "exec", bed.ns("ep1"), "nginx", "-e", "\(dir)/logs/error.log", "-p", "\(dir)/",
+                                   "-c", "\(dir)/nginx.conf"])
+            #expect(started.ok, "\(started.stderr)")
+            let upBy = Date().addingTimeInterval(5)
+            while Date() < upBy, try endpointStates(node, port: 57410)["10.0.10.21"] != "up" {
+                Thread.sleep(forTimeInterval: 0.02)
+            }
+            #expect(try endpointStates(node, port: 57410)["10.0.10.21"] == "up")
+            let back = try hits(bed, port: 57410)
+            #expect(back.ep1 > 0 && back.ep2 > 0 && back.failed == 0, "\(back)")
+        }
+
         @Test func theCLIsProbeSyntaxReachesTheDaemon() throws {
             let bed = try TestBed()
             defer { bed.down() }

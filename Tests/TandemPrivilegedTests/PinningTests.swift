@@ -38,6 +38,7 @@ extension Privileged {
             #expect(first.adoption == .fresh)
             try await first.install(Self.service, slot: 5, hashSeed: 1)
             try first.setActiveVIPs([Self.key.vip])
+            try await first.setDownEndpoints(slot: 5, [0])
             let record = GracefulExitRecord(exitedAtMicros: 123, incarnation: 9,
                                               instances: [.init(id: 0xabcd, master: true, term: 4)])
             await first.close(release: false, resume: record)
@@ -49,6 +50,7 @@ extension Privileged {
             #expect(second.resumeRecord == record)
             #expect(second.installedServiceSlots() == [Self.key: 5], "the service and its slot survived")
             #expect(second.activeVIPs() == [Self.key.vip], "the VIP gate survived")
+            #expect(second.heldDownEndpoints() == [Self.key: ["10.0.10.21:80"]], "the health verdict survived")
             await second.clearResumeRecord()
             await second.close(release: false)
 
