@@ -205,7 +205,11 @@ public final class ReplicationShell: @unchecked Sendable {
     }
 
     fileprivate func datagramClosed(_ channel: Channel) {
-        guard udp === channel, timer != nil else { return } // stopping, or an old socket
+        // Not `timer != nil`: the first hello goes out at start before the tick timer exists, and
+        // NIO closes the channel inside that write; a socket lost then was never bound again
+        // (a node whose first sends a firewall refused stayed deaf and mute, and declared itself
+        // in sync alone with an empty table).
+        guard udp === channel, !stoppedBox.withLockedValue({ $0 }) else { return } // stopping, or an old socket
         udp = nil
         socketRebinds += 1
         let t = now().monotonicMillis
@@ -221,11 +225,11 @@ public final class ReplicationShell: @unchecked Sendable {
         bindDatagram().whenComplete { [self] result in
             switch result {
             case .success(let c):
-                if timer != nil { udp = c } else { c.close(promise: nil) }
+                if !stoppedBox.withLockedValue({ $0 }) { udp = c } else { c.close(promise: nil) }
             case .failure(let error):
                 logger.error("sync socket could not be bound again", metadata: ["error": "\(error)"])
                 loop.scheduleTask(in: .milliseconds(100)) { [weak self] in
-                    guard let self, self.udp == nil, self.timer != nil else { return }
+                    guard let self, self.udp == nil, !self.stoppedBox.withLockedValue({ $0 }) else { return }
                     self.rebind()
                 }
             }
