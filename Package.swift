@@ -41,17 +41,20 @@ let package = Package(
         // The sync protocol's wire format: message values and their byte codec. No I/O, no crypto,
         // so the libFuzzer target (Fuzz/) builds it alone.
         .target(name: "TandemSyncWire", dependencies: ["TandemCore"], path: "Sources/TandemSyncWire"),
-        // Replication core: sealing (ChaCha20-Poly1305 from swift-crypto), replay windows, the
-        // replica table with its digests, delta sender and receiver state machines. Pure: clock
-        // and randomness are injected, methods return actions.
-        .target(name: "TandemSync",
+        // Sealing of every sync message: the cluster key, per-sender subkeys, ChaCha20-Poly1305
+        // (swift-crypto) and the replay window. Used by the replication, gossip and config shells.
+        .target(name: "TandemSealing",
                 dependencies: ["TandemCore", "TandemSyncWire",
                                .product(name: "Crypto", package: "swift-crypto")],
-                path: "Sources/TandemSync"),
+                path: "Sources/TandemSealing"),
+        // Replication core: the replica table with its digests, delta sender and receiver state
+        // machines, bulk transfers and anti-entropy. Pure: clock and randomness are injected,
+        // methods return actions.
+        .target(name: "TandemSync", dependencies: ["TandemCore", "TandemSyncWire"], path: "Sources/TandemSync"),
         // The replication shell: one SwiftNIO event loop runs the core, UDP for deltas, TCP for
         // bulk transfers, and hands learned flows to the datapath.
         .target(name: "TandemReplication",
-                dependencies: ["TandemCore", "TandemSync", "TandemSyncWire",
+                dependencies: ["TandemCore", "TandemSync", "TandemSyncWire", "TandemSealing",
                                .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "NIOPosix", package: "swift-nio"),
                                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -60,7 +63,7 @@ let package = Package(
         // Service table sharing: the newest-write-wins merge of the cluster's services (pure core)
         // and its SwiftNIO shell on the config channel (proto/SPEC.md §14).
         .target(name: "TandemServiceSync",
-                dependencies: ["TandemCore", "TandemSync", "TandemSyncWire", "TandemReplication",
+                dependencies: ["TandemCore", "TandemSync", "TandemSyncWire", "TandemSealing", "TandemReplication",
                                .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "NIOPosix", package: "swift-nio"),
                                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -85,7 +88,7 @@ let package = Package(
         // The HA shell: SWIM and elections on one SwiftNIO loop (gossip over UDP, sealed with the
         // cluster key), carrying out role changes through the datapath gate and a cloud provider.
         .target(name: "TandemHA",
-                dependencies: ["TandemCore", "TandemSync", "TandemSyncWire", "TandemMembership", "TandemElection",
+                dependencies: ["TandemCore", "TandemSealing", "TandemSync", "TandemSyncWire", "TandemMembership", "TandemElection",
                                "TandemCloud",
                                .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "NIOPosix", package: "swift-nio"),
@@ -131,7 +134,7 @@ let package = Package(
                 path: "Sources/TandemAPI"),
         // The node daemon: config file, datapath, API, lifecycle.
         .target(name: "TandemNode",
-                dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemSync", "TandemReplication",
+                dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemSync", "TandemSealing", "TandemReplication",
                                "TandemServiceSync", "TandemHealth", "TandemHA", "TandemCloud", "TandemOCI", "TandemElection", "TandemMetrics",
                                .product(name: "NIOPosix", package: "swift-nio"),
                                .product(name: "Yams", package: "Yams"),
@@ -140,6 +143,7 @@ let package = Package(
                 path: "Sources/TandemNode"),
         .executableTarget(name: "tandem",
                           dependencies: ["TandemCore", "TandemAPI", "TandemNode", "TandemServiceSync", "TandemHA", "TandemCloud", "TandemOCI",
+                                         "TandemSealing",
                                          "TandemDatapath",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")],
@@ -172,16 +176,16 @@ let package = Package(
                                                             .product(name: "Hummingbird", package: "hummingbird"),
                                                             .product(name: "NIOEmbedded", package: "swift-nio")],
                     path: "Tests/TandemCoreTests"),
-        .testTarget(name: "TandemSyncWireTests", dependencies: ["TandemSyncWire", "TandemSync", "TandemCore"],
+        .testTarget(name: "TandemSyncWireTests", dependencies: ["TandemSyncWire", "TandemSealing", "TandemSync", "TandemCore"],
                     path: "Tests/TandemSyncWireTests"),
         .testTarget(name: "TandemSyncTests", dependencies: ["TandemSync", "TandemSyncWire", "TandemCore", "TandemServiceSync"],
                     path: "Tests/TandemSyncTests"),
         .testTarget(name: "TandemReplicationTests",
-                    dependencies: ["TandemReplication", "TandemServiceSync", "TandemSync", "TandemSyncWire", "TandemCore",
+                    dependencies: ["TandemReplication", "TandemServiceSync", "TandemSync", "TandemSealing", "TandemSyncWire", "TandemCore",
                                    .product(name: "Logging", package: "swift-log")],
                     path: "Tests/TandemReplicationTests"),
         .testTarget(name: "TandemHATests",
-                    dependencies: ["TandemHA", "TandemCloud", "TandemSync", "TandemCore",
+                    dependencies: ["TandemHA", "TandemCloud", "TandemSync", "TandemSealing", "TandemCore",
                                    .product(name: "Logging", package: "swift-log"),
                                    .product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
                     path: "Tests/TandemHATests"),

@@ -13,6 +13,7 @@ import TandemSyncWire
 
 #if canImport(Glibc)
 import Glibc
+import TandemSealing
 #endif
 
 /// The HA shell: one SwiftNIO event loop carries SWIM probes and election adverts over UDP

@@ -6,6 +6,7 @@ import TandemOCI
 import TandemHA
 import TandemReplication
 import TandemSync
+import TandemSealing
 
 /// Builds the HA shell and its cloud provider from the node's settings.
 enum HAWiring {

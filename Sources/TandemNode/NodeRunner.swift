@@ -12,6 +12,7 @@ import TandemMetrics
 import TandemReplication
 import TandemServiceSync
 import TandemSync
+import TandemSealing
 
 /// What `tandem node run` was asked to do, after merging flags and the config file.
 public struct NodeOptions: Sendable {

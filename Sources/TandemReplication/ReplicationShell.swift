@@ -6,6 +6,7 @@ import NIOPosix
 import TandemCore
 import TandemSync
 import TandemSyncWire
+import TandemSealing
 
 /// Where replicated flows go: the local datapath's connection maps.
 public protocol ReplicationDatapath: Sendable {

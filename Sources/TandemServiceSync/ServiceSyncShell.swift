@@ -6,6 +6,7 @@ import TandemCore
 import TandemReplication
 import TandemSync
 import TandemSyncWire
+import TandemSealing
 
 /// The node's side of service sharing: the table the merge rule keeps (ServiceSyncCore) lives
 /// with the node's services, and the shell asks for it through this protocol.

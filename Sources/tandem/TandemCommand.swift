@@ -8,6 +8,7 @@ import TandemDatapath
 import TandemHA
 import TandemNode
 import TandemSync
+import TandemSealing
 
 @main
 struct Tandem: AsyncParsableCommand {

@@ -6,6 +6,7 @@ import TandemCloud
 import TandemCore
 import TandemHA
 import TandemSync
+import TandemSealing
 
 /// The HA shell's shutdown (review defect a): after `stop()` has begun (the node announced its
 /// leave) no queued takeover may move the floating IP back. Loopback only.

@@ -4,6 +4,7 @@ import Testing
 import TandemCore
 import TandemReplication
 import TandemSync
+import TandemSealing
 
 /// The bulk-transfer TCP server against clients that connect and never send (review defect b).
 /// Loopback only.

@@ -5,6 +5,7 @@ import TandemCore
 import TandemServiceSync
 import TandemSync
 import TandemSyncWire
+import TandemSealing
 
 /// The config-channel server against strangers that connect and say nothing. Loopback only.
 @Suite(.serialized, .timeLimit(.minutes(1))) struct ServiceSyncShellTests {

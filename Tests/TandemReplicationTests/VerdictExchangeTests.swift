@@ -5,6 +5,7 @@ import TandemCore
 import TandemServiceSync
 import TandemSync
 import TandemSyncWire
+import TandemSealing
 
 /// Two config-channel shells on loopback (127.0.0.1 and 127.0.0.2, one port) exchanging verdict
 /// sets (proto/SPEC.md §14.5): a change is pushed at once, both ways, whole.

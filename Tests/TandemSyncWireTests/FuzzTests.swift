@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TandemSync
 import TandemSyncWire
+import TandemSealing
 
 @Suite struct FuzzTests {
     static func corpus() throws -> [(name: String, bytes: [UInt8])] {

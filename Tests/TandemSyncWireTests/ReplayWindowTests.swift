@@ -1,5 +1,6 @@
 import Testing
 import TandemSync
+import TandemSealing
 
 @Suite struct ReplayWindowTests {
     @Test func acceptsOnceRejectsZero() {

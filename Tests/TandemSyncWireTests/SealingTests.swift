@@ -2,6 +2,7 @@ import Testing
 import TandemCore
 import TandemSync
 import TandemSyncWire
+import TandemSealing
 
 @Suite struct SealingTests {
     typealias Opened = (header: SyncHeader, message: SyncMessage)

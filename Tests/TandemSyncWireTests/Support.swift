@@ -2,6 +2,7 @@ import Foundation
 import TandemCore
 import TandemSync
 import TandemSyncWire
+import TandemSealing
 
 /// Paths of the repository, found from this file's location so tests run from any directory.
 enum Repo {

@@ -3,6 +3,7 @@ import Foundation
 import TandemCore
 import TandemSync
 import TandemSyncWire
+import TandemSealing
 
 /// Produces every file of proto/vectors (and the seed files of Fuzz/corpus) from the fixtures.
 /// `VectorTests` checks that the committed files are exactly what this produces, and separately

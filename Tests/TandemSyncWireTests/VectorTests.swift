@@ -4,6 +4,7 @@ import Testing
 import TandemCore
 import TandemSync
 import TandemSyncWire
+import TandemSealing
 
 /// The golden vectors in proto/vectors: the committed files are read and decoded on their own
 /// (what another implementation would do), and must also be exactly what the generator produces
