@@ -41,6 +41,10 @@ let package = Package(
         // The sync protocol's wire format: message values and their byte codec. No I/O, no crypto,
         // so the libFuzzer target (Fuzz/) builds it alone.
         .target(name: "TandemSyncWire", dependencies: ["TandemCore"], path: "Sources/TandemSyncWire"),
+        // What a node reports of its cluster, replication and service sharing (`GET /netlox/v1/cluster`,
+        // `tandem get cluster`, the metrics): plain Codable values, no I/O, so the API models,
+        // the CLI tables and the metrics need none of the shells.
+        .target(name: "TandemStatus", path: "Sources/TandemStatus"),
         // Sealing of every sync message: the cluster key, per-sender subkeys, ChaCha20-Poly1305
         // (swift-crypto) and the replay window. Used by the replication, gossip and config shells.
         .target(name: "TandemSealing",
@@ -50,11 +54,11 @@ let package = Package(
         // Replication core: the replica table with its digests, delta sender and receiver state
         // machines, bulk transfers and anti-entropy. Pure: clock and randomness are injected,
         // methods return actions.
-        .target(name: "TandemSync", dependencies: ["TandemCore", "TandemSyncWire"], path: "Sources/TandemSync"),
+        .target(name: "TandemSync", dependencies: ["TandemCore", "TandemSyncWire", "TandemStatus"], path: "Sources/TandemSync"),
         // The replication shell: one SwiftNIO event loop runs the core, UDP for deltas, TCP for
         // bulk transfers, and hands learned flows to the datapath.
         .target(name: "TandemReplication",
-                dependencies: ["TandemCore", "TandemSync", "TandemSyncWire", "TandemSealing",
+                dependencies: ["TandemCore", "TandemSync", "TandemSyncWire", "TandemSealing", "TandemStatus",
                                .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "NIOPosix", package: "swift-nio"),
                                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -63,7 +67,7 @@ let package = Package(
         // Service table sharing: the newest-write-wins merge of the cluster's services (pure core)
         // and its SwiftNIO shell on the config channel (proto/SPEC.md §14).
         .target(name: "TandemServiceSync",
-                dependencies: ["TandemCore", "TandemSync", "TandemSyncWire", "TandemSealing", "TandemReplication",
+                dependencies: ["TandemCore", "TandemSync", "TandemSyncWire", "TandemSealing", "TandemStatus", "TandemReplication",
                                .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "NIOPosix", package: "swift-nio"),
                                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -88,7 +92,7 @@ let package = Package(
         // The HA shell: SWIM and elections on one SwiftNIO loop (gossip over UDP, sealed with the
         // cluster key), carrying out role changes through the datapath gate and a cloud provider.
         .target(name: "TandemHA",
-                dependencies: ["TandemCore", "TandemSealing", "TandemSync", "TandemSyncWire", "TandemMembership", "TandemElection",
+                dependencies: ["TandemCore", "TandemSealing", "TandemStatus", "TandemSyncWire", "TandemMembership", "TandemElection",
                                "TandemCloud",
                                .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "NIOPosix", package: "swift-nio"),
@@ -100,7 +104,7 @@ let package = Package(
         // scrape that copies the node's JSON-shaped state (datapath, services, replication, cluster)
         // into it before rendering.
         .target(name: "TandemMetrics",
-                dependencies: ["TandemSync", "TandemHA",
+                dependencies: ["TandemStatus",
                                .product(name: "Metrics", package: "swift-metrics"),
                                .product(name: "Prometheus", package: "swift-prometheus"),
                                .product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
@@ -124,7 +128,7 @@ let package = Package(
                           path: "Sources/tandem-healthbench"),
         // LoxiLB-shaped REST API: wire models (shared with the CLI) and the Hummingbird server.
         .target(name: "TandemAPI",
-                dependencies: ["TandemCore", "TandemSync", "TandemHA", "TandemMetrics", "TandemServiceSync",
+                dependencies: ["TandemCore", "TandemStatus", "TandemSync", "TandemHA", "TandemMetrics", "TandemServiceSync",
                                .product(name: "Hummingbird", package: "hummingbird"),
                                .product(name: "HummingbirdTLS", package: "hummingbird"),
                                .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -134,7 +138,7 @@ let package = Package(
                 path: "Sources/TandemAPI"),
         // The node daemon: config file, datapath, API, lifecycle.
         .target(name: "TandemNode",
-                dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemSync", "TandemSealing", "TandemReplication",
+                dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemSync", "TandemSealing", "TandemStatus", "TandemReplication",
                                "TandemServiceSync", "TandemHealth", "TandemHA", "TandemCloud", "TandemOCI", "TandemElection", "TandemMetrics",
                                .product(name: "NIOPosix", package: "swift-nio"),
                                .product(name: "Yams", package: "Yams"),
@@ -143,7 +147,7 @@ let package = Package(
                 path: "Sources/TandemNode"),
         .executableTarget(name: "tandem",
                           dependencies: ["TandemCore", "TandemAPI", "TandemNode", "TandemServiceSync", "TandemHA", "TandemCloud", "TandemOCI",
-                                         "TandemSealing",
+                                         "TandemSealing", "TandemStatus",
                                          "TandemDatapath",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")],
@@ -170,7 +174,7 @@ let package = Package(
                                          .product(name: "NIOPosix", package: "swift-nio"),
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/tandem-echo"),
-        .testTarget(name: "TandemCoreTests", dependencies: ["TandemCore", "TandemAPI", "TandemNode", "TandemHA", "TandemMetrics",
+        .testTarget(name: "TandemCoreTests", dependencies: ["TandemCore", "TandemStatus", "TandemAPI", "TandemNode", "TandemHA", "TandemMetrics",
                                                             "TandemDatapath",
                                                             .product(name: "Metrics", package: "swift-metrics"),
                                                             .product(name: "Hummingbird", package: "hummingbird"),
@@ -178,10 +182,10 @@ let package = Package(
                     path: "Tests/TandemCoreTests"),
         .testTarget(name: "TandemSyncWireTests", dependencies: ["TandemSyncWire", "TandemSealing", "TandemSync", "TandemCore"],
                     path: "Tests/TandemSyncWireTests"),
-        .testTarget(name: "TandemSyncTests", dependencies: ["TandemSync", "TandemSyncWire", "TandemCore", "TandemServiceSync"],
+        .testTarget(name: "TandemSyncTests", dependencies: ["TandemSync", "TandemSyncWire", "TandemStatus", "TandemCore", "TandemServiceSync"],
                     path: "Tests/TandemSyncTests"),
         .testTarget(name: "TandemReplicationTests",
-                    dependencies: ["TandemReplication", "TandemServiceSync", "TandemSync", "TandemSealing", "TandemSyncWire", "TandemCore",
+                    dependencies: ["TandemReplication", "TandemServiceSync", "TandemSync", "TandemSealing", "TandemStatus", "TandemSyncWire", "TandemCore",
                                    .product(name: "Logging", package: "swift-log")],
                     path: "Tests/TandemReplicationTests"),
         .testTarget(name: "TandemHATests",
@@ -194,7 +198,7 @@ let package = Package(
         .testTarget(name: "TandemElectionTests", dependencies: ["TandemElection", "TandemSyncWire", "TandemCore"],
                     path: "Tests/TandemElectionTests"),
         .testTarget(name: "TandemPrivilegedTests",
-                    dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemSync", "TandemCloud", "TandemHealth",
+                    dependencies: ["TandemCore", "TandemStatus", "TandemDatapath", "TandemAPI", "TandemSync", "TandemCloud", "TandemHealth",
                                    .product(name: "NIOPosix", package: "swift-nio"),
                                    .product(name: "Logging", package: "swift-log")],
                     path: "Tests/TandemPrivilegedTests"),

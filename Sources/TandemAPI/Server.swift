@@ -9,6 +9,7 @@ import TandemHA
 import TandemServiceSync
 import TandemMetrics
 import TandemSync
+import TandemStatus
 
 /// An error the API answers with a status code and a JSON body, having changed nothing.
 public struct APIError: Error, Sendable {

@@ -3,6 +3,7 @@ import TandemCore
 import TandemServiceSync
 import TandemHA
 import TandemSync
+import TandemStatus
 
 /// Renders the CLI's tables in loxicmd's boxed style.
 public enum TableRenderer {

@@ -1,7 +1,6 @@
 import TandemCore
 import TandemElection
 import TandemMembership
-import TandemSync
 import TandemSealing
 
 /// One HA instance: a group of floating IPs that move together, as LoxiLB's "llb-inst0".

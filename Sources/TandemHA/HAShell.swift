@@ -8,12 +8,12 @@ import TandemCloud
 import TandemCore
 import TandemElection
 import TandemMembership
-import TandemSync
 import TandemSyncWire
 
 #if canImport(Glibc)
 import Glibc
 import TandemSealing
+import TandemStatus
 #endif
 
 /// The HA shell: one SwiftNIO event loop carries SWIM probes and election adverts over UDP

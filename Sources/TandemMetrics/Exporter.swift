@@ -1,7 +1,6 @@
 import NIOConcurrencyHelpers
 import Prometheus
-import TandemHA
-import TandemSync
+import TandemStatus
 
 /// Copies a node snapshot into the registry and renders it, under one lock.
 ///

@@ -1,8 +1,7 @@
 import Metrics
 import NIOConcurrencyHelpers
 import Prometheus
-import TandemHA
-import TandemSync
+import TandemStatus
 
 /// The node's Prometheus metrics (`GET /netlox/v1/metrics`).
 ///

@@ -9,6 +9,7 @@ import TandemReplication
 import TandemServiceSync
 import TandemSync
 import TandemSyncWire
+import TandemStatus
 
 /// Keeps the service table and the datapath's maps in step, and answers the API.
 public actor NodeController: LoadBalancerController {

@@ -7,6 +7,7 @@ import TandemCore
 import TandemSync
 import TandemSyncWire
 import TandemSealing
+import TandemStatus
 
 /// Where replicated flows go: the local datapath's connection maps.
 public protocol ReplicationDatapath: Sendable {

@@ -1,5 +1,6 @@
 import TandemCore
 import TandemSyncWire
+import TandemStatus
 
 /// What the node must do to its service table after a merge.
 public enum ServiceSyncAction: Hashable, Sendable {
@@ -7,20 +8,6 @@ public enum ServiceSyncAction: Hashable, Sendable {
     case apply(ServiceRecord)
     /// Remove the service with this key, if the node has it.
     case remove(ServiceKey)
-}
-
-/// Counters of the merge rule, for status and metrics.
-public struct ServiceSyncCounters: Hashable, Sendable, Codable {
-    /// Records from peers that won and were handed to the node.
-    public var accepted: UInt64 = 0
-    /// Records from peers that were not newer than what this node holds.
-    public var stale: UInt64 = 0
-    /// Winning records the node could not apply (a spec that does not validate, an endpoint this
-    /// node cannot reach, a full table): retried on the next exchange.
-    public var applyFailed: UInt64 = 0
-    /// Tombstones forgotten because they were old or too many.
-    public var tombstonesExpired: UInt64 = 0
-    public init() {}
 }
 
 /// The cluster-shared service table's merge rule (proto/SPEC.md §14): per service key the newest

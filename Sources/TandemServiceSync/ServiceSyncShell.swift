@@ -7,6 +7,7 @@ import TandemReplication
 import TandemSync
 import TandemSyncWire
 import TandemSealing
+import TandemStatus
 
 /// The node's side of service sharing: the table the merge rule keeps (ServiceSyncCore) lives
 /// with the node's services, and the shell asks for it through this protocol.

@@ -1,5 +1,6 @@
 import TandemCore
 import TandemSyncWire
+import TandemStatus
 
 /// An endpoint as verdicts name it: address and port (a service's endpoint identity).
 public struct EndpointRef: Hashable, Sendable, Comparable, CustomStringConvertible {
@@ -118,19 +119,6 @@ public struct EffectiveVerdict: Hashable, Sendable {
         self.source = source
     }
     public var downSet: Set<EndpointRef> { Set(down.keys) }
-}
-
-/// Counters of verdict sharing, for status and metrics.
-public struct VerdictCounters: Hashable, Sendable, Codable {
-    /// Verdict sets from peers that were newer than the one held and were taken.
-    public var received: UInt64 = 0
-    /// Sets not newer than the one held (a reordered or repeated exchange).
-    public var outdated: UInt64 = 0
-    /// Host states from peers that won the merge.
-    public var hostStatesMerged: UInt64 = 0
-    /// Host states not taken because the table is full.
-    public var hostStatesOverCap: UInt64 = 0
-    public init() {}
 }
 
 /// The cluster's endpoint verdicts as one node keeps them (proto/SPEC.md §14.5). Pure: the caller

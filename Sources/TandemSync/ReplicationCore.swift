@@ -1,5 +1,6 @@
 import TandemCore
 import TandemSyncWire
+import TandemStatus
 
 /// Both clocks the core needs, read by the shell and passed in (tests drive them by hand).
 public struct SyncTime: Sendable, Hashable {
@@ -60,36 +61,6 @@ public struct ReplicationConfig: Sendable {
         self.selfID = selfID
         self.peers = peers.filter { $0 != selfID }
     }
-}
-
-/// Replication counters, shown on the API and in logs.
-public struct ReplicationCounters: Sendable, Hashable, Codable {
-    public var deltasQueued: UInt64 = 0
-    public var deltasCoalesced: UInt64 = 0
-    public var batchesSent: UInt64 = 0
-    public var entriesSent: UInt64 = 0
-    public var retransmittedEntries: UInt64 = 0
-    public var unrepairableNacks: UInt64 = 0
-    public var nacksSent: UInt64 = 0
-    public var nacksReceived: UInt64 = 0
-    public var acksSent: UInt64 = 0
-    public var entriesReceived: UInt64 = 0
-    public var entriesApplied: UInt64 = 0
-    public var duplicateEntries: UInt64 = 0
-    public var staleEntries: UInt64 = 0
-    public var outOfWindowEntries: UInt64 = 0
-    public var refreshesSent: UInt64 = 0
-    public var missedEventsRecovered: UInt64 = 0
-    public var bulkTransfersServed: UInt64 = 0
-    public var bulkTransfersCompleted: UInt64 = 0
-    public var bulkTransfersFailed: UInt64 = 0
-    public var bulkEntriesReceived: UInt64 = 0
-    public var antiEntropyRounds: UInt64 = 0
-    public var antiEntropyPulls: UInt64 = 0
-    public var antiEntropyRepaired: UInt64 = 0
-    public var antiEntropyRemoved: UInt64 = 0
-    public var tombstonesExpired: UInt64 = 0
-    public init() {}
 }
 
 /// The replication state machine of one node: the replica table, the outgoing delta stream, one

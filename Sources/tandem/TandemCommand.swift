@@ -9,6 +9,7 @@ import TandemHA
 import TandemNode
 import TandemSync
 import TandemSealing
+import TandemStatus
 
 @main
 struct Tandem: AsyncParsableCommand {

@@ -3,6 +3,7 @@ import Testing
 @testable import TandemAPI
 @testable import TandemCore
 import TandemServiceSync
+import TandemStatus
 
 @Suite struct APIModelTests {
     func decode(_ json: String) throws -> LoadBalancerEntry {

@@ -10,6 +10,7 @@ import TandemHA
 import TandemMetrics
 import TandemSync
 @testable import TandemAPI
+import TandemStatus
 
 /// `GET /netlox/v1/metrics` through the real router, with a fake node behind it. Serialized: the
 /// registry is the process's one, and a scrape removes the series the previous one wrote and this

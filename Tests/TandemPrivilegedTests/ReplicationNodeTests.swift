@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import TandemAPI
 import TandemSync
+import TandemStatus
 
 /// A connection as both nodes should see it: the client side and what it is rewritten to.
 struct FlowID: Hashable, CustomStringConvertible {

@@ -3,6 +3,7 @@ import Testing
 @testable import TandemAPI
 @testable import TandemCore
 import TandemServiceSync
+import TandemStatus
 
 extension Privileged {
     /// Service sharing between two real daemons (proto/SPEC.md §14): one write, both nodes.

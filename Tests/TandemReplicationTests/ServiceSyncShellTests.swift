@@ -6,6 +6,7 @@ import TandemServiceSync
 import TandemSync
 import TandemSyncWire
 import TandemSealing
+import TandemStatus
 
 /// The config-channel server against strangers that connect and say nothing. Loopback only.
 @Suite(.serialized, .timeLimit(.minutes(1))) struct ServiceSyncShellTests {

@@ -6,6 +6,7 @@ import TandemServiceSync
 import TandemSync
 import TandemSyncWire
 import TandemSealing
+import TandemStatus
 
 /// Two config-channel shells on loopback (127.0.0.1 and 127.0.0.2, one port) exchanging verdict
 /// sets (proto/SPEC.md §14.5): a change is pushed at once, both ways, whole.

@@ -1,5 +1,6 @@
 import Testing
 import TandemCore
+import TandemStatus
 import TandemSync
 import TandemSyncWire
 

@@ -98,3 +98,30 @@ public func digestHex(_ v: UInt64) -> String {
     let s = String(v, radix: 16)
     return String(repeating: "0", count: max(0, 16 - s.count)) + s
 }
+
+/// Counters of the merge rule, for status and metrics.
+public struct ServiceSyncCounters: Hashable, Sendable, Codable {
+    /// Records from peers that won and were handed to the node.
+    public var accepted: UInt64 = 0
+    /// Records from peers that were not newer than what this node holds.
+    public var stale: UInt64 = 0
+    /// Winning records the node could not apply (a spec that does not validate, an endpoint this
+    /// node cannot reach, a full table): retried on the next exchange.
+    public var applyFailed: UInt64 = 0
+    /// Tombstones forgotten because they were old or too many.
+    public var tombstonesExpired: UInt64 = 0
+    public init() {}
+}
+
+/// Counters of verdict sharing, for status and metrics.
+public struct VerdictCounters: Hashable, Sendable, Codable {
+    /// Verdict sets from peers that were newer than the one held and were taken.
+    public var received: UInt64 = 0
+    /// Sets not newer than the one held (a reordered or repeated exchange).
+    public var outdated: UInt64 = 0
+    /// Host states from peers that won the merge.
+    public var hostStatesMerged: UInt64 = 0
+    /// Host states not taken because the table is full.
+    public var hostStatesOverCap: UInt64 = 0
+    public init() {}
+}

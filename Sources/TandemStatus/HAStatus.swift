@@ -14,6 +14,17 @@ public struct HAStatus: Codable, Sendable, Equatable {
         public var inSync: Bool?
         /// When this node last saw the member's state change (wall clock, ms since 1970).
         public var changedAtUnixMs: UInt64?
+        public init(node: UInt32, address: String, state: String, incarnation: UInt32, lastHeardMs: UInt64? = nil, roles: [String: String], terms: [String: UInt64], inSync: Bool? = nil, changedAtUnixMs: UInt64? = nil) {
+            self.node = node
+            self.address = address
+            self.state = state
+            self.incarnation = incarnation
+            self.lastHeardMs = lastHeardMs
+            self.roles = roles
+            self.terms = terms
+            self.inSync = inSync
+            self.changedAtUnixMs = changedAtUnixMs
+        }
     }
 
     public struct Transition: Codable, Sendable, Equatable {
@@ -23,6 +34,13 @@ public struct HAStatus: Codable, Sendable, Equatable {
         public var reason: String
         /// Wall clock, milliseconds since 1970.
         public var atUnixMs: UInt64
+        public init(from: String, to: String, term: UInt64, reason: String, atUnixMs: UInt64) {
+            self.from = from
+            self.to = to
+            self.term = term
+            self.reason = reason
+            self.atUnixMs = atUnixMs
+        }
     }
 
     public struct Instance: Codable, Sendable, Equatable {
@@ -41,6 +59,22 @@ public struct HAStatus: Codable, Sendable, Equatable {
         public var lastTakeoverMs: Double?
         public var lastTakeoverDetail: String?
         public var lastError: String?
+        public init(name: String, role: String, term: UInt64, master: UInt32? = nil, priority: UInt8, external: Bool, vips: [String], transitions: [Transition], takeovers: UInt64, takeoverFailures: UInt64, lastTakeoverAtUnixMs: UInt64? = nil, lastTakeoverMs: Double? = nil, lastTakeoverDetail: String? = nil, lastError: String? = nil) {
+            self.name = name
+            self.role = role
+            self.term = term
+            self.master = master
+            self.priority = priority
+            self.external = external
+            self.vips = vips
+            self.transitions = transitions
+            self.takeovers = takeovers
+            self.takeoverFailures = takeoverFailures
+            self.lastTakeoverAtUnixMs = lastTakeoverAtUnixMs
+            self.lastTakeoverMs = lastTakeoverMs
+            self.lastTakeoverDetail = lastTakeoverDetail
+            self.lastError = lastError
+        }
     }
 
     public var node: UInt32
@@ -52,6 +86,17 @@ public struct HAStatus: Codable, Sendable, Equatable {
     public var instances: [Instance]
     public var counters: [String: UInt64]
     public var drops: [String: UInt64]
+    public init(node: UInt32, address: String, provider: String, inSync: Bool, incarnation: UInt32, members: [Member], instances: [Instance], counters: [String: UInt64], drops: [String: UInt64]) {
+        self.node = node
+        self.address = address
+        self.provider = provider
+        self.inSync = inSync
+        self.incarnation = incarnation
+        self.members = members
+        self.instances = instances
+        self.counters = counters
+        self.drops = drops
+    }
 }
 
 /// kube-loxilb's cistate entry: `{"instance":"llb-inst0","state":"MASTER","vip":"0.0.0.0"}`.

@@ -64,3 +64,32 @@ public struct ReplicationStatus: Sendable, Codable, Hashable {
     }
 }
 
+/// Replication counters, shown on the API and in logs.
+public struct ReplicationCounters: Sendable, Hashable, Codable {
+    public var deltasQueued: UInt64 = 0
+    public var deltasCoalesced: UInt64 = 0
+    public var batchesSent: UInt64 = 0
+    public var entriesSent: UInt64 = 0
+    public var retransmittedEntries: UInt64 = 0
+    public var unrepairableNacks: UInt64 = 0
+    public var nacksSent: UInt64 = 0
+    public var nacksReceived: UInt64 = 0
+    public var acksSent: UInt64 = 0
+    public var entriesReceived: UInt64 = 0
+    public var entriesApplied: UInt64 = 0
+    public var duplicateEntries: UInt64 = 0
+    public var staleEntries: UInt64 = 0
+    public var outOfWindowEntries: UInt64 = 0
+    public var refreshesSent: UInt64 = 0
+    public var missedEventsRecovered: UInt64 = 0
+    public var bulkTransfersServed: UInt64 = 0
+    public var bulkTransfersCompleted: UInt64 = 0
+    public var bulkTransfersFailed: UInt64 = 0
+    public var bulkEntriesReceived: UInt64 = 0
+    public var antiEntropyRounds: UInt64 = 0
+    public var antiEntropyPulls: UInt64 = 0
+    public var antiEntropyRepaired: UInt64 = 0
+    public var antiEntropyRemoved: UInt64 = 0
+    public var tombstonesExpired: UInt64 = 0
+    public init() {}
+}
