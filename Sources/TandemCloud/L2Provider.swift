@@ -4,6 +4,7 @@ import TandemCore
 import TandemOCI
 #if canImport(Glibc)
 import Glibc
+import Synchronization
 #endif
 
 /// On-premises layer 2: the floating IPs live as /32 addresses on one Ethernet interface of the
@@ -37,7 +38,7 @@ public final class L2Provider: CloudProvider {
         var owner: [IPv4Address: UInt64] = [:]
         var tasks: [UInt64: Task<Void, Never>] = [:]
     }
-    let state = Locked(Announcements())
+    let state = Mutex(Announcements())
 
     public init(interface: String, garpSchedule: [Duration] = L2Provider.defaultGARPSchedule,
                 logger: Logger = Logger(label: "tandem.cloud.l2")) {

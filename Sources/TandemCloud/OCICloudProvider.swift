@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import TandemCore
 import TandemOCI
+import Synchronization
 
 /// Oracle Cloud: each VIP is a secondary private IP that `takeover` moves onto this instance's VNIC
 /// through the Core API (TandemOCI's `OCIProvider`: UpdatePrivateIp, or CreatePrivateIp the first
@@ -16,7 +17,7 @@ public final class OCICloudProvider: CloudProvider {
     public let options: OCIProviderOptions
     let transport: any HTTPTransport
     let logger: Logger
-    let loaded = Locked<OCIProvider?>(nil)
+    let loaded = Mutex<OCIProvider?>(nil)
 
     public init(options: OCIProviderOptions, transport: any HTTPTransport = URLSessionTransport(),
                 logger: Logger = Logger(label: "tandem.cloud.oci")) {

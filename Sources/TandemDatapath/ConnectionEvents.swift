@@ -2,6 +2,7 @@ import CLibBPF
 import CTandemShim
 import Foundation
 import TandemCore
+import Synchronization
 
 extension ConnectionEvent {
     init?(record e: tdm_ct_event) {
@@ -184,27 +185,29 @@ private final class CallbackBox: @unchecked Sendable {
     }
 }
 
-private final class StopFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stopped = false
-    private var bad = 0
-    var isStopped: Bool { lock.withLock { stopped } }
-    func stop() { lock.withLock { stopped = true } }
-    private var kinds: [String: UInt64] = [:]
+private final class StopFlag: Sendable {
+    private struct State {
+        var stopped = false
+        var bad = 0
+        var kinds: [String: UInt64] = [:]
+    }
+    private let state = Mutex(State())
+    var isStopped: Bool { state.withLock { $0.stopped } }
+    func stop() { state.withLock { $0.stopped = true } }
     /// Reported from the first poll on (as 0 too); the rarer kinds once seen.
     private static let alwaysShown: Set<ConnectionEvent.Kind> = [.new, .stateChanged, .deleted]
     /// Folds one poll's counts in: one lock per poll, not per event.
     func add(_ k: [UInt64], malformed m: Int) {
         guard k.contains(where: { $0 != 0 }) || m != 0 else { return }
-        lock.withLock {
+        state.withLock { s in
             for kind in ConnectionEvent.Kind.allCases where k[kind.rawValue] > 0 || Self.alwaysShown.contains(kind) {
-                kinds["\(kind)", default: 0] += k[kind.rawValue]
+                s.kinds["\(kind)", default: 0] += k[kind.rawValue]
             }
-            bad += m
+            s.bad += m
         }
     }
-    var kindCounts: [String: UInt64] { lock.withLock { kinds } }
-    var malformed: Int { lock.withLock { bad } }
+    var kindCounts: [String: UInt64] { state.withLock { $0.kinds } }
+    var malformed: Int { state.withLock { $0.bad } }
 }
 
 /// A ring-buffer record decoded in full: the event plus the emission time, which

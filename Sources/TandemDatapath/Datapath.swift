@@ -4,6 +4,7 @@ import Foundation
 import Glibc
 import Logging
 import TandemCore
+import Synchronization
 
 /// Node-wide datapath settings.
 public struct DatapathSettings: Equatable, Sendable {
@@ -899,10 +900,9 @@ public actor Datapath {
 
 /// Per-service idle timeouts (seconds by slot), mirrored from what `install` writes into
 /// tdm_svc_timeout. A lock, not the actor: nonisolated readers (reap pass, installs) need it.
-final class ServiceIdleTimeouts: @unchecked Sendable {
-    private let lock = NSLock()
-    private var bySlot: [UInt32: UInt32] = [:]
+final class ServiceIdleTimeouts: Sendable {
+    private let bySlot = Mutex<[UInt32: UInt32]>([:])
 
-    func set(_ slot: UInt32, _ seconds: UInt32?) { lock.withLock { bySlot[slot] = seconds } }
-    func snapshot() -> [UInt32: UInt32] { lock.withLock { bySlot } }
+    func set(_ slot: UInt32, _ seconds: UInt32?) { bySlot.withLock { $0[slot] = seconds } }
+    func snapshot() -> [UInt32: UInt32] { bySlot.withLock { $0 } }
 }

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import TandemAPI
 import TandemCore
+import Synchronization
 
 /// The config file a node was started from: what SIGHUP (`systemctl reload`) re-reads.
 public struct ConfigFileSource: Sendable {
@@ -222,35 +223,40 @@ public actor ConfigReloader {
     /// SIGHUP handling for the life of the process. Called first thing at start: SIGHUP's
     /// default action would end the daemon, so it is ignored until `attach` (a reload before the
     /// services are installed is logged and dropped).
-    public final class Trap: @unchecked Sendable {
+    public final class Trap: @unchecked Sendable { // the dispatch source is not Sendable; set once, then only cancelled
+        private struct State {
+            var reloader: ConfigReloader?
+            var pending: Task<Void, Never>?
+        }
         private let source: any DispatchSourceSignal
-        private let lock = NSLock()
-        private var reloader: ConfigReloader?
-        private var pending: Task<Void, Never>?
+        private let state = Mutex(State())
 
         public init(logger: Logger) {
             signal(SIGHUP, SIG_IGN)
             source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: DispatchQueue(label: "tandem.sighup"))
             source.setEventHandler { [self] in
-                guard let r = lock.withLock({ reloader }) else {
+                guard let r = state.withLock({ $0.reloader }) else {
                     logger.warning("SIGHUP before the node finished starting: ignored")
                     return
                 }
                 // Reloads queue on the actor, one at a time, in arrival order.
-                lock.withLock {
-                    let previous = pending
-                    pending = Task { await previous?.value; await r.reload() }
+                state.withLock { s in
+                    let previous = s.pending
+                    s.pending = Task { await previous?.value; await r.reload() }
                 }
             }
             source.resume()
         }
 
-        public func attach(_ reloader: ConfigReloader) { lock.withLock { self.reloader = reloader } }
+        public func attach(_ reloader: ConfigReloader) { state.withLock { $0.reloader = reloader } }
 
         /// Stops handling (SIGHUP stays ignored) and waits for a reload in progress.
         public func stop() async {
             source.cancel()
-            let last = lock.withLock { () -> Task<Void, Never>? in reloader = nil; return pending }
+            let last = state.withLock { s -> Task<Void, Never>? in
+                s.reloader = nil
+                return s.pending
+            }
             await last?.value
         }
     }

@@ -13,6 +13,7 @@ import TandemReplication
 import TandemServiceSync
 import TandemSync
 import TandemSealing
+import Synchronization
 
 /// What `tandem node run` was asked to do, after merging flags and the config file.
 public struct NodeOptions: Sendable {
@@ -323,21 +324,20 @@ public enum NodeRunner {
 /// persistence release the datapath; SIGTERM (and `tandem node stop`) with persistence keep it.
 /// A release, once asked for, stands: systemd follows an ExecStop that sent SIGINT (a system
 /// shutdown) with its own SIGTERM.
-final class ExitRequest: @unchecked Sendable {
-    private let lock = NSLock()
-    private var releaseRequested: Bool
+final class ExitRequest: Sendable {
+    private let releaseRequested: Mutex<Bool>
     let persist: Bool
 
     init(persist: Bool) {
         self.persist = persist
-        releaseRequested = !persist
+        releaseRequested = Mutex(!persist)
     }
 
     func request(release: Bool) {
-        lock.withLock { releaseRequested = releaseRequested || release || !persist }
+        releaseRequested.withLock { [persist] in $0 = $0 || release || !persist }
     }
 
-    var release: Bool { lock.withLock { releaseRequested } }
+    var release: Bool { releaseRequested.withLock { $0 } }
 
     /// SIGTERM and SIGINT through dispatch sources (the signals themselves are ignored), each
     /// recording its meaning before `shutdown` runs.

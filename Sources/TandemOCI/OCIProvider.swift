@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 
 /// Options shared by the daemon, `tandem cloud check` and `tandem cloud assign-vip`.
 public struct OCIProviderOptions: Sendable {
@@ -79,18 +80,6 @@ public struct TakeoverReport: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// Small lock-protected box (no NIO dependency in this library; TandemCloud uses it too).
-public final class Locked<Value>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Value
-    public init(_ value: Value) { self.value = value }
-    public func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
-        lock.lock()
-        defer { lock.unlock() }
-        return try body(&value)
-    }
-}
-
 /// The OCI cloud provider: moves a floating private IP onto this instance's VNIC.
 public final class OCIProvider: Sendable {
     public let config: OCIConfig
@@ -100,7 +89,7 @@ public final class OCIProvider: Sendable {
     public let options: OCIProviderOptions
     let logger: Logger
     /// VIP -> (my VNIC, its subnet OCID), learnt on the first takeover.
-    let cache = Locked<[String: (vnicId: String, subnetId: String?)]>([:])
+    let cache = Mutex<[String: (vnicId: String, subnetId: String?)]>([:])
 
     /// True when the config's fingerprint is not the key's (the API will answer 401).
     public var fingerprintMismatch: Bool { key.fingerprint != config.fingerprint }
