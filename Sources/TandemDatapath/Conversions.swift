@@ -32,13 +32,6 @@ extension ConnectionEntry {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock bpf_ktime_get_ns() reads.
-public func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
-
 /// An allowedSources entry as the tdm_sources trie keys it: the slot, then the prefix (masked,
 /// so equal prefixes compare equal however the user wrote the host bits).
 struct SourceKey: Hashable {

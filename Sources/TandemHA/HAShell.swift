@@ -39,7 +39,8 @@ public final class HAShell: @unchecked Sendable {
     private var lastInSync: Bool?
     private var activeVIPs: Set<IPv4Address> = []
     private var counters: [String: UInt64] = [:]
-    private var lastAuthWarning: UInt64 = 0
+    private var authWarnings = WarningLimiter()
+    private var rebindWarnings = WarningLimiter()
     private var peerAdverts: [UInt32: [UInt32: InstanceAdvert]] = [:]
     /// When each member's status last changed (wall clock ms), for the status and the failover test.
     private var memberChangedAt: [UInt32: UInt64] = [:]
@@ -75,7 +76,7 @@ public final class HAShell: @unchecked Sendable {
         self.logger = logger
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         loop = group.next()
-        let now = Self.monotonicNanos()
+        let now = monotonicNanoseconds()
         let epoch = wallClockMicros()
         // A restarted node must out-rank what the cluster remembers of its previous life, so its
         // first incarnation is the boot time in seconds.
@@ -220,7 +221,7 @@ public final class HAShell: @unchecked Sendable {
                 let known = config.instances.map(\.name).joined(separator: ", ")
                 return .failure(HAControlError("no HA instance '\(name)' (this node has: \(known))"))
             }
-            let now = Self.monotonicNanos()
+            let now = monotonicNanoseconds()
             handle(elections[i].onExternal(role, nowNanos: now), instance: i)
             swim.localAdverts = elections.map(\.advert)
             logger.notice("role set from outside (cistate)", metadata: ["instance": "\(name)", "state": "\(state)"])
@@ -243,7 +244,7 @@ public final class HAShell: @unchecked Sendable {
     // MARK: The loop
 
     private func tick() {
-        let now = Self.monotonicNanos()
+        let now = monotonicNanoseconds()
         perform(swim.onTick(nowNanos: now))
         let inSync = hooks.replicationInSync()
         for i in elections.indices {
@@ -258,7 +259,7 @@ public final class HAShell: @unchecked Sendable {
         counters["datagramsReceived", default: 0] += 1
         switch opener.open(bytes, channel: .gossip) {
         case .success(let (header, message)):
-            let now = Self.monotonicNanos()
+            let now = monotonicNanoseconds()
             let adverts: [InstanceAdvert]
             switch message {
             case .probe(let p): adverts = p.gossip.adverts
@@ -276,11 +277,9 @@ public final class HAShell: @unchecked Sendable {
             }
             swim.localAdverts = elections.map(\.advert)
         case .failure(let error):
-            let t = Self.monotonicNanos() / 1_000_000
-            if error.reason == .authFailed, t >= lastAuthWarning &+ 10_000 {
-                lastAuthWarning = t
+            if error.reason == .authFailed, let held = authWarnings.admit(nowMillis: monotonicNanoseconds() / 1_000_000) {
                 logger.warning("gossip messages fail authentication: is the cluster key the same on every node?",
-                               metadata: ["detail": "\(error.detail)"])
+                               metadata: ["detail": "\(error.detail)", "heldBack": "\(held)"])
             }
         }
     }
@@ -291,7 +290,7 @@ public final class HAShell: @unchecked Sendable {
             case .send(let message, let to):
                 send(message, to: to)
             case .memberChanged(let node, let status, let incarnation):
-                let now = Self.monotonicNanos()
+                let now = monotonicNanoseconds()
                 memberChangedAt[node] = wallClockMicros() / 1000
                 logger.notice("member \(status)", metadata: ["node": "\(IPv4Address(node))", "incarnation": "\(incarnation)"])
                 for i in elections.indices {
@@ -313,7 +312,10 @@ public final class HAShell: @unchecked Sendable {
         guard udp === channel, timer != nil else { return }
         udp = nil
         counters["socketRebinds", default: 0] += 1
-        logger.warning("gossip socket closed; binding it again")
+        if let held = rebindWarnings.admit(nowMillis: monotonicNanoseconds() / 1_000_000) {
+            logger.warning("gossip socket closed after a send error; binding it again",
+                           metadata: ["rebinds": "\(counters["socketRebinds"] ?? 0)", "heldBack": "\(held)"])
+        }
         rebind()
     }
 
@@ -439,7 +441,7 @@ public final class HAShell: @unchecked Sendable {
 
     private func takeoverFinished(instance i: Int, term: UInt64, result: Result<CloudTakeoverResult, Error>,
                                   elapsed: Duration) {
-        let now = Self.monotonicNanos()
+        let now = monotonicNanoseconds()
         let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
         let name = config.instances[i].name
         switch result {
@@ -468,7 +470,7 @@ public final class HAShell: @unchecked Sendable {
     // MARK: Status
 
     private func makeStatus() -> HAStatus {
-        let now = Self.monotonicNanos()
+        let now = monotonicNanoseconds()
         let names = Dictionary(elections.enumerated().map { ($1.advert.instance, config.instances[$0].name) },
                                uniquingKeysWith: { first, _ in first })
         var members: [HAStatus.Member] = [
@@ -522,12 +524,6 @@ public final class HAShell: @unchecked Sendable {
     }
 
     // MARK: Clocks and scheduling
-
-    static func monotonicNanos() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
 
     /// SCHED_RR priority 10 for the calling thread; nice -10 if that is refused.
     static func raiseThreadPriority() -> String {

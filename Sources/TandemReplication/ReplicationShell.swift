@@ -90,7 +90,7 @@ public final class ReplicationShell: @unchecked Sendable {
     private var bytesSent: UInt64 = 0
     /// Written on `installLoop`, read anywhere.
     private let installFailuresBox = NIOLockedValueBox<UInt64>(0)
-    private var lastAuthWarning: UInt64 = 0
+    private var authWarnings = WarningLimiter()
     private var lastSummary: UInt64 = 0
     private var flushScheduled = false
     private var scanInProgress = false
@@ -99,7 +99,7 @@ public final class ReplicationShell: @unchecked Sendable {
     /// Actions of the datagrams read so far in the current read burst.
     private var receivedActions: [ReplicationAction] = []
     private var socketRebinds: UInt64 = 0
-    private var lastRebindWarning: UInt64 = 0
+    private var rebindWarnings = WarningLimiter()
     private var summarised = ReplicationCounters()
     private let inSyncBox = NIOLockedValueBox(false)
     private let stoppedBox = NIOLockedValueBox(false)
@@ -214,11 +214,9 @@ public final class ReplicationShell: @unchecked Sendable {
         guard udp === channel, !stoppedBox.withLockedValue({ $0 }) else { return } // stopping, or an old socket
         udp = nil
         socketRebinds += 1
-        let t = now().monotonicMillis
-        if t >= lastRebindWarning &+ 10_000 {
-            lastRebindWarning = t
+        if let held = rebindWarnings.admit(nowMillis: now().monotonicMillis) {
             logger.warning("sync socket closed after a send error; binding it again",
-                           metadata: ["rebinds": "\(socketRebinds)"])
+                           metadata: ["rebinds": "\(socketRebinds)", "heldBack": "\(held)"])
         }
         rebind()
     }
@@ -305,7 +303,7 @@ public final class ReplicationShell: @unchecked Sendable {
         loop.execute { [self] in
             guard !scanInProgress else { return }
             scanInProgress = true
-            scanTiming = ScanTiming(startedNanos: NIODeadline.now().uptimeNanoseconds, flows: live.count)
+            scanTiming = ScanTiming(startedNanos: monotonicNanoseconds(), flows: live.count)
             core.beginScan(now: now(), readAtMillis: readAtMillis)
             scanSlice(live, from: 0)
         }
@@ -318,7 +316,7 @@ public final class ReplicationShell: @unchecked Sendable {
         var loopNanos: UInt64 = 0
         var longestSliceNanos: UInt64 = 0
         mutating func add(_ started: UInt64) {
-            let d = NIODeadline.now().uptimeNanoseconds &- started
+            let d = monotonicNanoseconds() &- started
             loopNanos += d
             longestSliceNanos = max(longestSliceNanos, d)
         }
@@ -329,7 +327,7 @@ public final class ReplicationShell: @unchecked Sendable {
     static let scanSliceSize = 1024
 
     private func scanSlice(_ live: [(record: FlowRecord, fromPeer: Bool)], from start: Int) {
-        let began = NIODeadline.now().uptimeNanoseconds
+        let began = monotonicNanoseconds()
         defer { scanTiming.add(began) }
         let end = min(start + Self.scanSliceSize, live.count)
         let t = now()
@@ -345,7 +343,7 @@ public final class ReplicationShell: @unchecked Sendable {
     }
 
     private func finishSlice(fromLeaf start: Int, leaves: Int) {
-        let began = NIODeadline.now().uptimeNanoseconds
+        let began = monotonicNanoseconds()
         let end = min(start + leaves, ReplicaTable.leafCount)
         perform(core.finishScan(leaves: start..<end, now: now()))
         scanTiming.add(began)
@@ -357,7 +355,7 @@ public final class ReplicationShell: @unchecked Sendable {
             let s = scanTiming
             logger.debug("replication scan done", metadata: [
                 "flows": "\(s.flows)", "records": "\(core.table.count)",
-                "took_ms": "\((NIODeadline.now().uptimeNanoseconds &- s.startedNanos) / 1_000_000)",
+                "took_ms": "\((monotonicNanoseconds() &- s.startedNanos) / 1_000_000)",
                 "loop_ms": "\(s.loopNanos / 1_000_000)", "longest_slice_us": "\(s.longestSliceNanos / 1000)"])
         }
     }
@@ -374,7 +372,7 @@ public final class ReplicationShell: @unchecked Sendable {
     }
 
     /// The monotonic clock the core's times are on, in milliseconds.
-    public static func clockMillis() -> UInt64 { NIODeadline.now().uptimeNanoseconds / 1_000_000 }
+    public static func clockMillis() -> UInt64 { monotonicNanoseconds() / 1_000_000 }
 
     /// Arms the tick timer `milliseconds` from now, unless it is already due sooner.
     private func scheduleTick(in milliseconds: Int64) {
@@ -498,11 +496,9 @@ public final class ReplicationShell: @unchecked Sendable {
     }
 
     private func noteDrop(_ error: SyncDecodeError) {
-        let t = now().monotonicMillis
-        if error.reason == .authFailed, t >= lastAuthWarning &+ 10_000 {
-            lastAuthWarning = t
+        if error.reason == .authFailed, let held = authWarnings.admit(nowMillis: now().monotonicMillis) {
             logger.warning("sync messages fail authentication: is the cluster key the same on every node?",
-                           metadata: ["detail": "\(error.detail)"])
+                           metadata: ["detail": "\(error.detail)", "heldBack": "\(held)"])
         } else {
             logger.debug("sync message dropped", metadata: ["reason": "\(error)"])
         }
