@@ -162,6 +162,13 @@ let package = Package(
         // libnetfilter_conntrack from Debian (libnetfilter-conntrack-dev), for the conntrackd comparison.
         .systemLibrary(name: "CNetfilterConntrack", path: "Sources/CNetfilterConntrack",
                        pkgConfig: "libnetfilter_conntrack", providers: [.apt(["libnetfilter-conntrack-dev"])]),
+        // Kernel conntrack as a change source (issue 16): the KernelConnection value and its
+        // mapping from libnetfilter_conntrack attributes, config filters and a pure core (events,
+        // overrun resync, periodic reconcile; returns actions).
+        .target(name: "TandemConntrack",
+                dependencies: ["TandemCore", "CNetfilterConntrack", "CLibMnl",
+                               .product(name: "Logging", package: "swift-log")],
+                path: "Sources/TandemConntrack"),
         // The same measurement for conntrackd (the alternative): creates kernel conntrack entries in
         // one namespace and times their arrival in another's table.
         .executableTarget(name: "tandem-ctbench",
@@ -202,6 +209,8 @@ let package = Package(
                                    .product(name: "NIOPosix", package: "swift-nio"),
                                    .product(name: "Logging", package: "swift-log")],
                     path: "Tests/TandemPrivilegedTests"),
+        .testTarget(name: "TandemConntrackTests", dependencies: ["TandemConntrack", "CNetfilterConntrack", "TandemCore"],
+                    path: "Tests/TandemConntrackTests"),
         .testTarget(name: "TandemHealthTests", dependencies: ["TandemHealth", "TandemCore"], path: "Tests/TandemHealthTests"),
         // OCI provider. OpenSSL's libcrypto (Debian libssl-dev, via pkg-config) loads every API-key
         // PEM form (PKCS#1, PKCS#8, both encrypted forms) and signs with keys of any size.

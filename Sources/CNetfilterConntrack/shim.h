@@ -90,3 +90,110 @@ static inline int ctb_dump_ipv4(struct nfct_handle *h) {
     uint32_t family = AF_INET;
     return nfct_query(h, NFCT_Q_DUMP, &family);
 }
+
+/* ---- TandemConntrack's event source (tct_*): the socket set-up Swift cannot express well
+ * (SOL_NETLINK options, poll, the dump request's nfgenmsg). Message walking and attribute
+ * mapping are in Swift. Functions return 0 or a length on success and -errno on failure. */
+#include <errno.h>
+#include <poll.h>
+#include <libmnl/libmnl.h>
+#include <linux/netlink.h>
+#include <linux/netfilter/nfnetlink.h>
+
+/* A NETLINK_NETFILTER socket (libmnl) in the calling thread's network namespace, joined to the
+ * conntrack event groups set in `groups` (bit 0 NEW, bit 1 UPDATE, bit 2 DESTROY; 0 for a
+ * request/dump socket). With `broadcast_error`, NETLINK_BROADCAST_ERROR is on: a delivery that
+ * fails on this socket is reported back to ctnetlink, which then keeps the event and delivers it
+ * again (with the entry's next event; destroys are retried until delivered). NETLINK_NO_ENOBUFS
+ * stays off, so an overrun still reaches us as ENOBUFS and the source resynchronises. */
+static inline struct mnl_socket *tct_open(unsigned groups, int broadcast_error, int *err) {
+    struct mnl_socket *nl = mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC);
+    if (nl == NULL) { *err = -errno; return NULL; }
+    if (mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0) goto fail;
+    static const int grp[3] = { NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY };
+    for (int i = 0; i < 3; i++) {
+        if (!(groups & (1u << i))) continue;
+        int g = grp[i];
+        if (mnl_socket_setsockopt(nl, NETLINK_ADD_MEMBERSHIP, &g, sizeof(g)) < 0) goto fail;
+    }
+    if (groups != 0) {
+        int on = broadcast_error ? 1 : 0, off = 0;
+        if (mnl_socket_setsockopt(nl, NETLINK_BROADCAST_ERROR, &on, sizeof(on)) < 0) goto fail;
+        if (mnl_socket_setsockopt(nl, NETLINK_NO_ENOBUFS, &off, sizeof(off)) < 0) goto fail;
+    }
+    *err = 0;
+    return nl;
+fail:
+    *err = -errno;
+    mnl_socket_close(nl);
+    return NULL;
+}
+
+static inline int tct_fd(struct mnl_socket *nl) { return mnl_socket_get_fd(nl); }
+static inline void tct_close(struct mnl_socket *nl) { mnl_socket_close(nl); }
+
+/* Receive buffer: SO_RCVBUFFORCE (root; past rmem_max), else SO_RCVBUF. The kernel doubles the
+ * value it is given for bookkeeping overhead, so half of `bytes` is passed. Returns the size the
+ * kernel reports (SO_RCVBUF), or -errno. */
+static inline int tct_set_rcvbuf(int fd, int bytes) {
+    int half = bytes / 2;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &half, sizeof(half)) < 0 &&
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &half, sizeof(half)) < 0) return -errno;
+    int got = 0;
+    socklen_t len = sizeof(got);
+    if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &got, &len) < 0) return -errno;
+    return got;
+}
+
+/* Waits up to timeout_ms for a datagram and reads it. Returns its length, -EAGAIN on timeout,
+ * -EMSGSIZE when it did not fit (truncated), -ENOBUFS after an overrun, or another -errno. */
+static inline int tct_recv(int fd, void *buf, size_t len, int timeout_ms) {
+    if (timeout_ms >= 0) {
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        int r = poll(&p, 1, timeout_ms);
+        if (r < 0) return -errno;
+        if (r == 0) return -EAGAIN;
+    }
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    struct sockaddr_nl addr;
+    struct msghdr msg = { .msg_name = &addr, .msg_namelen = sizeof(addr), .msg_iov = &iov, .msg_iovlen = 1 };
+    ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT);
+    if (n < 0) return -errno;
+    if (msg.msg_flags & MSG_TRUNC) return -EMSGSIZE;
+    if (msg.msg_namelen != sizeof(addr) || addr.nl_pid != 0) return -EPROTO;   /* not from the kernel */
+    return (int)n;
+}
+
+/* Sends a ctnetlink dump request (IPCTNL_MSG_CT_GET, NLM_F_DUMP) for IPv4 entries. */
+static inline int tct_send_dump(struct mnl_socket *nl, uint32_t seq) {
+    char buf[MNL_SOCKET_BUFFER_SIZE];
+    struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
+    nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
+    nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    nlh->nlmsg_seq = seq;
+    struct nfgenmsg *nfh = mnl_nlmsg_put_extra_header(nlh, sizeof(struct nfgenmsg));
+    nfh->nfgen_family = AF_INET;
+    nfh->version = NFNETLINK_V0;
+    nfh->res_id = 0;
+    if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0) return -errno;
+    return 0;
+}
+
+/* nfct_nlmsg_parse on a message the caller has bounds-checked (nlmsg_len within the datagram). */
+static inline int tct_parse(const void *nlh, struct nf_conntrack *ct) {
+    return nfct_nlmsg_parse((const struct nlmsghdr *)nlh, ct);
+}
+
+/* Builds the ctnetlink message for an entry (for tests of the mapping: parse(build(x)) == x). */
+static inline int tct_build(void *buf, size_t len, const struct nf_conntrack *ct, int destroy) {
+    if (len < MNL_SOCKET_BUFFER_SIZE) return -ENOSPC;
+    struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
+    nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | (destroy ? IPCTNL_MSG_CT_DELETE : IPCTNL_MSG_CT_NEW);
+    nlh->nlmsg_flags = destroy ? 0 : (NLM_F_CREATE | NLM_F_EXCL);
+    struct nfgenmsg *nfh = mnl_nlmsg_put_extra_header(nlh, sizeof(struct nfgenmsg));
+    nfh->nfgen_family = AF_INET;
+    nfh->version = NFNETLINK_V0;
+    nfh->res_id = 0;
+    if (nfct_nlmsg_build(nlh, ct) < 0) return -errno;
+    return (int)nlh->nlmsg_len;
+}
