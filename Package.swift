@@ -163,8 +163,8 @@ let package = Package(
         .systemLibrary(name: "CNetfilterConntrack", path: "Sources/CNetfilterConntrack",
                        pkgConfig: "libnetfilter_conntrack", providers: [.apt(["libnetfilter-conntrack-dev"])]),
         // Kernel conntrack as a change source (issue 16): the KernelConnection value and its
-        // mapping from libnetfilter_conntrack attributes, config filters and a pure core (events,
-        // overrun resync, periodic reconcile; returns actions).
+        // mapping from libnetfilter_conntrack attributes, config filters, a pure core (events,
+        // overrun resync, periodic reconcile; returns actions) and the ctnetlink reader thread.
         .target(name: "TandemConntrack",
                 dependencies: ["TandemCore", "CNetfilterConntrack", "CLibMnl",
                                .product(name: "Logging", package: "swift-log")],
