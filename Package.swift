@@ -206,6 +206,7 @@ let package = Package(
                     path: "Tests/TandemElectionTests"),
         .testTarget(name: "TandemPrivilegedTests",
                     dependencies: ["TandemCore", "TandemStatus", "TandemDatapath", "TandemAPI", "TandemSync", "TandemCloud", "TandemHealth",
+                                   "TandemConntrack", "CNetfilterConntrack",
                                    .product(name: "NIOPosix", package: "swift-nio"),
                                    .product(name: "Logging", package: "swift-log")],
                     path: "Tests/TandemPrivilegedTests"),
