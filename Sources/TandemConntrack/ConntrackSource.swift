@@ -53,6 +53,7 @@ public final class ConntrackSource: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private let ready = DispatchSemaphore(value: 0)
     private var startError: String?
+    private var started = false
 
     public init(options: Options = .init(), logger: Logger = Logger(label: "tandem.conntrack"),
                 onChanges: @escaping Handler) {
@@ -67,6 +68,11 @@ public final class ConntrackSource: @unchecked Sendable {
     /// Starts the reader thread; returns once it is subscribed (events from then on are seen) and
     /// its initial dump has been delivered. Throws when the namespace or socket cannot be opened.
     public func start() throws {
+        let first = lock.withLock { () -> Bool in
+            defer { started = true }
+            return !started
+        }
+        guard first else { throw ConntrackSourceError(message: "conntrack source already started") }
         let t = Thread { [self] in self.run() }
         t.name = "tandem-conntrack"
         t.stackSize = 1 << 20
