@@ -1,6 +1,7 @@
 import CNetfilterConntrack
 import Foundation
 import Logging
+import TandemCore
 
 /// The kernel conntrack source's I/O shell: one dedicated thread (optionally moved into a
 /// network namespace first) owns a NETLINK_NETFILTER socket subscribed to the conntrack NEW,
@@ -132,7 +133,7 @@ public final class ConntrackSource: @unchecked Sendable {
         let bufSize = 256 << 10
         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: bufSize, alignment: 8)
         defer { buf.deallocate() }
-        execute(core.onStart(now: Self.now()), core: &core, fd: fd, buf: buf)
+        execute(core.onStart(now: monotonicNanoseconds()), core: &core, fd: fd, buf: buf)
         publish(core)
         ready.signal()
         while !shouldStop {
@@ -153,7 +154,7 @@ public final class ConntrackSource: @unchecked Sendable {
                 core.countMalformed()
                 logger.debug("conntrack event socket: \(String(cString: strerror(-n)))")
             }
-            execute(core.onTick(now: Self.now()), core: &core, fd: fd, buf: buf)
+            execute(core.onTick(now: monotonicNanoseconds()), core: &core, fd: fd, buf: buf)
             publish(core)
         }
         lock.withLock { stats.running = false }
@@ -216,20 +217,20 @@ public final class ConntrackSource: @unchecked Sendable {
                     // event cannot overwrite (or resurrect) what the dump finds. Bounded.
                     drain(fd: fd, buf: buf, core: &core)
                 }
-                let start = Self.now()
+                let start = monotonicNanoseconds()
                 switch dump(buf: buf) {
                 case .success(let (entries, malformed)):
                     core.countMalformed(malformed)
-                    let secs = Double(Self.now() - start) / 1e9
+                    let secs = Double(monotonicNanoseconds() - start) / 1e9
                     lock.withLock {
                         stats.lastDumpEntries = entries.count
                         stats.lastDumpSeconds = secs
                     }
                     logger.debug("conntrack \(reason.rawValue) dump: \(entries.count) entries in \(secs) s")
-                    queue.append(contentsOf: core.onDump(entries, reason: reason, now: Self.now()))
+                    queue.append(contentsOf: core.onDump(entries, reason: reason, now: monotonicNanoseconds()))
                 case .failure(let e):
                     logger.warning("conntrack \(reason.rawValue) dump failed: \(e.message)")
-                    queue.append(contentsOf: core.onDumpFailed(reason: reason, now: Self.now()))
+                    queue.append(contentsOf: core.onDumpFailed(reason: reason, now: monotonicNanoseconds()))
                 }
             }
         }
@@ -262,8 +263,8 @@ public final class ConntrackSource: @unchecked Sendable {
         guard rc == 0 else { return .failure(ConntrackSourceError(message: "dump request: \(String(cString: strerror(-rc)))")) }
         var entries: [KernelConnection] = []
         var malformed = 0
-        let deadline = Self.now() + 60_000_000_000
-        while Self.now() < deadline {
+        let deadline = monotonicNanoseconds() + 60_000_000_000
+        while monotonicNanoseconds() < deadline {
             let n = tct_recv(fd, buf.baseAddress, buf.count, 1000)
             if n == -EAGAIN || n == -EINTR { continue }
             guard n > 0 else { return .failure(ConntrackSourceError(message: "dump read: \(String(cString: strerror(-n)))")) }
@@ -283,12 +284,6 @@ public final class ConntrackSource: @unchecked Sendable {
             }
         }
         return .failure(ConntrackSourceError(message: "dump did not finish in 60 s"))
-    }
-
-    static func now() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 
     static func readKernelEventsSetting() -> Int? {
