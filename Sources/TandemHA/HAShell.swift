@@ -21,7 +21,8 @@ import TandemStatus
 /// carries out their decisions: the datapath's VIP gate at once, the cloud provider's moves on a
 /// serial queue off the loop (an API call must never delay a probe).
 public final class HAShell: @unchecked Sendable {
-    // Everything below `loop` is touched only on `loop`.
+    // Everything below `loop` is touched only on `loop` (one thread); the entry points assert it
+    // (`assertInEventLoop`, checked in debug builds, so the tests catch a stray caller).
     public let config: HAShellConfig
     private let group: MultiThreadedEventLoopGroup
     private let loop: EventLoop
@@ -244,6 +245,7 @@ public final class HAShell: @unchecked Sendable {
     // MARK: The loop
 
     private func tick() {
+        loop.assertInEventLoop()
         let now = monotonicNanoseconds()
         perform(swim.onTick(nowNanos: now))
         let inSync = hooks.replicationInSync()
@@ -256,6 +258,7 @@ public final class HAShell: @unchecked Sendable {
     }
 
     fileprivate func received(_ bytes: [UInt8]) {
+        loop.assertInEventLoop()
         counters["datagramsReceived", default: 0] += 1
         switch opener.open(bytes, channel: .gossip) {
         case .success(let (header, message)):
@@ -285,6 +288,7 @@ public final class HAShell: @unchecked Sendable {
     }
 
     private func perform(_ actions: [SWIMAction]) {
+        loop.assertInEventLoop()
         for action in actions {
             switch action {
             case .send(let message, let to):
@@ -309,6 +313,7 @@ public final class HAShell: @unchecked Sendable {
     /// NIO closes a UDP channel after some send errors (a local firewall's EPERM); membership must
     /// not stop over it, so a closed socket is bound again.
     fileprivate func channelClosed(_ channel: Channel) {
+        loop.assertInEventLoop()
         guard udp === channel, timer != nil else { return }
         udp = nil
         counters["socketRebinds", default: 0] += 1
@@ -352,6 +357,7 @@ public final class HAShell: @unchecked Sendable {
     }
 
     private func handle(_ actions: [ElectionAction], instance i: Int) {
+        loop.assertInEventLoop()
         for action in actions {
             let name = config.instances[i].name
             switch action {

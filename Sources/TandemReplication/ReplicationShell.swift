@@ -63,7 +63,8 @@ public struct ReplicationShellConfig: Sendable {
 /// deltas, acks, keepalives and digests, and TCP for bulk transfers. All core access happens on
 /// that loop, so the core needs no locks; other threads hand work over with `execute`.
 public final class ReplicationShell: @unchecked Sendable {
-    // Everything below `loop` is touched only on `loop`.
+    // Everything below `loop` is touched only on `loop` (one thread); the entry points assert it
+    // (`assertInEventLoop`, checked in debug builds, so the tests catch a stray caller).
     public let config: ReplicationShellConfig
     private let group: MultiThreadedEventLoopGroup
     private let loop: EventLoop
@@ -207,6 +208,7 @@ public final class ReplicationShell: @unchecked Sendable {
     }
 
     fileprivate func datagramClosed(_ channel: Channel) {
+        loop.assertInEventLoop()
         // Not `timer != nil`: the first hello goes out at start before the tick timer exists, and
         // NIO closes the channel inside that write; a socket lost then was never bound again
         // (a node whose first sends a firewall refused stayed deaf and mute, and declared itself
@@ -389,6 +391,7 @@ public final class ReplicationShell: @unchecked Sendable {
     }
 
     private func tick() {
+        loop.assertInEventLoop()
         guard timer != nil else { return } // stopping
         let t = now()
         var actions = core.onTick(now: t)
@@ -403,6 +406,7 @@ public final class ReplicationShell: @unchecked Sendable {
     }
 
     private func perform(_ actions: [ReplicationAction]) {
+        loop.assertInEventLoop()
         var installs: [FlowRecord] = []
         var removals: [FlowTuple] = []
         func applyDatapath() {
@@ -478,6 +482,7 @@ public final class ReplicationShell: @unchecked Sendable {
     /// 64 datagrams per wakeup: 4 recvmmsg of 16): their map writes then go to the install thread
     /// as one batch, and their answers out with one flush, instead of one of each per datagram.
     fileprivate func received(datagram bytes: [UInt8]) {
+        loop.assertInEventLoop()
         datagramsReceived += 1
         switch opener.open(bytes, channel: .datagram) {
         case .success(let (header, message)):
@@ -488,6 +493,7 @@ public final class ReplicationShell: @unchecked Sendable {
     }
 
     fileprivate func receivedBurstEnded() {
+        loop.assertInEventLoop()
         var actions = receivedActions
         receivedActions.removeAll(keepingCapacity: true)
         actions += core.flush(now: now())
@@ -508,6 +514,7 @@ public final class ReplicationShell: @unchecked Sendable {
 
     /// Serving side: a peer's request arrived on an accepted connection.
     fileprivate func serve(frame bytes: [UInt8], on channel: Channel) {
+        loop.assertInEventLoop()
         switch opener.open(bytes, channel: .stream) {
         case .failure(let error):
             noteDrop(error)
@@ -595,6 +602,7 @@ public final class ReplicationShell: @unchecked Sendable {
     }
 
     fileprivate func pulled(frame bytes: [UInt8], from peer: UInt32, requestID: UInt32, channel: Channel) {
+        loop.assertInEventLoop()
         switch opener.open(bytes, channel: .stream) {
         case .failure(let error):
             noteDrop(error)
@@ -618,6 +626,7 @@ public final class ReplicationShell: @unchecked Sendable {
     }
 
     fileprivate func pullClosed(requestID: UInt32) {
+        loop.assertInEventLoop()
         pulls[requestID] = nil
         // A transfer that ended cleanly is gone from the core already; this only fails broken ones.
         perform(core.onTransferFailed(requestID: requestID, now: now()))
