@@ -4,6 +4,10 @@ import Foundation
 import Glibc
 import TandemCore
 
+// Installing peers' connections into this node's maps: the kernel installer (tandem_install,
+// batched through a syscall program) with the map-call fallback, reaping, and the active-connection
+// counters user space keeps right when it deletes entries itself.
+
 /// Why a replicated connection could not be installed. `tableFull` is the one a replication
 /// receiver is expected to count and carry on from.
 public enum ConnectionInstallError: Error, Sendable, Equatable, CustomStringConvertible {
