@@ -63,9 +63,11 @@ import TandemSealing
             }
         }
         let ha = try #require(shell)
-        // MASTER from outside: its takeover starts and blocks in the provider.
+        // MASTER from outside: its takeover starts and blocks in the provider. The move runs on a
+        // task of the shared pool, which the parallel unit tests can keep busy for seconds on two
+        // cores (seen in CI: 4 s), so the wait is generous; the gate, not the timing, orders the rest.
         try await ha.setExternal(instance: "llb-inst0", state: "MASTER")
-        #expect(await waitFor(5) { provider.state.withLockedValue { $0.firstStarted } })
+        #expect(await waitFor(30) { provider.state.withLockedValue { $0.firstStarted } })
         // A second move queues behind it (a service change re-asserts the MASTER's VIPs).
         ha.servicesChanged()
         try await Task.sleep(for: .milliseconds(100))
@@ -73,7 +75,7 @@ import TandemSealing
         let stopping = Task { await ha.stop() }
         try await Task.sleep(for: .milliseconds(200))
         provider.state.withLockedValue { $0.gateOpen = true }
-        await stopping.value
+        _ = await stopping.value
         let s = provider.state.withLockedValue { $0 }
         #expect(s.takeovers.count == 1, "takeovers after the leave: \(s.takeovers)")
         #expect(s.releases >= 1, "the VIPs were released on stop")
