@@ -189,12 +189,15 @@ PY
     flows_rc=0
     wait "$FLOWS_PID" || flows_rc=$?
     FLOWS_PID=""
-    flows="$(tail -n 1 "$TB_STATE/flows-$round.json")"
-    [[ -n "$flows" ]] || flows='{}'
-    round_json="$(FLOWS="$flows" python3 - "$round" "$detect_ms" "$takeover_ms" "$provider_ms" "$resync_ms" "$returned_role" "$survivor_role" "$flows_rc" "$KILLED" "$SURV" "$dead_ms" "$VICTIM" "$unasked" "$reasserts" <<'PY'
+    # The report goes to python as a file: with thousands of stalls it outgrows the 128 KiB an
+    # environment variable may hold.
+    flows_file="$TB_STATE/flows-$round.last.json"
+    tail -n 1 "$TB_STATE/flows-$round.json" >"$flows_file"
+    [[ -s "$flows_file" ]] || echo '{}' >"$flows_file"
+    round_json="$(FLOWS_FILE="$flows_file" python3 - "$round" "$detect_ms" "$takeover_ms" "$provider_ms" "$resync_ms" "$returned_role" "$survivor_role" "$flows_rc" "$KILLED" "$SURV" "$dead_ms" "$VICTIM" "$unasked" "$reasserts" <<'PY'
 import json, os, sys
 r, detect, take, prov, resync, back_role, surv_role, rc, killed, survivor, dead, victim, unasked, reasserts = sys.argv[1:]
-f = json.loads(os.environ["FLOWS"] or "{}")
+f = json.loads(open(os.environ["FLOWS_FILE"]).read() or "{}")
 ok = rc == "0" and back_role == "BACKUP" and surv_role == "MASTER" and (victim == "backup" or int(take) >= 0) and unasked == "0" \
     and reasserts == "0"
 print(json.dumps({"round": int(r), "victim": victim, "killed": killed, "master": survivor, "detectedMs": int(dead), "electedMs": int(detect),

@@ -195,7 +195,9 @@ phase() {
         sleep "$SETTLE"
     done
     stop_flows "$name"
-    local flows="$FLOWS_REPORT"
+    # To python as a file: with thousands of stalls the report outgrows an environment variable.
+    local flows_file="$TB_STATE/flows-$name.last.json"
+    printf '%s\n' "$FLOWS_REPORT" >"$flows_file"
     if [[ -n "$PLOT" && "$name" == graceful-master ]]; then
         tb_need_matplotlib
         python3 -c 'import json,sys; print(json.dumps([json.loads(l) for l in open(sys.argv[1]) if l.strip()]))' "$EVENTS" \
@@ -215,10 +217,10 @@ phase() {
     local owners
     owners="$(awk -v t="$t_start" '$1 >= t && $2 != "" {print $2}' "$TB_STATE/owners.txt" | sort | uniq -c | awk '{printf "%s%s:%s", (NR>1?",":""), $2, $1}')"
     local pj
-    pj="$(FLOWS="$flows" python3 - "$name" "$how" "$who" "$count" "$term_before" "$term_after" "$changes" "$masters" "$m_after" "$owners" "${gone[@]}" <<'PY'
+    pj="$(FLOWS_FILE="$flows_file" python3 - "$name" "$how" "$who" "$count" "$term_before" "$term_after" "$changes" "$masters" "$m_after" "$owners" "${gone[@]}" <<'PY'
 import json, os, sys
 name, how, who, count, tb, ta, changes, m0, m1, owners, *gone = sys.argv[1:]
-f = json.loads(os.environ["FLOWS"])
+f = json.loads(open(os.environ["FLOWS_FILE"]).read())
 tcp, udp = f.get("tcp", {}), f.get("udp", {})
 g = sorted(int(x) for x in gone if int(x) >= 0)
 owner_counts = {}
