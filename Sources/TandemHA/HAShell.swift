@@ -208,6 +208,19 @@ public final class HAShell: @unchecked Sendable {
         try? await loop.submit { [self] in makeStatus() }.get()
     }
 
+    /// The MASTER of each VIP as this node's elections see it (VIPs without one are absent). What
+    /// the verdict loop polls: much less than `status()` for the loop that runs the gossip.
+    public func mastersByVIP() async -> [IPv4Address: UInt32] {
+        (try? await loop.submit { [self] () -> [IPv4Address: UInt32] in
+            var out: [IPv4Address: UInt32] = [:]
+            for (i, e) in elections.enumerated() {
+                guard let m = e.masterID else { continue }
+                for v in vips(of: i) { out[v] = m }
+            }
+            return out
+        }.get()) ?? [:]
+    }
+
     /// cistate: sets an instance's role from outside (kube-loxilb). MASTER claims a new term at
     /// once; BACKUP steps down and stays out of the election until a later MASTER.
     public func setExternal(instance name: String, state: String) async throws(HAControlError) {

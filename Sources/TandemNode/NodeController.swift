@@ -828,11 +828,7 @@ extension NodeController {
     }
 
     func verdictTick() async {
-        var now: [IPv4Address: UInt32] = [:]
-        for i in await ha?.status()?.instances ?? [] {
-            guard let m = i.master else { continue }
-            for v in i.vips { if let ip = IPv4Address(v) { now[ip] = m } }
-        }
+        let now = await ha?.mastersByVIP() ?? [:]
         if now != masters {
             let text = Set(now.values).sorted().map { "\(IPv4Address($0))" }.joined(separator: ",")
             logger.info("verdicts: MASTER changed", metadata: ["masters": "\(text.isEmpty ? "none" : text)"])
