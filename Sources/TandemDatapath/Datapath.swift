@@ -692,7 +692,7 @@ public actor Datapath {
             for i in 0..<min(UInt32(v.endpoint_count), UInt32(TDM_MAX_ENDPOINTS)) {
                 guard (maps.endpointState.lookup(base + i, as: tdm_ep_state.self)?.down ?? 0) != 0,
                       let ep = maps.endpoints.lookup(base + i, as: tdm_endpoint.self) else { continue }
-                down.insert("\(IPv4Address(networkOrder: ep.ip)):\(UInt16(bigEndian: ep.port))")
+                down.insert(Endpoint(ip: IPv4Address(networkOrder: ep.ip), port: UInt16(bigEndian: ep.port)).identity)
             }
             if !down.isEmpty {
                 out[ServiceKey(vip: IPv4Address(networkOrder: k.vip), port: UInt16(bigEndian: k.port), proto: proto)] = down

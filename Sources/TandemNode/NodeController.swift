@@ -665,17 +665,20 @@ extension NodeController {
         probed[key] = want.isEmpty ? nil : Set(want.keys)
         // Verdicts about endpoints no longer probed are forgotten.
         let now = wallClockMicros()
-        for ep in verdicts.probeDown[key]?.keys.map({ $0 }) ?? [] where want[EndpointID("\(key)|\(ep)")] == nil {
+        for ep in verdicts.probeDown[key]?.keys.map({ $0 }) ?? [] where want[Self.probeID(key, ep.description)] == nil {
             verdicts.setProbe(key, ep, down: false, atMicros: now, nowMicros: now)
         }
     }
+
+    /// The monitor's id of one endpoint of one service ("key|ip:port"; `healthChanged` splits it).
+    static func probeID(_ key: ServiceKey, _ identity: String) -> EndpointID { EndpointID("\(key)|\(identity)") }
 
     /// The probes a service's endpoints get (none if it is not monitored).
     private func probeTargets(_ svc: Service, options opts: ServiceOptions) -> [EndpointID: ProbeTarget] {
         guard let spec = try? Self.probeSpec(svc, opts) else { return [:] }
         var want: [EndpointID: ProbeTarget] = [:]
         for ep in svc.endpoints {
-            let id = EndpointID("\(svc.key)|\(ep.identity)")
+            let id = Self.probeID(svc.key, ep.identity)
             // LoxiLB: an endpoint object under the endpoint's key supplies its probe.
             let governed = endpointObjects[EndpointObject.ruleKey(ep, proto: svc.key.proto)].flatMap { try? Self.probeSpec($0) }
             want[id] = ProbeTarget(id: id, address: ep.ip.description, port: ep.port, spec: governed ?? spec)
@@ -692,7 +695,7 @@ extension NodeController {
         let now = wallClockMicros()
         var kept: [String] = []
         for ep in service.endpoints where held.contains(ep.identity) {
-            let id = EndpointID("\(service.key)|\(ep.identity)")
+            let id = Self.probeID(service.key, ep.identity)
             // Kind none has no probe that could bring it back: it follows its verdicts alone.
             guard let t = targets[id], t.spec.kind != .none else { continue }
             _ = verdicts.setProbe(service.key, EndpointRef(ep), down: true, atMicros: now, nowMicros: now)
@@ -709,7 +712,7 @@ extension NodeController {
     fileprivate func forgetHeldDown(_ service: Service) {
         let now = wallClockMicros()
         for ep in service.endpoints {
-            let id = EndpointID("\(service.key)|\(ep.identity)")
+            let id = Self.probeID(service.key, ep.identity)
             guard startingDown.remove(id) != nil else { continue }
             _ = verdicts.setProbe(service.key, EndpointRef(ep), down: false, atMicros: now, nowMicros: now)
         }
@@ -962,7 +965,7 @@ extension NodeController {
 
     /// Probe state of one endpoint, for the API's listings.
     func probeSnapshot(_ key: ServiceKey, _ ep: Endpoint) -> EndpointSnapshot? {
-        health?.snapshot(of: EndpointID("\(key)|\(ep.identity)"))
+        health?.snapshot(of: Self.probeID(key, ep.identity))
     }
 
     public func setEndpointHostState(_ entry: EndpointHostStateEntry) async throws {
