@@ -55,10 +55,16 @@ let package = Package(
         // machines, bulk transfers and anti-entropy. Pure: clock and randomness are injected,
         // methods return actions.
         .target(name: "TandemSync", dependencies: ["TandemCore", "TandemSyncWire", "TandemStatus"], path: "Sources/TandemSync"),
+        // What the SwiftNIO shells share: the UDP socket that binds itself again when NIO closes it.
+        .target(name: "TandemShellSupport",
+                dependencies: ["TandemCore",
+                               .product(name: "NIOCore", package: "swift-nio"),
+                               .product(name: "Logging", package: "swift-log")],
+                path: "Sources/TandemShellSupport"),
         // The replication shell: one SwiftNIO event loop runs the core, UDP for deltas, TCP for
         // bulk transfers, and hands learned flows to the datapath.
         .target(name: "TandemReplication",
-                dependencies: ["TandemCore", "TandemSync", "TandemSyncWire", "TandemSealing", "TandemStatus",
+                dependencies: ["TandemCore", "TandemSync", "TandemSyncWire", "TandemSealing", "TandemStatus", "TandemShellSupport",
                                .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "NIOPosix", package: "swift-nio"),
                                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -93,7 +99,7 @@ let package = Package(
         // cluster key), carrying out role changes through the datapath gate and a cloud provider.
         .target(name: "TandemHA",
                 dependencies: ["TandemCore", "TandemSealing", "TandemStatus", "TandemSyncWire", "TandemMembership", "TandemElection",
-                               "TandemCloud",
+                               "TandemCloud", "TandemShellSupport",
                                .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "NIOPosix", package: "swift-nio"),
                                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -212,6 +218,13 @@ let package = Package(
                     path: "Tests/TandemPrivilegedTests"),
         .testTarget(name: "TandemConntrackTests", dependencies: ["TandemConntrack", "CNetfilterConntrack", "TandemCore"],
                     path: "Tests/TandemConntrackTests"),
+        .testTarget(name: "TandemShellSupportTests",
+                    dependencies: ["TandemShellSupport",
+                                   .product(name: "NIOCore", package: "swift-nio"),
+                                   .product(name: "NIOPosix", package: "swift-nio"),
+                                   .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                                   .product(name: "Logging", package: "swift-log")],
+                    path: "Tests/TandemShellSupportTests"),
         .testTarget(name: "TandemHealthTests", dependencies: ["TandemHealth", "TandemCore"], path: "Tests/TandemHealthTests"),
         // OCI provider. OpenSSL's libcrypto (Debian libssl-dev, via pkg-config) loads every API-key
         // PEM form (PKCS#1, PKCS#8, both encrypted forms) and signs with keys of any size.

@@ -13,6 +13,7 @@ import TandemSyncWire
 #if canImport(Glibc)
 import Glibc
 import TandemSealing
+import TandemShellSupport
 import TandemStatus
 #endif
 
@@ -33,7 +34,18 @@ public final class HAShell: @unchecked Sendable {
     private var elections: [Election]
     private var sealer: SyncSealer
     private var opener: SyncOpener
-    private var udp: Channel?
+    /// Lazy only because its bind closure needs `self`; first touched by `start`, before the loop
+    /// runs anything of this shell.
+    private lazy var udp = RebindingDatagramSocket(name: "gossip", loop: loop, logger: logger) { [weak self, group, config] in
+        DatagramBootstrap(group: group)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(GossipHandler(shell: self))
+                }
+            }
+            .bind(host: "\(config.bindAddress)", port: Int(config.port))
+    }
     private var timer: RepeatedTask?
     private var peerAddresses: [UInt32: SocketAddress] = [:]
     private var records: [InstanceRecord]
@@ -41,7 +53,6 @@ public final class HAShell: @unchecked Sendable {
     private var activeVIPs: Set<IPv4Address> = []
     private var counters: [String: UInt64] = [:]
     private var authWarnings = WarningLimiter()
-    private var rebindWarnings = WarningLimiter()
     private var peerAdverts: [UInt32: [UInt32: InstanceAdvert]] = [:]
     /// When each member's status last changed (wall clock ms), for the status and the failover test.
     private var memberChangedAt: [UInt32: UInt64] = [:]
@@ -110,18 +121,10 @@ public final class HAShell: @unchecked Sendable {
     // MARK: Lifecycle
 
     public func start() async throws {
-        let channel = try await DatagramBootstrap(group: group)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
-            .channelInitializer { [weak self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(GossipHandler(shell: self))
-                }
-            }
-            .bind(host: "\(config.bindAddress)", port: Int(config.port)).get()
+        try await udp.start()
         let realtime = config.realtime
         let priorityNote: String = try await loop.submit { [self] in
             let note = realtime ? Self.raiseThreadPriority() : "normal"
-            udp = channel
             for p in config.peers {
                 peerAddresses[p.id] = try SocketAddress(ipAddress: "\(p.address)", port: Int(config.port))
             }
@@ -191,10 +194,7 @@ public final class HAShell: @unchecked Sendable {
         jobs.finish()
         await runner?.value
         if !released.isEmpty { await provider.release(vips: released) }
-        let channel = try? await loop.submit { [self] () -> Channel? in
-            defer { udp = nil }
-            return udp
-        }.get()
+        let channel = try? await loop.submit { [self] in udp.stop() }.get()
         try? await channel?.close()
         try? await group.shutdownGracefully()
         logger.info("cluster membership stopped", metadata: ["released": "\(released.map(\.description).joined(separator: ","))",
@@ -323,45 +323,10 @@ public final class HAShell: @unchecked Sendable {
         }
     }
 
-    /// NIO closes a UDP channel after some send errors (a local firewall's EPERM); membership must
-    /// not stop over it, so a closed socket is bound again.
-    fileprivate func channelClosed(_ channel: Channel) {
-        loop.assertInEventLoop()
-        guard udp === channel, timer != nil else { return }
-        udp = nil
-        counters["socketRebinds", default: 0] += 1
-        if let held = rebindWarnings.admit(nowMillis: monotonicNanoseconds() / 1_000_000) {
-            logger.warning("gossip socket closed after a send error; binding it again",
-                           metadata: ["rebinds": "\(counters["socketRebinds"] ?? 0)", "heldBack": "\(held)"])
-        }
-        rebind()
-    }
-
-    private func rebind() {
-        DatagramBootstrap(group: group)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
-            .channelInitializer { [weak self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(GossipHandler(shell: self))
-                }
-            }
-            .bind(host: "\(config.bindAddress)", port: Int(config.port))
-            .whenComplete { [self] result in
-                switch result {
-                case .success(let c):
-                    if timer != nil { udp = c } else { c.close(promise: nil) }
-                case .failure(let error):
-                    logger.error("gossip socket could not be bound again", metadata: ["error": "\(error)"])
-                    loop.scheduleTask(in: .milliseconds(100)) { [weak self] in
-                        guard let self, self.udp == nil, self.timer != nil else { return }
-                        self.rebind()
-                    }
-                }
-            }
-    }
+    fileprivate func channelClosed(_ channel: Channel) { udp.closed(channel) }
 
     private func send(_ message: SyncMessage, to node: UInt32) {
-        guard let udp, let address = peerAddresses[node] else { return }
+        guard let udp = udp.channel, let address = peerAddresses[node] else { return }
         let bytes = sealer.seal(message, channel: .gossip)
         var buffer = udp.allocator.buffer(capacity: bytes.count)
         buffer.writeBytes(bytes)
@@ -526,6 +491,7 @@ public final class HAShell: @unchecked Sendable {
                               lastTakeoverDetail: records[i].lastTakeoverDetail, lastError: records[i].lastError)
         }
         var all = counters
+        all["socketRebinds"] = udp.rebinds
         let c = swim.counters
         all["probesSent"] = c.probesSent
         all["acksReceived"] = c.acksReceived

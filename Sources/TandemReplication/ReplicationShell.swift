@@ -7,6 +7,7 @@ import TandemCore
 import TandemSync
 import TandemSyncWire
 import TandemSealing
+import TandemShellSupport
 import TandemStatus
 
 /// Where replicated flows go: the local datapath's connection maps.
@@ -79,7 +80,11 @@ public final class ReplicationShell: @unchecked Sendable {
     private var core: ReplicationCore
     private var sealer: SyncSealer
     private var opener: SyncOpener
-    private var udp: Channel?
+    /// Lazy only because its bind closure needs `self`; first touched by `start`, before the loop
+    /// runs anything of this shell.
+    private lazy var udp = RebindingDatagramSocket(name: "sync", loop: loop, logger: logger) { [weak self, group, config] in
+        Self.bindDatagram(group: group, config: config, shell: self)
+    }
     private var server: Channel?
     /// The next tick; nil once stopping (and before start).
     private var timer: Scheduled<Void>?
@@ -99,8 +104,6 @@ public final class ReplicationShell: @unchecked Sendable {
     private var unflushed = 0
     /// Actions of the datagrams read so far in the current read burst.
     private var receivedActions: [ReplicationAction] = []
-    private var socketRebinds: UInt64 = 0
-    private var rebindWarnings = WarningLimiter()
     private var summarised = ReplicationCounters()
     private let inSyncBox = NIOLockedValueBox(false)
     private let stoppedBox = NIOLockedValueBox(false)
@@ -130,7 +133,7 @@ public final class ReplicationShell: @unchecked Sendable {
     // MARK: Lifecycle
 
     public func start() async throws {
-        let udpChannel = try await bindDatagram().get()
+        try await udp.start()
         let serverChannel: Channel
         do {
             serverChannel = try await ServerBootstrap(group: group)
@@ -155,14 +158,13 @@ public final class ReplicationShell: @unchecked Sendable {
                 }
                 .bind(host: "\(config.bindAddress)", port: Int(config.port)).get()
         } catch {
-            try? await udpChannel.close()
+            try? await loop.submit { [self] in udp.stop() }.get()?.close()
             throw error
         }
         try await loop.submit { [self] in
             // Replication latency is what failover hinges on: this thread outranks the table scan
             // and ordinary work (nice -5; per thread on Linux, 0 names the calling thread).
             _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, -5)
-            udp = udpChannel
             server = serverChannel
             for p in config.peers {
                 peerAddresses[p.id] = try SocketAddress(ipAddress: "\(p.address)", port: Int(p.port))
@@ -183,8 +185,9 @@ public final class ReplicationShell: @unchecked Sendable {
     static let datagramsPerRead = 16
 
     /// The UDP socket. A send the kernel refuses (a local firewall's EPERM, say) makes NIO close
-    /// the channel; `datagramClosed` binds a new one, so replication never stops over it.
-    private func bindDatagram() -> EventLoopFuture<Channel> {
+    /// the channel; `udp` binds a new one, so replication never stops over it.
+    private static func bindDatagram(group: EventLoopGroup, config: ReplicationShellConfig,
+                                     shell: ReplicationShell?) -> EventLoopFuture<Channel> {
         DatagramBootstrap(group: group)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
             // Deltas come in bursts; a bigger receive buffer rides them out.
@@ -193,7 +196,7 @@ public final class ReplicationShell: @unchecked Sendable {
             // receive buffer evenly between them, so it must hold 16 of the largest datagram.
             .channelOption(.datagramVectorReadMessageCount, value: Self.datagramsPerRead)
             .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: Self.datagramsPerRead * 2048))
-            .channelInitializer { [weak self] channel in
+            .channelInitializer { [weak shell] channel in
                 channel.eventLoop.makeCompletedFuture {
                     // net.core.rmem_max (212 KB by default) caps SO_RCVBUF; a root daemon may go
                     // past it. A bulk of events (a table's worth after a pause) arrives as
@@ -201,42 +204,16 @@ public final class ReplicationShell: @unchecked Sendable {
                     // retransmissions. Best effort: without the privilege the capped size stays.
                     try? channel.syncOptions?.setOption(ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_RCVBUFFORCE)),
                                                         value: 16 << 20)
-                    try channel.pipeline.syncOperations.addHandler(DatagramHandler(shell: self))
+                    try channel.pipeline.syncOperations.addHandler(DatagramHandler(shell: shell))
                 }
             }
             .bind(host: "\(config.bindAddress)", port: Int(config.port))
     }
 
-    fileprivate func datagramClosed(_ channel: Channel) {
-        loop.assertInEventLoop()
-        // Not `timer != nil`: the first hello goes out at start before the tick timer exists, and
-        // NIO closes the channel inside that write; a socket lost then was never bound again
-        // (a node whose first sends a firewall refused stayed deaf and mute, and declared itself
-        // in sync alone with an empty table).
-        guard udp === channel, !stoppedBox.withLockedValue({ $0 }) else { return } // stopping, or an old socket
-        udp = nil
-        socketRebinds += 1
-        if let held = rebindWarnings.admit(nowMillis: now().monotonicMillis) {
-            logger.warning("sync socket closed after a send error; binding it again",
-                           metadata: ["rebinds": "\(socketRebinds)", "heldBack": "\(held)"])
-        }
-        rebind()
-    }
-
-    private func rebind() {
-        bindDatagram().whenComplete { [self] result in
-            switch result {
-            case .success(let c):
-                if !stoppedBox.withLockedValue({ $0 }) { udp = c } else { c.close(promise: nil) }
-            case .failure(let error):
-                logger.error("sync socket could not be bound again", metadata: ["error": "\(error)"])
-                loop.scheduleTask(in: .milliseconds(100)) { [weak self] in
-                    guard let self, self.udp == nil, !self.stoppedBox.withLockedValue({ $0 }) else { return }
-                    self.rebind()
-                }
-            }
-        }
-    }
+    /// Not gated on the tick timer: the first hello goes out at start before the timer exists,
+    /// and NIO closes the channel inside that write (a node whose first sends a firewall refused
+    /// once stayed deaf and mute, and declared itself in sync alone with an empty table).
+    fileprivate func datagramClosed(_ channel: Channel) { udp.closed(channel) }
 
     public func stop() async {
         // Idempotent: the daemon's shutdown paths may call this twice, and NIO must not be asked
@@ -249,8 +226,7 @@ public final class ReplicationShell: @unchecked Sendable {
         let closing: [Channel] = (try? await loop.submit { [self] () -> [Channel] in
             timer?.cancel()
             timer = nil
-            let all = [udp, server].compactMap { $0 } + Array(pulls.values)
-            udp = nil
+            let all = [udp.stop(), server].compactMap { $0 } + Array(pulls.values)
             server = nil
             pulls.removeAll()
             return all
@@ -455,14 +431,14 @@ public final class ReplicationShell: @unchecked Sendable {
         applyDatapath()
         if unflushed > 0 {
             unflushed = 0
-            udp?.flush()
+            udp.channel?.flush()
         }
     }
 
     /// Queues a datagram; `perform` flushes what it sent, so a burst leaves in sendmmsg calls of
     /// up to 32 datagrams instead of a syscall per datagram.
     private func send(_ bytes: [UInt8], to addresses: [SocketAddress]) {
-        guard let udp, !addresses.isEmpty else { return }
+        guard let udp = udp.channel, !addresses.isEmpty else { return }
         for address in addresses {
             var buffer = udp.allocator.buffer(capacity: bytes.count)
             buffer.writeBytes(bytes)
@@ -651,7 +627,7 @@ public final class ReplicationShell: @unchecked Sendable {
             retransmitWindow: core.sender.windowCount, peers: peers, counters: core.counters, dropped: dropped,
             datagramsSent: datagramsSent, datagramsReceived: datagramsReceived, bytesSent: bytesSent,
             installFailures: installFailuresBox.withLockedValue { $0 }, lagP50Micros: core.lag.quantile(0.5), lagP99Micros: core.lag.quantile(0.99),
-            lagMaxMicros: core.lag.max, socketRebinds: socketRebinds)
+            lagMaxMicros: core.lag.max, socketRebinds: udp.rebinds)
     }
 
     private func logSummary() {
