@@ -132,9 +132,12 @@ let package = Package(
                                          .product(name: "NIOPosix", package: "swift-nio"),
                                          .product(name: "Logging", package: "swift-log")],
                           path: "Sources/tandem-healthbench"),
-        // LoxiLB-shaped REST API: wire models (shared with the CLI) and the Hummingbird server.
+        // The LoxiLB-shaped REST API's wire models, the CLI's tables and its HTTP client: Codable
+        // values and Foundation only, so the CLI needs none of the server or the shells.
+        .target(name: "TandemAPIModels", dependencies: ["TandemCore", "TandemStatus"], path: "Sources/TandemAPIModels"),
+        // The Hummingbird server for that API (handlers, token auth, TLS, the OpenAPI document).
         .target(name: "TandemAPI",
-                dependencies: ["TandemCore", "TandemStatus", "TandemSync", "TandemHA", "TandemMetrics", "TandemServiceSync",
+                dependencies: ["TandemCore", "TandemStatus", "TandemAPIModels", "TandemSync", "TandemHA", "TandemMetrics", "TandemServiceSync",
                                .product(name: "Hummingbird", package: "hummingbird"),
                                .product(name: "HummingbirdTLS", package: "hummingbird"),
                                .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -144,7 +147,7 @@ let package = Package(
                 path: "Sources/TandemAPI"),
         // The node daemon: config file, datapath, API, lifecycle.
         .target(name: "TandemNode",
-                dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemSync", "TandemSealing", "TandemStatus", "TandemReplication",
+                dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemAPIModels", "TandemSync", "TandemSealing", "TandemStatus", "TandemReplication",
                                "TandemServiceSync", "TandemHealth", "TandemHA", "TandemCloud", "TandemOCI", "TandemElection", "TandemMetrics",
                                .product(name: "NIOPosix", package: "swift-nio"),
                                .product(name: "Yams", package: "Yams"),
@@ -152,7 +155,7 @@ let package = Package(
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 path: "Sources/TandemNode"),
         .executableTarget(name: "tandem",
-                          dependencies: ["TandemCore", "TandemAPI", "TandemNode", "TandemServiceSync", "TandemHA", "TandemCloud", "TandemOCI",
+                          dependencies: ["TandemCore", "TandemAPI", "TandemAPIModels", "TandemNode", "TandemServiceSync", "TandemHA", "TandemCloud", "TandemOCI",
                                          "TandemSealing", "TandemStatus",
                                          "TandemDatapath",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -187,7 +190,7 @@ let package = Package(
                                          .product(name: "NIOPosix", package: "swift-nio"),
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/tandem-echo"),
-        .testTarget(name: "TandemCoreTests", dependencies: ["TandemCore", "TandemStatus", "TandemAPI", "TandemNode", "TandemHA", "TandemMetrics",
+        .testTarget(name: "TandemCoreTests", dependencies: ["TandemCore", "TandemStatus", "TandemAPI", "TandemAPIModels", "TandemNode", "TandemHA", "TandemMetrics",
                                                             "TandemDatapath",
                                                             .product(name: "Metrics", package: "swift-metrics"),
                                                             .product(name: "Hummingbird", package: "hummingbird"),
@@ -211,7 +214,7 @@ let package = Package(
         .testTarget(name: "TandemElectionTests", dependencies: ["TandemElection", "TandemSyncWire", "TandemCore"],
                     path: "Tests/TandemElectionTests"),
         .testTarget(name: "TandemPrivilegedTests",
-                    dependencies: ["TandemCore", "TandemStatus", "TandemDatapath", "TandemAPI", "TandemSync", "TandemCloud", "TandemHealth",
+                    dependencies: ["TandemCore", "TandemStatus", "TandemDatapath", "TandemAPI", "TandemAPIModels", "TandemSync", "TandemCloud", "TandemHealth",
                                    "TandemConntrack", "CNetfilterConntrack",
                                    .product(name: "NIOPosix", package: "swift-nio"),
                                    .product(name: "Logging", package: "swift-log")],

@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import Synchronization
+import TandemAPIModels
 
 /// The API's bearer token, read from a file only root may read. kube-loxilb sends the token as
 /// the whole value of the Authorization header (its ACCESS_TOKEN_<host> variable); curl and most

@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import Logging
 import TandemAPI
+import TandemAPIModels
 import TandemCore
 import Synchronization
 

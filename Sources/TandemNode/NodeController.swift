@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import TandemAPI
+import TandemAPIModels
 import TandemCore
 import TandemDatapath
 import TandemHA

@@ -3,6 +3,7 @@ import Logging
 import NIOPosix
 import ServiceLifecycle
 import TandemAPI
+import TandemAPIModels
 import TandemCore
 import TandemCloud
 import TandemDatapath

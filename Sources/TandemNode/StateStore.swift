@@ -1,5 +1,6 @@
 import Foundation
 import TandemAPI
+import TandemAPIModels
 import TandemCore
 
 /// What the API changed, kept on disk so a node that crashes or reboots comes back serving what it

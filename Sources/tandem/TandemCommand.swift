@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import TandemAPI
+import TandemAPIModels
 import TandemServiceSync
 import TandemCore
 import TandemDatapath

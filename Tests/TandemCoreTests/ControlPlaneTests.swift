@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import TandemAPI
+import TandemAPIModels
 @testable import TandemCore
 @testable import TandemNode
 

@@ -6,6 +6,7 @@ import NIOEmbedded
 import Testing
 import TandemCore
 @testable import TandemAPI
+import TandemAPIModels
 
 /// LoxiLB's endpoint objects (`POST/DELETE config/endpoint`, `GET config/endpoint/all`): the
 /// request and answer shapes LoxiLB's swagger model and loxicmd use, through the real router.

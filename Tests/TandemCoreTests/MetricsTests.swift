@@ -10,6 +10,7 @@ import TandemHA
 import TandemMetrics
 import TandemSync
 @testable import TandemAPI
+import TandemAPIModels
 import TandemStatus
 
 /// `GET /netlox/v1/metrics` through the real router, with a fake node behind it. Serialized: the

@@ -1,8 +1,5 @@
 import Foundation
 import TandemCore
-import TandemServiceSync
-import TandemHA
-import TandemSync
 import TandemStatus
 
 /// Renders the CLI's tables in loxicmd's boxed style.
