@@ -1,4 +1,5 @@
 import Foundation
+import TandemTestSupport
 import Logging
 import Testing
 import TandemCore

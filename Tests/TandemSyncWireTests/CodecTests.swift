@@ -1,16 +1,7 @@
 import Testing
 import TandemCore
+import TandemTestSupport
 import TandemSyncWire
-
-/// Deterministic generator for randomized tests.
-struct TestRNG: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= SyncHashing.golden
-        return SyncHashing.mix(state)
-    }
-}
 
 @Suite struct CodecTests {
     @Test func limits() {

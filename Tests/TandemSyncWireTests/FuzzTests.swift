@@ -3,6 +3,7 @@ import Testing
 import TandemSync
 import TandemSyncWire
 import TandemSealing
+import TandemTestSupport
 
 @Suite struct FuzzTests {
     static func corpus() throws -> [(name: String, bytes: [UInt8])] {

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import TandemCore
+import TandemTestSupport
 import TandemSync
 import TandemSyncWire
 import TandemSealing
@@ -46,17 +47,7 @@ enum VectorGenerator {
 
     static func header(_ type: SyncMessageType, sender: UInt32 = Fixtures.sender, epoch: UInt64 = Fixtures.epoch,
                        sequence: UInt64 = 1, channel: SyncChannel = .datagram) -> SyncHeader {
-        SyncHeader(type: type, flags: channel.headerFlags, sender: sender, epoch: epoch, sequence: sequence, length: 0)
-    }
-
-    /// Seals arbitrary payload bytes with the fixture key: authentic, whatever the payload says.
-    static func sealRaw(_ type: SyncMessageType, _ payload: [UInt8], key: ClusterKey = Fixtures.key,
-                        sender: UInt32 = Fixtures.sender, epoch: UInt64 = Fixtures.epoch, sequence: UInt64 = 1,
-                        channel: SyncChannel = .datagram) -> [UInt8] {
-        let subkey = SyncSealing.subkey(key, sender: sender, epoch: epoch)
-        return SyncSealing.seal(payload: payload,
-                                header: header(type, sender: sender, epoch: epoch, sequence: sequence, channel: channel),
-                                subkey: subkey)
+        Fixtures.header(type, sender: sender, epoch: epoch, sequence: sequence, channel: channel)
     }
 
     static func invalid() -> [Invalid] {
@@ -133,24 +124,24 @@ enum VectorGenerator {
                     expect: .authFailed, note: "the hello vector with the first ciphertext byte's top bit flipped"),
             Invalid(name: "auth-failed-header", bytes: patched(hello, [(27, 2)]), channel: .datagram,
                     expect: .authFailed, note: "the hello vector with header sequence 2: the header is authenticated (and the nonce differs)"),
-            Invalid(name: "auth-failed-wrong-key", bytes: sealRaw(.hello, helloPayload, key: Fixtures.otherKey),
+            Invalid(name: "auth-failed-wrong-key", bytes: Fixtures.sealRaw(.hello, helloPayload, key: Fixtures.otherKey),
                     channel: .datagram, expect: .authFailed,
                     note: "the hello message sealed with key 0x20..0x3f instead of 0x00..0x1f"),
             Invalid(name: "replayed", bytes: hello, channel: .datagram, expect: .replayed, openFirst: ["hello"],
                     note: "the hello vector again, after the hello vector was accepted"),
-            Invalid(name: "stale-epoch", bytes: sealRaw(.hello, helloPayload, epoch: Fixtures.epoch - 1, sequence: 7),
+            Invalid(name: "stale-epoch", bytes: Fixtures.sealRaw(.hello, helloPayload, epoch: Fixtures.epoch - 1, sequence: 7),
                     channel: .datagram, expect: .staleEpoch, openFirst: ["hello"],
                     note: "sender 1 with epoch 1699999999999999, after the hello vector (epoch 1700000000000000) was accepted"),
-            Invalid(name: "unknown-sender", bytes: sealRaw(.hello, helloPayload, sender: 9), channel: .datagram,
+            Invalid(name: "unknown-sender", bytes: Fixtures.sealRaw(.hello, helloPayload, sender: 9), channel: .datagram,
                     expect: .unknownSender, note: "sender 9, not in the members {1, 2, 3}"),
-            Invalid(name: "self-sent", bytes: sealRaw(.hello, helloPayload, sender: 2), channel: .datagram,
+            Invalid(name: "self-sent", bytes: Fixtures.sealRaw(.hello, helloPayload, sender: 2), channel: .datagram,
                     expect: .selfSent, note: "sender 2, the receiving node itself"),
         ]
 
         // Authentic messages whose payload does not decode.
         func malformed(_ name: String, _ type: SyncMessageType, _ payload: [UInt8], _ note: String) -> Invalid {
             let channel: SyncChannel = type.isGossip ? .gossip : type.isConfig ? .config : .datagram
-            return Invalid(name: "malformed-" + name, bytes: sealRaw(type, payload, channel: channel), channel: channel,
+            return Invalid(name: "malformed-" + name, bytes: Fixtures.sealRaw(type, payload, channel: channel), channel: channel,
                            expect: .malformedPayload, note: note, payload: (type, payload))
         }
         let probePayload = SyncCodec.encodePayload(Fixtures.probe)

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import Testing
 import TandemCore
+import TandemTestSupport
 import TandemSync
 import TandemSyncWire
 import TandemSealing

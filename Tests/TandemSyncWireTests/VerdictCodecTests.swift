@@ -1,5 +1,6 @@
 import Testing
 import TandemCore
+import TandemTestSupport
 import TandemSyncWire
 
 /// `endpointVerdicts` (proto/SPEC.md §14.5): sizes, canonical round trips and refusals beyond the

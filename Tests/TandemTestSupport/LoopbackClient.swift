@@ -2,9 +2,9 @@ import Foundation
 
 /// A raw TCP client for the servers' tests: connects to 127.0.0.1 and watches for the server
 /// closing, reading (and ignoring) whatever the server sends first.
-enum LoopbackClient {
+public enum LoopbackClient {
     /// A TCP connection to 127.0.0.1:port; the file descriptor.
-    static func connect(port: UInt16) throws -> Int32 {
+    public static func connect(port: UInt16) throws -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw POSIXError(.EMFILE) }
         var addr = sockaddr_in()
@@ -19,7 +19,7 @@ enum LoopbackClient {
     }
 
     /// Seconds until the server closed `fd` (read returned 0 or an error), or nil within `limit`.
-    static func secondsUntilClosed(_ fd: Int32, limit: Double) -> Double? {
+    public static func secondsUntilClosed(_ fd: Int32, limit: Double) -> Double? {
         let start = Date()
         var tv = timeval(tv_sec: 0, tv_usec: 20_000)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
@@ -32,7 +32,7 @@ enum LoopbackClient {
     }
 
     /// Bytes received until the server closed `fd`, or nil if it stayed open for `limit` seconds.
-    static func bytesUntilClosed(_ fd: Int32, limit: Double) -> Int? {
+    public static func bytesUntilClosed(_ fd: Int32, limit: Double) -> Int? {
         let start = Date()
         var tv = timeval(tv_sec: 0, tv_usec: 20_000)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))

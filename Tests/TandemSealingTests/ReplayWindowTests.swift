@@ -1,4 +1,5 @@
 import Testing
+import TandemTestSupport
 import TandemSync
 import TandemSealing
 

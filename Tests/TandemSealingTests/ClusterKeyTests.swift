@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TandemSync
 import TandemSealing
+import TandemTestSupport
 
 @Suite struct ClusterKeyTests {
     static let hex = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"

@@ -1,5 +1,6 @@
 import Testing
 import TandemCore
+import TandemTestSupport
 import TandemSync
 import TandemSyncWire
 import TandemSealing
@@ -166,7 +167,7 @@ import TandemSealing
 
     @Test func malformedPayloadStillUsesUpItsSequence() {
         var opener = Fixtures.opener()
-        let bad = VectorGenerator.sealRaw(.ack, [1, 2, 3], sequence: 9)
+        let bad = Fixtures.sealRaw(.ack, [1, 2, 3], sequence: 9)
         #expect(Self.reason(opener.open(bad, channel: .datagram)) == .malformedPayload)
         #expect(Self.reason(opener.open(bad, channel: .datagram)) == .replayed)
     }
