@@ -209,6 +209,7 @@ let package = Package(
                                    .product(name: "Hummingbird", package: "hummingbird"),
                                    .product(name: "NIOEmbedded", package: "swift-nio")],
                     path: "Tests/TandemMetricsTests"),
+        .testTarget(name: "TandemStatusTests", dependencies: ["TandemStatus"], path: "Tests/TandemStatusTests"),
         .testTarget(name: "TandemSyncWireTests",
                     dependencies: ["TandemSyncWire", "TandemSealing", "TandemSync", "TandemCore", "TandemTestSupport"],
                     path: "Tests/TandemSyncWireTests"),
