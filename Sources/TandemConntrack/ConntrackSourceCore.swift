@@ -1,3 +1,5 @@
+import TandemCore
+
 /// The kernel conntrack source's logic, pure: what the reader thread should do on each event,
 /// buffer overrun, finished dump and tick. Keeps the last known set of (filtered) entries so a
 /// dump can be diffed against it. Time is passed in (monotonic nanoseconds); nothing here does

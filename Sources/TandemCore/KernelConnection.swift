@@ -1,9 +1,8 @@
-import TandemCore
-
 /// One kernel conntrack entry (IPv4), as ctnetlink reports it in an event or a dump: both tuples,
 /// the L4 protocol state, status bits, mark, zone, remaining timeout and the kernel's id. A plain
-/// value (no libnetfilter_conntrack types), so the wire format and the sink that come later can
-/// build on it; the conversion from and to `nf_conntrack` attributes is in NFConntrackMapping.swift.
+/// value (no libnetfilter_conntrack types), in the core so that the sync protocol's wire format
+/// (TandemSyncWire) and the conntrack source and sink (TandemConntrack, whose
+/// NFConntrackMapping.swift converts from and to `nf_conntrack` attributes) share one definition.
 public struct KernelConnection: Hashable, Sendable, CustomStringConvertible {
     /// Original (initiator to responder) direction.
     public var original: KernelTuple
