@@ -11,6 +11,7 @@ packages=(
     nginx-light curl wrk haproxy socat conntrack conntrackd keepalived openssl ethtool     # peers and benchmark tools
     dpkg-dev binutils systemd libcap2-bin man-db                                   # make package and its test
     python3-matplotlib                                                             # timeline plots (failover, restart, health.sh --plot)
+    python3-cryptography                                                           # proto/vectors/verify.py: the vectors opened by a second implementation
 )
 
 missing=()

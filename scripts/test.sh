@@ -29,6 +29,11 @@ set +e
 swift test --skip-build --parallel --skip Privileged --skip CloudCommandTests --skip EndToEndTests --skip MeasurementTests \
     2>&1 | tee .build/test-output.txt
 unit=${PIPESTATUS[0]}
+# The golden vectors opened and decoded by a second, independent implementation (Python's HMAC
+# and the cryptography package's ChaCha20-Poly1305, its own reading of SPEC.md's layouts).
+/usr/bin/python3 proto/vectors/verify.py 2>&1 | tee -a .build/test-output.txt
+vectors=${PIPESTATUS[0]}
+((unit == 0)) && unit=$vectors
 swift test --skip-build --filter 'TandemOCITests\.(EndToEndTests|MeasurementTests)' 2>&1 | tee -a .build/test-output.txt
 oci=${PIPESTATUS[0]}
 ((unit == 0)) && unit=$oci

@@ -298,6 +298,8 @@ public struct ReplicationCore: Sendable {
             break // gossip-channel messages (the header decoder keeps them off this channel)
         case .serviceDigest, .serviceRecords, .endpointVerdicts:
             break // config-channel messages (likewise)
+        case .kernelDeltaBatch, .kernelBulkChunk:
+            break // kernel-channel messages (likewise)
         }
         return actions
     }

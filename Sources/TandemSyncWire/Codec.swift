@@ -50,6 +50,8 @@ public enum SyncCodec {
         case .serviceDigest: message = .serviceDigest(try ServiceDigest.decode(from: &r))
         case .serviceRecords: message = .serviceRecords(try ServiceRecords.decode(from: &r))
         case .endpointVerdicts: message = .endpointVerdicts(try EndpointVerdicts.decode(from: &r))
+        case .kernelDeltaBatch: message = .kernelDeltaBatch(try KernelDeltaBatch.decode(from: &r))
+        case .kernelBulkChunk: message = .kernelBulkChunk(try KernelBulkChunk.decode(from: &r))
         }
         try r.expectEnd()
         return message
@@ -110,6 +112,8 @@ extension SyncMessage {
         case .serviceDigest(let m): m
         case .serviceRecords(let m): m
         case .endpointVerdicts(let m): m
+        case .kernelDeltaBatch(let m): m
+        case .kernelBulkChunk(let m): m
         }
     }
 }

@@ -2,7 +2,7 @@
 /// exactly what the fuzzer runs. Feeds untrusted bytes to every decoder and checks the codec's
 /// invariants; a violation traps, which libFuzzer reports as a crash.
 public enum SyncDecodeFuzzing {
-    /// Input layout: byte 0 selects the payload type (its raw value when 1...17, otherwise
+    /// Input layout: byte 0 selects the payload type (its raw value when it names a type, otherwise
     /// modulo the type count); the rest is given to the header decoder and, as a payload of the
     /// selected type, to the payload decoder.
     public static func run(_ input: UnsafeRawBufferPointer) {
@@ -27,6 +27,8 @@ public enum SyncDecodeFuzzing {
             switch message {
             case .deltaBatch(let b): for e in b.entries { _ = SyncHashing.leaf(of: e.record.key) &+ Int(truncatingIfNeeded: SyncHashing.entryHash(e)) }
             case .bulkChunk(let c): for e in c.entries { _ = SyncHashing.leaf(of: e.record.key) &+ Int(truncatingIfNeeded: SyncHashing.entryHash(e)) }
+            case .kernelDeltaBatch(let b): for e in b.entries { _ = SyncHashing.leaf(of: e.connection.key) &+ Int(truncatingIfNeeded: SyncHashing.entryHash(e)) }
+            case .kernelBulkChunk(let c): for e in c.entries { _ = SyncHashing.leaf(of: e.connection.key) &+ Int(truncatingIfNeeded: SyncHashing.entryHash(e)) }
             default: break
             }
         }

@@ -34,6 +34,28 @@ public enum SyncHashing {
         mix(mix(flowHash(e.record.key) ^ e.version) &+ UInt64(e.operation.rawValue))
     }
 
+    /// Hash of a kernel entry's key (§15.4): its original tuple and zone.
+    /// a = saddr << 32 | daddr, b = l4a << 48 | l4b << 32 | proto << 16 | zone,
+    /// kernelKeyHash = mix(mix(a + golden) ^ b), with l4a and l4b as in the entry's tuple.
+    public static func kernelKeyHash(_ key: KernelConnection.Key) -> UInt64 {
+        let t = key.original
+        let (l4a, l4b): (UInt16, UInt16) = switch t.l4 {
+        case .ports(let s, let d): (s, d)
+        case .icmp(let id, let type, let code): (id, UInt16(type) << 8 | UInt16(code))
+        case .none: (0, 0)
+        }
+        let a = UInt64(t.source.value) << 32 | UInt64(t.destination.value)
+        let b = UInt64(l4a) << 48 | UInt64(l4b) << 32 | UInt64(t.proto) << 16 | UInt64(key.zone)
+        return mix(mix(a &+ golden) ^ b)
+    }
+
+    /// entryHash for kernel entries: mix(mix(kernelKeyHash(key) ^ version) + op).
+    public static func entryHash(_ e: KernelSyncEntry) -> UInt64 {
+        mix(mix(kernelKeyHash(e.connection.key) ^ e.version) &+ UInt64(e.operation.rawValue))
+    }
+
+    public static func leaf(of key: KernelConnection.Key) -> Int { leaf(ofFlowHash: kernelKeyHash(key)) }
+
     /// Level-0 bucket of a flow: the top 7 bits of its flow hash.
     @inlinable
     public static func bucket(ofFlowHash h: UInt64) -> Int { Int(truncatingIfNeeded: h >> 57) }

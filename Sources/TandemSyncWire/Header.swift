@@ -10,7 +10,10 @@ public struct SyncHeaderFlags: OptionSet, Sendable, Hashable {
     public static let gossip = SyncHeaderFlags(rawValue: 0x02)
     /// Sealed for the config channel (service table sharing); never with another channel flag.
     public static let config = SyncHeaderFlags(rawValue: 0x04)
-    public static let known: SyncHeaderFlags = [.stream, .gossip, .config]
+    /// Sealed for the kernel-conntrack replication channels (§15): alone on their datagrams, with
+    /// `stream` on their bulk transfers; never with `gossip` or `config`.
+    public static let kernel = SyncHeaderFlags(rawValue: 0x08)
+    public static let known: SyncHeaderFlags = [.stream, .gossip, .config, .kernel]
 }
 
 /// The clear-text header, authenticated as AEAD associated data.
@@ -37,8 +40,8 @@ public struct SyncHeader: Hashable, Sendable {
     }
 }
 
-/// The two transports a sealed message travels on. The raw value is the first four bytes of the
-/// AEAD nonce, so the same sequence number on the two channels never reuses a nonce.
+/// The channels a sealed message travels on. The raw value is the first four bytes of the AEAD
+/// nonce, so the same sequence number on two channels never reuses a nonce.
 public enum SyncChannel: UInt32, Sendable, CaseIterable, Hashable, CustomStringConvertible {
     /// UDP: deltas, acks, nacks, keepalives, hellos, digests.
     case datagram = 0
@@ -48,12 +51,17 @@ public enum SyncChannel: UInt32, Sendable, CaseIterable, Hashable, CustomStringC
     case gossip = 2
     /// TCP on the config port: service table sharing (digests and records) and endpoint verdicts.
     case config = 3
+    /// UDP on the kernel-sync port: the kernel conntrack table's deltas, acks, nacks, keepalives,
+    /// hellos and digests (§15), a delta stream of its own beside the BPF table's.
+    case kernelDatagram = 4
+    /// TCP: bulk transfers of the kernel conntrack table.
+    case kernelStream = 5
 
     /// Largest whole sealed message (header, ciphertext and tag) on this channel.
     public var maxFrame: Int {
         switch self {
-        case .datagram, .gossip: SyncWire.maxDatagram
-        case .stream, .config: SyncWire.maxStreamFrame
+        case .datagram, .gossip, .kernelDatagram: SyncWire.maxDatagram
+        case .stream, .config, .kernelStream: SyncWire.maxStreamFrame
         }
     }
 
@@ -67,15 +75,24 @@ public enum SyncChannel: UInt32, Sendable, CaseIterable, Hashable, CustomStringC
         case .stream: .stream
         case .gossip: .gossip
         case .config: .config
+        case .kernelDatagram: .kernel
+        case .kernelStream: [.kernel, .stream]
         }
     }
 
-    /// The channel a header says its message was sealed for (the header decoder refuses two
-    /// channel flags together).
+    /// The channel a header says its message was sealed for (the header decoder refuses the flag
+    /// combinations that name no channel).
     public init(flags: SyncHeaderFlags) {
-        self = flags.contains(.stream) ? .stream : flags.contains(.gossip) ? .gossip
-            : flags.contains(.config) ? .config : .datagram
+        if flags.contains(.kernel) {
+            self = flags.contains(.stream) ? .kernelStream : .kernelDatagram
+        } else {
+            self = flags.contains(.stream) ? .stream : flags.contains(.gossip) ? .gossip
+                : flags.contains(.config) ? .config : .datagram
+        }
     }
+
+    /// A channel of the kernel conntrack table's replication.
+    public var isKernel: Bool { self == .kernelDatagram || self == .kernelStream }
 
     public var description: String {
         switch self {
@@ -83,6 +100,8 @@ public enum SyncChannel: UInt32, Sendable, CaseIterable, Hashable, CustomStringC
         case .stream: "stream"
         case .gossip: "gossip"
         case .config: "config"
+        case .kernelDatagram: "kernel-datagram"
+        case .kernelStream: "kernel-stream"
         }
     }
 }
@@ -129,6 +148,14 @@ extension SyncCodec {
         }
         guard flags.intersection([.stream, .gossip, .config]).rawValue.nonzeroBitCount <= 1 else {
             throw SyncDecodeError(.badFlags, "more than one channel flag (0x\(hex(flags.rawValue)))")
+        }
+        guard !flags.contains(.kernel) || flags.isDisjoint(with: [.gossip, .config]) else {
+            throw SyncDecodeError(.badFlags, "the kernel flag with the gossip or config flag (0x\(hex(flags.rawValue)))")
+        }
+        // Kernel entries travel only on the kernel channels, BPF entries never do.
+        if type.carriesKernelEntries != flags.contains(.kernel), type.carriesEntries {
+            throw SyncDecodeError(.badFlags, flags.contains(.kernel) ? "\(type.wireName) with the kernel flag"
+                                                                      : "\(type.wireName) without the kernel flag")
         }
         // Membership messages travel only on the gossip channel, and only they do.
         guard type.isGossip == flags.contains(.gossip) else {

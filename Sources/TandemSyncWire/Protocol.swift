@@ -61,6 +61,9 @@ public enum SyncMessageType: UInt8, Sendable, CaseIterable {
     case serviceRecords = 16
     // Endpoint health verdicts (config channel, proto/SPEC.md §14.5).
     case endpointVerdicts = 17
+    // Kernel conntrack entries (kernel channels, proto/SPEC.md §15).
+    case kernelDeltaBatch = 18
+    case kernelBulkChunk = 19
 }
 
 extension SyncMessageType {
@@ -84,8 +87,21 @@ extension SyncMessageType {
         case .serviceDigest: "serviceDigest"
         case .serviceRecords: "serviceRecords"
         case .endpointVerdicts: "endpointVerdicts"
+        case .kernelDeltaBatch: "kernelDeltaBatch"
+        case .kernelBulkChunk: "kernelBulkChunk"
         }
     }
+
+    /// Types that carry connection entries: BPF ones (2, 7) or kernel ones (18, 19).
+    public var carriesEntries: Bool {
+        switch self {
+        case .deltaBatch, .bulkChunk, .kernelDeltaBatch, .kernelBulkChunk: true
+        default: false
+        }
+    }
+
+    /// Kernel conntrack entry types, which travel only on the kernel channels.
+    public var carriesKernelEntries: Bool { self == .kernelDeltaBatch || self == .kernelBulkChunk }
 
     /// Membership types, which travel only on the gossip channel.
     public var isGossip: Bool {
@@ -122,6 +138,8 @@ public enum SyncMessage: Hashable, Sendable {
     case serviceDigest(ServiceDigest)
     case serviceRecords(ServiceRecords)
     case endpointVerdicts(EndpointVerdicts)
+    case kernelDeltaBatch(KernelDeltaBatch)
+    case kernelBulkChunk(KernelBulkChunk)
 
     public var type: SyncMessageType {
         switch self {
@@ -142,6 +160,8 @@ public enum SyncMessage: Hashable, Sendable {
         case .serviceDigest: .serviceDigest
         case .serviceRecords: .serviceRecords
         case .endpointVerdicts: .endpointVerdicts
+        case .kernelDeltaBatch: .kernelDeltaBatch
+        case .kernelBulkChunk: .kernelBulkChunk
         }
     }
 }

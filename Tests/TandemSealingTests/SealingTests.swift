@@ -23,7 +23,7 @@ import TandemSealing
     @Test func roundTripEveryMessage() throws {
         var sealer = Self.sealer()
         var opener = Fixtures.opener()
-        var expected: [SyncChannel: UInt64] = [.datagram: 1, .stream: 1, .gossip: 1, .config: 1]
+        var expected = Dictionary(uniqueKeysWithValues: SyncChannel.allCases.map { ($0, UInt64(1)) })
         for (name, channel, m) in Fixtures.messages {
             #expect(sealer.nextSequence(channel) == expected[channel])
             let bytes = sealer.seal(m, channel: channel)

@@ -97,13 +97,21 @@ import TandemSyncWire
         #expect(reason(patched(2, 0)) == .badVersion)
         #expect(reason(patched(2, 2)) == .badVersion)
         #expect(reason(patched(3, 0)) == .unknownType)
-        #expect(reason(patched(3, 18)) == .unknownType)
+        #expect(reason(patched(3, 20)) == .unknownType)
+        #expect(reason(patched(3, 18)) == .badFlags)  // kernel entries without the kernel flag
+        #expect(reason(patched(3, 19)) == .badFlags)
         #expect(reason(patched(3, 12)) == .badFlags)  // a probe without the gossip flag
         #expect(reason(patched(3, 15)) == .badFlags)  // a service digest without the config flag
         #expect(reason(patched(3, 17)) == .badFlags)  // endpoint verdicts without the config flag
         #expect(reason(patched(3, 255)) == .unknownType)
-        for bit in 1..<8 { #expect(reason(patched(4, 1 << bit)) == .badFlags) }
+        for bit in [1, 2, 4, 5, 6, 7] { #expect(reason(patched(4, 1 << bit)) == .badFlags) }
         #expect(reason(patched(4, 1)) == nil)
+        // The kernel flag names the kernel channels (alone, or with stream); the opener checks
+        // it against the channel the message arrived on.
+        #expect(reason(patched(4, 0x08)) == nil)
+        #expect(reason(patched(4, 0x09)) == nil)
+        #expect(reason(patched(4, 0x0a)) == .badFlags)
+        #expect(reason(patched(4, 0x0c)) == .badFlags)
         #expect(reason(patched(5, 1)) == .badFlags)
         // Checks run in the documented order: magic before version before type before flags.
         var many = good

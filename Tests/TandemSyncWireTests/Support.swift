@@ -88,6 +88,39 @@ enum Describe {
                 "origin": Int(e.origin), "ageMs": Int(r.ageMilliseconds), "remainingMs": Int(r.remainingMilliseconds)]
     }
 
+    static func kernelTuple(_ t: KernelTuple) -> [String: Any] {
+        var d: [String: Any] = ["saddr": t.source.description, "daddr": t.destination.description]
+        switch t.l4 {
+        case .ports(let s, let p):
+            d["sport"] = Int(s)
+            d["dport"] = Int(p)
+        case .icmp(let id, let type, let code):
+            d["icmpID"] = Int(id)
+            d["icmpType"] = Int(type)
+            d["icmpCode"] = Int(code)
+        case .none: break
+        }
+        return d
+    }
+
+    static func kernelEntry(_ e: KernelSyncEntry) -> [String: Any] {
+        let c = e.connection
+        var d: [String: Any] = ["op": Int(e.operation.rawValue), "proto": Int(c.proto), "zone": Int(c.zone),
+                                "status": Int(c.status.rawValue), "mark": Int(c.mark),
+                                "original": kernelTuple(c.original), "reply": kernelTuple(c.reply),
+                                "version": u64(e.version), "origin": Int(e.origin)]
+        if let t = c.timeout { d["timeout"] = Int(t) }
+        if let tcp = c.tcp {
+            var t: [String: Any] = ["state": Int(tcp.state.rawValue)]
+            if let v = tcp.flagsOriginal { t["flagsOriginal"] = Int(v) }
+            if let v = tcp.flagsReply { t["flagsReply"] = Int(v) }
+            if let v = tcp.windowScaleOriginal { t["windowScaleOriginal"] = Int(v) }
+            if let v = tcp.windowScaleReply { t["windowScaleReply"] = Int(v) }
+            d["tcp"] = t
+        }
+        return d
+    }
+
     static func message(_ m: SyncMessage) -> [String: Any] {
         switch m {
         case .hello(let h):
@@ -136,6 +169,10 @@ enum Describe {
                  ["host": h.host.description, "state": Int(h.state.rawValue), "version": u64(h.version),
                   "origin": Int(h.origin)]
              }]
+        case .kernelDeltaBatch(let b):
+            ["firstSequence": u64(b.firstSequence), "entries": b.entries.map(kernelEntry)]
+        case .kernelBulkChunk(let c):
+            ["requestID": Int(c.requestID), "entries": c.entries.map(kernelEntry)]
         case .serviceRecords(let r):
             ["records": r.records.map { rec -> [String: Any] in
                 var d: [String: Any] = ["vip": rec.key.vip.description, "port": Int(rec.key.port),

@@ -56,6 +56,9 @@ enum VectorGenerator {
         let bulkBegin = all.first { $0.name == "bulk-begin" }!.bytes
         let probe = all.first { $0.name == "probe" }!.bytes
         let serviceDigest = all.first { $0.name == "service-digest" }!.bytes
+        let kernelHello = all.first { $0.name == "kernel-hello" }!.bytes
+        let kernelBatch = all.first { $0.name == "kernel-delta-batch" }!.bytes
+        let deltaBatch = all.first { $0.name == "delta-batch" }!.bytes
         let helloPayload = SyncCodec.encodePayload(Fixtures.messages[0].message)
 
         func patched(_ bytes: [UInt8], _ edits: [(Int, UInt8)]) -> [UInt8] {
@@ -90,8 +93,16 @@ enum VectorGenerator {
                     note: "the hello vector with type 200 (unassigned)"),
             Invalid(name: "unknown-type-zero", bytes: patched(hello, [(3, 0)]), channel: .datagram, expect: .unknownType,
                     note: "the hello vector with type 0"),
-            Invalid(name: "bad-flags", bytes: patched(hello, [(4, 0x08)]), channel: .datagram, expect: .badFlags,
-                    note: "the hello vector with the undefined flag bit 0x08"),
+            Invalid(name: "bad-flags", bytes: patched(hello, [(4, 0x10)]), channel: .datagram, expect: .badFlags,
+                    note: "the hello vector with the undefined flag bit 0x10"),
+            Invalid(name: "bad-flags-kernel-type-without-flag", bytes: patched(kernelBatch, [(4, 0x00)]), channel: .datagram,
+                    expect: .badFlags, note: "the kernel-delta-batch vector without the kernel flag: kernel entries travel only on the kernel channels"),
+            Invalid(name: "bad-flags-bpf-entries-with-kernel-flag", bytes: patched(deltaBatch, [(4, 0x08)]), channel: .kernelDatagram,
+                    expect: .badFlags, note: "the delta-batch vector with the kernel flag: BPF entries never travel on the kernel channels"),
+            Invalid(name: "bad-flags-kernel-and-gossip", bytes: patched(kernelHello, [(4, 0x0a)]), channel: .gossip,
+                    expect: .badFlags, note: "the kernel-hello vector with both the kernel and the gossip flag"),
+            Invalid(name: "bad-flags-kernel-on-datagram", bytes: kernelHello, channel: .datagram, expect: .badFlags,
+                    note: "the kernel-hello vector (sealed for the kernel datagram channel) received on the datagram channel"),
             Invalid(name: "bad-flags-config-type-without-flag", bytes: patched(serviceDigest, [(4, 0x00)]), channel: .datagram,
                     expect: .badFlags, note: "the service-digest vector without the config flag: service sharing travels only on the config channel"),
             Invalid(name: "bad-flags-replication-type-with-config-flag", bytes: patched(hello, [(4, 0x04)]), channel: .config,
@@ -140,7 +151,8 @@ enum VectorGenerator {
 
         // Authentic messages whose payload does not decode.
         func malformed(_ name: String, _ type: SyncMessageType, _ payload: [UInt8], _ note: String) -> Invalid {
-            let channel: SyncChannel = type.isGossip ? .gossip : type.isConfig ? .config : .datagram
+            let channel: SyncChannel = type.isGossip ? .gossip : type.isConfig ? .config
+                : type == .kernelBulkChunk ? .kernelStream : type.carriesKernelEntries ? .kernelDatagram : .datagram
             return Invalid(name: "malformed-" + name, bytes: Fixtures.sealRaw(type, payload, channel: channel), channel: channel,
                            expect: .malformedPayload, note: note, payload: (type, payload))
         }
@@ -151,6 +163,12 @@ enum VectorGenerator {
         let verdicts = SyncCodec.encodePayload(Fixtures.endpointVerdicts)
         let batch = SyncCodec.encodePayload(.deltaBatch(DeltaBatch(firstSequence: 42, entries: [Fixtures.tcpUpsert, Fixtures.udpDelete])))
         let ack = SyncCodec.encodePayload(.ack(Ack(streamEpoch: Fixtures.epoch, cumulative: 41)))
+        // Kernel entries: fixed part 0-9, entry i at 10 + 60 i (masquerade, port forward, ping,
+        // delete). In an entry: present at 2, window scales at 6-7, l4Kind at 10, timeout at
+        // 20-23, origin at 56-59.
+        let kernel = SyncCodec.encodePayload(.kernelDeltaBatch(KernelDeltaBatch(
+            firstSequence: 7, entries: [Fixtures.kernelMasquerade, Fixtures.kernelPortForward, Fixtures.kernelPing,
+                                        Fixtures.kernelDelete])))
         list += [
             malformed("count", .deltaBatch, patched(batch, [(9, 3)]),
                       "delta batch with count 3 but 2 entries (104 bytes) following"),
@@ -171,6 +189,22 @@ enum VectorGenerator {
                       "delta batch whose first entry has state 10"),
             malformed("entry-reserved", .deltaBatch, patched(batch, [(10 + 7, 1)]),
                       "delta batch whose first entry has reserved 1"),
+            malformed("kernel-count-over-limit", .kernelDeltaBatch, patched(kernel, [(8, 0), (9, 24)]),
+                      "kernel delta batch with count 24 (limit 23; checked before the bytes)"),
+            malformed("kernel-entry-present-bits", .kernelDeltaBatch, patched(kernel, [(10 + 2, 0x7f)]),
+                      "kernel delta batch whose first entry has the undefined present bit 0x40"),
+            malformed("kernel-entry-tcp-on-udp", .kernelDeltaBatch, patched(kernel, [(70 + 2, 0x03)]),
+                      "kernel delta batch whose second entry (UDP) says it carries TCP state"),
+            malformed("kernel-entry-absent-timeout", .kernelDeltaBatch, patched(kernel, [(70 + 2, 0x00)]),
+                      "kernel delta batch whose second entry has timeout 29 but no timeout present bit"),
+            malformed("kernel-entry-window-scale", .kernelDeltaBatch, patched(kernel, [(10 + 6, 15)]),
+                      "kernel delta batch whose first entry has window scale 15 (at most 14)"),
+            malformed("kernel-entry-l4-kind", .kernelDeltaBatch, patched(kernel, [(10 + 10, 2)]),
+                      "kernel delta batch whose first entry (TCP) has L4 kind icmp"),
+            malformed("kernel-entry-reserved", .kernelDeltaBatch, patched(kernel, [(10 + 11, 1)]),
+                      "kernel delta batch whose first entry has reserved 1"),
+            malformed("kernel-entry-origin-zero", .kernelDeltaBatch, patched(kernel, (56..<60).map { (10 + $0, UInt8(0)) }),
+                      "kernel delta batch whose first entry is from origin node 0"),
             malformed("nack-order", .nack,
                       SyncCodec.encodePayload(.nack(Nack(streamEpoch: Fixtures.epoch, cumulative: 41, missing: [50...50, 43...45]))),
                       "nack whose ranges are not ascending"),
@@ -267,6 +301,8 @@ enum VectorGenerator {
         Fixtures.tuple("0.0.0.0", 0, "0.0.0.0", 0, 0),
     ]
     static let hashEntries: [SyncEntry] = [Fixtures.tcpUpsert, Fixtures.udpDelete, Fixtures.tcpFin, Fixtures.icmp]
+    static let kernelHashEntries: [KernelSyncEntry] = [Fixtures.kernelMasquerade, Fixtures.kernelPortForward,
+                                                       Fixtures.kernelPing, Fixtures.kernelDelete]
 
     static func files() throws -> [File] {
         var files: [File] = []
@@ -281,7 +317,7 @@ enum VectorGenerator {
             ]))
             files.append(File(path: "Fuzz/corpus/seed-\(v.name)", bytes: [v.message.type.rawValue] + SyncCodec.encodePayload(v.message)))
         }
-        for v in valid() where v.name == "hello" || v.name == "bulk-chunk" {
+        for v in valid() where ["hello", "bulk-chunk", "kernel-delta-batch"].contains(v.name) {
             files.append(File(path: "Fuzz/corpus/seed-frame-\(v.name)", bytes: [v.message.type.rawValue] + v.bytes))
         }
         for v in invalid() {
@@ -312,6 +348,15 @@ enum VectorGenerator {
                 return ["op": Int(e.operation.rawValue), "key": key, "version": Describe.u64(e.version),
                         "entryHash": Describe.hash(SyncHashing.entryHash(e))]
             },
+            "kernelEntries": kernelHashEntries.map { e -> [String: Any] in
+                var key = Describe.kernelTuple(e.connection.original)
+                key["proto"] = Int(e.connection.proto)
+                key["zone"] = Int(e.connection.zone)
+                let h = SyncHashing.kernelKeyHash(e.connection.key)
+                return ["op": Int(e.operation.rawValue), "key": key, "version": Describe.u64(e.version),
+                        "kernelKeyHash": Describe.hash(h), "leaf": SyncHashing.leaf(ofFlowHash: h),
+                        "entryHash": Describe.hash(SyncHashing.entryHash(e))]
+            },
             "services": [Fixtures.liveService.key, Fixtures.deletedService.key].map { k -> [String: Any] in
                 let spec = Fixtures.liveService.spec ?? []
                 return ["vip": k.vip.description, "port": Int(k.port), "proto": Int(k.proto.rawValue),
@@ -330,7 +375,8 @@ enum VectorGenerator {
             "epoch": Describe.u64(Fixtures.epoch),
             "info": Hex.encode(info),
             "subkey": Hex.encode(subkeyBytes(sender: Fixtures.sender, epoch: Fixtures.epoch)),
-            "nonces": [(SyncChannel.datagram, UInt64(1)), (.stream, 1), (.datagram, 0x0102_0304_0506_0708)].map { c, s in
+            "nonces": [(SyncChannel.datagram, UInt64(1)), (.stream, 1), (.datagram, 0x0102_0304_0506_0708),
+                       (.kernelDatagram, 1), (.kernelStream, 1)].map { c, s in
                 ["channel": Int(c.rawValue), "sequence": Describe.u64(s),
                  "nonce": Hex.encode(SyncSealing.nonceBytes(channel: c, sequence: s))] as [String: Any]
             },

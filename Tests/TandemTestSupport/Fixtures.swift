@@ -116,7 +116,73 @@ public enum Fixtures {
             services: [ServiceVerdict(key: liveService.key, down: [])], hosts: []))),
         ("endpoint-verdicts-empty", .config, .endpointVerdicts(EndpointVerdicts(
             generation: 1, part: 0, more: false, services: [], hosts: []))),
+        // The kernel conntrack table's replication (§15): its own channels and delta stream.
+        ("kernel-hello", .kernelDatagram, .hello(Hello(bulkPort: 11116, inSync: true, nextSequence: 7))),
+        ("kernel-delta-batch", .kernelDatagram, .kernelDeltaBatch(KernelDeltaBatch(
+            firstSequence: 7, entries: [kernelMasquerade, kernelPortForward, kernelPing, kernelDelete]))),
+        ("kernel-delta-batch-max", .kernelDatagram, .kernelDeltaBatch(KernelDeltaBatch(
+            firstSequence: 100, entries: (0..<SyncCodec.maxKernelEntriesPerDatagram).map(kernelNumbered)))),
+        ("kernel-ack", .kernelDatagram, .ack(Ack(streamEpoch: epoch, cumulative: 10))),
+        ("kernel-bulk-request", .kernelStream, .bulkRequest(BulkRequest(requestID: 3, leaves: []))),
+        ("kernel-bulk-chunk", .kernelStream, .kernelBulkChunk(KernelBulkChunk(
+            requestID: 3, entries: [kernelMasquerade, kernelPortForward, kernelPing]))),
     ]
+
+    /// An inside client's TCP connection out through masquerade: 10.1.0.5:40000 to
+    /// 198.51.100.20:443, its source rewritten to the gateway's floating 203.0.113.10:61000;
+    /// established, window tracking flags and scales seen, marked and assured.
+    public static let kernelMasquerade = KernelSyncEntry(
+        operation: .upsert,
+        connection: KernelConnection(
+            original: .ports(6, ip("10.1.0.5"), 40000, ip("198.51.100.20"), 443),
+            reply: .ports(6, ip("198.51.100.20"), 443, ip("203.0.113.10"), 61000),
+            tcp: TCPInfo(state: .established, flagsOriginal: TCPInfo.flagWindowScale | TCPInfo.flagSACKPermitted,
+                         flagsReply: TCPInfo.flagWindowScale, windowScaleOriginal: 7, windowScaleReply: 9),
+            status: [.seenReply, .assured, .confirmed, .srcNAT, .srcNATDone, .dstNATDone],
+            mark: 0x100, zone: 0, timeout: 431_999),
+        version: 1_700_000_000_700_000, origin: 1)
+
+    /// An outside client through the DNAT port forward: 198.51.100.30:5353 to the floating
+    /// 203.0.113.10:8053, sent to the inside server 10.1.0.7:53; UDP, in zone 2.
+    public static let kernelPortForward = KernelSyncEntry(
+        operation: .upsert,
+        connection: KernelConnection(
+            original: .ports(17, ip("198.51.100.30"), 5353, ip("203.0.113.10"), 8053),
+            reply: .ports(17, ip("10.1.0.7"), 53, ip("198.51.100.30"), 5353),
+            status: [.seenReply, .confirmed, .dstNAT, .srcNATDone, .dstNATDone],
+            mark: 0, zone: 2, timeout: 29),
+        version: 1_700_000_000_700_001, origin: 1)
+
+    /// A ping through masquerade: the ICMP id is the tuple's L4 field.
+    public static let kernelPing = KernelSyncEntry(
+        operation: .upsert,
+        connection: KernelConnection(
+            original: KernelTuple(source: ip("10.1.0.5"), destination: ip("198.51.100.20"), proto: 1,
+                                  l4: .icmp(id: 0x4321, type: 8, code: 0)),
+            reply: KernelTuple(source: ip("198.51.100.20"), destination: ip("203.0.113.10"), proto: 1,
+                               l4: .icmp(id: 0x4321, type: 0, code: 0)),
+            status: [.seenReply, .confirmed, .srcNAT, .srcNATDone, .dstNATDone], timeout: 30),
+        version: 1_700_000_000_700_002, origin: 3)
+
+    /// The masquerade connection's destroy: no timeout, the rest as last held.
+    public static let kernelDelete: KernelSyncEntry = {
+        var e = kernelMasquerade
+        e.operation = .delete
+        e.connection.timeout = nil
+        e.connection.tcp = TCPInfo(state: .timeWait)
+        e.version += 5_000_000
+        return e
+    }()
+
+    /// Kernel entry i of a long batch: distinct keys and versions.
+    public static func kernelNumbered(_ i: Int) -> KernelSyncEntry {
+        var e = kernelMasquerade
+        e.connection.original = .ports(6, ip("10.1.0.5"), UInt16(40000 + i), ip("198.51.100.20"), 443)
+        e.connection.reply = .ports(6, ip("198.51.100.20"), 443, ip("203.0.113.10"), UInt16(61000 + i))
+        e.version += UInt64(i)
+        e.operation = i % 5 == 4 ? .delete : .upsert
+        return e
+    }
 
     /// A verdict set in one part: a TCP service with two endpoints down (one by probe, one by
     /// probe and a red host), a UDP service with none down, and two host states.
