@@ -77,12 +77,19 @@ public struct HAHooks: Sendable {
     public var setActiveVIPs: @Sendable (Set<IPv4Address>) throws -> Void
     /// Whether the replication layer holds the cluster's connection table.
     public var replicationInSync: @Sendable () -> Bool
+    /// Runs after this node became MASTER and before its cloud provider moves the floating IPs:
+    /// whatever must be in place before traffic arrives goes here (a held kernel conntrack table
+    /// is committed, so no established flow meets a table without it: keepalived #2254). The
+    /// move waits for it, then runs only if the node is still MASTER in that term.
+    public var prepareTakeover: @Sendable (_ vips: [IPv4Address], _ term: UInt64) async -> Void
 
     public init(serviceVIPs: @escaping @Sendable () -> Set<IPv4Address>,
                 setActiveVIPs: @escaping @Sendable (Set<IPv4Address>) throws -> Void,
-                replicationInSync: @escaping @Sendable () -> Bool) {
+                replicationInSync: @escaping @Sendable () -> Bool,
+                prepareTakeover: @escaping @Sendable (_ vips: [IPv4Address], _ term: UInt64) async -> Void = { _, _ in }) {
         self.serviceVIPs = serviceVIPs
         self.setActiveVIPs = setActiveVIPs
         self.replicationInSync = replicationInSync
+        self.prepareTakeover = prepareTakeover
     }
 }

@@ -74,6 +74,7 @@ public final class HAShell: @unchecked Sendable {
         var takeoverFailures: UInt64 = 0
         var lastTakeoverAt: UInt64?
         var lastTakeoverMs: Double?
+        var lastPrepareMs: Double?
         var lastTakeoverDetail: String?
         var lastError: String?
     }
@@ -411,10 +412,19 @@ public final class HAShell: @unchecked Sendable {
             // from the node that won; skip it (its release is queued behind it). Once `stop` has
             // begun this node has announced its leave, and a peer may already have taken over:
             // no queued move may run then either, whatever the election still says.
-            let current = try? await shell.loop.submit {
-                shell.elections[instance].role == .master && shell.elections[instance].term == term
-            }.get()
-            guard current == true, !shell.stoppedBox.withLockedValue({ $0 }) else { return }
+            func stillMaster() async -> Bool {
+                let current = try? await shell.loop.submit {
+                    shell.elections[instance].role == .master && shell.elections[instance].term == term
+                }.get()
+                return current == true && !shell.stoppedBox.withLockedValue({ $0 })
+            }
+            guard await stillMaster() else { return }
+            let preparing = ContinuousClock.now
+            await shell.hooks.prepareTakeover(vips, term)
+            let prepared = ContinuousClock.now - preparing
+            shell.loop.execute { shell.records[instance].lastPrepareMs = milliseconds(prepared) }
+            // The preparation may have taken a while: the node may have lost the term meanwhile.
+            guard await stillMaster() else { return }
             let started = ContinuousClock.now
             let result: Result<CloudTakeoverResult, Error>
             do { result = .success(try await provider.takeover(vips: vips, term: term)) } catch { result = .failure(error) }
@@ -426,7 +436,7 @@ public final class HAShell: @unchecked Sendable {
     private func takeoverFinished(instance i: Int, term: UInt64, result: Result<CloudTakeoverResult, Error>,
                                   elapsed: Duration) {
         let now = monotonicNanoseconds()
-        let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+        let ms = milliseconds(elapsed)
         let name = config.instances[i].name
         switch result {
         case .success(let r):
@@ -488,6 +498,7 @@ public final class HAShell: @unchecked Sendable {
                               vips: sortedVIPs(of: i).map(\.description), transitions: records[i].transitions,
                               takeovers: records[i].takeovers, takeoverFailures: records[i].takeoverFailures,
                               lastTakeoverAtUnixMs: records[i].lastTakeoverAt, lastTakeoverMs: records[i].lastTakeoverMs,
+                              lastPrepareMs: records[i].lastPrepareMs,
                               lastTakeoverDetail: records[i].lastTakeoverDetail, lastError: records[i].lastError)
         }
         var all = counters
@@ -557,4 +568,8 @@ private final class GossipHandler: ChannelInboundHandler, @unchecked Sendable {
         shell?.channelClosed(context.channel)
         context.fireChannelInactive()
     }
+}
+
+private func milliseconds(_ d: Duration) -> Double {
+    Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
 }

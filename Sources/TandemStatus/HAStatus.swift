@@ -57,9 +57,11 @@ public struct HAStatus: Codable, Sendable, Equatable {
         /// The last successful takeover: when it finished and how long the provider took.
         public var lastTakeoverAtUnixMs: UInt64?
         public var lastTakeoverMs: Double?
+        /// How long the last takeover's preparation (`HAHooks.prepareTakeover`) took before the move.
+        public var lastPrepareMs: Double?
         public var lastTakeoverDetail: String?
         public var lastError: String?
-        public init(name: String, role: String, term: UInt64, master: UInt32? = nil, priority: UInt8, external: Bool, vips: [String], transitions: [Transition], takeovers: UInt64, takeoverFailures: UInt64, lastTakeoverAtUnixMs: UInt64? = nil, lastTakeoverMs: Double? = nil, lastTakeoverDetail: String? = nil, lastError: String? = nil) {
+        public init(name: String, role: String, term: UInt64, master: UInt32? = nil, priority: UInt8, external: Bool, vips: [String], transitions: [Transition], takeovers: UInt64, takeoverFailures: UInt64, lastTakeoverAtUnixMs: UInt64? = nil, lastTakeoverMs: Double? = nil, lastPrepareMs: Double? = nil, lastTakeoverDetail: String? = nil, lastError: String? = nil) {
             self.name = name
             self.role = role
             self.term = term
@@ -72,6 +74,7 @@ public struct HAStatus: Codable, Sendable, Equatable {
             self.takeoverFailures = takeoverFailures
             self.lastTakeoverAtUnixMs = lastTakeoverAtUnixMs
             self.lastTakeoverMs = lastTakeoverMs
+            self.lastPrepareMs = lastPrepareMs
             self.lastTakeoverDetail = lastTakeoverDetail
             self.lastError = lastError
         }
