@@ -41,6 +41,10 @@ public final class ConntrackSink: Sendable {
     private let state: Mutex<State>
     private let published: Mutex<ConntrackSinkCore.Counters>
     private let ackTimeoutMillis: Int32
+    /// The socket's netlink port id. ctnetlink stamps the events a request causes with the
+    /// requester's port id (nlmsg_pid), so a source in the same namespace can tell the entries
+    /// this sink wrote from the kernel's own and not send them back to the peer.
+    public let portID: UInt32
     static let sendBufferSize = 256 << 10
     static let recvBufferSize = 256 << 10
 
@@ -52,6 +56,7 @@ public final class ConntrackSink: Sendable {
             }
             return s
         }
+        portID = mnl_socket_get_portid(sock)   // before the socket is handed to the lock
         let send = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.sendBufferSize, alignment: 8)
         let recv = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.recvBufferSize, alignment: 8)
         state = Mutex(State(core: ConntrackSinkCore(settings: options.settings), sock: sock, send: send, recv: recv))
