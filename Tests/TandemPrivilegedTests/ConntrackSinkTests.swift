@@ -180,15 +180,19 @@ extension Privileged {
                     let rss0 = Self.rssKB()
                     let slab0 = Self.slabKB()
                     let cpu0 = Self.threadCPU()
+                    let sys0 = Self.threadCPUSplit().system
                     let t0 = Date()
                     // Arrival in chunks, as a sync receiver would hand them over.
                     for chunk in stride(from: 0, to: n, by: 1000) { sink.upsert(Array(list[chunk..<min(n, chunk + 1000)])) }
                     let applySecs = Date().timeIntervalSince(t0)
                     let applyCPU = Self.threadCPU() - cpu0
+                    let applySys = Self.threadCPUSplit().system - sys0
                     let rssHeld = Self.rssKB() - rss0
                     let cpu1 = Self.threadCPU()
+                    let sys1 = Self.threadCPUSplit().system
                     let report = sink.commit()
                     let commitCPU = Self.threadCPU() - cpu1
+                    let commitSys = Self.threadCPUSplit().system - sys1
                     let inKernel = try bed.exec(bed.lb, ["cat", "/proc/sys/net/netfilter/nf_conntrack_count"]).stdout
                         .trimmingCharacters(in: .whitespacesAndNewlines)
                     let c = sink.counters
@@ -196,8 +200,9 @@ extension Privileged {
                     #expect(Int(inKernel) == n)
                     let rate = Double(n) / (mode == .inject ? applySecs : max(report.seconds, 1e-9))
                     print("conntrack-sink: \(mode.rawValue) \(n): apply \(String(format: "%.3f", applySecs)) s "
-                          + "(cpu \(String(format: "%.3f", applyCPU)) s), commit \(String(format: "%.3f", report.seconds)) s "
-                          + "(cpu \(String(format: "%.3f", commitCPU)) s, \(report.batches) batches), "
+                          + "(cpu \(String(format: "%.3f", applyCPU)) s, sys \(String(format: "%.3f", applySys))), commit "
+                          + "\(String(format: "%.3f", report.seconds)) s (cpu \(String(format: "%.3f", commitCPU)) s, sys "
+                          + "\(String(format: "%.3f", commitSys)), \(report.batches) batches), "
                           + "\(Int(rate)) entries/s, rss held +\(rssHeld) KB, kernel entries \(inKernel), "
                           + "nf_conntrack slab +\(Self.slabKB() - slab0) KB")
                 }
@@ -335,10 +340,13 @@ extension Privileged {
 
         /// User + system CPU of the calling thread (the sink runs there; the kernel's ctnetlink
         /// work happens inside its sendmsg, so it is counted as system time).
-        static func threadCPU() -> Double {
+        static func threadCPU() -> Double { threadCPUSplit().user + threadCPUSplit().system }
+
+        static func threadCPUSplit() -> (user: Double, system: Double) {
             var ru = rusage()
             getrusage(__rusage_who_t(1), &ru)   // RUSAGE_THREAD (not imported: a _GNU_SOURCE name)
-            return Double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + Double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6
+            return (Double(ru.ru_utime.tv_sec) + Double(ru.ru_utime.tv_usec) / 1e6,
+                    Double(ru.ru_stime.tv_sec) + Double(ru.ru_stime.tv_usec) / 1e6)
         }
 
         static func rssKB() -> Int {
