@@ -124,6 +124,32 @@ extension Privileged {
             #expect(try TandemConntrack.ConntrackSink.readTable(netnsPath: bed.path(bed.lb)).count == 380)
         }
 
+        /// ICMP echo entries, plain and masqueraded: the reply tuple is set up by the library
+        /// (inverted original, echo-reply type), the SNAT goes as an address only.
+        @Test func injectsICMPEntries() throws {
+            let bed = try Self.natBed()
+            defer { bed.down() }
+            let sink = try TandemConntrack.ConntrackSink(options: .init(netnsPath: bed.path(bed.lb)))
+            defer { sink.close() }
+            let client = IPv4Address(10, 80, 9, 2), server = IPv4Address(10, 83, 0, 1)
+            let plain = KernelConnection(original: KernelTuple(source: client, destination: server, proto: 1, l4: .icmp(id: 77, type: 8, code: 0)),
+                                         reply: KernelTuple(source: server, destination: client, proto: 1, l4: .icmp(id: 77, type: 0, code: 0)),
+                                         status: [.seenReply, .confirmed], timeout: 30)
+            var masq = plain
+            masq.original.l4 = .icmp(id: 78, type: 8, code: 0)
+            masq.reply = KernelTuple(source: server, destination: Self.gateway, proto: 1, l4: .icmp(id: 78, type: 0, code: 0))
+            sink.upsert([plain, masq])
+            let c = sink.counters
+            #expect(c.created == 2 && c.totalFailures == 0, "\(c)")
+            let table = try TandemConntrack.ConntrackSink.readTable(netnsPath: bed.path(bed.lb))
+            let got = Dictionary(table.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
+            #expect(got[plain.key]?.reply.destination == client)
+            #expect(got[plain.key]?.status.contains(.srcNAT) == false)
+            #expect(got[masq.key]?.reply.destination == Self.gateway)
+            #expect(got[masq.key]?.status.contains(.srcNAT) == true)
+            #expect(got[masq.key]?.timeout.map { $0 <= 30 && $0 >= 27 } == true)
+        }
+
         @Test func holdModeWritesNothingUntilCommit() throws {
             let bed = try Self.natBed()
             defer { bed.down() }
