@@ -397,7 +397,8 @@ public struct ConntrackSinkCore: Sendable {
                 counters.retries += 1
                 var r = p
                 r.retries += 1
-                let delay = settings.retryDelay * Double(1 << min(r.retries - 1, 20))
+                // Capped at an hour, so no setting can overflow the clock arithmetic.
+                let delay = min(settings.retryDelay * Double(1 << min(r.retries - 1, 20)), 3600)
                 r.notBefore = now &+ UInt64(delay * 1e9)
                 enqueue(key, r)
             } else {
