@@ -197,3 +197,73 @@ static inline int tct_build(void *buf, size_t len, const struct nf_conntrack *ct
     if (nfct_nlmsg_build(nlh, ct) < 0) return -errno;
     return (int)nlh->nlmsg_len;
 }
+
+/* ---- TandemConntrack's sink (tct_sink_*): batched ctnetlink create/update/delete requests, each
+ * with NLM_F_ACK and its own sequence number, so every message's result comes back as one
+ * NLMSG_ERROR (0 = done). Which attributes each request carries is decided in Swift
+ * (ConntrackSinkCore); here only the framing and the socket. */
+
+/* A request socket for the sink: NETLINK_CAP_ACK on (an error ack then carries the request's
+ * header only, not its whole payload, so many acks fit the receive buffer), extended acks off,
+ * and large forced send/receive buffers (a batch is one datagram; its acks queue up until read). */
+static inline struct mnl_socket *tct_sink_open(int bufbytes, int *err) {
+    struct mnl_socket *nl = mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC);
+    if (nl == NULL) { *err = -errno; return NULL; }
+    if (mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0) goto fail;
+    int on = 1, off = 0;
+    if (mnl_socket_setsockopt(nl, NETLINK_CAP_ACK, &on, sizeof(on)) < 0) goto fail;
+    (void)mnl_socket_setsockopt(nl, NETLINK_EXT_ACK, &off, sizeof(off));
+    int fd = mnl_socket_get_fd(nl);
+    int half = bufbytes / 2;   /* the kernel doubles what it is given */
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &half, sizeof(half)) < 0)
+        (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &half, sizeof(half));
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &half, sizeof(half)) < 0)
+        (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &half, sizeof(half));
+    *err = 0;
+    return nl;
+fail:
+    *err = -errno;
+    mnl_socket_close(nl);
+    return NULL;
+}
+
+/* Room a single request may need at most (tuples, NAT, protoinfo, status, timeout, mark, zone
+ * are a few hundred bytes; nfct_nlmsg_build does not bounds-check, so we insist on this much). */
+#define TCT_SINK_MSG_MAX 1024
+
+/* Appends one request for `ct` at buf+off: op 0 create (NLM_F_CREATE|NLM_F_EXCL, so an existing
+ * entry answers EEXIST instead of being changed silently), 1 update (no create flag: a missing
+ * entry answers ENOENT), 2 delete. Returns the new end offset (4-byte aligned) or -ENOSPC. */
+static inline int tct_sink_put(void *buf, size_t cap, size_t off, const struct nf_conntrack *ct,
+                               int op, uint32_t seq) {
+    if (off > cap || cap - off < TCT_SINK_MSG_MAX) return -ENOSPC;
+    struct nlmsghdr *nlh = mnl_nlmsg_put_header((char *)buf + off);
+    nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | (op == 2 ? IPCTNL_MSG_CT_DELETE : IPCTNL_MSG_CT_NEW);
+    nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (op == 0 ? (NLM_F_CREATE | NLM_F_EXCL) : 0);
+    nlh->nlmsg_seq = seq;
+    struct nfgenmsg *nfh = mnl_nlmsg_put_extra_header(nlh, sizeof(struct nfgenmsg));
+    nfh->nfgen_family = AF_INET;
+    nfh->version = NFNETLINK_V0;
+    nfh->res_id = 0;
+    if (nfct_nlmsg_build(nlh, ct) < 0) return -EINVAL;
+    if (nlh->nlmsg_len > TCT_SINK_MSG_MAX) return -EMSGSIZE;
+    return (int)(off + MNL_ALIGN(nlh->nlmsg_len));
+}
+
+/* Sends a batch (one datagram of several requests) to the kernel. 0 or -errno. */
+static inline int tct_sink_send(struct mnl_socket *nl, const void *buf, size_t len) {
+    ssize_t n = mnl_socket_sendto(nl, buf, len);
+    if (n < 0) return -errno;
+    return 0;
+}
+
+/* NAT targets for a create request (libnetfilter_conntrack turns them into CTA_NAT_SRC /
+ * CTA_NAT_DST with min == max). Address and port in network byte order; port < 0 for none. */
+static inline void tct_sink_set_snat(struct nf_conntrack *ct, uint32_t addr, int port) {
+    nfct_set_attr_u32(ct, ATTR_SNAT_IPV4, addr);
+    if (port >= 0) nfct_set_attr_u16(ct, ATTR_SNAT_PORT, (uint16_t)port);
+}
+static inline void tct_sink_set_dnat(struct nf_conntrack *ct, uint32_t addr, int port) {
+    nfct_set_attr_u32(ct, ATTR_DNAT_IPV4, addr);
+    if (port >= 0) nfct_set_attr_u16(ct, ATTR_DNAT_PORT, (uint16_t)port);
+}
