@@ -1,3 +1,5 @@
+import TandemCore
+
 /// The kernel conntrack sink's logic, pure: learned entries in, ctnetlink requests out, their
 /// acks back in. Two modes:
 /// - `inject`: every upsert and delete becomes a request as it arrives (batched);
