@@ -29,9 +29,10 @@ extension ConnectionEvent {
 /// poll read (so consumers pay per burst, not per event); without it they are only counted.
 ///
 /// Wakeups (see struct tdm_event_ctl): while events flow, the datapath submits them without
-/// waking anyone and this thread drains the ring every millisecond, so a burst costs one wakeup
-/// instead of one interrupt per event. After a few empty rounds it marks itself waiting and
-/// blocks; the next event wakes it at once. A millisecond of added delay is the price.
+/// waking anyone and this thread drains the ring on an interval: 0.2 ms for a steady flow, 1 ms
+/// for a burst (full batches), so neither costs an interrupt per event. A trickle (a few events
+/// per drain), or a few empty rounds, and it marks itself waiting and blocks; the next event
+/// wakes it at once, so a lone event is not held for an interval.
 public final class RingBufferReader: @unchecked Sendable {
     /// How often the ring is drained while events flow steadily (about 5,000 wakeups a second
     /// however fast they come; half the interval is what an event waits on average).
