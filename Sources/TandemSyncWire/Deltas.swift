@@ -217,18 +217,23 @@ extension DeltaBatch: WirePayload {
     }
 
     static func decode(from r: inout ByteReader) throws(SyncDecodeError) -> DeltaBatch {
+        let (first, count) = try decodeFixedPart(&r, limit: SyncCodec.maxEntriesPerDatagram, entrySize: SyncWire.entrySize)
+        return DeltaBatch(firstSequence: first, entries: try SyncEntry.decodeList(&r, count: count))
+    }
+
+    /// firstSequence and count of a delta batch of either entry kind, checked against the limit
+    /// and the bytes that follow.
+    static func decodeFixedPart(_ r: inout ByteReader, limit: Int, entrySize: Int) throws(SyncDecodeError) -> (UInt64, Int) {
         let first = try r.u64("firstSequence")
         let count = Int(try r.u16("count"))
-        guard count <= SyncCodec.maxEntriesPerDatagram else {
-            throw r.fail("count \(count) exceeds \(SyncCodec.maxEntriesPerDatagram) entries per datagram")
-        }
+        guard count <= limit else { throw r.fail("count \(count) exceeds \(limit) entries per datagram") }
         // Delta sequences start at 1, and the last one (first + count - 1) must not wrap.
         guard first >= 1 else { throw r.fail("firstSequence is 0; delta sequences start at 1") }
         guard count == 0 || first <= UInt64.max - UInt64(count - 1) else {
             throw r.fail("firstSequence \(first) + count \(count) overflows")
         }
-        try r.expectItems(count, size: SyncWire.entrySize, "count")
-        return DeltaBatch(firstSequence: first, entries: try SyncEntry.decodeList(&r, count: count))
+        try r.expectItems(count, size: entrySize, "count")
+        return (first, count)
     }
 }
 

@@ -227,15 +227,8 @@ extension KernelDeltaBatch: WirePayload {
     }
 
     static func decode(from r: inout ByteReader) throws(SyncDecodeError) -> KernelDeltaBatch {
-        let first = try r.u64("firstSequence")
-        let count = Int(try r.u16("count"))
-        let limit = SyncCodec.maxKernelEntriesPerDatagram
-        guard count <= limit else { throw r.fail("count \(count) exceeds \(limit) entries per datagram") }
-        guard first >= 1 else { throw r.fail("firstSequence is 0; delta sequences start at 1") }
-        guard count == 0 || first <= UInt64.max - UInt64(count - 1) else {
-            throw r.fail("firstSequence \(first) + count \(count) overflows")
-        }
-        try r.expectItems(count, size: SyncWire.kernelEntrySize, "count")
+        let (first, count) = try DeltaBatch.decodeFixedPart(&r, limit: SyncCodec.maxKernelEntriesPerDatagram,
+                                                            entrySize: SyncWire.kernelEntrySize)
         return KernelDeltaBatch(firstSequence: first, entries: try KernelSyncEntry.decodeList(&r, count: count))
     }
 }
