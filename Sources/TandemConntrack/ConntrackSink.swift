@@ -279,29 +279,11 @@ private final class NamespaceResult<T>: @unchecked Sendable {
 extension SinkMessage {
     /// Sets this request's attributes on a fresh `nf_conntrack` (network byte order there).
     func write(to ct: OpaquePointer) {
-        nfct_set_attr_u8(ct, ATTR_ORIG_L3PROTO, UInt8(AF_INET))
-        nfct_set_attr_u32(ct, ATTR_ORIG_IPV4_SRC, original.source.networkOrder)
-        nfct_set_attr_u32(ct, ATTR_ORIG_IPV4_DST, original.destination.networkOrder)
-        nfct_set_attr_u8(ct, ATTR_ORIG_L4PROTO, original.proto)
-        switch original.l4 {
-        case .ports(let sp, let dp):
-            nfct_set_attr_u16(ct, ATTR_ORIG_PORT_SRC, sp.bigEndian)
-            nfct_set_attr_u16(ct, ATTR_ORIG_PORT_DST, dp.bigEndian)
-        case .icmp(let id, let type, let code):
-            nfct_set_attr_u16(ct, ATTR_ICMP_ID, id.bigEndian)
-            nfct_set_attr_u8(ct, ATTR_ICMP_TYPE, type)
-            nfct_set_attr_u8(ct, ATTR_ICMP_CODE, code)
-        case .none: break
-        }
+        original.setOriginal(on: ct)
         nfct_set_attr_u16(ct, ATTR_ZONE, zone)
         if let reply {
-            if case .ports(let sp, let dp) = reply.l4 {
-                nfct_set_attr_u8(ct, ATTR_REPL_L3PROTO, UInt8(AF_INET))
-                nfct_set_attr_u32(ct, ATTR_REPL_IPV4_SRC, reply.source.networkOrder)
-                nfct_set_attr_u32(ct, ATTR_REPL_IPV4_DST, reply.destination.networkOrder)
-                nfct_set_attr_u8(ct, ATTR_REPL_L4PROTO, reply.proto)
-                nfct_set_attr_u16(ct, ATTR_REPL_PORT_SRC, sp.bigEndian)
-                nfct_set_attr_u16(ct, ATTR_REPL_PORT_DST, dp.bigEndian)
+            if case .ports = reply.l4 {
+                reply.setReply(on: ct)
             } else {
                 // ICMP and portless: the library inverts the original itself (ICMP type included).
                 _ = nfct_setobjopt(ct, UInt32(NFCT_SOPT_SETUP_REPLY))
@@ -312,14 +294,6 @@ extension SinkMessage {
         if let status { nfct_set_attr_u32(ct, ATTR_STATUS, status.rawValue) }
         if let timeout { nfct_set_attr_u32(ct, ATTR_TIMEOUT, timeout) }
         if let mark { nfct_set_attr_u32(ct, ATTR_MARK, mark) }
-        if let tcp {
-            nfct_set_attr_u8(ct, ATTR_TCP_STATE, tcp.state.rawValue)
-            if let v = tcp.flagsOriginal { nfct_set_attr_u8(ct, ATTR_TCP_FLAGS_ORIG, v) }
-            if let v = tcp.flagsReply { nfct_set_attr_u8(ct, ATTR_TCP_FLAGS_REPL, v) }
-            if let v = tcp.maskOriginal { nfct_set_attr_u8(ct, ATTR_TCP_MASK_ORIG, v) }
-            if let v = tcp.maskReply { nfct_set_attr_u8(ct, ATTR_TCP_MASK_REPL, v) }
-            if let v = tcp.windowScaleOriginal { nfct_set_attr_u8(ct, ATTR_TCP_WSCALE_ORIG, v) }
-            if let v = tcp.windowScaleReply { nfct_set_attr_u8(ct, ATTR_TCP_WSCALE_REPL, v) }
-        }
+        tcp?.set(on: ct)
     }
 }

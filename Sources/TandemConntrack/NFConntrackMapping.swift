@@ -56,15 +56,25 @@ extension KernelConnection {
     /// Sets this entry's attributes on `ct` (both tuples, state, status, mark, zone, timeout, id
     /// when non-zero). What the sink will build its create/update requests from.
     public func write(to ct: OpaquePointer) {
+        original.setOriginal(on: ct)
+        reply.setReply(on: ct)
+        tcp?.set(on: ct)
+        nfct_set_attr_u32(ct, ATTR_STATUS, status.rawValue)
+        nfct_set_attr_u32(ct, ATTR_MARK, mark)
+        nfct_set_attr_u16(ct, ATTR_ZONE, zone)
+        if let timeout { nfct_set_attr_u32(ct, ATTR_TIMEOUT, timeout) }
+        if id != 0 { nfct_set_attr_u32(ct, ATTR_ID, id) }
+    }
+}
+
+extension KernelTuple {
+    /// Sets this tuple as the original direction on `ct` (network byte order there).
+    func setOriginal(on ct: OpaquePointer) {
         nfct_set_attr_u8(ct, ATTR_ORIG_L3PROTO, UInt8(AF_INET))
-        nfct_set_attr_u8(ct, ATTR_REPL_L3PROTO, UInt8(AF_INET))
-        nfct_set_attr_u32(ct, ATTR_ORIG_IPV4_SRC, original.source.networkOrder)
-        nfct_set_attr_u32(ct, ATTR_ORIG_IPV4_DST, original.destination.networkOrder)
-        nfct_set_attr_u32(ct, ATTR_REPL_IPV4_SRC, reply.source.networkOrder)
-        nfct_set_attr_u32(ct, ATTR_REPL_IPV4_DST, reply.destination.networkOrder)
-        nfct_set_attr_u8(ct, ATTR_ORIG_L4PROTO, original.proto)
-        nfct_set_attr_u8(ct, ATTR_REPL_L4PROTO, reply.proto)
-        switch original.l4 {
+        nfct_set_attr_u32(ct, ATTR_ORIG_IPV4_SRC, source.networkOrder)
+        nfct_set_attr_u32(ct, ATTR_ORIG_IPV4_DST, destination.networkOrder)
+        nfct_set_attr_u8(ct, ATTR_ORIG_L4PROTO, proto)
+        switch l4 {
         case .ports(let s, let d):
             nfct_set_attr_u16(ct, ATTR_ORIG_PORT_SRC, s.bigEndian)
             nfct_set_attr_u16(ct, ATTR_ORIG_PORT_DST, d.bigEndian)
@@ -74,24 +84,32 @@ extension KernelConnection {
             nfct_set_attr_u8(ct, ATTR_ICMP_CODE, code)
         case .none: break
         }
-        if case .ports(let s, let d) = reply.l4 {
+    }
+
+    /// Sets this tuple as the reply direction on `ct`: addresses, protocol and, for a port tuple,
+    /// the ports (libnetfilter_conntrack keeps ICMP's fields with the original).
+    func setReply(on ct: OpaquePointer) {
+        nfct_set_attr_u8(ct, ATTR_REPL_L3PROTO, UInt8(AF_INET))
+        nfct_set_attr_u32(ct, ATTR_REPL_IPV4_SRC, source.networkOrder)
+        nfct_set_attr_u32(ct, ATTR_REPL_IPV4_DST, destination.networkOrder)
+        nfct_set_attr_u8(ct, ATTR_REPL_L4PROTO, proto)
+        if case .ports(let s, let d) = l4 {
             nfct_set_attr_u16(ct, ATTR_REPL_PORT_SRC, s.bigEndian)
             nfct_set_attr_u16(ct, ATTR_REPL_PORT_DST, d.bigEndian)
         }
-        if let tcp {
-            nfct_set_attr_u8(ct, ATTR_TCP_STATE, tcp.state.rawValue)
-            if let v = tcp.flagsOriginal { nfct_set_attr_u8(ct, ATTR_TCP_FLAGS_ORIG, v) }
-            if let v = tcp.flagsReply { nfct_set_attr_u8(ct, ATTR_TCP_FLAGS_REPL, v) }
-            if let v = tcp.maskOriginal { nfct_set_attr_u8(ct, ATTR_TCP_MASK_ORIG, v) }
-            if let v = tcp.maskReply { nfct_set_attr_u8(ct, ATTR_TCP_MASK_REPL, v) }
-            if let v = tcp.windowScaleOriginal { nfct_set_attr_u8(ct, ATTR_TCP_WSCALE_ORIG, v) }
-            if let v = tcp.windowScaleReply { nfct_set_attr_u8(ct, ATTR_TCP_WSCALE_REPL, v) }
-        }
-        nfct_set_attr_u32(ct, ATTR_STATUS, status.rawValue)
-        nfct_set_attr_u32(ct, ATTR_MARK, mark)
-        nfct_set_attr_u16(ct, ATTR_ZONE, zone)
-        if let timeout { nfct_set_attr_u32(ct, ATTR_TIMEOUT, timeout) }
-        if id != 0 { nfct_set_attr_u32(ct, ATTR_ID, id) }
+    }
+}
+
+extension TCPInfo {
+    /// Sets the TCP state and whichever flags, masks and window scales are known on `ct`.
+    func set(on ct: OpaquePointer) {
+        nfct_set_attr_u8(ct, ATTR_TCP_STATE, state.rawValue)
+        if let v = flagsOriginal { nfct_set_attr_u8(ct, ATTR_TCP_FLAGS_ORIG, v) }
+        if let v = flagsReply { nfct_set_attr_u8(ct, ATTR_TCP_FLAGS_REPL, v) }
+        if let v = maskOriginal { nfct_set_attr_u8(ct, ATTR_TCP_MASK_ORIG, v) }
+        if let v = maskReply { nfct_set_attr_u8(ct, ATTR_TCP_MASK_REPL, v) }
+        if let v = windowScaleOriginal { nfct_set_attr_u8(ct, ATTR_TCP_WSCALE_ORIG, v) }
+        if let v = windowScaleReply { nfct_set_attr_u8(ct, ATTR_TCP_WSCALE_REPL, v) }
     }
 }
 
