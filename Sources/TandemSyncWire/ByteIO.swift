@@ -112,6 +112,20 @@ struct ByteReader {
         return out
     }
 
+    /// `count` items decoded one after another, each named by its index in error details.
+    mutating func list<T>(_ count: Int, _ one: (inout ByteReader) throws(SyncDecodeError) -> T)
+        throws(SyncDecodeError) -> [T]
+    {
+        var items: [T] = []
+        items.reserveCapacity(count)
+        for i in 0..<count {
+            entryIndex = i
+            items.append(try one(&self))
+        }
+        entryIndex = nil
+        return items
+    }
+
     func expectEnd() throws(SyncDecodeError) {
         guard remaining == 0 else { throw fail("\(remaining) trailing byte(s)") }
     }

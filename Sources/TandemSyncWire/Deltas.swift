@@ -178,14 +178,7 @@ extension SyncEntry {
 
     /// `count` entries, each named by its index in error details.
     static func decodeList(_ r: inout ByteReader, count: Int) throws(SyncDecodeError) -> [SyncEntry] {
-        var entries: [SyncEntry] = []
-        entries.reserveCapacity(count)
-        for i in 0..<count {
-            r.entryIndex = i
-            entries.append(try decode(from: &r))
-        }
-        r.entryIndex = nil
-        return entries
+        try r.list(count) { (r) throws(SyncDecodeError) in try decode(from: &r) }
     }
 }
 

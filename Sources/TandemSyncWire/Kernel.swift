@@ -206,14 +206,7 @@ extension KernelSyncEntry {
 
     /// `count` entries, each named by its index in error details.
     static func decodeList(_ r: inout ByteReader, count: Int) throws(SyncDecodeError) -> [KernelSyncEntry] {
-        var entries: [KernelSyncEntry] = []
-        entries.reserveCapacity(count)
-        for i in 0..<count {
-            r.entryIndex = i
-            entries.append(try decode(from: &r))
-        }
-        r.entryIndex = nil
-        return entries
+        try r.list(count) { (r) throws(SyncDecodeError) in try decode(from: &r) }
     }
 }
 

@@ -131,13 +131,7 @@ extension ServiceRecords: WirePayload {
         // Each record takes at least its fixed part: refuse a count the bytes cannot hold
         // before allocating for it.
         try r.expectAtLeast(count, size: SyncWire.serviceRecordFixed, "count")
-        var records: [ServiceRecord] = []
-        records.reserveCapacity(count)
-        for i in 0..<count {
-            r.entryIndex = i
-            records.append(try ServiceRecord.decode(from: &r))
-        }
-        r.entryIndex = nil
+        let records = try r.list(count) { (r) throws(SyncDecodeError) in try ServiceRecord.decode(from: &r) }
         return ServiceRecords(records: records)
     }
 }
