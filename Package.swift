@@ -54,7 +54,10 @@ let package = Package(
         // Replication core: the replica table with its digests, delta sender and receiver state
         // machines, bulk transfers and anti-entropy. Pure: clock and randomness are injected,
         // methods return actions.
-        .target(name: "TandemSync", dependencies: ["TandemCore", "TandemSyncWire", "TandemStatus"], path: "Sources/TandemSync"),
+        // Generic over the entry kind (flows, kernel entries); cross-module optimisation lets the
+        // shells specialise it for each (unspecialised, the core costs 2-3x per entry).
+        .target(name: "TandemSync", dependencies: ["TandemCore", "TandemSyncWire", "TandemStatus"], path: "Sources/TandemSync",
+                swiftSettings: [.unsafeFlags(["-cross-module-optimization"])]),
         // What the SwiftNIO shells share: the UDP socket that binds itself again when NIO closes it.
         .target(name: "TandemShellSupport",
                 dependencies: ["TandemCore",
@@ -69,7 +72,9 @@ let package = Package(
                                .product(name: "NIOPosix", package: "swift-nio"),
                                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                                .product(name: "Logging", package: "swift-log")],
-                path: "Sources/TandemReplication"),
+                path: "Sources/TandemReplication",
+                // Generic over the entry kind like the core: specialised where the node creates it.
+                swiftSettings: [.unsafeFlags(["-cross-module-optimization"])]),
         // Service table sharing: the newest-write-wins merge of the cluster's services (pure core)
         // and its SwiftNIO shell on the config channel (proto/SPEC.md §14).
         .target(name: "TandemServiceSync",
@@ -147,7 +152,7 @@ let package = Package(
                 path: "Sources/TandemAPI"),
         // The node daemon: config file, datapath, API, lifecycle.
         .target(name: "TandemNode",
-                dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemAPIModels", "TandemSync", "TandemSealing", "TandemStatus", "TandemReplication",
+                dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemAPIModels", "TandemSync", "TandemSyncWire", "TandemSealing", "TandemStatus", "TandemReplication",
                                "TandemServiceSync", "TandemHealth", "TandemHA", "TandemCloud", "TandemOCI", "TandemElection", "TandemMetrics",
                                .product(name: "NIOPosix", package: "swift-nio"),
                                .product(name: "Yams", package: "Yams"),
@@ -165,7 +170,8 @@ let package = Package(
         .target(name: "TandemBenchSupport", path: "Sources/TandemBenchSupport"),
         // Replication benchmark driver: injects flows into a node's loaded datapath, watches a peer's map.
         .executableTarget(name: "tandem-syncbench",
-                          dependencies: ["CTandemShim", "CLibBPF", "TandemBenchSupport",
+                          dependencies: ["CTandemShim", "CLibBPF", "TandemBenchSupport", "TandemCore", "TandemSync", "TandemSyncWire",
+                                         "TandemSealing",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/tandem-syncbench"),
         // libnetfilter_conntrack from Debian (libnetfilter-conntrack-dev), for the conntrackd comparison.

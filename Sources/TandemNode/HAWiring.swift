@@ -12,7 +12,7 @@ import TandemSealing
 enum HAWiring {
     static func makeShell(_ h: NodeConfig.HASettings, replication r: NodeConfig.ReplicationSettings, key: ClusterKey,
                           provider: any CloudProvider, datapath: Datapath, directory: ServiceDirectory,
-                          replicationShell: ReplicationShell?, resume: GracefulExitRecord?, logger: Logger) -> HAShell {
+                          replicationShell: FlowReplicationShell?, resume: GracefulExitRecord?, logger: Logger) -> HAShell {
         var config = HAShellConfig(selfID: r.selfAddress.value, bindAddress: r.selfAddress, port: h.gossipPort,
                                    peers: r.peers.map { HAPeer(id: $0.value, address: $0) }, key: key,
                                    instances: h.instances)

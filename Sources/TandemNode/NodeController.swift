@@ -25,7 +25,7 @@ public actor NodeController: LoadBalancerController {
     private let ringEventCounts: @Sendable () -> [String: UInt64]
     /// Slots by service key for replication's event loop.
     nonisolated let directory: ServiceDirectory
-    private var replication: ReplicationShell?
+    private var replication: FlowReplicationShell?
     private var ha: HAShell?
     /// What the control plane keeps beside each service (monitor, probe, managed).
     private var options: [ServiceKey: ServiceOptions] = [:]
@@ -534,7 +534,7 @@ public actor NodeController: LoadBalancerController {
         }
     }
 
-    func attach(replication shell: ReplicationShell) {
+    func attach(replication shell: FlowReplicationShell) {
         replication = shell
     }
 
@@ -552,10 +552,10 @@ public actor NodeController: LoadBalancerController {
     /// thread, so a long pass over a big table never delays the datapath's event handling.
     /// The reap runs in the kernel where it can (its expiries arrive as ring-buffer events, like
     /// every other change); only a replication pass copies the table out.
-    nonisolated func scan(replicateTo replication: ReplicationShell?, checkOrphans: Bool = true) -> [ConnectionEvent] {
+    nonisolated func scan(replicateTo replication: FlowReplicationShell?, checkOrphans: Bool = true) -> [ConnectionEvent] {
         // Before any copy of the table: flows whose events the replication loop takes only
         // later are missing from the copy and must not be judged deleted.
-        let readAt = ReplicationShell.clockMillis()
+        let readAt = FlowReplicationShell.clockMillis()
         // The node's timeouts with each service's own (inactiveTimeOut), as the datapath has them.
         let timeouts = datapath.effectiveTimeouts(settings.timeouts)
         var events: [ConnectionEvent] = []

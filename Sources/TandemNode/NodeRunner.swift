@@ -183,9 +183,9 @@ public enum NodeRunner {
         // Replication consumes every event, a poll's worth at a time; without it they are only
         // counted on the reader thread. The shell is created first and started later: events
         // before its start queue on its loop.
-        let shell: ReplicationShell? = replicationSettings.flatMap { r in
+        let shell: FlowReplicationShell? = replicationSettings.flatMap { r in
             clusterKey.map { key in
-                ReplicationShell(
+                FlowReplicationShell(
                     config: ReplicationShellConfig(
                         selfID: r.selfAddress.value, bindAddress: r.selfAddress, port: r.port,
                         peers: r.peers.map { ReplicationPeer(id: $0.value, address: $0, port: r.port) }, key: key),
@@ -359,7 +359,7 @@ final class ExitRequest: Sendable {
 }
 
 /// Undoes a start that failed after the datapath was attached.
-private func dpServiceStopEarly(datapath: Datapath, reader: RingBufferReader, shell: ReplicationShell?, ha: HAShell?) async {
+private func dpServiceStopEarly(datapath: Datapath, reader: RingBufferReader, shell: FlowReplicationShell?, ha: HAShell?) async {
     await ha?.stop()
     await shell?.stop()
     reader.stop()
@@ -373,14 +373,14 @@ final class DatapathService: ServiceLifecycle.Service, @unchecked Sendable {
     let controller: NodeController
     let reader: RingBufferReader
     let reapInterval: Duration
-    let replication: ReplicationShell?
+    let replication: FlowReplicationShell?
     let ha: HAShell?
     let sharing: ServiceSyncShell?
     let timeouts: Timeouts
     let logger: Logger
 
     init(datapath: Datapath, controller: NodeController, reader: RingBufferReader, reapInterval: Duration,
-         replication: ReplicationShell?, ha: HAShell?, sharing: ServiceSyncShell?, timeouts: Timeouts, logger: Logger) {
+         replication: FlowReplicationShell?, ha: HAShell?, sharing: ServiceSyncShell?, timeouts: Timeouts, logger: Logger) {
         self.ha = ha
         self.sharing = sharing
         self.datapath = datapath
@@ -434,12 +434,12 @@ final class DatapathService: ServiceLifecycle.Service, @unchecked Sendable {
 /// within ScanSchedule.cpuBudget (2% of a core).
 final class TableScanner: @unchecked Sendable {
     private let controller: NodeController
-    private let replication: ReplicationShell?
+    private let replication: FlowReplicationShell?
     private let interval: Duration
     private let logger: Logger
     private let latch = WorkerLatch()
 
-    init(controller: NodeController, replication: ReplicationShell?, interval: Duration, logger: Logger) {
+    init(controller: NodeController, replication: FlowReplicationShell?, interval: Duration, logger: Logger) {
         self.controller = controller
         self.replication = replication
         self.interval = interval

@@ -6,6 +6,7 @@ import TandemCore
 import TandemDatapath
 import TandemReplication
 import TandemSync
+import TandemSyncWire
 
 /// Service slots and endpoints by service key, readable from any thread: replication installs
 /// flows from its own event loop and needs this node's slot for a peer's service.
@@ -45,6 +46,7 @@ public final class ServiceDirectory: Sendable {
 
 /// Installs peers' flows into this node's BPF connection table.
 struct DatapathReplicationTarget: ReplicationDatapath {
+    typealias Entry = SyncEntry
     let datapath: Datapath
     let directory: ServiceDirectory
     let timeouts: Timeouts

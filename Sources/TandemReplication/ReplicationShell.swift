@@ -10,12 +10,14 @@ import TandemSealing
 import TandemShellSupport
 import TandemStatus
 
-/// Where replicated flows go: the local datapath's connection maps.
-public protocol ReplicationDatapath: Sendable {
-    /// Installs or updates flows learned from peers; returns how many could not be installed.
-    func installReplicated(_ records: [FlowRecord]) -> Int
-    /// Removes flows (both directions).
-    func removeReplicated(_ keys: [FlowTuple])
+/// Where replicated entries go: the local datapath's connection maps (flows), or the kernel's
+/// conntrack table (kernel entries).
+public protocol ReplicationDatapath<Entry>: Sendable {
+    associatedtype Entry: ReplicatedEntry
+    /// Installs or updates entries learned from peers; returns how many could not be installed.
+    func installReplicated(_ records: [Entry.Record]) -> Int
+    /// Removes entries (a flow: both directions).
+    func removeReplicated(_ keys: [Entry.Key])
 }
 
 public struct ReplicationPeer: Sendable, Hashable {
@@ -63,7 +65,7 @@ public struct ReplicationShellConfig: Sendable {
 /// The I/O shell around ReplicationCore: one NIO event loop owns the core, a UDP socket for
 /// deltas, acks, keepalives and digests, and TCP for bulk transfers. All core access happens on
 /// that loop, so the core needs no locks; other threads hand work over with `execute`.
-public final class ReplicationShell: @unchecked Sendable {
+public final class ReplicationShell<Entry: ReplicatedEntry>: @unchecked Sendable {
     // Everything below `loop` is touched only on `loop` (one thread); the entry points assert it
     // (`assertInEventLoop`, checked in debug builds, so the tests catch a stray caller).
     public let config: ReplicationShellConfig
@@ -75,14 +77,14 @@ public final class ReplicationShell: @unchecked Sendable {
     /// received before it is in the maps.
     private let installGroup: MultiThreadedEventLoopGroup
     private let installLoop: EventLoop
-    private let datapath: ReplicationDatapath
+    private let datapath: any ReplicationDatapath<Entry>
     private let logger: Logger
-    private var core: ReplicationCore
+    private var core: ReplicationCore<Entry>
     private var sealer: SyncSealer
     private var opener: SyncOpener
     /// Lazy only because its bind closure needs `self`; first touched by `start`, before the loop
     /// runs anything of this shell.
-    private lazy var udp = RebindingDatagramSocket(name: "sync", loop: loop, logger: logger) { [weak self, group, config] in
+    private lazy var udp = RebindingDatagramSocket(name: "sync-\(Entry.tableName)", loop: loop, logger: logger) { [weak self, group, config] in
         Self.bindDatagram(group: group, config: config, shell: self)
     }
     private var server: Channel?
@@ -103,14 +105,14 @@ public final class ReplicationShell: @unchecked Sendable {
     /// Datagrams written and not yet flushed.
     private var unflushed = 0
     /// Actions of the datagrams read so far in the current read burst.
-    private var receivedActions: [ReplicationAction] = []
+    private var receivedActions: [ReplicationAction<Entry>] = []
     private var summarised = ReplicationCounters()
     private let inSyncBox = NIOLockedValueBox(false)
     private let stoppedBox = NIOLockedValueBox(false)
     /// Bulk-server connections open now, and those closed for the cap or a missing request.
     private let bulkServerBox = NIOLockedValueBox(BulkServerStats())
 
-    public init(config: ReplicationShellConfig, datapath: ReplicationDatapath, logger: Logger) {
+    public init(config: ReplicationShellConfig, datapath: any ReplicationDatapath<Entry>, logger: Logger) {
         self.config = config
         self.datapath = datapath
         self.logger = logger
@@ -119,7 +121,7 @@ public final class ReplicationShell: @unchecked Sendable {
         installGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         installLoop = installGroup.next()
         let epoch = wallClockMicros()
-        core = ReplicationCore(config: config.core, epoch: epoch, seed: epoch ^ UInt64(config.core.selfID))
+        core = ReplicationCore<Entry>(config: config.core, epoch: epoch, seed: epoch ^ UInt64(config.core.selfID))
         sealer = SyncSealer(key: config.key, sender: config.core.selfID, epoch: epoch)
         opener = SyncOpener(key: config.key, selfID: config.core.selfID, members: Set(config.peers.map(\.id)))
     }
@@ -152,7 +154,7 @@ public final class ReplicationShell: @unchecked Sendable {
                         guard admitted else { throw BulkServerRefusal.overCap }
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(SyncFrameDecoder()))
                         try channel.pipeline.syncOperations.addHandler(
-                            BulkServerHandler(shell: self, stats: bulkServerBox, requestTimeout: config.bulkRequestTimeout,
+                            BulkServerHandler<Entry>(shell: self, stats: bulkServerBox, requestTimeout: config.bulkRequestTimeout,
                                               lifetime: config.bulkConnectionLifetime))
                     }
                 }
@@ -177,12 +179,12 @@ public final class ReplicationShell: @unchecked Sendable {
             scheduleTick(in: config.tickMilliseconds)
         }.get()
         logger.info("replication started", metadata: [
-            "node": "\(config.core.selfID)", "listen": "\(config.bindAddress):\(config.port)",
+            "table": "\(Entry.tableName)", "node": "\(config.core.selfID)", "listen": "\(config.bindAddress):\(config.port)",
             "peers": "\(config.peers.map { "\($0.id)@\($0.address):\($0.port)" }.joined(separator: ","))",
         ])
     }
 
-    static let datagramsPerRead = 16
+    static var datagramsPerRead: Int { 16 }
 
     /// The UDP socket. A send the kernel refuses (a local firewall's EPERM, say) makes NIO close
     /// the channel; `udp` binds a new one, so replication never stops over it.
@@ -204,7 +206,7 @@ public final class ReplicationShell: @unchecked Sendable {
                     // retransmissions. Best effort: without the privilege the capped size stays.
                     try? channel.syncOptions?.setOption(ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_RCVBUFFORCE)),
                                                         value: 16 << 20)
-                    try channel.pipeline.syncOperations.addHandler(DatagramHandler(shell: shell))
+                    try channel.pipeline.syncOperations.addHandler(DatagramHandler<Entry>(shell: shell))
                 }
             }
             .bind(host: "\(config.bindAddress)", port: Int(config.port))
@@ -242,7 +244,7 @@ public final class ReplicationShell: @unchecked Sendable {
     // MARK: Input from the local datapath
 
     /// Local datapath changes (ring-buffer events), from any thread.
-    public func submit(changes: [(record: FlowRecord, deleted: Bool)]) {
+    public func submit(changes: [(record: Entry.Record, deleted: Bool)]) {
         guard !changes.isEmpty, !stoppedBox.withLockedValue({ $0 }) else { return }
         loop.execute { [self] in
             let t = now()
@@ -256,7 +258,7 @@ public final class ReplicationShell: @unchecked Sendable {
         }
     }
 
-    static let submitSlice = 1024
+    static var submitSlice: Int { 1024 }
 
     /// Sends queued changes once the loop has run the work already queued behind this call, so a
     /// burst of events leaves in full datagrams instead of one datagram per event.
@@ -276,7 +278,7 @@ public final class ReplicationShell: @unchecked Sendable {
     /// measured as lag spikes of that size). A scan that arrives while one is in progress is
     /// dropped; the next pass covers it. `readAtMillis` is `ReplicationShell.clockMillis()` taken
     /// before reading the table began.
-    public func submit(scan live: [(record: FlowRecord, fromPeer: Bool)], readAtMillis: UInt64) {
+    public func submit(scan live: [(record: Entry.Record, fromPeer: Bool)], readAtMillis: UInt64) {
         guard !stoppedBox.withLockedValue({ $0 }) else { return }
         loop.execute { [self] in
             guard !scanInProgress else { return }
@@ -302,9 +304,9 @@ public final class ReplicationShell: @unchecked Sendable {
     private var scanTiming = ScanTiming(startedNanos: 0, flows: 0)
 
     /// Flows per scan slice (about a millisecond of loop time each).
-    static let scanSliceSize = 1024
+    static var scanSliceSize: Int { 1024 }
 
-    private func scanSlice(_ live: [(record: FlowRecord, fromPeer: Bool)], from start: Int) {
+    private func scanSlice(_ live: [(record: Entry.Record, fromPeer: Bool)], from start: Int) {
         let began = monotonicNanoseconds()
         defer { scanTiming.add(began) }
         let end = min(start + Self.scanSliceSize, live.count)
@@ -314,18 +316,18 @@ public final class ReplicationShell: @unchecked Sendable {
             loop.scheduleTask(in: Self.slicePause) { [self] in scanSlice(live, from: end) }
         } else {
             // About 4 slices' worth of records per slice of leaves.
-            let leaves = max(1, min(ReplicaTable.leafCount,
-                                    ReplicaTable.leafCount * 4 * Self.scanSliceSize / max(1, core.table.count)))
+            let leaves = max(1, min(ReplicaLeaves.count,
+                                    ReplicaLeaves.count * 4 * Self.scanSliceSize / max(1, core.table.count)))
             loop.scheduleTask(in: Self.slicePause) { [self] in finishSlice(fromLeaf: 0, leaves: leaves) }
         }
     }
 
     private func finishSlice(fromLeaf start: Int, leaves: Int) {
         let began = monotonicNanoseconds()
-        let end = min(start + leaves, ReplicaTable.leafCount)
+        let end = min(start + leaves, ReplicaLeaves.count)
         perform(core.finishScan(leaves: start..<end, now: now()))
         scanTiming.add(began)
-        if end < ReplicaTable.leafCount {
+        if end < ReplicaLeaves.count {
             loop.scheduleTask(in: Self.slicePause) { [self] in finishSlice(fromLeaf: end, leaves: leaves) }
         } else {
             scanInProgress = false
@@ -381,10 +383,10 @@ public final class ReplicationShell: @unchecked Sendable {
         }
     }
 
-    private func perform(_ actions: [ReplicationAction]) {
+    private func perform(_ actions: [ReplicationAction<Entry>]) {
         loop.assertInEventLoop()
-        var installs: [FlowRecord] = []
-        var removals: [FlowTuple] = []
+        var installs: [Entry.Record] = []
+        var removals: [Entry.Key] = []
         func applyDatapath() {
             if !installs.isEmpty {
                 let batch = installs
@@ -411,9 +413,9 @@ public final class ReplicationShell: @unchecked Sendable {
                 removals.append(k)
             case .send(let m, let to):
                 guard let address = peerAddresses[to] else { continue }
-                send(sealer.seal(m, channel: .datagram), to: [address])
+                send(sealer.seal(m, channel: Entry.datagramChannel), to: [address])
             case .broadcast(let m):
-                send(sealer.seal(m, channel: .datagram), to: Array(peerAddresses.values))
+                send(sealer.seal(m, channel: Entry.datagramChannel), to: Array(peerAddresses.values))
             case .pull(let from, let request):
                 startPull(from: from, request: request)
             case .abortPull(let id):
@@ -424,7 +426,7 @@ public final class ReplicationShell: @unchecked Sendable {
                 let entries = core.table.liveCount
                 installLoop.execute { [inSyncBox, logger] in
                     inSyncBox.withLockedValue { $0 = v }
-                    logger.info(v ? "replication in sync" : "replication out of sync", metadata: ["entries": "\(entries)"])
+                    logger.info(v ? "replication in sync" : "replication out of sync", metadata: ["table": "\(Entry.tableName)", "entries": "\(entries)"])
                 }
             }
         }
@@ -460,7 +462,7 @@ public final class ReplicationShell: @unchecked Sendable {
     fileprivate func received(datagram bytes: [UInt8]) {
         loop.assertInEventLoop()
         datagramsReceived += 1
-        switch opener.open(bytes, channel: .datagram) {
+        switch opener.open(bytes, channel: Entry.datagramChannel) {
         case .success(let (header, message)):
             receivedActions += core.onMessage(message, from: header, now: now())
         case .failure(let error):
@@ -491,7 +493,7 @@ public final class ReplicationShell: @unchecked Sendable {
     /// Serving side: a peer's request arrived on an accepted connection.
     fileprivate func serve(frame bytes: [UInt8], on channel: Channel) {
         loop.assertInEventLoop()
-        switch opener.open(bytes, channel: .stream) {
+        switch opener.open(bytes, channel: Entry.streamChannel) {
         case .failure(let error):
             noteDrop(error)
             channel.close(promise: nil)
@@ -511,16 +513,16 @@ public final class ReplicationShell: @unchecked Sendable {
 
     /// Frames of a bulk answer encoded and sealed per slice; the loop reads its sockets between
     /// slices, so serving a big table does not hold up the delta stream to every other peer.
-    static let bulkFramesPerSlice = 4
+    static var bulkFramesPerSlice: Int { 4 }
 
-    private func serveSlice(_ entries: [SyncEntry], from start: Int, requestID: UInt32, on channel: Channel) {
+    private func serveSlice(_ entries: [Entry], from start: Int, requestID: UInt32, on channel: Channel) {
         guard channel.isActive else { return }
-        let per = SyncCodec.maxEntriesPerStreamFrame
+        let per = Entry.maxEntriesPerStreamFrame
         let end = min(start + per * Self.bulkFramesPerSlice, entries.count)
         var i = start
         while i < end {
             let next = min(i + per, end)
-            write(.bulkChunk(BulkChunk(requestID: requestID, entries: Array(entries[i..<next]))), on: channel)
+            write(Entry.bulkChunkMessage(requestID: requestID, entries: Array(entries[i..<next])), on: channel)
             i = next
         }
         if end < entries.count {
@@ -538,10 +540,10 @@ public final class ReplicationShell: @unchecked Sendable {
     /// bulk answer): a task queued with `execute` would run before any I/O (NIO drains its task
     /// queue first). Longer pauses (2 ms) were tried for the scan: it then overlapped more deltas
     /// and lag got worse, not better.
-    static let slicePause = TimeAmount.microseconds(100)
+    static var slicePause: TimeAmount { .microseconds(100) }
 
     private func write(_ m: SyncMessage, on channel: Channel) {
-        let bytes = sealer.seal(m, channel: .stream)
+        let bytes = sealer.seal(m, channel: Entry.streamChannel)
         var buffer = channel.allocator.buffer(capacity: bytes.count)
         buffer.writeBytes(bytes)
         channel.write(buffer, promise: nil)
@@ -560,7 +562,7 @@ public final class ReplicationShell: @unchecked Sendable {
             .channelInitializer { [weak self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(SyncFrameDecoder()))
-                    try channel.pipeline.syncOperations.addHandler(BulkClientHandler(shell: self, peer: peer, requestID: id))
+                    try channel.pipeline.syncOperations.addHandler(BulkClientHandler<Entry>(shell: self, peer: peer, requestID: id))
                 }
             }
             .connect(to: address)
@@ -579,7 +581,7 @@ public final class ReplicationShell: @unchecked Sendable {
 
     fileprivate func pulled(frame bytes: [UInt8], from peer: UInt32, requestID: UInt32, channel: Channel) {
         loop.assertInEventLoop()
-        switch opener.open(bytes, channel: .stream) {
+        switch opener.open(bytes, channel: Entry.streamChannel) {
         case .failure(let error):
             noteDrop(error)
             channel.close(promise: nil)
@@ -591,7 +593,12 @@ public final class ReplicationShell: @unchecked Sendable {
             let t = now()
             switch message {
             case .bulkBegin(let b): core.onBulkBegin(b, from: peer)
-            case .bulkChunk(let c): perform(core.onBulkChunk(c, from: peer, now: t))
+            case .bulkChunk, .kernelBulkChunk:
+                guard let (id, entries) = Entry.bulkChunk(in: message) else {
+                    channel.close(promise: nil)
+                    return
+                }
+                perform(core.onBulkChunk(requestID: id, entries: entries, from: peer, now: t))
             case .bulkEnd(let e):
                 perform(core.onBulkEnd(e, from: peer, now: t))
                 pulls[requestID] = nil
@@ -647,10 +654,10 @@ public final class ReplicationShell: @unchecked Sendable {
 
 // MARK: Channel handlers (thin: they hand bytes to the shell on its loop)
 
-private final class DatagramHandler: ChannelInboundHandler {
+private final class DatagramHandler<Entry: ReplicatedEntry>: ChannelInboundHandler {
     typealias InboundIn = AddressedEnvelope<ByteBuffer>
-    weak var shell: ReplicationShell?
-    init(shell: ReplicationShell?) { self.shell = shell }
+    weak var shell: ReplicationShell<Entry>?
+    init(shell: ReplicationShell<Entry>?) { self.shell = shell }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var envelope = unwrapInboundIn(data)
@@ -687,16 +694,16 @@ enum BulkServerRefusal: Error {
     case overCap
 }
 
-private final class BulkServerHandler: ChannelInboundHandler {
+private final class BulkServerHandler<Entry: ReplicatedEntry>: ChannelInboundHandler {
     typealias InboundIn = [UInt8]
-    weak var shell: ReplicationShell?
+    weak var shell: ReplicationShell<Entry>?
     private let stats: NIOLockedValueBox<BulkServerStats>
     private let requestTimeout: TimeAmount
     private let lifetime: TimeAmount
     private var served = false
     private var timers: [Scheduled<Void>] = []
 
-    init(shell: ReplicationShell?, stats: NIOLockedValueBox<BulkServerStats>, requestTimeout: TimeAmount,
+    init(shell: ReplicationShell<Entry>?, stats: NIOLockedValueBox<BulkServerStats>, requestTimeout: TimeAmount,
          lifetime: TimeAmount) {
         self.shell = shell
         self.stats = stats
@@ -738,12 +745,12 @@ private final class BulkServerHandler: ChannelInboundHandler {
     }
 }
 
-private final class BulkClientHandler: ChannelInboundHandler {
+private final class BulkClientHandler<Entry: ReplicatedEntry>: ChannelInboundHandler {
     typealias InboundIn = [UInt8]
-    weak var shell: ReplicationShell?
+    weak var shell: ReplicationShell<Entry>?
     let peer: UInt32
     let requestID: UInt32
-    init(shell: ReplicationShell?, peer: UInt32, requestID: UInt32) {
+    init(shell: ReplicationShell<Entry>?, peer: UInt32, requestID: UInt32) {
         self.shell = shell
         self.peer = peer
         self.requestID = requestID
@@ -762,3 +769,7 @@ private final class BulkClientHandler: ChannelInboundHandler {
         context.close(promise: nil)
     }
 }
+
+/// The shells of the BPF datapath's flows and of the kernel's conntrack table.
+public typealias FlowReplicationShell = ReplicationShell<SyncEntry>
+public typealias KernelReplicationShell = ReplicationShell<KernelSyncEntry>

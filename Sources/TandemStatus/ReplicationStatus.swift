@@ -91,5 +91,11 @@ public struct ReplicationCounters: Sendable, Hashable, Codable {
     public var antiEntropyRepaired: UInt64 = 0
     public var antiEntropyRemoved: UInt64 = 0
     public var tombstonesExpired: UInt64 = 0
+    /// Kernel table: local deletes of learned entries (their copies timing out here), not sent.
+    public var learnedExpiredLocally: UInt64 = 0
+    /// Kernel table: local events that only repeated a learned entry (its injection), not sent.
+    public var learnedStateRepeated: UInt64 = 0
+    /// Kernel table: learned entries the local table refreshed (traffic passes here), taken over.
+    public var learnedAdopted: UInt64 = 0
     public init() {}
 }

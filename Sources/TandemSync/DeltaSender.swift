@@ -5,41 +5,38 @@ import TandemSyncWire
 /// change of a flow is sent), and go out numbered in batches that fill a datagram. Sent deltas
 /// stay in a bounded retransmit window until every peer acknowledged them; a nack resends them.
 /// One sequence space per node and boot epoch, shared by all peers.
-public struct DeltaSender: Sendable {
-    public struct Config: Sendable {
-        public var maxEntriesPerBatch: Int
-        /// Deltas kept for retransmission; older ones can only be repaired by a bulk transfer.
-        public var windowCapacity: Int
-        public init(maxEntriesPerBatch: Int = SyncCodec.maxEntriesPerDatagram, windowCapacity: Int = 1 << 18) {
-            self.maxEntriesPerBatch = max(1, maxEntriesPerBatch)
-            self.windowCapacity = max(1, windowCapacity)
-        }
-    }
+public struct DeltaSender<Entry: ReplicatedEntry>: Sendable {
+    public typealias Config = DeltaSenderConfig
 
     public let config: Config
+    /// Entries per batch: the configured number, at most what fits one datagram of this kind.
+    private let batchSize: Int
     /// The next delta's sequence; the stream starts at 1 in every boot epoch.
     public private(set) var nextSequence: UInt64 = 1
     /// Queued changes not yet numbered, in first-change order, one per flow.
-    private var pending: [SyncEntry] = []
-    private var pendingIndex: [FlowTuple: Int] = [:]
+    private var pending: [Entry] = []
+    private var pendingIndex: [Entry.Key: Int] = [:]
     /// Sent deltas: window[i] has sequence windowStart + i.
-    private var window: [SyncEntry] = []
+    private var window: [Entry] = []
     private var windowHead = 0
     public private(set) var windowStart: UInt64 = 1
     /// Highest cumulative ack per peer.
     public private(set) var acked: [UInt32: UInt64] = [:]
     public private(set) var coalesced: UInt64 = 0
 
-    public init(config: Config = Config()) { self.config = config }
+    public init(config: Config = Config()) {
+        self.config = config
+        batchSize = max(1, min(config.maxEntriesPerBatch ?? Entry.maxEntriesPerDatagram, Entry.maxEntriesPerDatagram))
+    }
 
     public var pendingCount: Int { pending.count }
     public var windowCount: Int { window.count - windowHead }
 
     /// Queues a change; a queued change of the same flow is replaced by the newer one.
-    public mutating func enqueue(_ entry: SyncEntry) {
-        let key = entry.record.key
+    public mutating func enqueue(_ entry: Entry) {
+        let key = entry.key
         if let i = pendingIndex[key] {
-            if !ReplicaTable.supersedes(entry, pending[i]) && entry != pending[i] { return }
+            if !ReplicaTable<Entry>.supersedes(entry, pending[i]) && entry != pending[i] { return }
             pending[i] = entry
             coalesced += 1
         } else {
@@ -49,13 +46,13 @@ public struct DeltaSender: Sendable {
     }
 
     /// Numbers the queued changes and returns them as batches to send to every peer.
-    public mutating func flush() -> [DeltaBatch] {
+    public mutating func flush() -> [DeltaRun<Entry>] {
         guard !pending.isEmpty else { return [] }
-        var batches: [DeltaBatch] = []
+        var batches: [DeltaRun<Entry>] = []
         var i = 0
         while i < pending.count {
-            let chunk = Array(pending[i..<min(i + config.maxEntriesPerBatch, pending.count)])
-            batches.append(DeltaBatch(firstSequence: nextSequence, entries: chunk))
+            let chunk = Array(pending[i..<min(i + batchSize, pending.count)])
+            batches.append(DeltaRun(firstSequence: nextSequence, entries: chunk))
             nextSequence += UInt64(chunk.count)
             window.append(contentsOf: chunk)
             i += chunk.count
@@ -74,9 +71,9 @@ public struct DeltaSender: Sendable {
 
     /// Resends what a peer reports missing. Ranges older than the window cannot be repaired here:
     /// the answer's `unrepairable` tells the caller (the peer will ask for a bulk transfer).
-    public mutating func onNack(from peer: UInt32, _ nack: Nack) -> (batches: [DeltaBatch], unrepairable: Bool) {
+    public mutating func onNack(from peer: UInt32, _ nack: Nack) -> (batches: [DeltaRun<Entry>], unrepairable: Bool) {
         onAck(from: peer, nack.cumulative)
-        var batches: [DeltaBatch] = []
+        var batches: [DeltaRun<Entry>] = []
         var unrepairable = false
         for range in nack.missing {
             if range.lowerBound < windowStart { unrepairable = true }
@@ -85,9 +82,9 @@ public struct DeltaSender: Sendable {
             guard lo <= hi else { continue }
             var seq = lo
             while seq <= hi {
-                let n = Int(min(UInt64(config.maxEntriesPerBatch), hi - seq + 1))
+                let n = Int(min(UInt64(batchSize), hi - seq + 1))
                 let start = windowHead + Int(seq - windowStart)
-                batches.append(DeltaBatch(firstSequence: seq, entries: Array(window[start..<(start + n)])))
+                batches.append(DeltaRun(firstSequence: seq, entries: Array(window[start..<(start + n)])))
                 seq += UInt64(n)
             }
         }
@@ -124,5 +121,17 @@ public struct DeltaSender: Sendable {
             window.removeFirst(windowHead)
             windowHead = 0
         }
+    }
+}
+
+/// How a delta stream batches and how much it keeps for retransmission (the same for every kind).
+public struct DeltaSenderConfig: Sendable {
+    /// Entries per batch; nil fills a datagram.
+    public var maxEntriesPerBatch: Int?
+    /// Deltas kept for retransmission; older ones can only be repaired by a bulk transfer.
+    public var windowCapacity: Int
+    public init(maxEntriesPerBatch: Int? = nil, windowCapacity: Int = 1 << 18) {
+        self.maxEntriesPerBatch = maxEntriesPerBatch.map { max(1, $0) }
+        self.windowCapacity = max(1, windowCapacity)
     }
 }

@@ -7,10 +7,10 @@ public enum ReplicaSource: Sendable, Hashable {
     case peer
 }
 
-/// The latest known change of one flow, and local bookkeeping around it.
-public struct ReplicaRecord: Sendable, Hashable {
+/// The latest known change of one entry (a flow, a kernel conntrack entry), and local bookkeeping around it.
+public struct ReplicaRecord<Entry: ReplicatedEntry>: Sendable, Hashable {
     /// An upsert, or a delete kept as a tombstone so an older upsert cannot resurrect the flow.
-    public var entry: SyncEntry
+    public var entry: Entry
     public var source: ReplicaSource
     /// Local monotonic milliseconds when this record last changed (tombstone expiry).
     public var changedAt: UInt64
@@ -23,9 +23,9 @@ public struct ReplicaRecord: Sendable, Hashable {
 }
 
 /// What merging an entry did.
-public enum MergeOutcome: Sendable, Hashable {
+public enum MergeOutcome<Entry: ReplicatedEntry>: Sendable, Hashable {
     /// Newer than what we held: the table changed.
-    case applied(previous: SyncEntry?)
+    case applied(previous: Entry?)
     /// The same version and operation as held already.
     case duplicate
     /// Older than what we hold (or a delete of a flow we never saw, kept as a tombstone).
@@ -40,8 +40,10 @@ public enum MergeOutcome: Sendable, Hashable {
 /// pull of a few leaves reads only those leaves instead of filtering the whole table on the
 /// event loop, and the table grows a leaf at a time instead of rehashing a million records at
 /// once (hundreds of milliseconds on the loop).
-public struct ReplicaTable: Sendable {
-    private var parts: [[FlowTuple: ReplicaRecord]]
+public struct ReplicaTable<Entry: ReplicatedEntry>: Sendable {
+    public typealias Key = Entry.Key
+    public typealias Record = ReplicaRecord<Entry>
+    private var parts: [[Key: Record]]
     /// Wrapping sum of entry hashes per level-0 bucket and per leaf (bucket * fanout + sub).
     public private(set) var level0: [UInt64]
     public private(set) var leaves: [UInt64]
@@ -50,32 +52,32 @@ public struct ReplicaTable: Sendable {
     /// Tombstones in the order they were written, so expiry pops the old ones off the front
     /// instead of sweeping every record each second (tens of milliseconds on the event loop at a
     /// million flows). An item whose record has changed since is skipped when it comes up.
-    private var tombstoneQueue: [(key: FlowTuple, changedAt: UInt64)] = []
+    private var tombstoneQueue: [(key: Key, changedAt: UInt64)] = []
     private var tombstoneHead = 0
 
-    public static let fanout = SyncWire.digestFanout
-    public static let leafCount = fanout * fanout
+    public static var fanout: Int { ReplicaLeaves.fanout }
+    public static var leafCount: Int { ReplicaLeaves.count }
 
     public init() {
         level0 = [UInt64](repeating: 0, count: Self.fanout)
         leaves = [UInt64](repeating: 0, count: Self.leafCount)
-        parts = [[FlowTuple: ReplicaRecord]](repeating: [:], count: Self.leafCount)
+        parts = [[Key: Record]](repeating: [:], count: Self.leafCount)
     }
 
     public var tombstoneCount: Int { count - liveCount }
 
-    public subscript(key: FlowTuple) -> ReplicaRecord? { parts[Self.leaf(of: key)][key] }
+    public subscript(key: Key) -> Record? { parts[Self.leaf(of: key)][key] }
 
     /// Every record, leaf by leaf.
-    public var allRecords: some Sequence<(key: FlowTuple, value: ReplicaRecord)> { parts.lazy.flatMap { $0 } }
+    public var allRecords: some Sequence<(key: Key, value: Record)> { parts.lazy.flatMap { $0 } }
 
     /// The digest leaf (0..<fanout*fanout) a flow belongs to, as the spec defines it.
-    public static func leaf(of key: FlowTuple) -> Int { SyncHashing.leaf(of: key) }
+    public static func leaf(of key: Key) -> Int { Entry.leaf(of: key) }
 
-    public static func bucket(ofLeaf leaf: Int) -> Int { leaf / fanout }
+    public static func bucket(ofLeaf leaf: Int) -> Int { leaf / ReplicaLeaves.fanout }
 
     /// Whether `candidate` should replace `current`.
-    public static func supersedes(_ candidate: SyncEntry, _ current: SyncEntry) -> Bool {
+    public static func supersedes(_ candidate: Entry, _ current: Entry) -> Bool {
         if candidate.version != current.version { return candidate.version > current.version }
         return candidate.operation == .delete && current.operation == .upsert
     }
@@ -84,11 +86,11 @@ public struct ReplicaTable: Sendable {
     /// reordered older upsert of it is refused. One dictionary probe when the entry is new or
     /// newer (nearly always); a duplicate or stale one puts the held record back.
     @discardableResult
-    public mutating func merge(_ entry: SyncEntry, source: ReplicaSource, now: UInt64,
-                               peerDeadline: UInt64 = 0) -> MergeOutcome {
-        let key = entry.record.key
+    public mutating func merge(_ entry: Entry, source: ReplicaSource, now: UInt64,
+                               peerDeadline: UInt64 = 0) -> MergeOutcome<Entry> {
+        let key = entry.key
         let leaf = Self.leaf(of: key)
-        let new = ReplicaRecord(entry: entry, source: source, changedAt: now, peerDeadline: peerDeadline)
+        let new = Record(entry: entry, source: source, changedAt: now, peerDeadline: peerDeadline)
         let current = parts[leaf].updateValue(new, forKey: key)
         if let current {
             let duplicate = current.entry.version == entry.version && current.entry.operation == entry.operation
@@ -104,11 +106,11 @@ public struct ReplicaTable: Sendable {
     /// Records a change this node's datapath made and returns it as sent to peers: its version is
     /// `clock`, or one past the version held when that is not older (a hybrid logical clock). The
     /// same as reading the held version and merging, in one dictionary probe instead of three.
-    public mutating func recordLocal(_ operation: SyncEntry.Operation, _ record: FlowRecord, clock: UInt64,
-                                     origin: UInt32, now: UInt64, peerDeadline: UInt64) -> SyncEntry {
-        let key = record.key
+    public mutating func recordLocal(_ operation: SyncEntry.Operation, _ record: Entry.Record, clock: UInt64,
+                                     origin: UInt32, now: UInt64, peerDeadline: UInt64) -> Entry {
+        let key = Entry.key(of: record)
         let leaf = Self.leaf(of: key)
-        var new = ReplicaRecord(entry: SyncEntry(operation: operation, record: record, version: clock, origin: origin),
+        var new = Record(entry: Entry(operation: operation, record: record, version: clock, origin: origin),
                                 source: .local, changedAt: now, peerDeadline: peerDeadline)
         let old = parts[leaf].updateValue(new, forKey: key)
         if let old, old.entry.version >= clock {
@@ -120,7 +122,7 @@ public struct ReplicaTable: Sendable {
     }
 
     /// Updates bookkeeping without changing the entry (and so without changing digests).
-    public mutating func setPeerDeadline(_ key: FlowTuple, _ deadline: UInt64) {
+    public mutating func setPeerDeadline(_ key: Key, _ deadline: UInt64) {
         parts[Self.leaf(of: key)][key]?.peerDeadline = deadline
     }
 
@@ -131,12 +133,12 @@ public struct ReplicaTable: Sendable {
     }
 
     /// Notes that a scan of the local datapath saw this flow.
-    public mutating func markScanned(_ key: FlowTuple, scan: UInt32) {
+    public mutating func markScanned(_ key: Key, scan: UInt32) {
         parts[Self.leaf(of: key)][key]?.scanned = scan
     }
 
     /// Forgets a flow outright (tombstone expiry, or a learned flow that timed out locally).
-    public mutating func remove(_ key: FlowTuple) {
+    public mutating func remove(_ key: Key) {
         let leaf = Self.leaf(of: key)
         if let current = parts[leaf][key] { replace(key, leaf: leaf, old: current, new: nil) }
     }
@@ -161,24 +163,24 @@ public struct ReplicaTable: Sendable {
         return gone
     }
 
-    private mutating func replace(_ key: FlowTuple, leaf: Int, old: ReplicaRecord?, new: ReplicaRecord?) {
+    private mutating func replace(_ key: Key, leaf: Int, old: Record?, new: Record?) {
         account(key, leaf: leaf, old: old, new: new)
         parts[leaf][key] = new
     }
 
     /// Digests, counts and the tombstone queue for `old` giving way to `new` (the dictionary
     /// itself is written by the caller).
-    private mutating func account(_ key: FlowTuple, leaf: Int, old: ReplicaRecord?, new: ReplicaRecord?) {
+    private mutating func account(_ key: Key, leaf: Int, old: Record?, new: Record?) {
         let bucket = Self.bucket(ofLeaf: leaf)
         if let old {
-            let h = SyncHashing.entryHash(old.entry)
+            let h = old.entry.digestHash
             leaves[leaf] &-= h
             level0[bucket] &-= h
             if !old.isTombstone { liveCount -= 1 }
             count -= 1
         }
         if let new {
-            let h = SyncHashing.entryHash(new.entry)
+            let h = new.entry.digestHash
             leaves[leaf] &+= h
             level0[bucket] &+= h
             if new.isTombstone {
@@ -214,29 +216,35 @@ public struct ReplicaTable: Sendable {
     }
 
     /// Every record (live and tombstones), for a full bulk transfer.
-    public func allEntries() -> [SyncEntry] {
-        var out: [SyncEntry] = []
+    public func allEntries() -> [Entry] {
+        var out: [Entry] = []
         out.reserveCapacity(count)
         for part in parts { for r in part.values { out.append(r.entry) } }
         return out
     }
 
     /// The records in the given leaves, for an anti-entropy pull.
-    public func entries(inLeaves wanted: [UInt16]) -> [SyncEntry] {
+    public func entries(inLeaves wanted: [UInt16]) -> [Entry] {
         Set(wanted).filter { Int($0) < Self.leafCount }.sorted().flatMap { parts[Int($0)].values.map(\.entry) }
     }
 
     /// The records held in a range of leaves (a slice of a scan), copied out so the caller may
     /// change the table while it goes through them.
-    public func records(inLeafRange range: Range<Int>) -> [(key: FlowTuple, value: ReplicaRecord)] {
+    public func records(inLeafRange range: Range<Int>) -> [(key: Key, value: Record)] {
         let r = range.clamped(to: 0..<Self.leafCount)
-        var out: [(key: FlowTuple, value: ReplicaRecord)] = []
+        var out: [(key: Key, value: Record)] = []
         for leaf in r { out.append(contentsOf: parts[leaf]) }
         return out
     }
 
     /// Keys held in the given leaves (to find what a pulled leaf no longer has).
-    public func keys(inLeaves wanted: Set<Int>) -> [FlowTuple] {
+    public func keys(inLeaves wanted: Set<Int>) -> [Key] {
         wanted.filter { $0 >= 0 && $0 < Self.leafCount }.sorted().flatMap { Array(parts[$0].keys) }
     }
+}
+
+/// The digest's shape, the same for every kind of entry (proto/SPEC.md §10).
+public enum ReplicaLeaves {
+    public static let fanout = SyncWire.digestFanout
+    public static let count = fanout * fanout
 }

@@ -15,11 +15,11 @@ public struct SyncTime: Sendable, Hashable {
 }
 
 /// What the core asks its shell to do.
-public enum ReplicationAction: Sendable, Hashable {
-    /// Install or update a flow learned from a peer in the local datapath.
-    case install(FlowRecord)
-    /// Remove a flow (both directions) from the local datapath.
-    case remove(FlowTuple)
+public enum ReplicationAction<Entry: ReplicatedEntry>: Sendable, Hashable {
+    /// Install or update an entry learned from a peer in the local table (the datapath's maps, the kernel's conntrack table).
+    case install(Entry.Record)
+    /// Remove an entry (a flow: both directions) from the local table.
+    case remove(Entry.Key)
     /// Send a datagram to one peer, or to every peer.
     case send(SyncMessage, to: UInt32)
     case broadcast(SyncMessage)
@@ -36,7 +36,7 @@ public struct ReplicationConfig: Sendable {
     public var peers: [UInt32]
     /// TCP port this node serves bulk transfers on (announced in hellos).
     public var bulkPort: UInt16 = 0
-    public var sender = DeltaSender.Config()
+    public var sender = DeltaSenderConfig()
     public var receiver = DeltaReceiver.Config()
     /// Milliseconds between keepalives (they carry the stream's next sequence).
     public var keepaliveInterval: UInt64 = 100
@@ -66,11 +66,12 @@ public struct ReplicationConfig: Sendable {
 /// The replication state machine of one node: the replica table, the outgoing delta stream, one
 /// receiver per peer stream, bulk transfers and anti-entropy. Pure: it never does I/O; each
 /// `on...` method returns the actions for the shell (NIO sockets, the BPF maps) to perform.
-public struct ReplicationCore: Sendable {
+public struct ReplicationCore<Entry: ReplicatedEntry>: Sendable {
+    public typealias Action = ReplicationAction<Entry>
     public let config: ReplicationConfig
     public let epoch: UInt64
-    public private(set) var table: ReplicaTable
-    public private(set) var sender: DeltaSender
+    public private(set) var table: ReplicaTable<Entry>
+    public private(set) var sender: DeltaSender<Entry>
     public private(set) var receivers: [UInt32: DeltaReceiver] = [:]
     public private(set) var peers: [UInt32: PeerView] = [:]
     public private(set) var inSync = false
@@ -105,7 +106,7 @@ public struct ReplicationCore: Sendable {
         public var startedAt: UInt64
         public var begin: BulkBegin?
         /// Keys seen in a leaf pull, to find what the peer no longer has.
-        public var seen: Set<FlowTuple> = []
+        public var seen: Set<Entry.Key> = []
         public var isFull: Bool { request.leaves.isEmpty }
     }
 
@@ -127,9 +128,9 @@ public struct ReplicationCore: Sendable {
     // MARK: Start
 
     /// Announces this node. With no peers configured it is trivially in sync.
-    public mutating func start(now: SyncTime) -> [ReplicationAction] {
+    public mutating func start(now: SyncTime) -> [Action] {
         startedAt = now.monotonicMillis
-        var actions: [ReplicationAction] = [.broadcast(.hello(hello))]
+        var actions: [Action] = [.broadcast(.hello(hello))]
         if config.peers.isEmpty { actions += setInSync(true) }
         return actions
     }
@@ -140,12 +141,26 @@ public struct ReplicationCore: Sendable {
 
     /// A change the local datapath made (a ring-buffer event): recorded with a new version and
     /// queued for the peers. Nothing learned from peers comes through here, so nothing echoes.
-    public mutating func onLocalChange(_ record: FlowRecord, deleted: Bool, now: SyncTime) -> [ReplicationAction] {
-        var r = record
-        r.flags.remove(.fromPeer)
+    public mutating func onLocalChange(_ record: Entry.Record, deleted: Bool, now: SyncTime) -> [Action] {
+        onLocalChange(record, deleted: deleted, now: now, adopting: false)
+    }
+
+    private mutating func onLocalChange(_ record: Entry.Record, deleted: Bool, now: SyncTime, adopting: Bool) -> [Action] {
+        let r = Entry.forPeers(record)
+        if !adopting, Entry.localDeleteOfLearnedIsExpiry || Entry.adoptsLocallyRefreshed,
+           let held = table[Entry.key(of: r)], held.source == .peer, !held.isTombstone {
+            if deleted && Entry.localDeleteOfLearnedIsExpiry {
+                counters.learnedExpiredLocally += 1
+                return []
+            }
+            if !deleted && Entry.sameState(r, asLearned: held.entry.record) {
+                counters.learnedStateRepeated += 1
+                return []
+            }
+        }
         let entry = table.recordLocal(deleted ? .delete : .upsert, r, clock: now.wallMicros, origin: config.selfID,
                                       now: now.monotonicMillis,
-                                      peerDeadline: now.monotonicMillis &+ UInt64(r.remainingMilliseconds))
+                                      peerDeadline: now.monotonicMillis &+ Entry.lifetimeMillis(of: r))
         sender.enqueue(entry)
         counters.deltasQueued += 1
         return []
@@ -154,8 +169,8 @@ public struct ReplicationCore: Sendable {
     /// The periodic scan of the local datapath's table (original directions, with remaining
     /// lifetimes): catches changes whose events were lost, deletes without events (LRU eviction),
     /// and refreshes long-lived flows on peers before their copies would expire.
-    public mutating func onLocalScan(_ live: [(record: FlowRecord, fromPeer: Bool)], now: SyncTime,
-                                     readAtMillis: UInt64? = nil) -> [ReplicationAction] {
+    public mutating func onLocalScan(_ live: [(record: Entry.Record, fromPeer: Bool)], now: SyncTime,
+                                     readAtMillis: UInt64? = nil) -> [Action] {
         beginScan(now: now, readAtMillis: readAtMillis)
         var actions = onLocalScanChunk(live, now: now)
         actions += finishScan(now: now)
@@ -173,12 +188,13 @@ public struct ReplicationCore: Sendable {
         scanStartedAt = min(readAtMillis ?? now.monotonicMillis, now.monotonicMillis)
     }
 
-    public mutating func onLocalScanChunk(_ live: [(record: FlowRecord, fromPeer: Bool)], now: SyncTime) -> [ReplicationAction] {
+    public mutating func onLocalScanChunk(_ live: [(record: Entry.Record, fromPeer: Bool)], now: SyncTime) -> [Action] {
         let nowMs = now.monotonicMillis
-        var actions: [ReplicationAction] = []
+        var actions: [Action] = []
         for (r, fromPeer) in live {
-            defer { table.markScanned(r.key, scan: scanGeneration) }
-            guard let held = table[r.key] else {
+            let key = Entry.key(of: r)
+            defer { table.markScanned(key, scan: scanGeneration) }
+            guard let held = table[key] else {
                 if !fromPeer {
                     counters.missedEventsRecovered += 1
                     actions += onLocalChange(r, deleted: false, now: now)
@@ -188,18 +204,24 @@ public struct ReplicationCore: Sendable {
             if held.isTombstone {
                 // Installed before its delete arrived, or opened again since: the datapath's
                 // flag tells which.
-                if fromPeer { actions.append(.remove(r.key)) } else {
+                if fromPeer { actions.append(.remove(key)) } else {
                     counters.missedEventsRecovered += 1
                     actions += onLocalChange(r, deleted: false, now: now)
                 }
                 continue
             }
             // Flows we own (including ones taken over from a failed peer) are refreshed by us.
-            guard held.source == .local else { continue }
+            guard held.source == .local else {
+                if Entry.adoptsLocallyRefreshed, refreshedHere(r, held, now: nowMs) {
+                    counters.learnedAdopted += 1
+                    actions += onLocalChange(r, deleted: false, now: now, adopting: true)
+                }
+                continue
+            }
             let peerLeft = held.peerDeadline > nowMs ? held.peerDeadline - nowMs : 0
             // The lifetime peers were last given: about the state's full timeout.
-            let given = UInt64(held.entry.record.remainingMilliseconds)
-            if Double(peerLeft) < Double(given) * config.refreshFraction && UInt64(r.remainingMilliseconds) > peerLeft + 1000 {
+            let given = Entry.lifetimeMillis(of: held.entry.record)
+            if Double(peerLeft) < Double(given) * config.refreshFraction && Entry.lifetimeMillis(of: r) > peerLeft + 1000 {
                 counters.refreshesSent += 1
                 actions += onLocalChange(r, deleted: false, now: now)
             }
@@ -207,16 +229,26 @@ public struct ReplicationCore: Sendable {
         return actions
     }
 
+    /// Whether the local table has more lifetime left for a learned entry than it was given,
+    /// counted down since: something here refreshed it. Whole seconds and delivery delays are
+    /// absorbed by a 5-second margin.
+    private func refreshedHere(_ live: Entry.Record, _ held: ReplicaRecord<Entry>, now: UInt64) -> Bool {
+        let given = Entry.lifetimeMillis(of: held.entry.record)
+        let elapsed = now > held.changedAt ? now - held.changedAt : 0
+        let expected = given > elapsed ? given - elapsed : 0
+        return Entry.lifetimeMillis(of: live) > expected + 5000
+    }
+
     /// Flows the scan did not see are gone from the datapath without an event (LRU eviction, the
     /// reaper). Only flows that changed a while before the scan began count: a newer one may
     /// simply postdate the read.
-    public mutating func finishScan(now: SyncTime) -> [ReplicationAction] {
-        finishScan(leaves: 0..<ReplicaTable.leafCount, now: now)
+    public mutating func finishScan(now: SyncTime) -> [Action] {
+        finishScan(leaves: 0..<ReplicaLeaves.count, now: now)
     }
 
     /// `finishScan` over some digest leaves: a big table is checked a slice of leaves at a time.
-    public mutating func finishScan(leaves: Range<Int>, now: SyncTime) -> [ReplicationAction] {
-        var actions: [ReplicationAction] = []
+    public mutating func finishScan(leaves: Range<Int>, now: SyncTime) -> [Action] {
+        var actions: [Action] = []
         // Each record is read once; handling one changes only that record.
         for (k, rec) in table.records(inLeafRange: leaves) {
             guard !rec.isTombstone, rec.scanned != scanGeneration, scanStartedAt >= rec.changedAt &+ 1000 else { continue }
@@ -232,23 +264,23 @@ public struct ReplicationCore: Sendable {
     }
 
     /// Numbers and sends queued changes. The shell calls this after each burst of events.
-    public mutating func flush(now: SyncTime) -> [ReplicationAction] {
+    public mutating func flush(now: SyncTime) -> [Action] {
         let before = sender.coalesced
         let batches = sender.flush()
         counters.deltasCoalesced += sender.coalesced - before
         guard !batches.isEmpty else { return [] }
         counters.batchesSent += UInt64(batches.count)
         counters.entriesSent += UInt64(batches.reduce(0) { $0 + $1.entries.count })
-        return batches.map { .broadcast(.deltaBatch($0)) }
+        return batches.map { .broadcast($0.message) }
     }
 
     // MARK: Datagrams from peers
 
     /// A datagram that passed authentication and decoding.
-    public mutating func onMessage(_ message: SyncMessage, from header: SyncHeader, now: SyncTime) -> [ReplicationAction] {
+    public mutating func onMessage(_ message: SyncMessage, from header: SyncHeader, now: SyncTime) -> [Action] {
         let p = header.sender
         guard p != config.selfID else { return [] }
-        var actions: [ReplicationAction] = []
+        var actions: [Action] = []
         var view = peers[p] ?? PeerView()
         let newEpoch = view.epoch != header.epoch
         if header.epoch < view.epoch { return [] } // the opener already drops these
@@ -269,8 +301,11 @@ public struct ReplicationCore: Sendable {
             r.announce(nextSequence: h.nextSequence, now: now.monotonicMillis)
             receivers[p] = r
             if newEpoch { actions.append(.send(.hello(hello), to: p)) }
-        case .deltaBatch(let batch):
-            actions += applyBatch(batch, from: p, epoch: header.epoch, now: now)
+        case .deltaBatch, .kernelDeltaBatch:
+            // Only this kind's batches: the header decoder keeps the other kind off this channel.
+            if let (first, entries) = Entry.deltas(in: message) {
+                actions += applyBatch(firstSequence: first, entries: entries, from: p, epoch: header.epoch, now: now)
+            }
         case .ack(let a):
             if a.streamEpoch == epoch { sender.onAck(from: p, a.cumulative) }
         case .nack(let n):
@@ -279,7 +314,7 @@ public struct ReplicationCore: Sendable {
             let (batches, unrepairable) = sender.onNack(from: p, n)
             if unrepairable { counters.unrepairableNacks += 1 }
             counters.retransmittedEntries += UInt64(batches.reduce(0) { $0 + $1.entries.count })
-            actions += batches.map { .send(.deltaBatch($0), to: p) }
+            actions += batches.map { .send($0.message, to: p) }
         case .keepalive(let k):
             peers[p]?.inSync = k.inSync
             peers[p]?.entryCount = k.entryCount
@@ -289,7 +324,7 @@ public struct ReplicationCore: Sendable {
         case .digest(let d):
             actions += onDigest(d, from: p, now: now.monotonicMillis)
         case .digestRequest(let req):
-            for b in req.buckets.prefix(ReplicaTable.fanout) where Int(b) < ReplicaTable.fanout {
+            for b in req.buckets.prefix(ReplicaLeaves.fanout) where Int(b) < ReplicaLeaves.fanout {
                 actions.append(.send(.digest(table.digest(level: 1, bucket: Int(b))), to: p))
             }
         case .bulkRequest, .bulkBegin, .bulkChunk, .bulkEnd:
@@ -298,8 +333,8 @@ public struct ReplicationCore: Sendable {
             break // gossip-channel messages (the header decoder keeps them off this channel)
         case .serviceDigest, .serviceRecords, .endpointVerdicts:
             break // config-channel messages (likewise)
-        case .kernelDeltaBatch, .kernelBulkChunk:
-            break // kernel-channel messages (likewise)
+        case .kernelBulkChunk:
+            break // stream-channel message (likewise)
         }
         return actions
     }
@@ -313,12 +348,13 @@ public struct ReplicationCore: Sendable {
         return DeltaReceiver(epoch: e, baseline: baseline, config: config.receiver)
     }
 
-    private mutating func applyBatch(_ batch: DeltaBatch, from p: UInt32, epoch e: UInt64, now: SyncTime) -> [ReplicationAction] {
-        var r = receiver(for: p, epoch: e, firstSequence: batch.firstSequence)
-        var actions: [ReplicationAction] = []
-        for (i, entry) in batch.entries.enumerated() {
+    private mutating func applyBatch(firstSequence: UInt64, entries: [Entry], from p: UInt32, epoch e: UInt64,
+                                     now: SyncTime) -> [Action] {
+        var r = receiver(for: p, epoch: e, firstSequence: firstSequence)
+        var actions: [Action] = []
+        for (i, entry) in entries.enumerated() {
             counters.entriesReceived += 1
-            let (seq, overflow) = batch.firstSequence.addingReportingOverflow(UInt64(i))
+            let (seq, overflow) = firstSequence.addingReportingOverflow(UInt64(i))
             if overflow { counters.outOfWindowEntries += 1; continue }
             switch r.receive(seq, now: now.monotonicMillis) {
             case .duplicate: counters.duplicateEntries += 1
@@ -333,7 +369,7 @@ public struct ReplicationCore: Sendable {
     }
 
     /// Merges a peer's entry and queues the datapath change (appending: no array per entry).
-    private mutating func apply(_ entry: SyncEntry, now: SyncTime, into actions: inout [ReplicationAction]) {
+    private mutating func apply(_ entry: Entry, now: SyncTime, into actions: inout [Action]) {
         switch table.merge(entry, source: .peer, now: now.monotonicMillis) {
         case .duplicate:
             counters.duplicateEntries += 1
@@ -342,11 +378,9 @@ public struct ReplicationCore: Sendable {
         case .applied(let previous):
             counters.entriesApplied += 1
             if entry.operation == .upsert {
-                var r = entry.record
-                r.flags.insert(.fromPeer)
-                actions.append(.install(r))
+                actions.append(.install(Entry.learnedFromPeer(entry.record)))
             } else if previous?.operation == .upsert {
-                actions.append(.remove(entry.record.key))
+                actions.append(.remove(entry.key))
             }
         }
     }
@@ -354,9 +388,9 @@ public struct ReplicationCore: Sendable {
     // MARK: Timers
 
     /// Keepalives, acks, nacks, joining, anti-entropy and tombstone expiry. Call every few ms.
-    public mutating func onTick(now: SyncTime) -> [ReplicationAction] {
+    public mutating func onTick(now: SyncTime) -> [Action] {
         let t = now.monotonicMillis
-        var actions: [ReplicationAction] = []
+        var actions: [Action] = []
         if t >= lastKeepalive &+ config.keepaliveInterval {
             lastKeepalive = t
             // While joining, hellos (which also carry the next sequence) ask peers to answer.
@@ -423,7 +457,7 @@ public struct ReplicationCore: Sendable {
         peers.filter { _, v in v.lastHeard.map { t < $0 &+ config.peerTimeout } ?? false }.map(\.key).sorted()
     }
 
-    private mutating func setInSync(_ value: Bool) -> [ReplicationAction] {
+    private mutating func setInSync(_ value: Bool) -> [Action] {
         guard inSync != value else { return [] }
         inSync = value
         return [.inSyncChanged(value)]
@@ -431,7 +465,7 @@ public struct ReplicationCore: Sendable {
 
     // MARK: Anti-entropy
 
-    private mutating func onDigest(_ d: Digest, from p: UInt32, now t: UInt64) -> [ReplicationAction] {
+    private mutating func onDigest(_ d: Digest, from p: UInt32, now t: UInt64) -> [Action] {
         guard inSync else { return [] }
         if d.level == 0 {
             let buckets = table.differingBuckets(d)
@@ -445,8 +479,8 @@ public struct ReplicationCore: Sendable {
         return []
     }
 
-    private mutating func startGatheredPulls(now t: UInt64) -> [ReplicationAction] {
-        var actions: [ReplicationAction] = []
+    private mutating func startGatheredPulls(now t: UInt64) -> [Action] {
+        var actions: [Action] = []
         for p in leavesToPull.keys.sorted() where !transfers.values.contains(where: { $0.peer == p }) {
             guard let leaves = leavesToPull.removeValue(forKey: p), !leaves.isEmpty else { continue }
             counters.antiEntropyPulls += 1
@@ -468,7 +502,7 @@ public struct ReplicationCore: Sendable {
     }
 
     /// `leaves` empty pulls the whole table.
-    private mutating func startPull(from p: UInt32, leaves: [UInt16], now t: UInt64) -> [ReplicationAction] {
+    private mutating func startPull(from p: UInt32, leaves: [UInt16], now t: UInt64) -> [Action] {
         let id = nextRequestID
         nextRequestID = nextRequestID == UInt32.max ? 1 : nextRequestID + 1
         let request = BulkRequest(requestID: id, leaves: leaves)
@@ -480,7 +514,7 @@ public struct ReplicationCore: Sendable {
 
     /// Serving side: a snapshot consistent with our stream. Flush first so that everything in the
     /// table up to now is either in the snapshot or numbered below resumeSequence.
-    public mutating func serveBulk(_ request: BulkRequest, now: SyncTime) -> (begin: BulkBegin, entries: [SyncEntry], flushed: [ReplicationAction]) {
+    public mutating func serveBulk(_ request: BulkRequest, now: SyncTime) -> (begin: BulkBegin, entries: [Entry], flushed: [Action]) {
         let flushed = flush(now: now)
         let entries = request.leaves.isEmpty ? table.allEntries() : table.entries(inLeaves: request.leaves)
         counters.bulkTransfersServed += 1
@@ -496,26 +530,26 @@ public struct ReplicationCore: Sendable {
         transfers[begin.requestID] = tr
     }
 
-    public mutating func onBulkChunk(_ chunk: BulkChunk, from p: UInt32, now: SyncTime) -> [ReplicationAction] {
-        guard var tr = transfers[chunk.requestID], tr.peer == p, tr.begin != nil else { return [] }
-        var actions: [ReplicationAction] = []
-        actions.reserveCapacity(chunk.entries.count)
-        for e in chunk.entries {
+    public mutating func onBulkChunk(requestID: UInt32, entries: [Entry], from p: UInt32, now: SyncTime) -> [Action] {
+        guard var tr = transfers[requestID], tr.peer == p, tr.begin != nil else { return [] }
+        var actions: [Action] = []
+        actions.reserveCapacity(entries.count)
+        for e in entries {
             counters.bulkEntriesReceived += 1
-            if !tr.isFull { tr.seen.insert(e.record.key) }
+            if !tr.isFull { tr.seen.insert(e.key) }
             let before = counters.entriesApplied
             apply(e, now: now, into: &actions)
             if !tr.isFull && counters.entriesApplied > before { counters.antiEntropyRepaired += 1 }
         }
-        transfers[chunk.requestID] = tr
+        transfers[requestID] = tr
         return actions
     }
 
-    public mutating func onBulkEnd(_ end: BulkEnd, from p: UInt32, now: SyncTime) -> [ReplicationAction] {
+    public mutating func onBulkEnd(_ end: BulkEnd, from p: UInt32, now: SyncTime) -> [Action] {
         guard let tr = transfers[end.requestID], tr.peer == p, let begin = tr.begin else { return [] }
         transfers[end.requestID] = nil
         counters.bulkTransfersCompleted += 1
-        var actions: [ReplicationAction] = []
+        var actions: [Action] = []
         if var r = receivers[p], r.epoch == begin.streamEpoch {
             r.covered(upTo: begin.resumeSequence)
             receivers[p] = r
@@ -546,7 +580,7 @@ public struct ReplicationCore: Sendable {
     /// The transfer's connection failed or timed out; the next tick retries where needed. The
     /// shell closes the transfer's connection, so a timed-out pull does not stay open beside
     /// its retry.
-    public mutating func onTransferFailed(requestID: UInt32, now: SyncTime) -> [ReplicationAction] {
+    public mutating func onTransferFailed(requestID: UInt32, now: SyncTime) -> [Action] {
         guard transfers.removeValue(forKey: requestID) != nil else { return [] }
         counters.bulkTransfersFailed += 1
         return [.abortPull(requestID: requestID)]

@@ -5,17 +5,19 @@ import Testing
 import TandemCore
 import TandemReplication
 import TandemSync
+import TandemSyncWire
 import TandemSealing
 
 /// The bulk-transfer TCP server against clients that connect and never send (review defect b).
 /// Loopback only.
 @Suite(.serialized, .timeLimit(.minutes(1))) struct BulkServerTests {
     struct NoDatapath: ReplicationDatapath {
+        typealias Entry = SyncEntry
         func installReplicated(_ records: [FlowRecord]) -> Int { 0 }
         func removeReplicated(_ keys: [FlowTuple]) {}
     }
 
-    func startShell(maxConnections: Int, requestTimeout: Int64) async throws -> ReplicationShell {
+    func startShell(maxConnections: Int, requestTimeout: Int64) async throws -> FlowReplicationShell {
         let key = try #require(ClusterKey(bytes: (0..<32).map { _ in UInt8.random(in: 0...255) }))
         for _ in 0..<20 {
             let port = UInt16.random(in: 20_000...60_000)
@@ -24,7 +26,7 @@ import TandemSealing
                                                                         port: port &+ 1)], key: key)
             config.maxBulkConnections = maxConnections
             config.bulkRequestTimeout = .milliseconds(requestTimeout)
-            let shell = ReplicationShell(config: config, datapath: NoDatapath(), logger: Logger(label: "test"))
+            let shell = FlowReplicationShell(config: config, datapath: NoDatapath(), logger: Logger(label: "test"))
             do {
                 try await shell.start()
                 return shell

@@ -9,7 +9,7 @@ private func entry(_ n: Int, version: UInt64, op: SyncEntry.Operation = .upsert,
 
 @Suite struct ReplicaTableTests {
     @Test func newestVersionWinsAndDeleteBeatsEqualUpsert() {
-        var t = ReplicaTable()
+        var t = ReplicaTable<SyncEntry>()
         #expect(t.merge(entry(1, version: 10), source: .peer, now: 0) == .applied(previous: nil))
         #expect(t.merge(entry(1, version: 10), source: .peer, now: 0) == .duplicate)
         #expect(t.merge(entry(1, version: 9), source: .peer, now: 0) == .stale)
@@ -21,7 +21,7 @@ private func entry(_ n: Int, version: UInt64, op: SyncEntry.Operation = .upsert,
     }
 
     @Test func refusedMergesLeaveTheHeldRecordAndDigestsAlone() {
-        var t = ReplicaTable()
+        var t = ReplicaTable<SyncEntry>()
         t.merge(entry(2, version: 10), source: .local, now: 5, peerDeadline: 99)
         let before = (t[entry(2, version: 10).record.key], t.digest(level: 0), t.count)
         #expect(t.merge(entry(2, version: 10), source: .peer, now: 7) == .duplicate)
@@ -31,8 +31,8 @@ private func entry(_ n: Int, version: UInt64, op: SyncEntry.Operation = .upsert,
     }
 
     @Test func localChangesTakeTheClockOrOnePastTheHeldVersion() {
-        var t = ReplicaTable()
-        var reference = ReplicaTable()
+        var t = ReplicaTable<SyncEntry>()
+        var reference = ReplicaTable<SyncEntry>()
         let r = entry(3, version: 0).record
         // First change: the clock. A clock behind what is held (a peer's newer version, or a
         // clock step back): one past the held version. Both as read-then-merge would give.
@@ -53,7 +53,7 @@ private func entry(_ n: Int, version: UInt64, op: SyncEntry.Operation = .upsert,
     }
 
     @Test func deleteOfUnknownFlowIsKeptAsTombstoneAndRefusesOlderUpsert() {
-        var t = ReplicaTable()
+        var t = ReplicaTable<SyncEntry>()
         t.merge(entry(5, version: 20, op: .delete), source: .peer, now: 0)
         #expect(t.merge(entry(5, version: 19), source: .peer, now: 0) == .stale)
         #expect(t.expireTombstones(now: 60_001, ttl: 60_000) == 1)
@@ -61,7 +61,7 @@ private func entry(_ n: Int, version: UInt64, op: SyncEntry.Operation = .upsert,
     }
 
     @Test func tombstonesExpireInOrderAndOnlyWhileStillTombstones() {
-        var t = ReplicaTable()
+        var t = ReplicaTable<SyncEntry>()
         t.merge(entry(1, version: 10, op: .delete), source: .peer, now: 1_000)
         t.merge(entry(2, version: 10, op: .delete), source: .peer, now: 2_000)
         t.merge(entry(3, version: 10, op: .delete), source: .peer, now: 3_000)
@@ -78,14 +78,14 @@ private func entry(_ n: Int, version: UInt64, op: SyncEntry.Operation = .upsert,
 
     @Test func incrementalDigestsEqualDigestsBuiltFromScratch() {
         var rng = SplitMix64(seed: 42)
-        var t = ReplicaTable()
+        var t = ReplicaTable<SyncEntry>()
         for _ in 0..<5000 {
             let n = Int(rng.next() % 800)
             let op: SyncEntry.Operation = rng.next() % 4 == 0 ? .delete : .upsert
             t.merge(entry(n, version: rng.next() % 1000, op: op), source: .peer, now: 0)
             if rng.next() % 50 == 0 { t.remove(Flows.record(n).key) }
         }
-        var fresh = ReplicaTable()
+        var fresh = ReplicaTable<SyncEntry>()
         for e in t.allEntries() { fresh.merge(e, source: .peer, now: 0) }
         #expect(t.level0 == fresh.level0)
         #expect(t.leaves == fresh.leaves)
@@ -93,27 +93,27 @@ private func entry(_ n: Int, version: UInt64, op: SyncEntry.Operation = .upsert,
     }
 
     @Test func digestsPointAtTheLeafThatDiffers() {
-        var a = ReplicaTable(), b = ReplicaTable()
+        var a = ReplicaTable<SyncEntry>(), b = ReplicaTable<SyncEntry>()
         for n in 0..<300 {
             a.merge(entry(n, version: 1), source: .peer, now: 0)
             b.merge(entry(n, version: 1), source: .peer, now: 0)
         }
         b.merge(entry(77, version: 2), source: .peer, now: 0)
-        let leaf = ReplicaTable.leaf(of: Flows.record(77).key)
+        let leaf = ReplicaTable<SyncEntry>.leaf(of: Flows.record(77).key)
         let buckets = a.differingBuckets(b.digest(level: 0))
-        #expect(buckets == [UInt16(ReplicaTable.bucket(ofLeaf: leaf))])
+        #expect(buckets == [UInt16(ReplicaTable<SyncEntry>.bucket(ofLeaf: leaf))])
         let leaves = a.differingLeaves(b.digest(level: 1, bucket: Int(buckets[0])))
         #expect(leaves == [UInt16(leaf)])
         #expect(b.entries(inLeaves: leaves).contains(entry(77, version: 2)))
     }
 
     @Test func leafQueriesReturnExactlyTheRecordsInThoseLeaves() {
-        var t = ReplicaTable()
+        var t = ReplicaTable<SyncEntry>()
         for n in 0..<2000 { t.merge(entry(n, version: 1, op: n % 7 == 0 ? .delete : .upsert), source: .peer, now: 0) }
         let all = t.allEntries()
-        #expect(all.count == 2000 && t.count == 2000 && Set(t.records(inLeafRange: 0..<ReplicaTable.leafCount).map(\.key)).count == 2000)
-        let wanted: [UInt16] = Array(Set(all.prefix(40).map { UInt16(ReplicaTable.leaf(of: $0.record.key)) })).sorted()
-        let expected = all.filter { wanted.contains(UInt16(ReplicaTable.leaf(of: $0.record.key))) }
+        #expect(all.count == 2000 && t.count == 2000 && Set(t.records(inLeafRange: 0..<ReplicaTable<SyncEntry>.leafCount).map(\.key)).count == 2000)
+        let wanted: [UInt16] = Array(Set(all.prefix(40).map { UInt16(ReplicaTable<SyncEntry>.leaf(of: $0.record.key)) })).sorted()
+        let expected = all.filter { wanted.contains(UInt16(ReplicaTable<SyncEntry>.leaf(of: $0.record.key))) }
         #expect(Set(t.entries(inLeaves: wanted).map(\.record.key)) == Set(expected.map(\.record.key)))
         #expect(Set(t.keys(inLeaves: Set(wanted.map(Int.init)))) == Set(expected.map(\.record.key)))
         // Leaves out of range (a peer's request is checked by the codec, but not only it calls this).
@@ -126,7 +126,7 @@ private func entry(_ n: Int, version: UInt64, op: SyncEntry.Operation = .upsert,
 
 @Suite struct DeltaSenderTests {
     @Test func coalescesRepeatedUpdatesOfOneFlowAndFillsBatches() {
-        var s = DeltaSender(config: .init(maxEntriesPerBatch: 27))
+        var s = DeltaSender<SyncEntry>(config: .init(maxEntriesPerBatch: 27))
         for n in 0..<60 { s.enqueue(entry(n, version: 1)) }
         for n in 0..<60 { s.enqueue(entry(n, version: 2)) }
         #expect(s.pendingCount == 60)
@@ -138,14 +138,14 @@ private func entry(_ n: Int, version: UInt64, op: SyncEntry.Operation = .upsert,
     }
 
     @Test func olderChangeDoesNotReplaceNewerQueuedOne() {
-        var s = DeltaSender()
+        var s = DeltaSender<SyncEntry>()
         s.enqueue(entry(1, version: 5))
         s.enqueue(entry(1, version: 4))
         #expect(s.flush().first?.entries.first?.version == 5)
     }
 
     @Test func windowIsTrimmedByTheSlowestAckAndBoundedByCapacity() {
-        var s = DeltaSender(config: .init(maxEntriesPerBatch: 10, windowCapacity: 100))
+        var s = DeltaSender<SyncEntry>(config: .init(maxEntriesPerBatch: 10, windowCapacity: 100))
         s.addPeer(2)
         s.addPeer(3)
         for n in 0..<50 { s.enqueue(entry(n, version: 1)) }
@@ -161,7 +161,7 @@ private func entry(_ n: Int, version: UInt64, op: SyncEntry.Operation = .upsert,
     }
 
     @Test func nackResendsExactlyTheMissingRangesAndReportsWhatIsGone() {
-        var s = DeltaSender(config: .init(maxEntriesPerBatch: 27, windowCapacity: 100))
+        var s = DeltaSender<SyncEntry>(config: .init(maxEntriesPerBatch: 27, windowCapacity: 100))
         s.addPeer(2)
         for n in 0..<150 { s.enqueue(entry(n, version: UInt64(n))) }
         _ = s.flush()

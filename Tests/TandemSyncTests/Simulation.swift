@@ -31,7 +31,7 @@ struct SimulatedCluster {
         var message: SyncMessage
     }
 
-    var nodes: [UInt32: ReplicationCore] = [:]
+    var nodes: [UInt32: FlowReplicationCore] = [:]
     var datapaths: [UInt32: [FlowTuple: FlowRecord]] = [:]
     var inSyncEvents: [UInt32: [Bool]] = [:]
     var now: UInt64 = 1_000
@@ -62,7 +62,7 @@ struct SimulatedCluster {
         var config = ReplicationConfig(selfID: id, peers: peers)
         config.bulkPort = 7000
         configure(&config)
-        var core = ReplicationCore(config: config, epoch: wallBase + now * 1000 + UInt64(id), seed: UInt64(id) * 7919)
+        var core = FlowReplicationCore(config: config, epoch: wallBase + now * 1000 + UInt64(id), seed: UInt64(id) * 7919)
         datapaths[id] = [:]
         let actions = core.start(now: time)
         nodes[id] = core
@@ -79,7 +79,7 @@ struct SimulatedCluster {
         perform(actions, at: id)
     }
 
-    mutating func perform(_ actions: [ReplicationAction], at id: UInt32) {
+    mutating func perform(_ actions: [FlowReplicationAction], at id: UInt32) {
         for a in actions {
             switch a {
             case .install(let r): datapaths[id]?[r.key] = r
@@ -132,11 +132,11 @@ struct SimulatedCluster {
         nodes[server] = s
         perform(flushed, at: server)
         r.onBulkBegin(roundTripBegin(begin), from: server)
-        var actions: [ReplicationAction] = []
+        var actions: [FlowReplicationAction] = []
         var i = 0
         while i < entries.count {
             let chunk = Array(entries[i..<min(i + 1000, entries.count)])
-            actions += r.onBulkChunk(BulkChunk(requestID: request.requestID, entries: chunk), from: server, now: time)
+            actions += r.onBulkChunk(requestID: request.requestID, entries: chunk, from: server, now: time)
             i += chunk.count
         }
         actions += r.onBulkEnd(BulkEnd(requestID: request.requestID, entryCount: UInt64(entries.count)), from: server, now: time)

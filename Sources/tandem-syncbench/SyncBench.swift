@@ -13,7 +13,7 @@ struct SyncBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tandem-syncbench",
         abstract: "Replication benchmark driver: inject flows into one node, time their arrival in another.",
-        subcommands: [Rates.self, Burst.self, Fill.self, Release.self, Count.self])
+        subcommands: [Rates.self, Burst.self, Fill.self, Release.self, Count.self, Core.self])
 }
 
 struct Target: ParsableArguments {

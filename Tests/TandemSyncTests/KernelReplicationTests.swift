@@ -1,0 +1,160 @@
+import TandemCore
+import TandemSyncWire
+import TandemTestSupport
+import Testing
+@testable import TandemSync
+
+/// The replication core run for the kernel's conntrack table: the same machinery as for flows,
+/// with the kernel table's own rules for copies held on a standby.
+@Suite struct KernelReplicationTests {
+    let wall: UInt64 = 1_700_000_000_000_000
+
+    func masquerade(_ i: Int, timeout: UInt32 = 120) -> KernelConnection {
+        var c = Fixtures.kernelNumbered(i).connection
+        c.timeout = timeout
+        c.id = UInt32(1000 + i)
+        return c
+    }
+
+    func time(_ ms: UInt64) -> SyncTime { SyncTime(monotonicMillis: ms, wallMicros: wall + ms * 1000) }
+
+    /// Node 2 in sync and holding node 1's stream from its start.
+    func pair() -> (KernelReplicationCore, KernelReplicationCore) {
+        var a = KernelReplicationCore(config: ReplicationConfig(selfID: 1, peers: [2]), epoch: wall, seed: 1)
+        var b = KernelReplicationCore(config: ReplicationConfig(selfID: 2, peers: [1]), epoch: wall + 1, seed: 2)
+        _ = a.start(now: time(0))
+        _ = b.start(now: time(0))
+        _ = b.onMessage(.hello(Hello(bulkPort: 0, inSync: true, nextSequence: 1)), from: Fixtures.header(.hello, sender: 1, epoch: wall),
+                        now: time(0))
+        return (a, b)
+    }
+
+    func deliver(_ actions: [KernelReplicationCore.Action], to b: inout KernelReplicationCore, at t: UInt64)
+        -> [KernelReplicationCore.Action] {
+        var out: [KernelReplicationCore.Action] = []
+        for case .broadcast(let m) in actions {
+            out += b.onMessage(m, from: Fixtures.header(m.type, sender: 1, epoch: wall), now: time(t))
+        }
+        return out
+    }
+
+    @Test func entriesTravelAsKernelBatchesAndInstallWithoutTheLocalID() {
+        var (a, b) = pair()
+        for i in 0..<50 { _ = a.onLocalChange(masquerade(i), deleted: false, now: time(1)) }
+        let sent = a.flush(now: time(1))
+        #expect(sent.count == 3)   // 23 + 23 + 4: a kernel batch fills a datagram
+        for case .broadcast(let m) in sent {
+            guard case .kernelDeltaBatch(let batch) = m else { Issue.record("not a kernel batch: \(m.type)"); continue }
+            #expect(batch.entries.count <= SyncCodec.maxKernelEntriesPerDatagram)
+            #expect(batch.entries.allSatisfy { $0.connection.id == 0 && $0.origin == 1 })
+        }
+        let installed = deliver(sent, to: &b, at: 2).compactMap { if case .install(let c) = $0 { c } else { nil } }
+        #expect(installed.count == 50)
+        #expect(installed.first?.reply == masquerade(0).reply && installed.first?.id == 0)
+        // A delete reaches the peer as a removal of the key.
+        _ = a.onLocalChange(masquerade(7), deleted: true, now: time(3))
+        let removed = deliver(a.flush(now: time(3)), to: &b, at: 4)
+        #expect(removed == [.remove(masquerade(7).key)])
+    }
+
+    @Test func aCopyTimingOutOnTheStandbyIsNotAnnounced() {
+        var (a, b) = pair()
+        _ = a.onLocalChange(masquerade(1), deleted: false, now: time(1))
+        _ = deliver(a.flush(now: time(1)), to: &b, at: 2)
+        // The kernel on node 2 destroys its copy (no traffic there): nothing goes back to node 1.
+        #expect(b.onLocalChange(masquerade(1), deleted: true, now: time(130_000)).isEmpty)
+        #expect(b.flush(now: time(130_000)).isEmpty)
+        #expect(b.counters.learnedExpiredLocally == 1)
+        // Node 2's own connections still replicate, deletes included.
+        _ = b.onLocalChange(masquerade(2), deleted: false, now: time(130_001))
+        _ = b.onLocalChange(masquerade(2), deleted: true, now: time(130_002))
+        #expect(b.flush(now: time(130_002)).count == 1)
+    }
+
+    @Test func theInjectionsOwnEventIsNoChange() {
+        var (a, b) = pair()
+        _ = a.onLocalChange(masquerade(3), deleted: false, now: time(1))
+        _ = deliver(a.flush(now: time(1)), to: &b, at: 2)
+        // The sink's write comes back as an event with a fresh id and a slightly lower timeout.
+        var echoed = masquerade(3, timeout: 119)
+        echoed.id = 77
+        _ = b.onLocalChange(echoed, deleted: false, now: time(3))
+        #expect(b.flush(now: time(3)).isEmpty)
+        #expect(b.counters.learnedStateRepeated == 1)
+        // A real change (the TCP state moved on node 2: traffic passes there) is sent.
+        var moved = echoed
+        moved.tcp?.state = .finWait
+        _ = b.onLocalChange(moved, deleted: false, now: time(4))
+        #expect(b.flush(now: time(4)).count == 1)
+        #expect(b.table[moved.key]?.source == .local)
+    }
+
+    @Test func aCopyTheKernelKeepsAliveIsTakenOver() {
+        var (a, b) = pair()
+        _ = a.onLocalChange(masquerade(4, timeout: 120), deleted: false, now: time(1))
+        _ = deliver(a.flush(now: time(1)), to: &b, at: 1)
+        // 60 s later the copy on node 2 has 60 s left if nothing touched it: a scan that finds
+        // that leaves it to its owner.
+        #expect(b.onLocalScan([(masquerade(4, timeout: 60), fromPeer: true)], now: time(60_001)).isEmpty)
+        #expect(b.flush(now: time(60_001)).isEmpty)
+        // Packets through node 2 reset the kernel's timeout to 120 s: node 2 carries the flow now.
+        _ = b.onLocalScan([(masquerade(4, timeout: 119), fromPeer: true)], now: time(61_000))
+        #expect(b.counters.learnedAdopted == 1)
+        #expect(b.table[masquerade(4).key]?.source == .local)
+        let sent = b.flush(now: time(61_000))
+        #expect(sent.count == 1)
+        // Node 1 learns it back as a peer's.
+        var back = KernelReplicationCore(config: ReplicationConfig(selfID: 1, peers: [2]), epoch: wall + 2, seed: 3)
+        _ = back.start(now: time(0))
+        _ = back.onMessage(.hello(Hello(bulkPort: 0, inSync: true, nextSequence: 1)),
+                           from: Fixtures.header(.hello, sender: 2, epoch: wall + 1), now: time(61_000))
+        var installs = 0
+        for case .broadcast(let m) in sent {
+            for case .install in back.onMessage(m, from: Fixtures.header(m.type, sender: 2, epoch: wall + 1), now: time(61_001)) {
+                installs += 1
+            }
+        }
+        #expect(installs == 1)
+    }
+
+    @Test func aBulkTransferCarriesKernelChunks() {
+        var (a, _) = pair()
+        for i in 0..<2500 { _ = a.onLocalChange(masquerade(i), deleted: false, now: time(1)) }
+        _ = a.flush(now: time(1))
+        let (begin, entries, _) = a.serveBulk(BulkRequest(requestID: 9, leaves: []), now: time(2))
+        #expect(begin.entryCount == 2500 && entries.count == 2500)
+        var joiner = KernelReplicationCore(config: ReplicationConfig(selfID: 3, peers: [1]), epoch: wall + 3, seed: 4)
+        _ = joiner.start(now: time(0))
+        _ = joiner.onMessage(.hello(Hello(bulkPort: 1, inSync: true, nextSequence: begin.resumeSequence)),
+                             from: Fixtures.header(.hello, sender: 1, epoch: wall), now: time(2))
+        let pull = joiner.onTick(now: time(3)).compactMap { if case .pull(_, let r) = $0 { r } else { nil } }.first
+        let request = try? #require(pull)
+        guard let request else { return }
+        joiner.onBulkBegin(BulkBegin(requestID: request.requestID, streamEpoch: wall, resumeSequence: begin.resumeSequence,
+                                     entryCount: begin.entryCount), from: 1)
+        var installed = 0
+        var i = 0
+        while i < entries.count {
+            let chunk = Array(entries[i..<min(i + KernelSyncEntry.maxEntriesPerStreamFrame, entries.count)])
+            #expect(KernelSyncEntry.bulkChunkMessage(requestID: request.requestID, entries: chunk).type == .kernelBulkChunk)
+            for case .install in joiner.onBulkChunk(requestID: request.requestID, entries: chunk, from: 1, now: time(4)) {
+                installed += 1
+            }
+            i += chunk.count
+        }
+        #expect(joiner.onBulkEnd(BulkEnd(requestID: request.requestID, entryCount: 2500), from: 1, now: time(5))
+            == [.inSyncChanged(true)])
+        #expect(installed == 2500 && joiner.table.liveCount == 2500)
+        // Digests of both tables agree: anti-entropy finds nothing to pull.
+        #expect(a.table.differingBuckets(joiner.table.digest(level: 0)).isEmpty)
+    }
+
+    @Test func aFlowCoreIgnoresKernelBatches() {
+        var flows = FlowReplicationCore(config: ReplicationConfig(selfID: 2, peers: [1]), epoch: wall, seed: 1)
+        _ = flows.start(now: time(0))
+        let batch = SyncMessage.kernelDeltaBatch(KernelDeltaBatch(firstSequence: 1, entries: [Fixtures.kernelNumbered(1)]))
+        let actions = flows.onMessage(batch, from: Fixtures.header(.kernelDeltaBatch, sender: 1, epoch: wall), now: time(1))
+        #expect(!actions.contains { if case .install = $0 { true } else { false } })
+        #expect(flows.table.count == 0)
+    }
+}
