@@ -20,9 +20,13 @@ public final class ConntrackSource: @unchecked Sendable {
         public var netnsPath: String?
         /// How long a read waits before the thread checks the stop flag and ticks, milliseconds.
         public var pollMillis: Int32
+        /// The netlink port id of this node's sink (`ConntrackSink.portID`): events it caused are
+        /// entries learned from peers, tracked but not delivered.
+        public var sinkPortID: UInt32?
 
         public init(settings: ConntrackSourceCore.Settings = .init(), filter: ConntrackFilter = .all,
-                    reliable: Bool = true, netnsPath: String? = nil, pollMillis: Int32 = 100) {
+                    reliable: Bool = true, netnsPath: String? = nil, pollMillis: Int32 = 100, sinkPortID: UInt32? = nil) {
+            self.sinkPortID = sinkPortID
             self.settings = settings
             self.filter = filter
             self.reliable = reliable
@@ -43,9 +47,14 @@ public final class ConntrackSource: @unchecked Sendable {
     }
 
     public typealias Handler = @Sendable ([(KernelConnection, deleted: Bool)]) -> Void
+    /// Every dump's entries that pass the filter, each marked when the sink wrote it (learned
+    /// from a peer, unchanged since), with the monotonic nanoseconds the dump began at: what a
+    /// replication core's table scan needs (refreshes for peers, takeovers, missed deletes).
+    public typealias DumpHandler = @Sendable (_ entries: [(KernelConnection, learned: Bool)], _ startedNanos: UInt64) -> Void
 
     private let options: Options
     private let onChanges: Handler
+    private let onDump: DumpHandler?
     private let logger: Logger
     private let lock = NSLock()
     private var stopRequested = false
@@ -57,9 +66,10 @@ public final class ConntrackSource: @unchecked Sendable {
     private var started = false
 
     public init(options: Options = .init(), logger: Logger = Logger(label: "tandem.conntrack"),
-                onChanges: @escaping Handler) {
+                onChanges: @escaping Handler, onDump: DumpHandler? = nil) {
         self.options = options
         self.onChanges = onChanges
+        self.onDump = onDump
         self.logger = logger
         stats = Stats(counters: .init(), entries: 0, running: false, lastDumpEntries: 0, lastDumpSeconds: 0, kernelEvents: nil)
     }
@@ -178,7 +188,8 @@ public final class ConntrackSource: @unchecked Sendable {
             switch NetlinkWalk.classify(m, in: data) {
             case .event(let kind):
                 guard let c = parse(m, in: data) else { core.countMalformed(); continue }
-                for case .deliver(let list) in core.onEvent(kind, c) {
+                let fromSink = m.portID != 0 && m.portID == options.sinkPortID
+                for case .deliver(let list) in core.onEvent(kind, c, fromSink: fromSink) {
                     changes.append(contentsOf: list.map { ($0.connection, deleted: $0.deleted) })
                 }
             case .malformed: core.countMalformed()
@@ -194,6 +205,9 @@ public final class ConntrackSource: @unchecked Sendable {
     private func execute(_ actions: [ConntrackSourceCore.Action], core: inout ConntrackSourceCore,
                          fd: Int32, buf: UnsafeMutableRawBufferPointer) {
         var queue = actions
+        // Dumps for the consumer's scan go after the corrections they caused (in the queue).
+        var scans: [([(KernelConnection, learned: Bool)], UInt64)] = []
+        defer { for (entries, start) in scans { onDump?(entries, start) } }
         while !queue.isEmpty {
             let a = queue.removeFirst()
             switch a {
@@ -225,6 +239,10 @@ public final class ConntrackSource: @unchecked Sendable {
                     }
                     logger.debug("conntrack \(reason.rawValue) dump: \(entries.count) entries in \(secs) s")
                     queue.append(contentsOf: core.onDump(entries, reason: reason, now: monotonicNanoseconds()))
+                    if onDump != nil {
+                        let filter = core.filter
+                        scans.append((entries.filter { filter.matches($0) }.map { ($0, learned: core.isLearned($0.key)) }, start))
+                    }
                 case .failure(let e):
                     logger.warning("conntrack \(reason.rawValue) dump failed: \(e.message)")
                     queue.append(contentsOf: core.onDumpFailed(reason: reason, now: monotonicNanoseconds()))

@@ -59,6 +59,10 @@ public struct ConntrackSourceCore: Sendable {
         public var filteredOut = 0
         /// Destroy events for entries this source did not hold (filtered, or gone already).
         public var unknownDestroys = 0
+        /// Events of the node's own sink (entries learned from peers): tracked, not delivered.
+        public var sinkEvents = 0
+        /// Learned entries the kernel destroyed before any traffic touched them here: not delivered.
+        public var learnedExpired = 0
         /// ENOBUFS on the event socket.
         public var overruns = 0
         /// Times the buffer was grown, and times it could not grow past the cap.
@@ -85,6 +89,8 @@ public struct ConntrackSourceCore: Sendable {
     public var filter: ConntrackFilter
     public private(set) var counters = Counters()
     public private(set) var known: [KernelConnection.Key: KernelConnection] = [:]
+    /// Known entries the sink wrote (learned from peers) and the kernel has not changed since.
+    public private(set) var learned: Set<KernelConnection.Key> = []
     public private(set) var bufferSize: Int
     /// The dump in progress, if any, and one more wanted after it.
     public private(set) var dumping: DumpReason?
@@ -114,7 +120,10 @@ public struct ConntrackSourceCore: Sendable {
         counters.bufferSize = actual
     }
 
-    public mutating func onEvent(_ kind: ConntrackEventKind, _ c: KernelConnection) -> [Action] {
+    /// One event. `fromSink` marks a change the node's own sink made (an entry learned from a
+    /// peer, injected or removed): it is tracked, so dumps do not mistake it for a local change
+    /// the events missed, but not delivered, so it does not echo back to the peers.
+    public mutating func onEvent(_ kind: ConntrackEventKind, _ c: KernelConnection, fromSink: Bool = false) -> [Action] {
         switch kind {
         case .new: counters.newEvents += 1
         case .update: counters.updateEvents += 1
@@ -122,12 +131,31 @@ public struct ConntrackSourceCore: Sendable {
         }
         let key = c.key
         if dumping != nil { touchedDuringDump.insert(key) }
+        if fromSink {
+            counters.sinkEvents += 1
+            if kind == .destroy {
+                known.removeValue(forKey: key)
+                learned.remove(key)
+            } else if filter.matches(c) {
+                known[key] = c
+                learned.insert(key)
+            }
+            counters.entries = known.count
+            return []
+        }
+        // The kernel's own change: traffic passes here, the entry is this node's now; or the
+        // kernel timed out a learned copy that saw no traffic, which is not this node's to announce.
+        let wasLearned = learned.remove(key) != nil
         if kind == .destroy {
             guard let old = known.removeValue(forKey: key) else {
                 counters.unknownDestroys += 1
                 return []
             }
             counters.entries = known.count
+            if wasLearned {
+                counters.learnedExpired += 1
+                return []
+            }
             // The destroy message carries the final tuples/state; keep what we knew where it has none.
             var gone = c
             if gone.tcp == nil { gone.tcp = old.tcp }
@@ -179,13 +207,16 @@ public struct ConntrackSourceCore: Sendable {
                 continue
             }
             known[key] = c
+            learned.remove(key)   // the kernel changed it since the sink wrote it
             changes.append(Change(c, deleted: false))
         }
         // Known entries the dump did not list are gone, unless an event during the dump (newer
         // than the dump's view) created or updated them.
         let gone = known.keys.filter { !seen.contains($0) && !touchedDuringDump.contains($0) }
         for key in gone {
-            if let old = known.removeValue(forKey: key) { changes.append(Change(old, deleted: true)) }
+            guard let old = known.removeValue(forKey: key) else { continue }
+            // A learned copy that timed out here is not this node's change to announce.
+            if learned.remove(key) == nil { changes.append(Change(old, deleted: true)) }
         }
         touchedDuringDump.removeAll()
         counters.entries = known.count
@@ -226,6 +257,9 @@ public struct ConntrackSourceCore: Sendable {
         guard settings.reconcileInterval > 0, now >= nextReconcile else { return [] }
         return requestDump(.reconcile)
     }
+
+    /// Whether the entry under `key` is one the sink wrote and the kernel has not changed since.
+    public func isLearned(_ key: KernelConnection.Key) -> Bool { learned.contains(key) }
 
     public mutating func countMalformed(_ n: Int = 1) { counters.malformed += n }
     public mutating func countSkipped(_ n: Int = 1) { counters.skipped += n }

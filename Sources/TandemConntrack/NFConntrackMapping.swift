@@ -119,6 +119,9 @@ struct NetlinkMessage: Hashable, Sendable {
     var length: Int
     var type: UInt16
     var flags: UInt16
+    /// The netlink port the change came from: 0 for the kernel's own (traffic, timeouts), a
+    /// socket's port id for a change that socket requested (the sink's injections).
+    var portID: UInt32 = 0
 }
 
 /// Splitting a netlink datagram into messages, checking every length: pure, so malformed
@@ -144,7 +147,8 @@ enum NetlinkWalk {
             guard len >= headerSize, len <= buf.count - off else { return (out, true) }
             let type = buf.loadUnaligned(fromByteOffset: off + 4, as: UInt16.self)
             let flags = buf.loadUnaligned(fromByteOffset: off + 6, as: UInt16.self)
-            out.append(NetlinkMessage(offset: off, length: len, type: type, flags: flags))
+            let port = buf.loadUnaligned(fromByteOffset: off + 12, as: UInt32.self)
+            out.append(NetlinkMessage(offset: off, length: len, type: type, flags: flags, portID: port))
             off += (len + 3) & ~3
         }
         return (out, off < buf.count)   // 1-15 stray bytes

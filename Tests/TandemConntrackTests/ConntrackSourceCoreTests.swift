@@ -150,3 +150,53 @@ let sec: UInt64 = 1_000_000_000
         #expect(changes == [.init(plainUDP(), deleted: true)])
     }
 }
+
+/// Entries the node's own sink wrote (learned from peers) are tracked but never sent back.
+@Suite struct ConntrackSourceLearnedTests {
+    func started() -> Core {
+        var core = Core(settings: .init(bufferSize: 1 << 20, maxBufferSize: 4 << 20, reconcileInterval: 10))
+        _ = core.onStart(now: 0)
+        _ = core.onDump([], reason: .initial, now: 0)
+        return core
+    }
+
+    @Test func theSinksEventsAreTrackedNotDelivered() {
+        var core = started()
+        #expect(core.onEvent(.new, natTCP(), fromSink: true).isEmpty)
+        #expect(core.isLearned(natTCP().key) && core.known.count == 1)
+        #expect(core.counters.sinkEvents == 1)
+        // A reconcile dump finds it, with a fresher timeout: still not this node's change.
+        var later = natTCP()
+        later.timeout = 400_000
+        #expect(delivered(core.onDump([later], reason: .reconcile, now: 11 * sec)).isEmpty)
+        // The sink deletes it (the peer's delete): tracked, not delivered.
+        #expect(core.onEvent(.destroy, natTCP(), fromSink: true).isEmpty)
+        #expect(!core.isLearned(natTCP().key) && core.known.isEmpty)
+    }
+
+    @Test func theKernelTimingOutALearnedCopyIsNotDelivered() {
+        var core = started()
+        _ = core.onEvent(.new, plainUDP(), fromSink: true)
+        #expect(delivered(core.onEvent(.destroy, plainUDP())).isEmpty)
+        #expect(core.counters.learnedExpired == 1 && core.known.isEmpty)
+        // Gone from a dump, likewise.
+        _ = core.onEvent(.new, plainUDP(2), fromSink: true)
+        #expect(delivered(core.onDump([], reason: .reconcile, now: 11 * sec)).isEmpty)
+        #expect(core.known.isEmpty)
+    }
+
+    @Test func trafficChangingALearnedEntryMakesItLocal() {
+        var core = started()
+        _ = core.onEvent(.new, natTCP(state: .established), fromSink: true)
+        // The kernel moves it on (a FIN passed through this node): delivered, and local from now on.
+        #expect(delivered(core.onEvent(.update, natTCP(state: .finWait))).count == 1)
+        #expect(!core.isLearned(natTCP().key))
+        #expect(delivered(core.onEvent(.destroy, natTCP(state: .finWait))).count == 1)
+        // A dump that finds a learned entry changed (its event lost) delivers it too.
+        _ = core.onEvent(.new, plainUDP(3), fromSink: true)
+        var assured = plainUDP(3)
+        assured.status.insert(.assured)
+        #expect(delivered(core.onDump([assured], reason: .reconcile, now: 11 * sec)).map(\.connection) == [assured])
+        #expect(!core.isLearned(assured.key))
+    }
+}

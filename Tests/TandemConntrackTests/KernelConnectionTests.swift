@@ -181,6 +181,16 @@ func plainUDP(_ n: UInt16 = 1) -> KernelConnection {
         }
     }
 
+    @Test func thePortIDTellsWhoCausedAChange() {
+        var d = header(len: 20, type: 0x100, flags: 0x600) + [2, 0, 0, 0]       // the kernel's own: port 0
+        var sink = header(len: 20, type: 0x100, flags: 0x600) + [2, 0, 0, 0]
+        withUnsafeBytes(of: UInt32(0x1234_5678)) { p in for i in 0..<4 { sink[12 + i] = p[i] } }
+        d += sink
+        d.withUnsafeBytes { raw in
+            #expect(NetlinkWalk.split(raw).messages.map(\.portID) == [0, 0x1234_5678])
+        }
+    }
+
     @Test func malformedLengthsStop() {
         let cases: [[UInt8]] = [
             header(len: 8, type: 0x100, flags: 0),                               // shorter than a header
