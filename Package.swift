@@ -154,6 +154,7 @@ let package = Package(
         .target(name: "TandemNode",
                 dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemAPIModels", "TandemSync", "TandemSyncWire", "TandemSealing", "TandemStatus", "TandemReplication",
                                "TandemServiceSync", "TandemHealth", "TandemHA", "TandemCloud", "TandemOCI", "TandemElection", "TandemMetrics",
+                               "TandemConntrack", "TandemKernelSync",
                                .product(name: "NIOPosix", package: "swift-nio"),
                                .product(name: "Yams", package: "Yams"),
                                .product(name: "Logging", package: "swift-log"),
@@ -186,6 +187,12 @@ let package = Package(
                 path: "Sources/TandemConntrack"),
         // The same measurement for conntrackd (the alternative): creates kernel conntrack entries in
         // one namespace and times their arrival in another's table.
+        // Kernel conntrack sync on a node: the source, a replication shell for kernel entries
+        // (their own channels and port) and the sink, wired together.
+        .target(name: "TandemKernelSync",
+                dependencies: ["TandemCore", "TandemConntrack", "TandemReplication", "TandemSync", "TandemSyncWire",
+                               "TandemSealing", .product(name: "Logging", package: "swift-log")],
+                path: "Sources/TandemKernelSync"),
         .executableTarget(name: "tandem-ctbench",
                           dependencies: ["CNetfilterConntrack", "TandemBenchSupport",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
@@ -207,7 +214,7 @@ let package = Package(
                                    .product(name: "NIOEmbedded", package: "swift-nio")],
                     path: "Tests/TandemAPITests"),
         .testTarget(name: "TandemNodeTests",
-                    dependencies: ["TandemNode", "TandemAPI", "TandemAPIModels", "TandemCore", "TandemHA", "TandemDatapath"],
+                    dependencies: ["TandemNode", "TandemAPI", "TandemAPIModels", "TandemCore", "TandemHA", "TandemDatapath", "TandemConntrack"],
                     path: "Tests/TandemNodeTests"),
         .testTarget(name: "TandemMetricsTests",
                     dependencies: ["TandemMetrics", "TandemAPI", "TandemAPIModels", "TandemStatus", "TandemCore", "TandemHA", "TandemSync",
@@ -244,7 +251,7 @@ let package = Package(
                     path: "Tests/TandemElectionTests"),
         .testTarget(name: "TandemPrivilegedTests",
                     dependencies: ["TandemCore", "TandemStatus", "TandemDatapath", "TandemAPI", "TandemAPIModels", "TandemSync", "TandemCloud", "TandemHealth",
-                                   "TandemConntrack", "CNetfilterConntrack",
+                                   "TandemConntrack", "CNetfilterConntrack", "TandemKernelSync", "TandemSealing", "TandemSyncWire",
                                    .product(name: "NIOPosix", package: "swift-nio"),
                                    .product(name: "Logging", package: "swift-log")],
                     path: "Tests/TandemPrivilegedTests"),

@@ -1,9 +1,11 @@
+import Foundation
 import Logging
 import TandemCloud
 import TandemCore
 import TandemDatapath
 import TandemOCI
 import TandemHA
+import TandemKernelSync
 import TandemReplication
 import TandemSync
 import TandemSealing
@@ -12,14 +14,25 @@ import TandemSealing
 enum HAWiring {
     static func makeShell(_ h: NodeConfig.HASettings, replication r: NodeConfig.ReplicationSettings, key: ClusterKey,
                           provider: any CloudProvider, datapath: Datapath, directory: ServiceDirectory,
-                          replicationShell: FlowReplicationShell?, resume: GracefulExitRecord?, logger: Logger) -> HAShell {
+                          replicationShell: FlowReplicationShell?, kernelSync: KernelTableSync? = nil,
+                          resume: GracefulExitRecord?, logger: Logger) -> HAShell {
         var config = HAShellConfig(selfID: r.selfAddress.value, bindAddress: r.selfAddress, port: h.gossipPort,
                                    peers: r.peers.map { HAPeer(id: $0.value, address: $0) }, key: key,
                                    instances: h.instances)
         config.swim.restartHoldNanos = h.restartHoldNanos
         let hooks = HAHooks(serviceVIPs: { directory.vips() },
                             setActiveVIPs: { try datapath.setActiveVIPs($0) },
-                            replicationInSync: { replicationShell?.inSync ?? true })
+                            replicationInSync: { (replicationShell?.inSync ?? true) && (kernelSync?.inSync ?? true) },
+                            prepareTakeover: { _, _ in
+                                guard let kernelSync else { return }
+                                // A blocking netlink commit: on a thread of its own, not the cooperative pool.
+                                await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                                    Thread.detachNewThread {
+                                        kernelSync.prepareTakeover()
+                                        done.resume()
+                                    }
+                                }
+                            })
         return HAShell(config: config, hooks: hooks, provider: provider, logger: logger, resume: resume)
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import TandemConntrack
 import TandemCore
 import TandemElection
 import TandemHA
@@ -92,6 +93,32 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         public var restartHoldNanos: UInt64 = 10_000_000_000
     }
 
+    /// Kernel conntrack sync: the node also replicates the kernel's connection tracking table
+    /// (NAT gateways, stateful firewalls), over its own sync channels, to the same peers.
+    public struct Conntrack: Decodable, Sendable, Equatable {
+        /// Default true once the section is there.
+        public var enabled: Bool?
+        /// hold (default): learned entries are kept in memory and written to the kernel table
+        /// when this node takes over, before its floating IP moves. inject: written as they
+        /// arrive (see docs/conntrack.md for why hold is the default for now).
+        public var mode: String?
+        /// UDP and TCP port of the kernel table's replication, the same on every node (default 11115).
+        public var syncPort: Int?
+        /// Seconds between dumps that reconcile the table with what events reported (default 30).
+        public var reconcileSeconds: Double?
+        /// Which entries are replicated (protocols, address ranges, zones, marks, NAT kind).
+        public var filter: ConntrackFilter.Config?
+        public init() {}
+    }
+
+    /// Kernel conntrack sync settings, validated.
+    public struct ConntrackSettings: Sendable, Equatable {
+        public var port: UInt16
+        public var mode: ConntrackSinkCore.Mode
+        public var reconcileSeconds: Double
+        public var filter: ConntrackFilter
+    }
+
     /// Replication settings, validated.
     public struct ReplicationSettings: Sendable, Equatable {
         public var selfAddress: IPv4Address
@@ -153,6 +180,7 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
     public var xdp: Bool?
     public var services: [ServiceConfig]?
     public var oci: OCI?
+    public var conntrack: Conntrack?
     /// Where API changes are kept across restarts (default /var/lib/tandem/state.jsonl).
     public var stateFile: String?
     /// Keep the datapath pinned and running when the daemon exits on SIGTERM (a graceful
@@ -314,6 +342,35 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
             throw ConfigError("cluster: peers are set but keyFile is not; create one with `tandem cluster keygen > FILE`")
         }
         return ReplicationSettings(selfAddress: self_, port: UInt16(port), peers: addresses, keyFile: key)
+    }
+
+    /// Kernel conntrack sync; nil when the section is absent or disabled. It replicates to the
+    /// cluster's peers, so it needs them (and the key).
+    public func conntrackSettings() throws(ConfigError) -> ConntrackSettings? {
+        guard let ct = conntrack, ct.enabled ?? true else { return nil }
+        guard let c = cluster, let peers = c.peers, !peers.isEmpty else {
+            throw ConfigError("conntrack: kernel conntrack sync replicates to the cluster's peers; set cluster.peers and cluster.keyFile")
+        }
+        let port = ct.syncPort ?? 11115
+        guard (1...65535).contains(port) else { throw ConfigError("conntrack: syncPort must be 1-65535, got \(port)") }
+        let taken: [(String, Int)] = [("cluster.syncPort", c.syncPort ?? 11112), ("cluster.gossipPort", c.gossipPort ?? 11113),
+                                      ("cluster.configSyncPort", c.configSyncPort ?? 11114)]
+        for (name, p) in taken where p == port {
+            throw ConfigError("conntrack: syncPort and \(name) must differ (both \(port))")
+        }
+        let modeText = ct.mode ?? ConntrackSinkCore.Mode.hold.rawValue
+        guard let mode = ConntrackSinkCore.Mode(rawValue: modeText) else {
+            throw ConfigError("conntrack: mode must be \(ConntrackSinkCore.Mode.allCases.map(\.rawValue).joined(separator: " or ")), got '\(modeText)'")
+        }
+        let reconcile = ct.reconcileSeconds ?? 30
+        guard reconcile >= 1, reconcile <= 3600 else {
+            throw ConfigError("conntrack: reconcileSeconds must be 1-3600, got \(reconcile)")
+        }
+        let filter: ConntrackFilter
+        do { filter = try ct.filter.map(ConntrackFilter.init(config:)) ?? .all } catch {
+            throw ConfigError("conntrack: filter: \(error)")
+        }
+        return ConntrackSettings(port: UInt16(port), mode: mode, reconcileSeconds: reconcile, filter: filter)
     }
 
     /// The port services are shared on; nil when they are not (no peers, or shareServices false).

@@ -9,6 +9,7 @@ import TandemCloud
 import TandemDatapath
 import TandemHA
 import TandemHealth
+import TandemKernelSync
 import TandemMetrics
 import TandemReplication
 import TandemServiceSync
@@ -149,6 +150,7 @@ public enum NodeRunner {
         // Checked here, before the datapath loads: a probe that does not parse stops the node.
         let serviceOptions = try o.config.validatedServiceOptions()
         let (state, security) = try preflightControlPlane(o, logger: logger)
+        let conntrackSettings = try o.config.conntrackSettings()
         // swift-metrics onto the Prometheus registry that GET /netlox/v1/metrics renders (once per process).
         TandemMetrics.bootstrap()
         // Built before the datapath loads, so a broken provider setup (a missing OCI key, say)
@@ -262,11 +264,24 @@ public enum NodeRunner {
             }
             await controller.attach(sharing: sharing)
         }
+        var kernelSync: KernelTableSync?
+        if let ct = conntrackSettings, let r = replicationSettings, let key = clusterKey {
+            let options = KernelTableSync.Options(selfAddress: r.selfAddress, peers: r.peers, port: ct.port, key: key,
+                                                  mode: ct.mode, reconcileSeconds: ct.reconcileSeconds, filter: ct.filter)
+            do { kernelSync = try await KernelTableSync.start(options, logger: logger) } catch {
+                await sharing?.stop()
+                await shell?.stop()
+                await datapath.close()
+                throw ConfigError("conntrack: \(error.message)")
+            }
+        }
         var ha: HAShell?
         if let h = haSettings, let r = replicationSettings, let key = clusterKey, let provider {
             let haShell = HAWiring.makeShell(h, replication: r, key: key, provider: provider, datapath: datapath,
-                                             directory: directory, replicationShell: shell, resume: resume, logger: logger)
+                                             directory: directory, replicationShell: shell, kernelSync: kernelSync,
+                                             resume: resume, logger: logger)
             do { try await haShell.start() } catch {
+                await kernelSync?.stop()
                 await sharing?.stop()
                 await shell?.stop()
                 await datapath.close()
@@ -285,6 +300,7 @@ public enum NodeRunner {
                                                 security: security, logger: logger)
         } catch {
             await sharing?.stop()
+            await kernelSync?.stop()
             await dpServiceStopEarly(datapath: datapath, reader: reader, shell: shell, ha: ha)
             throw ConfigError("api: \(error)")
         }
@@ -310,10 +326,12 @@ public enum NodeRunner {
         do {
             try await group.run()
         } catch {
+            await kernelSync?.stop()
             await dpService.shutdown(release: true)
             throw error
         }
         await hup.stop()
+        await kernelSync?.stop()
         let release = exit.release
         await dpService.shutdown(release: release)
         logger.info(release ? "tandem node stopped; datapath detached"

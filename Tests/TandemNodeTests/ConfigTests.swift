@@ -1,4 +1,5 @@
 import Testing
+import TandemConntrack
 @testable import TandemCore
 @testable import TandemNode
 
@@ -109,6 +110,46 @@ import Testing
             Issue.record("a bad probe was accepted")
         } catch {
             #expect(error.description.contains("services[0]") && error.description.contains("999"), "\(error)")
+        }
+    }
+}
+
+@Suite struct ConntrackConfigTests {
+    let cluster = """
+    cluster: {peers: [10.0.0.2], keyFile: /etc/tandem/cluster.key}
+    """
+
+    @Test func defaultsAndFilter() throws {
+        let c = try NodeConfig.parse(yaml: cluster + """
+
+        conntrack:
+          mode: hold
+          filter: {protocols: [tcp, udp], exclude: [10.9.0.0/16], nat: snat}
+        """)
+        let s = try #require(try c.conntrackSettings())
+        #expect(s.port == 11115 && s.mode == .hold && s.reconcileSeconds == 30)
+        #expect(s.filter.protocols == [6, 17] && s.filter.nat == .snat && s.filter.exclude.count == 1)
+        #expect(try NodeConfig.parse(yaml: cluster).conntrackSettings() == nil)
+        #expect(try NodeConfig.parse(yaml: cluster + "\nconntrack: {}").conntrackSettings()?.mode == .hold)
+        #expect(try NodeConfig.parse(yaml: cluster + "\nconntrack: {enabled: false}").conntrackSettings() == nil)
+    }
+
+    @Test func badSettingsAreRefusedWithTheReason() {
+        let cases: [(String, String)] = [
+            ("conntrack: {}", "cluster.peers"),
+            (cluster + "\nconntrack: {mode: mirror}", "mode must be inject or hold"),
+            (cluster + "\nconntrack: {syncPort: 11112}", "syncPort and cluster.syncPort must differ"),
+            (cluster + "\nconntrack: {syncPort: 70000}", "1-65535"),
+            (cluster + "\nconntrack: {reconcileSeconds: 0}", "reconcileSeconds"),
+            (cluster + "\nconntrack: {filter: {protocols: [sctpx]}}", "filter"),
+        ]
+        for (yaml, reason) in cases {
+            do {
+                _ = try NodeConfig.parse(yaml: yaml).conntrackSettings()
+                Issue.record("accepted: \(yaml)")
+            } catch {
+                #expect(error.message.contains(reason), "\(error.message)")
+            }
         }
     }
 }

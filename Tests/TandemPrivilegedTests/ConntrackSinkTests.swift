@@ -244,110 +244,25 @@ extension Privileged {
         /// g2's NAT; the control flow breaks.
         @Test func injectedNATEntriesCarryTrafficAfterATakeover() throws {
             let started = Date()
-            let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789")
-            let p = "tsk" + String((0..<5).map { _ in alphabet[Int.random(in: 0..<alphabet.count)] })
-            let c = "\(p)-c", g1 = "\(p)-g1", g2 = "\(p)-g2", sv = "\(p)-s"
-            var made: [String] = []
-            defer { for n in made.reversed() { _ = try? run(["ip", "netns", "del", n], timeout: 10) } }
-            func must(_ args: [String]) throws {
-                let r = try run(args, timeout: 10)
-                guard r.ok else { throw TestFailure("\(args.joined(separator: " ")): \(r.stderr)") }
-            }
-            for n in [c, g1, g2, sv] {
-                try must(["ip", "netns", "add", n])
-                made.append(n)
-                try must(["ip", "-n", n, "link", "set", "lo", "up"])
-            }
-            // c:ca 10.79.1.2 <-> g1:cb 10.79.1.1 | g1:sb 10.79.2.1 <-> s:sa 10.79.2.2 (s has no route
-            // back to 10.79.1.0/24: replies to the client only work through the masquerade).
-            try must(["ip", "link", "add", "\(p)ca", "netns", c, "type", "veth", "peer", "name", "\(p)cb", "netns", g1])
-            try must(["ip", "link", "add", "\(p)sa", "netns", sv, "type", "veth", "peer", "name", "\(p)sb", "netns", g1])
-            func addr(_ ns: String, _ dev: String, _ a: String) throws {
-                try must(["ip", "-n", ns, "addr", "add", a, "dev", "\(p)\(dev)"])
-                try must(["ip", "-n", ns, "link", "set", "\(p)\(dev)", "up"])
-            }
-            try addr(c, "ca", "10.79.1.2/24")
-            try addr(sv, "sa", "10.79.2.2/24")
-            try addr(g1, "cb", "10.79.1.1/24")
-            try addr(g1, "sb", "10.79.2.1/24")
-            try must(["ip", "-n", c, "route", "add", "default", "via", "10.79.1.1"])
-            let rules = """
-                table ip natgw {
-                    chain pre { type nat hook prerouting priority dstnat; iifname "\(p)sb" tcp dport 8080 dnat to 10.79.1.2:80; }
-                    chain post { type nat hook postrouting priority srcnat; oifname "\(p)sb" masquerade; }
-                    chain forward { type filter hook forward priority filter; ct state invalid drop; }
-                }
-                """
-            let file = FileManager.default.temporaryDirectory.appendingPathComponent("\(p).nft").path
-            try rules.write(toFile: file, atomically: true, encoding: .utf8)
-            defer { try? FileManager.default.removeItem(atPath: file) }
-            for g in [g1, g2] {
-                try must(["ip", "netns", "exec", g, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
-                try must(["ip", "netns", "exec", g, "nft", "-f", file])
-            }
-            try must(["ip", "netns", "exec", g2, "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0"])
-
-            let echo = """
-                import socket, sys, threading
-                def echo(c):
-                    while True:
-                        d = c.recv(64)
-                        if not d: break
-                        c.sendall(d)
-                def serve(a, port):
-                    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    l.bind((a, port)); l.listen(8)
-                    while True:
-                        c, _ = l.accept(); threading.Thread(target=echo, args=(c,), daemon=True).start()
-                ports = [int(x) for x in sys.argv[2:]]
-                for port in ports[1:]: threading.Thread(target=serve, args=(sys.argv[1], port), daemon=True).start()
-                serve(sys.argv[1], ports[0])
-                """
-            let client = """
-                import socket, sys, time
-                n = 0
-                try:
-                    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3); s.settimeout(3)
-                    for i in range(40):
-                        s.sendall(b'ping'); d = s.recv(64)
-                        if not d: raise Exception('closed')
-                        n += 1; time.sleep(0.1)
-                    print('ok', n, flush=True)
-                except Exception as e:
-                    print('fail', n, repr(e), flush=True); sys.exit(1)
-                """
-            let tmp = FileManager.default.temporaryDirectory.path
-            let servers = [try Child(["ip", "netns", "exec", sv, "python3", "-c", echo, "10.79.2.2", "80", "81"],
-                                     outPath: "/dev/null", errPath: "/dev/null"),
-                           try Child(["ip", "netns", "exec", c, "python3", "-c", echo, "10.79.1.2", "80"],
-                                     outPath: "/dev/null", errPath: "/dev/null")]
-            defer { for s in servers { s.wait(timeout: 3, signal: SIGKILL) } }
-            Thread.sleep(forTimeInterval: 0.4)
+            let bed = try NATGatewayBed(prefix: "tsk")
+            defer { bed.down() }
             // Masqueraded (inside out), the control flow (also masqueraded, not injected), and the
             // port forward (outside in).
-            let flows = [(c, "10.79.2.2", "80"), (c, "10.79.2.2", "81"), (sv, "10.79.2.1", "8080")]
-            var clients: [Child] = []
-            defer { for k in clients { k.wait(timeout: 1, signal: SIGKILL) } }
-            for (i, f) in flows.enumerated() {
-                clients.append(try Child(["ip", "netns", "exec", f.0, "python3", "-c", client, f.1, f.2],
-                                         outPath: "\(tmp)/\(p)-\(i).out", errPath: "\(tmp)/\(p)-\(i).err"))
-            }
-            defer { for i in flows.indices { try? FileManager.default.removeItem(atPath: "\(tmp)/\(p)-\(i).out"); try? FileManager.default.removeItem(atPath: "\(tmp)/\(p)-\(i).err") } }
+            let clients = [try bed.startClient(in: bed.c, to: "10.79.2.2", port: 80),
+                           try bed.startClient(in: bed.c, to: "10.79.2.2", port: 81),
+                           try bed.startClient(in: bed.server, to: "10.79.2.1", port: 8080)]
             Thread.sleep(forTimeInterval: 1.0)
 
             // What g2's sink would have learned from g1 by now.
-            let learned = try TandemConntrack.ConntrackSink.readTable(netnsPath: "/run/netns/\(g1)")
+            let learned = try TandemConntrack.ConntrackSink.readTable(netnsPath: "/run/netns/\(bed.g1)")
                 .filter { $0.proto == 6 && $0.original.destinationID != 81 }
             #expect(learned.count == 2, "\(learned)")
-            let sink = try TandemConntrack.ConntrackSink(options: .init(settings: .init(mode: .hold), netnsPath: "/run/netns/\(g2)"))
+            let sink = try TandemConntrack.ConntrackSink(options: .init(settings: .init(mode: .hold), netnsPath: "/run/netns/\(bed.g2)"))
             defer { sink.close() }
             sink.upsert(learned)
             let report = sink.commit()
             #expect(report.committed == learned.count, "\(report)")
-            // Takeover: g1's interfaces, with their addresses, move to g2.
-            for dev in ["cb", "sb"] { try must(["ip", "-n", g1, "link", "set", "\(p)\(dev)", "netns", g2]) }
-            try addr(g2, "cb", "10.79.1.1/24")
-            try addr(g2, "sb", "10.79.2.1/24")
+            try bed.takeover()
 
             let moved = Date()
             for k in clients { k.wait(timeout: 15) }
@@ -356,7 +271,7 @@ extension Privileged {
             #expect(out[0] == "ok 40", "masqueraded flow: \(out[0]) \(clients[0].stderr)")
             #expect(out[2] == "ok 40", "port-forwarded flow: \(out[2]) \(clients[2].stderr)")
             #expect(out[1].hasPrefix("fail"), "the control flow had no entry on g2 and should have broken: \(out[1])")
-            let g2Table = try TandemConntrack.ConntrackSink.readTable(netnsPath: "/run/netns/\(g2)")
+            let g2Table = try TandemConntrack.ConntrackSink.readTable(netnsPath: "/run/netns/\(bed.g2)")
             let viaG2 = g2Table.filter { $0.proto == 6 && ($0.original.destinationID == 80 || $0.original.destinationID == 8080) }
             #expect(viaG2.count == 2)
             #expect(viaG2.allSatisfy { $0.nat.isNATed })

@@ -1,0 +1,152 @@
+import Logging
+import Synchronization
+import TandemConntrack
+import TandemCore
+import TandemReplication
+import TandemSealing
+import TandemSync
+import TandemSyncWire
+
+/// Writes the kernel entries peers replicate into this node's kernel conntrack table.
+public struct ConntrackReplicationTarget: ReplicationDatapath {
+    public typealias Entry = KernelSyncEntry
+    let sink: ConntrackSink
+
+    public init(sink: ConntrackSink) { self.sink = sink }
+
+    public func installReplicated(_ records: [KernelConnection]) -> Int {
+        let before = sink.counters.totalFailures
+        sink.upsert(records)
+        return max(0, sink.counters.totalFailures - before)
+    }
+
+    public func removeReplicated(_ keys: [KernelConnection.Key]) {
+        sink.delete(keys)
+    }
+}
+
+/// Kernel conntrack sync on one node: the source reads the kernel's table (events, dumps), a
+/// replication shell of its own carries the entries to the peers on the kernel channels, and the
+/// sink writes what the peers send into this node's table. Before this node's provider moves a
+/// floating IP to it, `prepareTakeover` has every learned entry in the kernel (keepalived +
+/// conntrackd's weak spot: the address came up before the commit finished).
+public final class KernelTableSync: Sendable {
+    public struct Options: Sendable {
+        /// This node's sync address (its id) and the peers', all on `port` (UDP and TCP).
+        public var selfAddress: IPv4Address
+        public var peers: [IPv4Address]
+        public var port: UInt16
+        public var key: ClusterKey
+        public var mode: ConntrackSinkCore.Mode
+        public var reconcileSeconds: Double
+        public var filter: ConntrackFilter
+        /// The network namespace whose table is replicated (a path such as /run/netns/x); nil
+        /// for the daemon's own. The sockets of the replication shell stay in the caller's.
+        public var netnsPath: String?
+
+        public init(selfAddress: IPv4Address, peers: [IPv4Address], port: UInt16, key: ClusterKey,
+                    mode: ConntrackSinkCore.Mode = .hold, reconcileSeconds: Double = 30, filter: ConntrackFilter = .all,
+                    netnsPath: String? = nil) {
+            self.selfAddress = selfAddress
+            self.peers = peers
+            self.port = port
+            self.key = key
+            self.mode = mode
+            self.reconcileSeconds = reconcileSeconds
+            self.filter = filter
+            self.netnsPath = netnsPath
+        }
+    }
+
+    public let sink: ConntrackSink
+    public let shell: KernelReplicationShell
+    private let source: Mutex<ConntrackSource?>
+    private let ticker: Mutex<Task<Void, Never>?>
+    private let logger: Logger
+
+    private init(sink: ConntrackSink, shell: KernelReplicationShell, logger: Logger) {
+        self.sink = sink
+        self.shell = shell
+        self.logger = logger
+        source = Mutex(nil)
+        ticker = Mutex(nil)
+    }
+
+    /// Opens the sink, starts the replication shell and then the source (whose first dump
+    /// replicates the table as it is). Throws a clear message when a socket cannot be opened.
+    public static func start(_ o: Options, logger: Logger) async throws(KernelTableSyncError) -> KernelTableSync {
+        let sink: ConntrackSink
+        do {
+            sink = try ConntrackSink(options: .init(settings: .init(mode: o.mode), netnsPath: o.netnsPath))
+        } catch {
+            throw KernelTableSyncError(message: "\(error)")
+        }
+        let shell = KernelReplicationShell(
+            config: ReplicationShellConfig(
+                selfID: o.selfAddress.value, bindAddress: o.selfAddress, port: o.port,
+                peers: o.peers.map { ReplicationPeer(id: $0.value, address: $0, port: o.port) }, key: o.key),
+            datapath: ConntrackReplicationTarget(sink: sink), logger: logger)
+        do { try await shell.start() } catch {
+            sink.close()
+            throw KernelTableSyncError(message: "cannot listen on \(o.selfAddress):\(o.port): \(error)")
+        }
+        let sync = KernelTableSync(sink: sink, shell: shell, logger: logger)
+        let source = ConntrackSource(
+            options: .init(settings: .init(reconcileInterval: o.reconcileSeconds), filter: o.filter,
+                           netnsPath: o.netnsPath, sinkPortID: sink.portID),
+            logger: logger,
+            onChanges: { [shell] changes in shell.submit(changes: changes.map { (record: $0.0, deleted: $0.deleted) }) },
+            onDump: { [shell] entries, startedNanos in
+                shell.submit(scan: entries.map { (record: $0.0, fromPeer: $0.learned) },
+                             readAtMillis: startedNanos / 1_000_000)
+            })
+        do { try source.start() } catch {
+            await shell.stop()
+            sink.close()
+            throw KernelTableSyncError(message: "\(error)")
+        }
+        sync.source.withLock { $0 = source }
+        // Retries of failed injections that are due (the sink writes everything else at once).
+        let tick = Task.detached { [sink] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(50))
+                sink.tick()
+            }
+        }
+        sync.ticker.withLock { $0 = tick }
+        logger.info("kernel conntrack sync started", metadata: [
+            "mode": "\(o.mode.rawValue)", "port": "\(o.port)", "sinkPort": "\(sink.portID)",
+        ])
+        return sync
+    }
+
+    /// Whether this node holds the cluster's kernel entries (its bulk transfer is done).
+    public var inSync: Bool { shell.inSync }
+
+    /// The source's counters and table size.
+    public var sourceStats: ConntrackSource.Stats? { source.withLock { $0?.currentStats } }
+
+    /// Every learned entry into the kernel table before the floating IP moves here.
+    @discardableResult
+    public func prepareTakeover() -> ConntrackSinkCore.CommitReport {
+        let report = sink.commit()
+        logger.info("conntrack entries committed for takeover", metadata: ["report": "\(report)"])
+        return report
+    }
+
+    public func stop() async {
+        ticker.withLock { $0?.cancel() }
+        let s = source.withLock { s -> ConntrackSource? in
+            defer { s = nil }
+            return s
+        }
+        s?.stop()
+        await shell.stop()
+        sink.close()
+    }
+}
+
+public struct KernelTableSyncError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}

@@ -1,0 +1,118 @@
+import Foundation
+import Logging
+import TandemConntrack
+import TandemCore
+import TandemKernelSync
+import TandemSealing
+import Testing
+
+extension Privileged {
+    /// Kernel conntrack sync end to end: two nftables NAT gateways in namespaces, each with its
+    /// own source, replication shell (on loopback: 127.0.0.1 and 127.0.0.2) and sink. Real
+    /// traffic through g1 makes the entries; they reach g2 (its kernel, or its held set) with
+    /// their NAT mappings, the filter keeps a marked flow out, nothing echoes back, and after the
+    /// gateway's addresses move to g2 the replicated flows carry on while the filtered one breaks.
+    /// (Deletes end to end: not here yet, see docs/conntrack.md's open issue on inject mode.)
+    @Suite(.timeLimit(.minutes(2))) struct KernelTableSync {
+        static func wait(_ seconds: Double, _ condition: () throws -> Bool) rethrows -> Bool {
+            let deadline = Date().addingTimeInterval(seconds)
+            while Date() < deadline {
+                if try condition() { return true }
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+            return try condition()
+        }
+
+        static func table(_ ns: String) throws -> [KernelConnection] {
+            try TandemConntrack.ConntrackSink.readTable(netnsPath: "/run/netns/\(ns)")
+        }
+
+        @Test(arguments: [ConntrackSinkCore.Mode.inject, .hold])
+        func flowsThroughAGatewaySurviveItsTakeover(mode: ConntrackSinkCore.Mode) async throws {
+            let started = Date()
+            let bed = try NATGatewayBed(prefix: "tks")
+            defer { bed.down() }
+            let key = try #require(ClusterKey(bytes: (0..<32).map { UInt8($0 * 7 % 256) }))
+            let port = UInt16.random(in: 30000...39999)
+            let a1 = IPv4Address(127, 0, 0, 1), a2 = IPv4Address(127, 0, 0, 2)
+            // Flows marked 0x1 (to the server's :81) are left out.
+            let filter = try ConntrackFilter(config: .init(marks: ["0x0/0x1"]))
+            var logger = Logger(label: "kernel-sync-test")
+            logger.logLevel = .warning
+            let g1 = try await TandemKernelSync.KernelTableSync.start(
+                .init(selfAddress: a1, peers: [a2], port: port, key: key, filter: filter, netnsPath: "/run/netns/\(bed.g1)"),
+                logger: logger)
+            let g2: TandemKernelSync.KernelTableSync
+            do {
+                g2 = try await TandemKernelSync.KernelTableSync.start(
+                    .init(selfAddress: a2, peers: [a1], port: port, key: key, mode: mode, filter: filter,
+                          netnsPath: "/run/netns/\(bed.g2)"),
+                    logger: logger)
+            } catch {
+                await g1.stop()
+                throw error
+            }
+            func stopBoth() async {
+                await g2.stop()
+                await g1.stop()
+            }
+            do {
+                #expect(Self.wait(5) { g1.inSync && g2.inSync }, "both in sync")
+                let clients = [try bed.startClient(in: bed.c, to: "10.79.2.2", port: 80, pings: 100),
+                               try bed.startClient(in: bed.c, to: "10.79.2.2", port: 81, pings: 100),
+                               try bed.startClient(in: bed.server, to: "10.79.2.1", port: 8080, pings: 100)]
+                let isReplicated: (KernelConnection) -> Bool = { $0.original.destinationID == 80 || $0.original.destinationID == 8080 }
+                // On g1: both TCP flows established.
+                #expect(try Self.wait(5) {
+                    try Self.table(bed.g1).filter { isReplicated($0) && $0.tcp?.state == .established }.count == 2
+                }, "g1's table: \((try? Self.table(bed.g1)) ?? [])")
+                let onG1 = try Self.table(bed.g1).filter { isReplicated($0) }
+                if mode == .inject {
+                    // Injected as they arrive: the same tuples (NAT mappings), state and mark on g2.
+                    #expect(try Self.wait(5) { try Self.table(bed.g2).filter { isReplicated($0) }.count == 2 },
+                            "g2's table: \((try? Self.table(bed.g2)) ?? [])")
+                    let onG2 = try Self.table(bed.g2)
+                    for e in onG1 {
+                        let copy = onG2.first { $0.key == e.key }
+                        #expect(copy?.reply == e.reply, "\(e) on g2: \(String(describing: copy))")
+                        #expect(copy?.nat == e.nat && copy?.mark == e.mark && copy?.tcp?.state == e.tcp?.state)
+                    }
+                    #expect(!onG2.contains { $0.original.destinationID == 81 }, "the filtered flow reached g2")
+                } else {
+                    // Held: in memory, not in the kernel, until the takeover.
+                    #expect(Self.wait(5) { g2.sink.heldCount >= 2 }, "held \(g2.sink.heldCount)")
+                    #expect(try !Self.table(bed.g2).contains { isReplicated($0) })
+                }
+                // Nothing went back: g2's events for what its sink wrote were tracked, not sent.
+                let g2Status = await g2.shell.status()
+                #expect(g2Status?.counters.entriesSent == 0, "g2 sent \(g2Status?.counters.entriesSent ?? 0) entries")
+                if mode == .inject { #expect((g2.sourceStats?.counters.sinkEvents ?? 0) >= 2) }
+
+                // Takeover: the learned entries into g2's kernel first (what the HA hook runs), then the move.
+                let report = g2.prepareTakeover()
+                try bed.takeover()
+                let moved = Date()
+                for k in clients { k.wait(timeout: 15) }
+                let out = clients.map { $0.stdout.trimmingCharacters(in: .whitespacesAndNewlines) }
+                // Open: on this one-kernel bed, g1's kernel sometimes kills its masqueraded
+                // entries (DESTROY without a port id, ~50 ms after some replication step) while
+                // the sync runs; the port-forwarded (DNAT) flow is never hit. Cause not found yet
+                // (docs/conntrack.md, "Open issues"); the rest of this test holds.
+                withKnownIssue("g1's kernel kills its masqueraded entries during the run", isIntermittent: true) {
+                    #expect(out[0] == "ok 100", "masqueraded flow: \(out[0]) \(clients[0].stderr)")
+                }
+                #expect(out[2] == "ok 100", "port-forwarded flow: \(out[2]) \(clients[2].stderr)")
+                #expect(out[1].hasPrefix("fail"), "the filtered flow had no entry on g2 and should have broken: \(out[1])")
+                // Traffic through g2 moved the flows on (FIN): g2's own changes now, sent to g1.
+                let sentAfter = await g2.shell.status()?.counters.entriesSent ?? 0
+                #expect(sentAfter > 0, "g2 took over the flows but sent none of their changes")
+                print("kernel-table-sync (\(mode.rawValue)): clients \(out) done \(Date().timeIntervalSince(moved)) s after the move; "
+                      + "commit \(report); g2 sent \(sentAfter) entries after the takeover; test \(Date().timeIntervalSince(started)) s")
+            } catch {
+                await stopBoth()
+                throw error
+            }
+            await stopBoth()
+        }
+    }
+}
