@@ -22,7 +22,8 @@
 // The whole machine's CPU counters (/proc/stat "cpu" line) are read at the window's start and end,
 // and the generator's own CPU time over the window, so the caller can compute CPU per unit; with
 // --cgroup-fd FD also the CPU time of a cgroup (an open v1 cpuacct.usage or v2 cpu.stat; the test bed's processes)
-// and the ksoftirqd threads' CPU time (softirq work the kernel deferred from those processes).
+// and the ksoftirqd threads' CPU time (softirq work the kernel deferred from those processes); with
+// --watch-pid PID the CPU time of that process (a userspace load balancer).
 //
 // Output: one JSON line on stdout. Bad arguments: a message on stderr, exit 2. Runtime failure
 // (socket, epoll): exit 1.
@@ -59,7 +60,7 @@ static void usage_exit(const char *fmt, ...) {
     va_end(ap);
     fputs("\nusage: pacer udp|http|conn --target IP:PORT[,IP:PORT...] --rate R --duration S"
           " [--warmup W] [--drain D] [--flows N] [--size B] [--conns K] [--path P] [--no-request]"
-          " [--timeout S] [--max-inflight N] [--tick-us U] [--cgroup-fd FD]\n"
+          " [--timeout S] [--max-inflight N] [--tick-us U] [--cgroup-fd FD] [--watch-pid PID]\n"
           "       pacer echo --port P [--address A]\n",
           stderr);
     exit(2);
@@ -95,7 +96,7 @@ static struct {
     int flows, size, conns, max_inflight, tick_us, port;
     bool request;
     const char *path, *address;
-    int cgroup_fd;
+    int cgroup_fd, watch_pid;
 } opt = {
     .cgroup_fd = -1,
     .warmup = 1, .drain = 1, .timeout = 2, .flows = 8, .size = 64, .conns = 16,
@@ -161,6 +162,7 @@ static void parse_args(int argc, char **argv) {
         else if (!strcmp(a, "--port")) opt.port = parse_int(a, v, 1, 65535);
         else if (!strcmp(a, "--address")) opt.address = v;
         else if (!strcmp(a, "--cgroup-fd")) opt.cgroup_fd = parse_int(a, v, 0, 1023);
+        else if (!strcmp(a, "--watch-pid")) opt.watch_pid = parse_int(a, v, 1, 1 << 22);
         else if (!strcmp(a, "--path")) {
             if (v[0] != '/' || strpbrk(v, " \r\n")) usage_exit("--path must start with / and hold no spaces");
             opt.path = v;
@@ -208,20 +210,24 @@ static void find_ksoftirqd(void) {
     }
 }
 
+// utime + stime of a process (all its threads), USER_HZ ticks; 0 if it is gone.
+static unsigned long long pid_ticks(int pid) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');  // fields after the command: state is field 3, utime 14, stime 15
+    unsigned long long ut = 0, st = 0;
+    if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) == 2) return ut + st;
+    return 0;
+}
+
 static unsigned long long ksoft_ticks(void) {
     unsigned long long sum = 0;
-    char path[64], buf[1024];
-    for (int i = 0; i < nksoft; i++) {
-        snprintf(path, sizeof path, "/proc/%d/stat", ksoft_pid[i]);
-        FILE *f = fopen(path, "r");
-        if (!f) continue;
-        size_t n = fread(buf, 1, sizeof buf - 1, f);
-        fclose(f);
-        buf[n] = 0;
-        char *p = strrchr(buf, ')');  // fields after the command: state is field 3, utime 14, stime 15
-        unsigned long long ut = 0, st = 0;
-        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) == 2) sum += ut + st;
-    }
+    for (int i = 0; i < nksoft; i++) sum += pid_ticks(ksoft_pid[i]);
     return sum;
 }
 
@@ -247,7 +253,7 @@ static int ep;                       // epoll
 static int tfd;                      // timerfd (pacing tick)
 static int64_t t_start, t_win0, t_win1, t_end;
 static struct cpustat cs0, cs1;
-static unsigned long long cg0, cg1, ks0, ks1;
+static unsigned long long cg0, cg1, ks0, ks1, wp0, wp1;
 static int64_t self0, self1;
 static bool window_open, window_closed;
 static uint64_t issued;              // units issued (all phases)
@@ -260,8 +266,9 @@ static uint64_t *lat;                // latencies (ns) of the window's answered 
 static size_t nlat, caplat;
 static int next_target;
 
-static void snap_start(void) { read_cpustat(&cs0); self0 = self_cpu_ns(); cg0 = cgroup_ns(); ks0 = ksoft_ticks(); }
-static void snap_end(void) { read_cpustat(&cs1); self1 = self_cpu_ns(); cg1 = cgroup_ns(); ks1 = ksoft_ticks(); }
+static unsigned long long watch_ticks(void) { return opt.watch_pid ? pid_ticks(opt.watch_pid) : 0; }
+static void snap_start(void) { read_cpustat(&cs0); self0 = self_cpu_ns(); cg0 = cgroup_ns(); ks0 = ksoft_ticks(); wp0 = watch_ticks(); }
+static void snap_end(void) { read_cpustat(&cs1); self1 = self_cpu_ns(); cg1 = cgroup_ns(); ks1 = ksoft_ticks(); wp1 = watch_ticks(); }
 
 static const char *mode_name(void) {
     return opt.mode == M_UDP ? "udp" : opt.mode == M_HTTP ? "http" : "conn";
@@ -772,7 +779,7 @@ int main(int argc, char **argv) {
            "\"p50_us\":%.1f,\"p99_us\":%.1f,"
            "\"cpu_hz\":%ld,\"ncpu\":%ld,\"cpu_busy_ticks\":%llu,\"cpu_steal_ticks\":%llu,\"cpu_total_ticks\":%llu,"
            "\"cpu_user\":%llu,\"cpu_system\":%llu,\"cpu_softirq\":%llu,\"cpu_irq\":%llu,"
-           "\"cgroup_cpu_ns\":%llu,\"ksoftirqd_ticks\":%llu,\"ksoftirqd_threads\":%d,"
+           "\"cgroup_cpu_ns\":%llu,\"ksoftirqd_ticks\":%llu,\"ksoftirqd_threads\":%d,\"watch_pid\":%d,\"watch_ticks\":%llu,"
            "\"self_cpu_s\":%.4f,\"run_s\":%.3f}\n",
            mode_name(), opt.rate, win, opt.warmup, (double)(t_done - t_win1) / 1e9,
            opt.ntargets, opt.mode == M_UDP ? opt.flows : 0, opt.mode == M_UDP ? opt.size : 0,
@@ -783,7 +790,7 @@ int main(int argc, char **argv) {
            pct_us(0.50), pct_us(0.99),
            hz, sysconf(_SC_NPROCESSORS_ONLN), busy1 - busy0, cs1.steal - cs0.steal, tot1 - tot0,
            (cs1.user + cs1.nice) - (cs0.user + cs0.nice), cs1.system - cs0.system, cs1.softirq - cs0.softirq, cs1.irq - cs0.irq,
-           cg1 - cg0, ks1 - ks0, nksoft,
+           cg1 - cg0, ks1 - ks0, nksoft, opt.watch_pid, wp1 - wp0,
            (double)(self1 - self0) / 1e9, (double)(t_done - t_start) / 1e9);
     return 0;
 }
