@@ -7,7 +7,7 @@ BPF_OBJS := bpf/obj/tandem_lb.o bpf/obj/testbed_xdp_pass.o
 SWIFT ?= swift
 SWIFT_FLAGS ?=
 
-.PHONY: all deps bpf build test unit-test privileged-test demo bench bench-datapath bench-replication bench-failover release package package-test clean
+.PHONY: all deps bpf build test unit-test privileged-test demo bench bench-datapath bench-cost bench-replication bench-failover release package package-test clean
 
 all: build
 
@@ -50,10 +50,15 @@ release: bpf
 	$(SWIFT) build -c release --product tandem-ctbench
 	$(SWIFT) build -c release --product fake-oci
 
-bench: bench-datapath bench-replication bench-failover
+bench: bench-datapath bench-cost bench-replication bench-failover
 
 bench-datapath: deps build release
 	bash bench/datapath.sh
+
+# CPU per datagram, per request and per new connection at fixed rates (bench/cost.sh; the paced
+# generator bench/pacer/pacer.c is compiled by the script).
+bench-cost: deps build release
+	bash bench/cost.sh
 
 bench-replication: deps build release
 	bash bench/replication.sh

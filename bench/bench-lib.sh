@@ -1,14 +1,54 @@
 # shellcheck shell=bash
-# Helpers for bench/datapath.sh: the load-balancing modes, the checks and the load tools.
-# Sourced after testbed/lib.sh (needs TB, TB_STATE, tb_exec, tb_ip, tb_ns, ...).
+# Helpers for bench/datapath.sh and bench/cost.sh: the test bed, the load-balancing modes, the
+# checks and the load tools. Sourced after testbed/lib.sh (needs TB, TB_STATE, tb_exec, tb_ip, ...).
 
 BENCH_VIP="${TB_VIP:-10.0.10.143}"
 BENCH_TCP_PORT=56002          # VIP:56002/tcp -> ep1:80, ep2:80
-BENCH_UDP_PORT=56003          # VIP:56003/udp -> ep1:9000, ep2:9000
+BENCH_UDP_PORT=56003          # VIP:56003/udp -> ep1:$EP_UDP_PORT, ep2:$EP_UDP_PORT
 EP_HTTP_PORT=80
-EP_UDP_PORT=9000
+EP_UDP_PORT="${EP_UDP_PORT:-9000}"   # tandem-echo's port; bench/cost.sh runs its own echo on 9001
 
 bench_log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# ---------------------------------------------------------------------------------------------
+# The bed and the run.
+
+# Picks a fresh, unused test bed name PREFIX + 5 digits unless TB is set, and points TB_STATE at it.
+bench_pick_tb() {
+    local prefix="$1"
+    if [[ -z "${BENCH_TB:-}" ]]; then
+        for _ in 1 2 3 4 5 6 7 8; do
+            BENCH_TB="$prefix$(printf '%05d' $(((RANDOM * 32768 + RANDOM + $$) % 100000)))"
+            [[ ! -d "$TB_STATE_ROOT/$BENCH_TB" ]] && ! ip netns list | grep -q "^$BENCH_TB-" && break
+        done
+    fi
+    TB="$BENCH_TB"
+    TB_STATE="$TB_STATE_ROOT/$TB"
+    export TB NODES=1
+}
+
+# Builds the one-node bed (testbed/up.sh), tunes client and llb1 for many short connections and
+# routes the VIP to llb1. The caller tears it down (tb_down) on every exit path.
+bench_bed_up() {
+    "$TB_REPO/testbed/up.sh" >&2
+    local r
+    for r in client llb1; do
+        tb_exec "$r" sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_tw_reuse=1 >/dev/null
+    done
+    tb_route_vip llb1
+}
+
+# Mode names to function prefixes (tandem-xdp -> tandem_xdp_setup).
+bench_mode_fn() { echo "${1//-/_}"; }
+
+# Median of the numeric arguments; "(failed)" if any run produced no number.
+bench_median() {
+    local x
+    for x in "$@"; do [[ "$x" =~ ^-?[0-9]+(\.[0-9]+)?$ ]] || { echo "(failed)"; return 0; }; done
+    printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {
+        if (NR % 2) m = v[(NR+1)/2]; else m = (v[NR/2] + v[NR/2+1]) / 2
+        if (m == int(m)) printf "%d", m; else printf "%.2f", m }'
+}
 
 # ---------------------------------------------------------------------------------------------
 # Mode (a): the kernel, nftables DNAT (numgen round robin) + SNAT to the VIP, in llb1.
@@ -107,6 +147,43 @@ haproxy_teardown() {
     tb_exec llb1 ip addr del "$BENCH_VIP/32" dev lo 2>/dev/null || true
     return 0
 }
+
+# ---------------------------------------------------------------------------------------------
+# Mode "direct" (bench/cost.sh's baseline): no load balancer; the client reaches ep1 and ep2 at
+# their own addresses through llb1 acting as a plain router, both ways, so a packet crosses the same
+# namespaces and veths as through a load balancer in llb1 (client -> vcn -> llb1 -> vcn -> ep and
+# back the same way). The vcn's policy routes (table BENCH_DIRECT_TABLE) send client -> ep and
+# ep -> client traffic to llb1; llb1 forwards it (ip_forward=1, no redirects, no rp_filter).
+
+BENCH_DIRECT_TABLE=100
+
+direct_setup() {
+    local dir="$TB_STATE/bench-direct" c ep ip
+    c="$(tb_ip client)"
+    mkdir -p "$dir" || return 1
+    tb_exec llb1 sysctl -n net.ipv4.ip_forward >"$dir/ip_forward.saved" || return 1
+    tb_exec llb1 sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 \
+        net.ipv4.conf.eth0.send_redirects=0 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.eth0.rp_filter=0 >/dev/null || return 1
+    for ep in $(tb_endpoints); do
+        ip="$(tb_ip "$ep")"
+        ip -n "$(tb_ns vcn)" route replace "$ip/32" via "$(tb_ip llb1)" dev "$(tb_link llb1)" onlink table "$BENCH_DIRECT_TABLE" || return 1
+        ip -n "$(tb_ns vcn)" rule add iif "$(tb_link client)" to "$ip/32" lookup "$BENCH_DIRECT_TABLE" pref 1000 || return 1
+        ip -n "$(tb_ns vcn)" rule add iif "$(tb_link "$ep")" to "$c/32" lookup "$BENCH_DIRECT_TABLE" pref 1000 || return 1
+    done
+    ip -n "$(tb_ns vcn)" route replace "$c/32" via "$(tb_ip llb1)" dev "$(tb_link llb1)" onlink table "$BENCH_DIRECT_TABLE" || return 1
+}
+
+direct_teardown() {
+    local dir="$TB_STATE/bench-direct" fwd=0
+    while ip -n "$(tb_ns vcn)" rule del pref 1000 2>/dev/null; do :; done
+    ip -n "$(tb_ns vcn)" route flush table "$BENCH_DIRECT_TABLE" 2>/dev/null || true
+    [[ -f "$dir/ip_forward.saved" ]] && fwd="$(cat "$dir/ip_forward.saved")"
+    tb_exec llb1 sysctl -qw "net.ipv4.ip_forward=$fwd" >/dev/null 2>&1 || true
+    return 0
+}
+
+# Packets llb1's eth0 has received (every mode's traffic must cross it).
+bench_llb1_rx() { tb_exec llb1 cat /sys/class/net/eth0/statistics/rx_packets; }
 
 # ---------------------------------------------------------------------------------------------
 # Checks through the VIP from the client.

@@ -50,19 +50,12 @@ export TANDEM_ECHO
 [[ -x "$TANDEM_ECHO" ]] || { echo "tandem-echo not found at $TANDEM_ECHO: build it (swift build -c release --product tandem-echo) or set TANDEM_ECHO" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk not installed: apt-get install -y wrk" >&2; exit 1; }
 
-# A fresh, unused test bed name.
-if [[ -z "${TB:-}" ]]; then
-    for _ in 1 2 3 4 5 6 7 8; do
-        TB="b$(printf '%05d' $(((RANDOM * 32768 + RANDOM + $$) % 100000)))"
-        [[ ! -d "/run/tandem-testbed/$TB" ]] && ! ip netns list | grep -q "^$TB-" && break
-    done
-fi
-export TB NODES=1
-
+BENCH_TB="${TB:-}"
 # shellcheck source=testbed/lib.sh
 source "$REPO/testbed/lib.sh"
 # shellcheck source=bench/bench-lib.sh
 source "$BENCH_DIR/bench-lib.sh"
+bench_pick_tb b   # a fresh, unused test bed name (bNNNNN) unless TB is set
 TANDEM_HOOK="${TANDEM_HOOK:-$BENCH_DIR/tandem-hook.sh}"
 # shellcheck source=bench/tandem-hook.sh
 source "$TANDEM_HOOK"
@@ -92,12 +85,7 @@ trap 'exit 143' TERM
 
 bench_log "test bed $TB, modes: $MODES, DURATION=${DURATION}s, echo: $TANDEM_ECHO"
 BED_UP=1
-"$REPO/testbed/up.sh" >&2
-# Load-generator side tuning (client) and proxy side (llb1): room for many short connections.
-for r in client llb1; do
-    tb_exec "$r" sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_tw_reuse=1 >/dev/null
-done
-tb_route_vip llb1
+bench_bed_up
 
 RAW="$TB_STATE/raw"
 mkdir -p "$RAW"
@@ -114,20 +102,8 @@ declare -A METRIC_NAME=(
     [udp_loss]="UDP loss % (sent but not echoed)"
 )
 
-# Median of the numeric arguments; "(failed)" if any run produced no number.
-median() {
-    local x
-    for x in "$@"; do [[ "$x" =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "(failed)"; return 0; }; done
-    printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {
-        if (NR % 2) m = v[(NR+1)/2]; else m = (v[NR/2] + v[NR/2+1]) / 2
-        if (m == int(m)) printf "%d", m; else printf "%.2f", m }'
-}
-
 mark_all() { local mode="$1" what="$2" m; for m in "${METRICS[@]}"; do RES[$mode,$m]="$what"; done; }
 addnote() { NOTE[$1]="${NOTE[$1]:+${NOTE[$1]}; }$2"; }
-
-# Mode names to function prefixes (tandem-xdp -> tandem_xdp_setup).
-fn() { echo "${1//-/_}"; }
 
 declare -A SAMPLES=()  # SAMPLES[mode,metric] = space-separated values, one per round
 declare -A DEAD=()     # DEAD[mode] = 1 once a mode failed its setup or check (no further rounds)
@@ -138,7 +114,7 @@ sample() { SAMPLES[$1,$2]="${SAMPLES[$1,$2]:-}${SAMPLES[$1,$2]:+ }$3"; }
 # lands on every mode rather than on whichever ran then.
 run_round() {
     local mode="$1" k="$2" f v e
-    f="$(fn "$mode")"
+    f="$(bench_mode_fn "$mode")"
     bench_log "== $mode, round $k/$REPEAT: setup"
     ACTIVE_MODE="$f"
     if ! "${f}_setup" >"$RAW/$mode-setup-$k.log" 2>&1; then
@@ -215,7 +191,7 @@ for mode in $MODES; do
     for m in "${METRICS[@]}"; do
         [[ -n "${SAMPLES[$mode,$m]:-}" ]] || continue
         # shellcheck disable=SC2086 # one value per word
-        RES[$mode,$m]="$(median ${SAMPLES[$mode,$m]})"
+        RES[$mode,$m]="$(bench_median ${SAMPLES[$mode,$m]})"
     done
 done
 

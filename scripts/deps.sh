@@ -9,6 +9,7 @@ packages=(
     libcurl4-openssl-dev libssl-dev                                                # URLSession (CLI), OpenSSL (OCI keys)
     iproute2 nftables iptables iputils-ping procps util-linux                      # test bed
     nginx-light curl wrk haproxy socat conntrack conntrackd keepalived openssl ethtool     # peers and benchmark tools
+    gcc libc6-dev                                                                  # bench/cost.sh builds its paced generator
     dpkg-dev binutils systemd libcap2-bin man-db                                   # make package and its test
     python3-matplotlib                                                             # timeline plots (failover, restart, health.sh --plot)
     python3-cryptography                                                           # proto/vectors/verify.py: the vectors opened by a second implementation
