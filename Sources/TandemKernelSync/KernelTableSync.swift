@@ -45,7 +45,7 @@ public final class KernelTableSync: Sendable {
         public var netnsPath: String?
 
         public init(selfAddress: IPv4Address, peers: [IPv4Address], port: UInt16, key: ClusterKey,
-                    mode: ConntrackSinkCore.Mode = .hold, reconcileSeconds: Double = 30, filter: ConntrackFilter = .all,
+                    mode: ConntrackSinkCore.Mode = .inject, reconcileSeconds: Double = 30, filter: ConntrackFilter = .all,
                     netnsPath: String? = nil) {
             self.selfAddress = selfAddress
             self.peers = peers
@@ -60,13 +60,15 @@ public final class KernelTableSync: Sendable {
 
     public let sink: ConntrackSink
     public let shell: KernelReplicationShell
+    private let gate: PublishGate
     private let source: Mutex<ConntrackSource?>
     private let ticker: Mutex<Task<Void, Never>?>
     private let logger: Logger
 
-    private init(sink: ConntrackSink, shell: KernelReplicationShell, logger: Logger) {
+    private init(sink: ConntrackSink, shell: KernelReplicationShell, gate: PublishGate, logger: Logger) {
         self.sink = sink
         self.shell = shell
+        self.gate = gate
         self.logger = logger
         source = Mutex(nil)
         ticker = Mutex(nil)
@@ -90,13 +92,18 @@ public final class KernelTableSync: Sendable {
             sink.close()
             throw KernelTableSyncError(message: "cannot listen on \(o.selfAddress):\(o.port): \(error)")
         }
-        let sync = KernelTableSync(sink: sink, shell: shell, logger: logger)
+        let gate = PublishGate()
+        let sync = KernelTableSync(sink: sink, shell: shell, gate: gate, logger: logger)
         let source = ConntrackSource(
             options: .init(settings: .init(reconcileInterval: o.reconcileSeconds), filter: o.filter,
                            netnsPath: o.netnsPath, sinkPortID: sink.portID),
             logger: logger,
-            onChanges: { [shell] changes in shell.submit(changes: changes.map { (record: $0.0, deleted: $0.deleted) }) },
-            onDump: { [shell] entries, startedNanos in
+            onChanges: { [shell, gate] changes in
+                guard gate.admit(changes.count) else { return }
+                shell.submit(changes: changes.map { (record: $0.0, deleted: $0.deleted) })
+            },
+            onDump: { [shell, gate] entries, startedNanos in
+                guard gate.admit(0) else { return }
                 shell.submit(scan: entries.map { (record: $0.0, fromPeer: $0.learned) },
                              readAtMillis: startedNanos / 1_000_000)
             })
@@ -119,6 +126,23 @@ public final class KernelTableSync: Sendable {
         ])
         return sync
     }
+
+    /// Whether this node's kernel changes go to the peers. Only the node that carries the
+    /// traffic (the MASTER) has changes to announce; a node stepping down is about to lose its
+    /// address, and its kernel then kills every entry masqueraded to it (masquerade's device and
+    /// address cleanup): those destroys are not connection ends, and sent on they would delete
+    /// the new MASTER's copies. The HA shell turns this off before it releases the address and
+    /// on when it takes over; without HA it stays on. Entries learned from peers still arrive.
+    public func setPublishing(_ on: Bool) {
+        if gate.set(on) {
+            logger.info(on ? "conntrack changes published (this node carries the traffic)"
+                           : "conntrack changes held back (this node is not MASTER)")
+        }
+    }
+
+    public var isPublishing: Bool { gate.isOn }
+    /// Local changes not sent because this node was not publishing.
+    public var heldBackChanges: UInt64 { gate.heldBack }
 
     /// Whether this node holds the cluster's kernel entries (its bulk transfer is done).
     public var inSync: Bool { shell.inSync }
@@ -149,4 +173,28 @@ public final class KernelTableSync: Sendable {
 public struct KernelTableSyncError: Error, CustomStringConvertible {
     public var message: String
     public var description: String { message }
+}
+
+/// Whether local kernel changes are sent, and how many were not (readable from any thread).
+final class PublishGate: Sendable {
+    private let state = Mutex((on: true, heldBack: UInt64(0)))
+
+    /// Whether `n` changes (0 for a scan) may go out; counts them when not.
+    func admit(_ n: Int) -> Bool {
+        state.withLock { s in
+            if !s.on { s.heldBack &+= UInt64(n) }
+            return s.on
+        }
+    }
+
+    /// Sets the gate; returns whether it changed.
+    func set(_ on: Bool) -> Bool {
+        state.withLock { s in
+            defer { s.on = on }
+            return s.on != on
+        }
+    }
+
+    var isOn: Bool { state.withLock { $0.on } }
+    var heldBack: UInt64 { state.withLock { $0.heldBack } }
 }

@@ -21,10 +21,16 @@ enum HAWiring {
                                    instances: h.instances)
         config.swim.restartHoldNanos = h.restartHoldNanos
         let hooks = HAHooks(serviceVIPs: { directory.vips() },
-                            setActiveVIPs: { try datapath.setActiveVIPs($0) },
+                            setActiveVIPs: { vips in
+                                try datapath.setActiveVIPs(vips)
+                                // Before a release: the kernel's cleanup of the departing address
+                                // must not reach the new MASTER as deletes (KernelTableSync).
+                                kernelSync?.setPublishing(!vips.isEmpty)
+                            },
                             replicationInSync: { (replicationShell?.inSync ?? true) && (kernelSync?.inSync ?? true) },
                             prepareTakeover: { _, _ in
                                 guard let kernelSync else { return }
+                                kernelSync.setPublishing(true)
                                 // A blocking netlink commit: on a thread of its own, not the cooperative pool.
                                 await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
                                     Thread.detachNewThread {

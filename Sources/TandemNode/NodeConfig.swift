@@ -98,9 +98,9 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
     public struct Conntrack: Decodable, Sendable, Equatable {
         /// Default true once the section is there.
         public var enabled: Bool?
-        /// hold (default): learned entries are kept in memory and written to the kernel table
-        /// when this node takes over, before its floating IP moves. inject: written as they
-        /// arrive (see docs/conntrack.md for why hold is the default for now).
+        /// inject (default): learned entries are written to the kernel table as they arrive.
+        /// hold: kept in memory and written when this node takes over, before its floating IP
+        /// moves (docs/conntrack.md has the measurements behind the default).
         public var mode: String?
         /// UDP and TCP port of the kernel table's replication, the same on every node (default 11115).
         public var syncPort: Int?
@@ -358,7 +358,7 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         for (name, p) in taken where p == port {
             throw ConfigError("conntrack: syncPort and \(name) must differ (both \(port))")
         }
-        let modeText = ct.mode ?? ConntrackSinkCore.Mode.hold.rawValue
+        let modeText = ct.mode ?? ConntrackSinkCore.Mode.inject.rawValue
         guard let mode = ConntrackSinkCore.Mode(rawValue: modeText) else {
             throw ConfigError("conntrack: mode must be \(ConntrackSinkCore.Mode.allCases.map(\.rawValue).joined(separator: " or ")), got '\(modeText)'")
         }

@@ -130,7 +130,7 @@ import TandemConntrack
         #expect(s.port == 11115 && s.mode == .hold && s.reconcileSeconds == 30)
         #expect(s.filter.protocols == [6, 17] && s.filter.nat == .snat && s.filter.exclude.count == 1)
         #expect(try NodeConfig.parse(yaml: cluster).conntrackSettings() == nil)
-        #expect(try NodeConfig.parse(yaml: cluster + "\nconntrack: {}").conntrackSettings()?.mode == .hold)
+        #expect(try NodeConfig.parse(yaml: cluster + "\nconntrack: {}").conntrackSettings()?.mode == .inject)
         #expect(try NodeConfig.parse(yaml: cluster + "\nconntrack: {enabled: false}").conntrackSettings() == nil)
     }
 

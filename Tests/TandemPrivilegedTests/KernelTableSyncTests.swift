@@ -12,7 +12,8 @@ extension Privileged {
     /// traffic through g1 makes the entries; they reach g2 (its kernel, or its held set) with
     /// their NAT mappings, the filter keeps a marked flow out, nothing echoes back, and after the
     /// gateway's addresses move to g2 the replicated flows carry on while the filtered one breaks.
-    /// (Deletes end to end: not here yet, see docs/conntrack.md's open issue on inject mode.)
+    /// The departing gateway's kernel kills its masqueraded entries when its interfaces go; a
+    /// node that stepped down does not send those on. (Deletes end to end: unit-tested.)
     @Suite(.timeLimit(.minutes(2))) struct KernelTableSync {
         static func wait(_ seconds: Double, _ condition: () throws -> Bool) rethrows -> Bool {
             let deadline = Date().addingTimeInterval(seconds)
@@ -88,26 +89,26 @@ extension Privileged {
                 #expect(g2Status?.counters.entriesSent == 0, "g2 sent \(g2Status?.counters.entriesSent ?? 0) entries")
                 if mode == .inject { #expect((g2.sourceStats?.counters.sinkEvents ?? 0) >= 2) }
 
-                // Takeover: the learned entries into g2's kernel first (what the HA hook runs), then the move.
+                // Takeover as the HA shell runs it: g1 steps down (stops publishing) before its
+                // address goes; g2 commits the learned entries before the address moves to it.
+                g1.setPublishing(false)
+                g2.setPublishing(true)
                 let report = g2.prepareTakeover()
                 try bed.takeover()
                 let moved = Date()
                 for k in clients { k.wait(timeout: 15) }
                 let out = clients.map { $0.stdout.trimmingCharacters(in: .whitespacesAndNewlines) }
-                // Open: on this one-kernel bed, g1's kernel sometimes kills its masqueraded
-                // entries (DESTROY without a port id, ~50 ms after some replication step) while
-                // the sync runs; the port-forwarded (DNAT) flow is never hit. Cause not found yet
-                // (docs/conntrack.md, "Open issues"); the rest of this test holds.
-                withKnownIssue("g1's kernel kills its masqueraded entries during the run", isIntermittent: true) {
-                    #expect(out[0] == "ok 100", "masqueraded flow: \(out[0]) \(clients[0].stderr)")
-                }
+                #expect(out[0] == "ok 100", "masqueraded flow: \(out[0]) \(clients[0].stderr)")
                 #expect(out[2] == "ok 100", "port-forwarded flow: \(out[2]) \(clients[2].stderr)")
                 #expect(out[1].hasPrefix("fail"), "the filtered flow had no entry on g2 and should have broken: \(out[1])")
+                // g1 losing its interfaces made its kernel kill the masqueraded entries through
+                // them (masquerade's device cleanup): held back, not sent to g2 as deletes.
+                #expect(g1.heldBackChanges >= 1, "g1 held back \(g1.heldBackChanges) changes")
                 // Traffic through g2 moved the flows on (FIN): g2's own changes now, sent to g1.
                 let sentAfter = await g2.shell.status()?.counters.entriesSent ?? 0
                 #expect(sentAfter > 0, "g2 took over the flows but sent none of their changes")
                 print("kernel-table-sync (\(mode.rawValue)): clients \(out) done \(Date().timeIntervalSince(moved)) s after the move; "
-                      + "commit \(report); g2 sent \(sentAfter) entries after the takeover; test \(Date().timeIntervalSince(started)) s")
+                      + "commit \(report); g1 held back \(g1.heldBackChanges); g2 sent \(sentAfter) entries after the takeover; test \(Date().timeIntervalSince(started)) s")
             } catch {
                 await stopBoth()
                 throw error
