@@ -146,6 +146,12 @@ public final class RingBufferReader: @unchecked Sendable {
                     rc = ring_buffer__poll(handle.rb, RingBufferReader.burstIntervalMilliseconds)
                     if rc < 0 && rc != -EINTR { break }
                     deliver()
+                } else if control == nil && rc == 0 {
+                    // No control map (an older object): the program wakes the reader for every
+                    // event, so an idle reader can block instead of waking 5,000 times a second.
+                    rc = ring_buffer__poll(handle.rb, RingBufferReader.waitingTimeoutMilliseconds)
+                    if rc < 0 && rc != -EINTR { break }
+                    deliver()
                 } else {
                     var pause = timespec(tv_sec: 0, tv_nsec: RingBufferReader.activeIntervalNanoseconds)
                     _ = nanosleep(&pause, nil)
