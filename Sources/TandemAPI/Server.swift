@@ -46,6 +46,8 @@ public protocol LoadBalancerController: Sendable {
     func status() async -> [String: UInt64]
     /// Connection-table replication: sync state, peers, counters; nil when not clustered.
     func sync() async -> ReplicationStatus?
+    /// Kernel conntrack table replication (`conntrack:` in the config); nil when it is off.
+    func kernelSync() async -> ReplicationStatus?
     /// Membership and elections; nil when not clustered.
     func cluster() async -> HAStatus?
     /// Service sharing: this node's service digest beside each peer's; nil when not shared.
@@ -81,6 +83,7 @@ extension LoadBalancerController {
     }
     public func endpointHosts() async -> [EndpointHostEntry] { EndpointHostEntry.from(await loadBalancers()) }
     public func sync() async -> ReplicationStatus? { nil }
+    public func kernelSync() async -> ReplicationStatus? { nil }
     public func cluster() async -> HAStatus? { nil }
     public func serviceSync() async -> ServiceSyncStatus? { nil }
     public func setEndpointHostState(_ entry: EndpointHostStateEntry) async throws {
@@ -198,7 +201,15 @@ public enum APIServer {
         router.get(RouterPath(APIRoutes.sync)) { _, _ -> Response in
             await answer {
                 guard let s = await controller.sync() else {
-                    throw APIError.notFound("replication is not configured on this node (no cluster peers)")
+                    throw APIError.notFound("the load balancer's connections are not replicated on this node (no cluster peers, or datapath: false; the kernel table's replication is GET \(APIRoutes.syncConntrack))")
+                }
+                return try json(s)
+            }
+        }
+        router.get(RouterPath(APIRoutes.syncConntrack)) { _, _ -> Response in
+            await answer {
+                guard let s = await controller.kernelSync() else {
+                    throw APIError.notFound("kernel conntrack sync is not configured on this node (no conntrack: section, or it is disabled)")
                 }
                 return try json(s)
             }
@@ -224,7 +235,9 @@ public enum APIServer {
                 guard let s = await controller.ciStates() else {
                     throw APIError.notFound("this node is not clustered (no cluster peers)")
                 }
-                let inSync = await controller.sync()?.inSync ?? true
+                let flows = await controller.sync()?.inSync ?? true
+                let kernel = await controller.kernelSync()?.inSync ?? true
+                let inSync = flows && kernel
                 return try json(CIStateList(s.map {
                     CIStateGetEntry(instance: $0.instance, state: $0.state, vip: $0.vip ?? "0.0.0.0", sync: inSync ? 1 : 0)
                 }))
@@ -291,6 +304,7 @@ public enum APIServer {
                 datapath: { await controller.status() },
                 services: { await controller.loadBalancers().map(metricsSample) },
                 replication: { await controller.sync() },
+                kernelReplication: { await controller.kernelSync() },
                 cluster: { await controller.cluster() })
             return Response(status: .ok, headers: [.contentType: TandemMetrics.contentType],
                             body: .init(byteBuffer: ByteBuffer(string: text)))

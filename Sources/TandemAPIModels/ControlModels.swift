@@ -127,6 +127,8 @@ public enum APIRoutes {
     public static let openAPI = "/netlox/v1/openapi.json"
     public static let status = "/netlox/v1/status"
     public static let sync = "/netlox/v1/sync"
+    /// Tandem's own: the kernel conntrack table's replication (the same shape as sync).
+    public static let syncConntrack = "/netlox/v1/sync/conntrack"
     public static let cluster = "/netlox/v1/cluster"
     public static let clusterServices = "/netlox/v1/cluster/services"
     public static let ciState = "/netlox/v1/config/cistate"

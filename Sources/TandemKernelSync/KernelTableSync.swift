@@ -150,6 +150,29 @@ public final class KernelTableSync: Sendable {
     /// The source's counters and table size.
     public var sourceStats: ConntrackSource.Stats? { source.withLock { $0?.currentStats } }
 
+    /// The source's, the sink's and the publish gate's counters under `conntrack_` names, for the
+    /// node's status and metrics (tandem_conntrack_*). Every field of both cores' counters, so
+    /// one added there is reported too.
+    public func counters() -> [String: UInt64] {
+        var out: [String: UInt64] = [:]
+        func add(_ prefix: String, _ value: Any) {
+            for child in Mirror(reflecting: value).children {
+                guard let label = child.label else { continue }
+                if let n = child.value as? Int { out["conntrack_\(prefix)_\(label)"] = UInt64(max(0, n)) }
+            }
+        }
+        if let s = sourceStats {
+            add("source", s.counters)
+            out["conntrack_source_dumped_entries"] = UInt64(max(0, s.lastDumpEntries))
+        }
+        let sink = sink.counters
+        add("sink", sink)
+        for (reason, n) in sink.failures { out["conntrack_sink_failures_\(reason)"] = UInt64(max(0, n)) }
+        out["conntrack_held_back_changes"] = heldBackChanges
+        out["conntrack_publishing"] = isPublishing ? 1 : 0
+        return out
+    }
+
     /// Every learned entry into the kernel table before the floating IP moves here.
     @discardableResult
     public func prepareTakeover() -> ConntrackSinkCore.CommitReport {

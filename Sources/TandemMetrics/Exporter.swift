@@ -67,6 +67,7 @@ final class Exporter: Sendable {
             datapath(s.datapath)
             for svc in s.services { service(svc) }
             if let r = s.replication { replication(r) }
+            if let r = s.kernelReplication { replication(r, prefix: "tandem_conntrack_replication") }
             if let c = s.cluster { cluster(c) }
         }
 
@@ -74,10 +75,21 @@ final class Exporter: Sendable {
 
         mutating func datapath(_ stats: [String: UInt64]) {
             for (key, value) in stats {
+                // States among the counters: kernel conntrack sync's table sizes and whether this
+                // node sends its kernel table's changes.
+                if Self.conntrackGauges.contains(key) {
+                    gauge("tandem_\(snake(key))", [], Double(value))
+                    continue
+                }
                 let (name, labels) = Self.datapathSeries(key)
                 counter(name, labels, value)
             }
         }
+
+        static let conntrackGauges: Set<String> = [
+            "conntrack_publishing", "conntrack_source_entries", "conntrack_source_bufferSize",
+            "conntrack_source_dumped_entries", "conntrack_sink_held",
+        ]
 
         static func datapathSeries(_ key: String) -> (String, [(String, String)]) {
             switch key {
@@ -87,6 +99,14 @@ final class Exporter: Sendable {
             case "expired_reused": return ("tandem_datapath_expired_entries_reused_total", [])
             case "picked_up": return ("tandem_datapath_picked_up_flows_total", [])
             default:
+                // Kernel conntrack sync (KernelTableSync.counters): the source's, sink's and
+                // publish gate's counters.
+                if key.hasPrefix("conntrack_sink_failures_") {
+                    return ("tandem_conntrack_sink_failures_total", [("reason", String(key.dropFirst(24)))])
+                }
+                if key.hasPrefix("conntrack_") {
+                    return ("tandem_conntrack_\(snake(String(key.dropFirst(10))))_total", [])
+                }
                 if key.hasPrefix("drop_") {
                     return ("tandem_datapath_dropped_packets_total", [("reason", snake(String(key.dropFirst(5))))])
                 }
@@ -125,33 +145,33 @@ final class Exporter: Sendable {
 
         // MARK: Replication (`GET /netlox/v1/sync`)
 
-        mutating func replication(_ r: ReplicationStatus) {
-            gauge("tandem_replication_in_sync", [], r.inSync ? 1 : 0)
-            gauge("tandem_replication_entries", [], Double(r.entries))
-            gauge("tandem_replication_live_entries", [], Double(r.liveEntries))
-            gauge("tandem_replication_retransmit_window_entries", [], Double(r.retransmitWindow))
-            gauge("tandem_replication_lag_p50_seconds", [], Double(r.lagP50Micros) / 1e6)
-            gauge("tandem_replication_lag_p99_seconds", [], Double(r.lagP99Micros) / 1e6)
-            gauge("tandem_replication_lag_max_seconds", [], Double(r.lagMaxMicros) / 1e6)
+        mutating func replication(_ r: ReplicationStatus, prefix: String = "tandem_replication") {
+            gauge("\(prefix)_in_sync", [], r.inSync ? 1 : 0)
+            gauge("\(prefix)_entries", [], Double(r.entries))
+            gauge("\(prefix)_live_entries", [], Double(r.liveEntries))
+            gauge("\(prefix)_retransmit_window_entries", [], Double(r.retransmitWindow))
+            gauge("\(prefix)_lag_p50_seconds", [], Double(r.lagP50Micros) / 1e6)
+            gauge("\(prefix)_lag_p99_seconds", [], Double(r.lagP99Micros) / 1e6)
+            gauge("\(prefix)_lag_max_seconds", [], Double(r.lagMaxMicros) / 1e6)
             // Every field of the core's counters, so one added there is exported too.
             for child in Mirror(reflecting: r.counters).children {
                 guard let label = child.label, let value = child.value as? UInt64 else { continue }
-                counter("tandem_replication_\(snake(label))_total", [], value)
+                counter("\(prefix)_\(snake(label))_total", [], value)
             }
-            counter("tandem_replication_datagrams_sent_total", [], r.datagramsSent)
-            counter("tandem_replication_datagrams_received_total", [], r.datagramsReceived)
-            counter("tandem_replication_sent_bytes_total", [], r.bytesSent)
-            counter("tandem_replication_install_failures_total", [], r.installFailures)
-            if let n = r.socketRebinds { counter("tandem_replication_socket_rebinds_total", [], n) }
+            counter("\(prefix)_datagrams_sent_total", [], r.datagramsSent)
+            counter("\(prefix)_datagrams_received_total", [], r.datagramsReceived)
+            counter("\(prefix)_sent_bytes_total", [], r.bytesSent)
+            counter("\(prefix)_install_failures_total", [], r.installFailures)
+            if let n = r.socketRebinds { counter("\(prefix)_socket_rebinds_total", [], n) }
             for (reason, n) in r.dropped {
-                counter("tandem_replication_dropped_messages_total", [("reason", snake(reason))], n)
+                counter("\(prefix)_dropped_messages_total", [("reason", snake(reason))], n)
             }
             for p in r.peers {
                 let labels = [("peer", p.address)]
-                gauge("tandem_replication_peer_in_sync", labels, p.inSync ? 1 : 0)
-                gauge("tandem_replication_peer_stream_gap", labels, p.streamHasGap ? 1 : 0)
+                gauge("\(prefix)_peer_in_sync", labels, p.inSync ? 1 : 0)
+                gauge("\(prefix)_peer_stream_gap", labels, p.streamHasGap ? 1 : 0)
                 if let ms = p.lastHeardMillisecondsAgo {
-                    gauge("tandem_replication_peer_last_heard_seconds", labels, Double(ms) / 1000)
+                    gauge("\(prefix)_peer_last_heard_seconds", labels, Double(ms) / 1000)
                 }
             }
         }

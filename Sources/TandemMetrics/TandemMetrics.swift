@@ -56,11 +56,13 @@ public enum TandemMetrics {
         datapath: () async -> [String: UInt64],
         services: () async -> [ServiceSample],
         replication: () async -> ReplicationStatus?,
+        kernelReplication: () async -> ReplicationStatus? = { nil },
         cluster: () async -> HAStatus?
     ) async -> String {
         let ticket = exporter.ticket()
         let snapshot = NodeSnapshot(datapath: await datapath(), services: await services(),
-                                    replication: await replication(), cluster: await cluster())
+                                    replication: await replication(), kernelReplication: await kernelReplication(),
+                                    cluster: await cluster())
         return exporter.render(snapshot, ticket: ticket)
     }
 }
@@ -120,5 +122,7 @@ struct NodeSnapshot: Sendable {
     var datapath: [String: UInt64]
     var services: [ServiceSample]
     var replication: ReplicationStatus?
+    /// The kernel conntrack table's replication (tandem_conntrack_replication_*).
+    var kernelReplication: ReplicationStatus? = nil
     var cluster: HAStatus?
 }

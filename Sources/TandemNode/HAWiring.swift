@@ -13,16 +13,17 @@ import TandemSealing
 /// Builds the HA shell and its cloud provider from the node's settings.
 enum HAWiring {
     static func makeShell(_ h: NodeConfig.HASettings, replication r: NodeConfig.ReplicationSettings, key: ClusterKey,
-                          provider: any CloudProvider, datapath: Datapath, directory: ServiceDirectory,
-                          replicationShell: FlowReplicationShell?, kernelSync: KernelTableSync? = nil,
-                          resume: GracefulExitRecord?, logger: Logger) -> HAShell {
+                          provider: any CloudProvider, datapath: Datapath? = nil, directory: ServiceDirectory? = nil,
+                          replicationShell: FlowReplicationShell? = nil, kernelSync: KernelTableSync? = nil,
+                          resume: GracefulExitRecord? = nil, logger: Logger) -> HAShell {
         var config = HAShellConfig(selfID: r.selfAddress.value, bindAddress: r.selfAddress, port: h.gossipPort,
                                    peers: r.peers.map { HAPeer(id: $0.value, address: $0) }, key: key,
                                    instances: h.instances)
         config.swim.restartHoldNanos = h.restartHoldNanos
-        let hooks = HAHooks(serviceVIPs: { directory.vips() },
+        // A conntrack-only node (no datapath) has no services: its instances list their VIPs.
+        let hooks = HAHooks(serviceVIPs: { directory?.vips() ?? [] },
                             setActiveVIPs: { vips in
-                                try datapath.setActiveVIPs(vips)
+                                try datapath?.setActiveVIPs(vips)
                                 // Before a release: the kernel's cleanup of the departing address
                                 // must not reach the new MASTER as deletes (KernelTableSync).
                                 kernelSync?.setPublishing(!vips.isEmpty)

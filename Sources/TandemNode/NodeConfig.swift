@@ -181,6 +181,10 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
     public var services: [ServiceConfig]?
     public var oci: OCI?
     public var conntrack: Conntrack?
+    /// false: a conntrack-only node (NAT gateways, stateful firewalls): no BPF datapath and no
+    /// services; it replicates the kernel conntrack table (`conntrack:`) and holds the floating
+    /// IPs its HA instances list. Default true.
+    public var datapath: Bool?
     /// Where API changes are kept across restarts (default /var/lib/tandem/state.jsonl).
     public var stateFile: String?
     /// Keep the datapath pinned and running when the daemon exits on SIGTERM (a graceful
@@ -371,6 +375,13 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
             throw ConfigError("conntrack: filter: \(error)")
         }
         return ConntrackSettings(port: UInt16(port), mode: mode, reconcileSeconds: reconcile, filter: filter)
+    }
+
+    /// Hold mode writes its entries into the kernel at a takeover; without an election there is
+    /// never one, and every learned entry would stay in memory for good.
+    public static func checkConntrackMode(_ ct: ConntrackSettings?, ha: HASettings?) throws(ConfigError) {
+        guard let ct, ct.mode == .hold, ha == nil else { return }
+        throw ConfigError("conntrack: mode hold commits the learned entries when this node takes over, and with no election (cluster.election: false) it never does; use mode: inject")
     }
 
     /// The port services are shared on; nil when they are not (no peers, or shareServices false).

@@ -6,6 +6,7 @@ import TandemCore
 import TandemDatapath
 import TandemHA
 import TandemHealth
+import TandemKernelSync
 import TandemReplication
 import TandemServiceSync
 import TandemSync
@@ -26,6 +27,7 @@ public actor NodeController: LoadBalancerController {
     /// Slots by service key for replication's event loop.
     nonisolated let directory: ServiceDirectory
     private var replication: FlowReplicationShell?
+    private var kernelTable: KernelTableSync?
     private var ha: HAShell?
     /// What the control plane keeps beside each service (monitor, probe, managed).
     private var options: [ServiceKey: ServiceOptions] = [:]
@@ -496,6 +498,7 @@ public actor NodeController: LoadBalancerController {
         out["api_auth_refused"] = authCounters.refusedRequests
         for (k, v) in eventCounts { out["events_\(k)"] = v }
         for (k, v) in ringEventCounts() { out["events_\(k)", default: 0] += v }
+        if let k = kernelTable { out.merge(k.counters()) { a, _ in a } }
         return out
     }
 
@@ -540,6 +543,14 @@ public actor NodeController: LoadBalancerController {
 
     public func sync() async -> ReplicationStatus? {
         await replication?.status()
+    }
+
+    func attach(kernelSync: KernelTableSync) {
+        kernelTable = kernelSync
+    }
+
+    public func kernelSync() async -> ReplicationStatus? {
+        await kernelTable?.shell.status()
     }
 
     func record(_ event: ConnectionEvent) {

@@ -145,12 +145,14 @@ public enum NodeRunner {
     /// persistDatapath, detach everything it attached; SIGTERM with persistDatapath is a graceful
     /// restart: the datapath stays pinned and forwarding, peers are told to hold their fire.
     public static func run(_ o: NodeOptions, logger: Logger) async throws {
+        if o.config.datapath == false { return try await ConntrackNodeRunner.run(o, logger: logger) }
         let hup = ConfigReloader.Trap(logger: logger)  // SIGHUP would end the process until then
         let (settings, services, replicationSettings, clusterKey, haSettings) = try preflight(o)
         // Checked here, before the datapath loads: a probe that does not parse stops the node.
         let serviceOptions = try o.config.validatedServiceOptions()
         let (state, security) = try preflightControlPlane(o, logger: logger)
         let conntrackSettings = try o.config.conntrackSettings()
+        try NodeConfig.checkConntrackMode(conntrackSettings, ha: haSettings)
         // swift-metrics onto the Prometheus registry that GET /netlox/v1/metrics renders (once per process).
         TandemMetrics.bootstrap()
         // Built before the datapath loads, so a broken provider setup (a missing OCI key, say)
@@ -274,6 +276,7 @@ public enum NodeRunner {
                 await datapath.close()
                 throw ConfigError("conntrack: \(error.message)")
             }
+            if let kernelSync { await controller.attach(kernelSync: kernelSync) }
         }
         var ha: HAShell?
         if let h = haSettings, let r = replicationSettings, let key = clusterKey, let provider {

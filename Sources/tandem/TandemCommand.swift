@@ -178,6 +178,11 @@ struct Node: AsyncParsableCommand {
                 CAP_SYS_NICE (the gossip thread's SCHED_RR); the systemd unit grants these and no \
                 others.
 
+                CONNTRACK-ONLY NODES: with datapath: false in the config the node loads no BPF \
+                program and serves no services: it replicates the kernel's conntrack table \
+                (conntrack:) to its peers and holds the floating IPs its HA instances list (NAT \
+                gateways, stateful firewalls; docs/conntrack.md).
+
                 FILES: --config is usually /etc/tandem/config.yaml (a commented example of every \
                 setting); the datapath is /usr/lib/tandem/tandem_lb.o beside an installed binary, \
                 bpf/obj/tandem_lb.o in a source tree, or $TANDEM_BPF_OBJECT; the state file \
@@ -455,11 +460,13 @@ struct Get: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "sync",
                                                         abstract: "Show connection-table replication: peers and counters.")
         @Option(name: .shortAndLong, help: "table | wide | json") var output: OutputFormat = .table
+        @Flag(name: .long, help: "The kernel conntrack table's replication (conntrack: in the config) instead of the load balancer's.")
+        var conntrack = false
         @OptionGroup var apiOptions: APIOptions
 
         func run() async throws {
             let client = try apiOptions.client()
-            let data = try await client.send("GET", APIRoutes.sync)
+            let data = try await client.send("GET", conntrack ? APIRoutes.syncConntrack : APIRoutes.sync)
             if output == .json { print(String(decoding: data, as: UTF8.self)); return }
             let status = try JSONDecoder().decode(ReplicationStatus.self, from: data)
             print(TableRenderer.sync(status, wide: output == .wide))

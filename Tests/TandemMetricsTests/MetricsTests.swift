@@ -22,6 +22,7 @@ import TandemStatus
         var datapath: [String: UInt64] = [:]
         var services: [LoadBalancerEntry] = []
         var replication: ReplicationStatus?
+        var kernel: ReplicationStatus?
         var ha: HAStatus?
 
         func apply(_ request: LoadBalancerRequest) async throws {}
@@ -30,6 +31,7 @@ import TandemStatus
         func conntrack() async -> [ConntrackEntry] { [] }
         func status() async -> [String: UInt64] { datapath }
         func sync() async -> ReplicationStatus? { replication }
+        func kernelSync() async -> ReplicationStatus? { kernel }
         func cluster() async -> HAStatus? { ha }
     }
 
@@ -216,6 +218,37 @@ import TandemStatus
             #expect(got.contains(line), "missing: \(line)")
         }
         #expect(got.filter { $0 == "# TYPE tandem_ha_role gauge" }.count == 1)
+    }
+
+    /// Kernel conntrack sync: its replication under its own prefix, the source's and sink's
+    /// counters as counters, table sizes and the publish gate as gauges.
+    @Test func kernelTableSyncRendersUnderItsOwnNames() async throws {
+        TandemMetrics.bootstrap()
+        let node = FakeNode(
+            datapath: ["conntrack_source_newEvents": 41, "conntrack_sink_injected": 40, "conntrack_sink_failures_EINVAL": 1,
+                       "conntrack_publishing": 1, "conntrack_source_entries": 39, "conntrack_sink_held": 0,
+                       "conntrack_held_back_changes": 2],
+            kernel: replication())
+        let text = try await scrape(node).2
+        let got = lines(text)
+        for line in [
+            "tandem_conntrack_source_new_events_total 41",
+            "tandem_conntrack_sink_injected_total 40",
+            #"tandem_conntrack_sink_failures_total{reason="EINVAL"} 1"#,
+            "tandem_conntrack_held_back_changes_total 2",
+            "# TYPE tandem_conntrack_publishing gauge",
+            "tandem_conntrack_publishing 1.0",
+            "tandem_conntrack_source_entries 39.0",
+            "tandem_conntrack_sink_held 0.0",
+            "tandem_conntrack_replication_in_sync 1.0",
+            "tandem_conntrack_replication_entries_sent_total 120",
+            "tandem_conntrack_replication_lag_p99_seconds 0.0025",
+            #"tandem_conntrack_replication_peer_in_sync{peer="10.9.0.2"} 0.0"#,
+        ] {
+            #expect(got.contains(line), "missing: \(line)")
+        }
+        // The load balancer's own replication is absent here: only the kernel table replicates.
+        #expect(!text.contains("tandem_replication_in_sync"))
     }
 
     @Test func bootstrapIsOncePerProcess() {

@@ -153,3 +153,79 @@ import TandemConntrack
         }
     }
 }
+
+/// `datapath: false`: a conntrack-only node's config, checked without root or interfaces.
+@Suite struct ConntrackOnlyNodeConfigTests {
+    let base = """
+    datapath: false
+    nodeIP: 10.0.10.141
+    cluster:
+      peers: [10.0.10.88]
+      keyFile: /etc/tandem/cluster.key
+      cloud: l2
+      l2Interface: eth0
+      instances: [{name: natgw, vips: [10.0.10.143]}]
+    conntrack: {mode: hold}
+    """
+
+    func plan(_ yaml: String, interfaces: [String] = [], address: IPv4Address? = nil) throws(ConfigError) -> ConntrackNodeRunner.Plan {
+        try ConntrackNodeRunner.plan(NodeConfig.parse(yaml: yaml), interfaces: interfaces,
+                                     interfaceAddress: { _ in address }, interfaceExists: { $0 == "eth0" })
+    }
+
+    @Test func aGoodConfigPlansTheKernelTableAndTheElection() throws {
+        let p = try plan(base)
+        #expect(p.nodeIP == IPv4Address("10.0.10.141"))
+        #expect(p.conntrack.mode == .hold && p.conntrack.port == 11115)
+        #expect(p.replication.peers == [IPv4Address("10.0.10.88")].compactMap { $0 })
+        #expect(p.ha?.cloud == "l2" && p.ha?.instances.first?.vips == [IPv4Address("10.0.10.143")].compactMap { $0 })
+        // The node IP may come from the first interface instead.
+        let fromInterface = try plan(base.replacingOccurrences(of: "nodeIP: 10.0.10.141\n", with: ""),
+                                     interfaces: ["eth0"], address: IPv4Address("10.0.10.99"))
+        #expect(fromInterface.nodeIP == IPv4Address("10.0.10.99"))
+        // No election: both nodes publish, nothing moves.
+        let noElection = try plan(base.replacingOccurrences(of: "cloud: l2", with: "election: false")
+            .replacingOccurrences(of: "mode: hold", with: "mode: inject"))
+        #expect(noElection.ha == nil)
+        // A datapath node's config does not have to list instance VIPs (services give them).
+        #expect(try NodeConfig.parse(yaml: "cluster: {peers: [10.0.0.2], keyFile: k}").datapath == nil)
+    }
+
+    @Test func badConfigsAreRefusedWithTheReason() {
+        let cases: [(String, String)] = [
+            (base + "\nservices:\n  - {externalIP: 10.0.10.143, port: 80, endpoints: [{ip: 10.0.10.21, port: 80}]}",
+             "serves no load-balancer services"),
+            (base + "\nxdp: true", "remove xdp"),
+            (base + "\npersistDatapath: true", "remove persistDatapath"),
+            (base.replacingOccurrences(of: "conntrack: {mode: hold}", with: ""), "add a conntrack: section"),
+            (base.replacingOccurrences(of: "conntrack: {mode: hold}", with: "conntrack: {enabled: false}"),
+             "add a conntrack: section"),
+            (base.replacingOccurrences(of: "nodeIP: 10.0.10.141\n", with: ""), "needs nodeIP"),
+            (base.replacingOccurrences(of: "nodeIP: 10.0.10.141", with: "nodeIP: 10.0.10.1411"), "not an IPv4 address"),
+            (base.replacingOccurrences(of: "instances: [{name: natgw, vips: [10.0.10.143]}]", with: "priority: 110"),
+             "must list its floating IPs"),
+            (base.replacingOccurrences(of: "vips: [10.0.10.143]", with: "vips: []"), "must list its floating IPs"),
+            (base.replacingOccurrences(of: "l2Interface: eth0", with: "l2Interface: eth9"), "eth9 does not exist"),
+            (base.replacingOccurrences(of: "  keyFile: /etc/tandem/cluster.key\n", with: ""), "keyFile"),
+            (base.replacingOccurrences(of: "mode: hold", with: "mode: mirror"), "mode must be inject or hold"),
+            // Held entries are written at a takeover, and without an election there is none.
+            (base.replacingOccurrences(of: "cloud: l2", with: "election: false"), "use mode: inject"),
+        ]
+        for (yaml, reason) in cases {
+            do {
+                _ = try plan(yaml)
+                Issue.record("accepted: \(yaml)")
+            } catch {
+                #expect(error.message.contains(reason), "\(reason): \(error.message)")
+            }
+        }
+        // An interface that does not exist, and one without an address.
+        #expect(throws: ConfigError.self) { try plan(base, interfaces: ["eth7"]) }
+        do {
+            _ = try plan(base.replacingOccurrences(of: "nodeIP: 10.0.10.141\n", with: ""), interfaces: ["eth0"], address: nil)
+            Issue.record("accepted an interface without an address")
+        } catch {
+            #expect(error.message.contains("has no IPv4 address"))
+        }
+    }
+}
