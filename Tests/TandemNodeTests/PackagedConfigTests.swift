@@ -41,7 +41,10 @@ import Testing
             ("timeouts.tcpSyn", t.tcpSyn), ("timeouts.tcpEstablished", t.tcpEstablished), ("timeouts.tcpFin", t.tcpFin),
             ("timeouts.tcpClosed", t.tcpClosed), ("timeouts.udp", t.udp), ("timeouts.udpNew", t.udpNew), ("timeouts.icmp", t.icmp),
             ("connectionTableSize", c.connectionTableSize), ("eventRingBytes", c.eventRingBytes), ("answerICMP", c.answerICMP),
-            ("xdp", c.xdp), ("stateFile", c.stateFile),
+            ("xdp", c.xdp), ("stateFile", c.stateFile), ("datapath", c.datapath),
+            ("conntrack.enabled", c.conntrack?.enabled), ("conntrack.mode", c.conntrack?.mode),
+            ("conntrack.syncPort", c.conntrack?.syncPort), ("conntrack.reconcileSeconds", c.conntrack?.reconcileSeconds),
+            ("conntrack.filter", c.conntrack?.filter),
             ("service.protocol", s.protocol), ("service.mode", s.mode), ("service.sel", s.sel), ("service.name", s.name),
             ("service.snatIP", s.snatIP), ("service.persistTimeout", s.persistTimeout), ("service.inactiveTimeOut", s.inactiveTimeOut),
             ("service.allowedSources", s.allowedSources), ("service.resetOnEndpointDown", s.resetOnEndpointDown),
@@ -55,6 +58,7 @@ import Testing
         #expect(try c.ha(interfaces: ["eth0"])?.cloud == "oci")
         #expect(try c.replication(nodeIP: ConfigReloadTests.node)?.peers == [IPv4Address(10, 0, 10, 88)])
         #expect(try c.serviceSharingPort() == 11114)
+        #expect(try c.conntrackSettings()?.mode == .inject)
         _ = try c.validatedEventRingBytes()
         _ = try c.portSlice()
     }
