@@ -95,6 +95,9 @@ public struct ReplicationCounters: Sendable, Hashable, Codable {
     public var learnedExpiredLocally: UInt64 = 0
     /// Kernel table: local events that only repeated a learned entry (its injection), not sent.
     public var learnedStateRepeated: UInt64 = 0
+    /// Kernel table: local reports of a copy a peer had just deleted, unchanged (the sink's
+    /// delete pending, or its write's event lost in an overrun), not sent.
+    public var deletedCopyRepeated: UInt64 = 0
     /// Kernel table: learned entries the local table refreshed (traffic passes here), taken over.
     public var learnedAdopted: UInt64 = 0
     public init() {}

@@ -105,9 +105,27 @@ extension KernelSyncEntry: ReplicatedEntry {
     public var record: KernelConnection { connection }
     public static var localDeleteOfLearnedIsExpiry: Bool { true }
     public static var adoptsLocallyRefreshed: Bool { true }
+    /// The sink writes TCP entries liberal (IP_CT_TCP_FLAG_BE_LIBERAL, 0x08: a copy has seen
+    /// none of the window, so the kernel must not judge its sequence numbers), so the local copy
+    /// of a learned entry carries that flag where the peer's does not; it is not a change. A
+    /// peer's delete carries the entry as its destroy event had it, marked dying (IPS_DYING),
+    /// which the local copy is not. The flag masks say only what a write changed.
     public static func sameState(_ local: KernelConnection, asLearned learned: KernelConnection) -> Bool {
-        local.sameState(as: learned)
+        func withoutLiberal(_ c: KernelConnection) -> KernelConnection {
+            var c = c
+            c.status.remove(.dying)
+            guard var t = c.tcp else { return c }
+            t.flagsOriginal = t.flagsOriginal.map { $0 & ~liberalFlag }
+            t.flagsReply = t.flagsReply.map { $0 & ~liberalFlag }
+            // Which flags a write changes: the wire does not carry it, the kernel reports 0.
+            t.maskOriginal = nil
+            t.maskReply = nil
+            c.tcp = t
+            return c
+        }
+        return withoutLiberal(local).sameState(as: withoutLiberal(learned))
     }
+    static let liberalFlag: UInt8 = 0x08
     public static func key(of record: KernelConnection) -> KernelConnection.Key { record.key }
     public static func leaf(of key: KernelConnection.Key) -> Int { SyncHashing.leaf(of: key) }
     public var digestHash: UInt64 { SyncHashing.entryHash(self) }

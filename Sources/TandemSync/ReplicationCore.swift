@@ -141,6 +141,9 @@ public struct ReplicationCore<Entry: ReplicatedEntry>: Sendable {
 
     /// A change the local datapath made (a ring-buffer event): recorded with a new version and
     /// queued for the peers. Nothing learned from peers comes through here, so nothing echoes.
+    /// How long after a peer's delete an unchanged local copy is taken for the stale copy.
+    static var deletedCopyGraceMillis: UInt64 { 30_000 }
+
     public mutating func onLocalChange(_ record: Entry.Record, deleted: Bool, now: SyncTime) -> [Action] {
         onLocalChange(record, deleted: deleted, now: now, adopting: false)
     }
@@ -157,6 +160,18 @@ public struct ReplicationCore<Entry: ReplicatedEntry>: Sendable {
                 counters.learnedStateRepeated += 1
                 return []
             }
+        }
+        // A peer deleted this entry a moment ago and the local table still shows the copy it had
+        // learned, unchanged: the sink's delete is on its way, or the source lost the events that
+        // would have told it the sink wrote it (an overrun) and a dump reports it as new. Sent on,
+        // it would bring the entry back on the peer that just deleted it. A copy that changes
+        // here (traffic), or that is still here once the tombstone is older, is this node's.
+        if !adopting, !deleted, Entry.localDeleteOfLearnedIsExpiry,
+           let held = table[Entry.key(of: r)], held.source == .peer, held.isTombstone,
+           now.monotonicMillis < held.changedAt &+ Self.deletedCopyGraceMillis,
+           Entry.sameState(r, asLearned: held.entry.record) {
+            counters.deletedCopyRepeated += 1
+            return []
         }
         let entry = table.recordLocal(deleted ? .delete : .upsert, r, clock: now.wallMicros, origin: config.selfID,
                                       now: now.monotonicMillis,
@@ -212,7 +227,10 @@ public struct ReplicationCore<Entry: ReplicatedEntry>: Sendable {
             }
             // Flows we own (including ones taken over from a failed peer) are refreshed by us.
             guard held.source == .local else {
-                if Entry.adoptsLocallyRefreshed, refreshedHere(r, held, now: nowMs) {
+                // Judged at the time the table was read: a dump of a big table can take seconds
+                // (9.5 s for 20k entries on a loaded machine), and its first entries' timeouts
+                // are that much older than the scan's end.
+                if Entry.adoptsLocallyRefreshed, refreshedHere(r, held, now: scanStartedAt) {
                     counters.learnedAdopted += 1
                     actions += onLocalChange(r, deleted: false, now: now, adopting: true)
                 }

@@ -89,6 +89,68 @@ import Testing
         #expect(b.table[moved.key]?.source == .local)
     }
 
+    /// After an overrun the source cannot tell the sink's writes from its own: a dump reports the
+    /// copies as new. Written liberal (0x08 in the TCP flags) they still are the learned state,
+    /// and a copy a peer has just deleted (the sink's delete in flight) is not brought back.
+    @Test func copiesADumpReportsAfterAnOverrunAreNoChanges() {
+        var (a, b) = pair()
+        _ = a.onLocalChange(masquerade(5), deleted: false, now: time(1))
+        _ = a.onLocalChange(masquerade(6), deleted: false, now: time(1))
+        _ = deliver(a.flush(now: time(1)), to: &b, at: 2)
+        func asWritten(_ c: KernelConnection) -> KernelConnection {
+            var c = c
+            c.timeout = 118
+            c.id = 91
+            if var t = c.tcp {
+                t.flagsOriginal = (t.flagsOriginal ?? 0) | 0x08
+                t.flagsReply = (t.flagsReply ?? 0) | 0x08
+                // The kernel reports masks of 0 where the wire carries none.
+                t.maskOriginal = 0
+                t.maskReply = 0
+                c.tcp = t
+            }
+            return c
+        }
+        #expect(masquerade(5).tcp != nil, "the fixture must be TCP for the liberal flag to matter")
+        _ = b.onLocalChange(asWritten(masquerade(5)), deleted: false, now: time(3))
+        #expect(b.flush(now: time(3)).isEmpty)
+        #expect(b.counters.learnedStateRepeated == 1)
+        // Node 1 deletes 6 (its destroy event marks the entry dying); node 2's dump still lists
+        // the copy: not sent back.
+        var destroyed = masquerade(6)
+        destroyed.status.insert(.dying)
+        destroyed.timeout = nil
+        _ = a.onLocalChange(destroyed, deleted: true, now: time(4))
+        _ = deliver(a.flush(now: time(4)), to: &b, at: 5)
+        _ = b.onLocalChange(asWritten(masquerade(6)), deleted: false, now: time(6))
+        #expect(b.flush(now: time(6)).isEmpty)
+        #expect(b.counters.deletedCopyRepeated == 1)
+        // Long after the delete, the same tuple in node 2's table is its own connection.
+        _ = b.onLocalChange(asWritten(masquerade(6)), deleted: false, now: time(40_000))
+        #expect(b.flush(now: time(40_000)).count == 1)
+        // And a copy that changed (traffic here) right after the delete is sent too.
+        _ = a.onLocalChange(masquerade(5), deleted: true, now: time(40_001))
+        _ = deliver(a.flush(now: time(40_001)), to: &b, at: 40_002)
+        var moved = asWritten(masquerade(5))
+        moved.tcp?.state = .finWait
+        _ = b.onLocalChange(moved, deleted: false, now: time(40_003))
+        #expect(b.flush(now: time(40_003)).count == 1)
+    }
+
+    /// A dump that took 10 s to read: its entries' timeouts are as of the read, not as of the
+    /// scan's end, so an untouched copy is not mistaken for one traffic refreshed.
+    @Test func aSlowDumpDoesNotMakeUntouchedCopiesLookRefreshed() {
+        var (a, b) = pair()
+        _ = a.onLocalChange(masquerade(8, timeout: 600), deleted: false, now: time(1))
+        _ = deliver(a.flush(now: time(1)), to: &b, at: 1)
+        // Read at 20 s (580 s left, untouched), handed to the core 10 s later.
+        b.beginScan(now: time(30_000), readAtMillis: 20_000)
+        _ = b.onLocalScanChunk([(masquerade(8, timeout: 580), fromPeer: false)], now: time(30_000))
+        _ = b.finishScan(now: time(30_000))
+        #expect(b.counters.learnedAdopted == 0)
+        #expect(b.flush(now: time(30_000)).isEmpty)
+    }
+
     @Test func aCopyTheKernelKeepsAliveIsTakenOver() {
         var (a, b) = pair()
         _ = a.onLocalChange(masquerade(4, timeout: 120), deleted: false, now: time(1))
