@@ -43,10 +43,21 @@ public final class KernelTableSync: Sendable {
         /// The network namespace whose table is replicated (a path such as /run/netns/x); nil
         /// for the daemon's own. The sockets of the replication shell stay in the caller's.
         public var netnsPath: String?
+        /// The event socket's receive buffer at start and the cap it doubles to on overruns
+        /// (conntrackd's NetlinkBufferSize and NetlinkBufferSizeMaxGrowth).
+        public var netlinkBufferBytes: Int
+        public var netlinkBufferMaxBytes: Int
+        /// Runs on the source's thread before each batch of local changes is handed on. For
+        /// tests: blocking in it stalls the reader, as a descheduled daemon would.
+        public var beforeSourceBatch: (@Sendable () -> Void)?
 
         public init(selfAddress: IPv4Address, peers: [IPv4Address], port: UInt16, key: ClusterKey,
                     mode: ConntrackSinkCore.Mode = .inject, reconcileSeconds: Double = 30, filter: ConntrackFilter = .all,
-                    netnsPath: String? = nil) {
+                    netnsPath: String? = nil, netlinkBufferBytes: Int = 4 << 20, netlinkBufferMaxBytes: Int = 64 << 20,
+                    beforeSourceBatch: (@Sendable () -> Void)? = nil) {
+            self.netlinkBufferBytes = netlinkBufferBytes
+            self.netlinkBufferMaxBytes = netlinkBufferMaxBytes
+            self.beforeSourceBatch = beforeSourceBatch
             self.selfAddress = selfAddress
             self.peers = peers
             self.port = port
@@ -95,10 +106,12 @@ public final class KernelTableSync: Sendable {
         let gate = PublishGate()
         let sync = KernelTableSync(sink: sink, shell: shell, gate: gate, logger: logger)
         let source = ConntrackSource(
-            options: .init(settings: .init(reconcileInterval: o.reconcileSeconds), filter: o.filter,
-                           netnsPath: o.netnsPath, sinkPortID: sink.portID),
+            options: .init(settings: .init(bufferSize: o.netlinkBufferBytes, maxBufferSize: o.netlinkBufferMaxBytes,
+                                           reconcileInterval: o.reconcileSeconds),
+                           filter: o.filter, netnsPath: o.netnsPath, sinkPortID: sink.portID),
             logger: logger,
-            onChanges: { [shell, gate] changes in
+            onChanges: { [shell, gate, before = o.beforeSourceBatch] changes in
+                before?()
                 guard gate.admit(changes.count) else { return }
                 shell.submit(changes: changes.map { (record: $0.0, deleted: $0.deleted) })
             },

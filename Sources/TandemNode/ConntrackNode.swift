@@ -96,7 +96,8 @@ public enum ConntrackNodeRunner {
             kernelSync = try await KernelTableSync.start(
                 .init(selfAddress: r.selfAddress, peers: r.peers, port: plan.conntrack.port, key: key,
                       mode: plan.conntrack.mode, reconcileSeconds: plan.conntrack.reconcileSeconds,
-                      filter: plan.conntrack.filter),
+                      filter: plan.conntrack.filter, netlinkBufferBytes: plan.conntrack.netlinkBufferBytes,
+                      netlinkBufferMaxBytes: plan.conntrack.netlinkBufferMaxBytes),
                 logger: logger)
         } catch {
             throw ConfigError("conntrack: \(error.message)")

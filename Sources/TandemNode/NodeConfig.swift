@@ -108,6 +108,11 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         public var reconcileSeconds: Double?
         /// Which entries are replicated (protocols, address ranges, zones, marks, NAT kind).
         public var filter: ConntrackFilter.Config?
+        /// The kernel event socket's receive buffer at start, bytes (default 4 MiB), and the cap
+        /// it doubles to on each overrun (default 64 MiB): conntrackd's NetlinkBufferSize and
+        /// NetlinkBufferSizeMaxGrowth. An overrun is followed by a resync from a dump either way.
+        public var netlinkBufferBytes: Int?
+        public var netlinkBufferMaxBytes: Int?
         public init() {}
     }
 
@@ -117,6 +122,8 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         public var mode: ConntrackSinkCore.Mode
         public var reconcileSeconds: Double
         public var filter: ConntrackFilter
+        public var netlinkBufferBytes: Int = 4 << 20
+        public var netlinkBufferMaxBytes: Int = 64 << 20
     }
 
     /// Replication settings, validated.
@@ -374,7 +381,16 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         do { filter = try ct.filter.map(ConntrackFilter.init(config:)) ?? .all } catch {
             throw ConfigError("conntrack: filter: \(error)")
         }
-        return ConntrackSettings(port: UInt16(port), mode: mode, reconcileSeconds: reconcile, filter: filter)
+        let buffer = ct.netlinkBufferBytes ?? 4 << 20
+        guard buffer >= 4096, buffer <= 1 << 30 else {
+            throw ConfigError("conntrack: netlinkBufferBytes must be 4096-1073741824, got \(buffer)")
+        }
+        let bufferMax = ct.netlinkBufferMaxBytes ?? max(buffer, 64 << 20)
+        guard bufferMax >= buffer, bufferMax <= 1 << 30 else {
+            throw ConfigError("conntrack: netlinkBufferMaxBytes must be at least netlinkBufferBytes (\(buffer)) and at most 1073741824, got \(bufferMax)")
+        }
+        return ConntrackSettings(port: UInt16(port), mode: mode, reconcileSeconds: reconcile, filter: filter,
+                                 netlinkBufferBytes: buffer, netlinkBufferMaxBytes: bufferMax)
     }
 
     /// Hold mode writes its entries into the kernel at a takeover; without an election there is

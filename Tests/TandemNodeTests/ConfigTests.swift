@@ -128,6 +128,7 @@ import TandemConntrack
         """)
         let s = try #require(try c.conntrackSettings())
         #expect(s.port == 11115 && s.mode == .hold && s.reconcileSeconds == 30)
+        #expect(s.netlinkBufferBytes == 4 << 20 && s.netlinkBufferMaxBytes == 64 << 20)
         #expect(s.filter.protocols == [6, 17] && s.filter.nat == .snat && s.filter.exclude.count == 1)
         #expect(try NodeConfig.parse(yaml: cluster).conntrackSettings() == nil)
         #expect(try NodeConfig.parse(yaml: cluster + "\nconntrack: {}").conntrackSettings()?.mode == .inject)
@@ -142,6 +143,8 @@ import TandemConntrack
             (cluster + "\nconntrack: {syncPort: 70000}", "1-65535"),
             (cluster + "\nconntrack: {reconcileSeconds: 0}", "reconcileSeconds"),
             (cluster + "\nconntrack: {filter: {protocols: [sctpx]}}", "filter"),
+            (cluster + "\nconntrack: {netlinkBufferBytes: 100}", "netlinkBufferBytes must be"),
+            (cluster + "\nconntrack: {netlinkBufferBytes: 1048576, netlinkBufferMaxBytes: 65536}", "at least netlinkBufferBytes"),
         ]
         for (yaml, reason) in cases {
             do {

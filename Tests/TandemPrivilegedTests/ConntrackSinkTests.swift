@@ -251,11 +251,16 @@ extension Privileged {
             let clients = [try bed.startClient(in: bed.c, to: "10.79.2.2", port: 80),
                            try bed.startClient(in: bed.c, to: "10.79.2.2", port: 81),
                            try bed.startClient(in: bed.server, to: "10.79.2.1", port: 8080)]
-            Thread.sleep(forTimeInterval: 1.0)
-
-            // What g2's sink would have learned from g1 by now.
-            let learned = try TandemConntrack.ConntrackSink.readTable(netnsPath: "/run/netns/\(bed.g1)")
-                .filter { $0.proto == 6 && $0.original.destinationID != 81 }
+            // What g2's sink would have learned from g1 once both flows are established there
+            // (bounded: the clients may start slowly on a loaded machine).
+            func onG1() throws -> [KernelConnection] {
+                try TandemConntrack.ConntrackSink.readTable(netnsPath: "/run/netns/\(bed.g1)")
+                    .filter { $0.proto == 6 && $0.original.destinationID != 81 && $0.tcp?.state == .established }
+            }
+            let deadline = Date().addingTimeInterval(10)
+            while try onG1().count < 2, Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+            Thread.sleep(forTimeInterval: 0.3)
+            let learned = try onG1()
             #expect(learned.count == 2, "\(learned)")
             let sink = try TandemConntrack.ConntrackSink(options: .init(settings: .init(mode: .hold), netnsPath: "/run/netns/\(bed.g2)"))
             defer { sink.close() }

@@ -13,7 +13,9 @@ extension Privileged {
     /// their NAT mappings, the filter keeps a marked flow out, nothing echoes back, and after the
     /// gateway's addresses move to g2 the replicated flows carry on while the filtered one breaks.
     /// The departing gateway's kernel kills its masqueraded entries when its interfaces go; a
-    /// node that stepped down does not send those on. (Deletes end to end: unit-tested.)
+    /// node that stepped down does not send those on. Through the whole pipe, too: an overrun of
+    /// the source's event socket is recovered by a resync that reaches the peer, and deletes
+    /// (a flush of 20,000 entries) empty the peer's copies.
     @Suite(.timeLimit(.minutes(2))) struct KernelTableSync {
         static func wait(_ seconds: Double, _ condition: () throws -> Bool) rethrows -> Bool {
             let deadline = Date().addingTimeInterval(seconds)
@@ -114,6 +116,104 @@ extension Privileged {
                 throw error
             }
             await stopBoth()
+        }
+
+        /// g1's reader stalls (as a descheduled daemon's would) behind a 16 KB event buffer while
+        /// 20,000 entries are created: ENOBUFS, the resync dump finds the missed entries and every
+        /// one reaches g2's kernel. Then a flush on g1: its destroys reach g2 as deletes and g2's
+        /// copies go, while an entry g2 has of its own stays.
+        @Test func anOverrunAndAFlushCrossThePipe() async throws {
+            let bed = try NATGatewayBed(prefix: "tko")
+            defer { bed.down() }
+            let key = try #require(ClusterKey(bytes: (0..<32).map { UInt8($0 * 5 % 256) }))
+            let port = UInt16.random(in: 40000...49999)
+            let a1 = IPv4Address(127, 0, 0, 1), a2 = IPv4Address(127, 0, 0, 2)
+            var logger = Logger(label: "kernel-sync-overrun-test")
+            logger.logLevel = .warning
+            let stall = ReaderStall()
+            let g1 = try await TandemKernelSync.KernelTableSync.start(
+                .init(selfAddress: a1, peers: [a2], port: port, key: key, reconcileSeconds: 3600,
+                      netnsPath: "/run/netns/\(bed.g1)", netlinkBufferBytes: 16 << 10, netlinkBufferMaxBytes: 256 << 10,
+                      beforeSourceBatch: { stall.pass() }),
+                logger: logger)
+            let g2: TandemKernelSync.KernelTableSync
+            do {
+                g2 = try await TandemKernelSync.KernelTableSync.start(
+                    .init(selfAddress: a2, peers: [a1], port: port, key: key, reconcileSeconds: 3600,
+                          netnsPath: "/run/netns/\(bed.g2)"),
+                    logger: logger)
+            } catch {
+                stall.release()
+                await g1.stop()
+                throw error
+            }
+            func stopBoth() async {
+                stall.release()
+                await g2.stop()
+                await g1.stop()
+            }
+            do {
+                #expect(Self.wait(5) { g1.inSync && g2.inSync }, "both in sync")
+                // An entry of g2's own (not learned): a flush on g1 must leave it alone.
+                let own = try run(["ip", "netns", "exec", bed.g2, "conntrack", "-I", "-p", "udp", "-s", "10.77.9.9", "-d", "10.77.9.10",
+                                                "--sport", "5000", "--dport", "5001", "-t", "600"], timeout: 10)
+                #expect(own.ok, "conntrack -I on g2: \(own.stderr)")
+                let n = 20_000
+                stall.hold()
+                let started = Date()
+                let (created, secs) = try Privileged.ConntrackSource.createEntries(ns: "/run/netns/\(bed.g1)", count: n)
+                #expect(created == n)
+                stall.release()
+                let isBulk: (KernelConnection) -> Bool = { $0.original.destinationID == 443 }
+                #expect(try Self.wait(60) { try Self.table(bed.g2).filter(isBulk).count == n },
+                        "g2 holds \((try? Self.table(bed.g2).filter(isBulk).count) ?? -1) of \(n)")
+                let arrived = Date().timeIntervalSince(started)
+                let c = try #require(g1.sourceStats).counters
+                #expect(c.overruns >= 1, "no overrun: the stall did not hold the reader")
+                #expect(c.resyncs >= 1 && c.resyncFixes > 0, "resyncs \(c.resyncs), fixes \(c.resyncFixes)")
+                #expect(g2.sink.counters.totalFailures == 0, "g2's sink failures: \(g2.sink.counters.failures)")
+
+                let flushed = Date()
+                let f = try run(["ip", "netns", "exec", bed.g1, "conntrack", "-F"], timeout: 30)
+                #expect(f.ok, "conntrack -F on g1: \(f.stderr)")
+                let emptied = try Self.wait(60) { try Self.table(bed.g2).filter(isBulk).isEmpty }
+                if !emptied {
+                    let s1 = await g1.shell.status(), s2 = await g2.shell.status()
+                    Issue.record("""
+                        g2 still holds \((try? Self.table(bed.g2).filter(isBulk).count) ?? -1) after g1's flush; \
+                        g1 table \((try? Self.table(bed.g1).filter(isBulk).count) ?? -1), g1 source \(String(describing: g1.sourceStats)); \
+                        g1 shell entries \(s1?.entries ?? -1) live \(s1?.liveEntries ?? -1) counters \(String(describing: s1?.counters)); \
+                        g2 shell entries \(s2?.entries ?? -1) live \(s2?.liveEntries ?? -1) counters \(String(describing: s2?.counters)) \
+                        dropped \(s2?.dropped ?? [:]); g2 sink \(g2.sink.counters); g2 source \(String(describing: g2.sourceStats))
+                        """)
+                }
+                let gone = Date().timeIntervalSince(flushed)
+                #expect(try Self.table(bed.g2).contains { $0.original.destinationID == 5001 }, "g2's own entry went with g1's flush")
+                let c2 = try #require(g1.sourceStats).counters
+                print("kernel-table-sync overrun: \(n) entries created in \(String(format: "%.2f", secs)) s behind a stalled reader; "
+                      + "all on g2 \(String(format: "%.2f", arrived)) s after the start; overruns \(c.overruns), resyncs \(c.resyncs) "
+                      + "(fixes \(c.resyncFixes)), buffer \(c.bufferSize) bytes; flush gone from g2 in \(String(format: "%.2f", gone)) s "
+                      + "(g1 destroy events \(c2.destroyEvents), overruns \(c2.overruns), resyncs \(c2.resyncs)); "
+                      + "g2 sink deleted \(g2.sink.counters.deleted)")
+            } catch {
+                await stopBoth()
+                throw error
+            }
+            await stopBoth()
+        }
+    }
+
+    /// Stalls a source's reader thread on demand (the thread blocks in `pass` while held).
+    final class ReaderStall: @unchecked Sendable {
+        private let condition = NSCondition()
+        private var held = false
+
+        func hold() { condition.lock(); held = true; condition.unlock() }
+        func release() { condition.lock(); held = false; condition.broadcast(); condition.unlock() }
+        func pass() {
+            condition.lock()
+            while held { _ = condition.wait(until: Date().addingTimeInterval(30)) }
+            condition.unlock()
         }
     }
 }
