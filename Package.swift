@@ -229,7 +229,7 @@ let package = Package(
         .testTarget(name: "TandemSealingTests",
                     dependencies: ["TandemSealing", "TandemSyncWire", "TandemCore", "TandemTestSupport"],
                     path: "Tests/TandemSealingTests"),
-        .testTarget(name: "TandemSyncTests", dependencies: ["TandemSync", "TandemSyncWire", "TandemStatus", "TandemCore"],
+        .testTarget(name: "TandemSyncTests", dependencies: ["TandemSync", "TandemSyncWire", "TandemStatus", "TandemCore", "TandemTestSupport"],
                     path: "Tests/TandemSyncTests"),
         .testTarget(name: "TandemReplicationTests",
                     dependencies: ["TandemReplication", "TandemSync", "TandemSealing", "TandemCore", "TandemTestSupport",
