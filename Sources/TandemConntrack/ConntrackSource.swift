@@ -23,6 +23,9 @@ public final class ConntrackSource: @unchecked Sendable {
         /// The netlink port id of this node's sink (`ConntrackSink.portID`): events it caused are
         /// entries learned from peers, tracked but not delivered.
         public var sinkPortID: UInt32?
+        /// With an adaptive reconcile (`Settings.reconcileMaxInterval`): when the replication
+        /// next needs the table read, monotonic ns (asked on the reader thread at every tick).
+        public var reconcileDue: (@Sendable () -> UInt64?)?
 
         public init(settings: ConntrackSourceCore.Settings = .init(), filter: ConntrackFilter = .all,
                     reliable: Bool = true, netnsPath: String? = nil, pollMillis: Int32 = 100, sinkPortID: UInt32? = nil) {
@@ -164,7 +167,9 @@ public final class ConntrackSource: @unchecked Sendable {
                 core.countMalformed()
                 logger.debug("conntrack event socket: \(String(cString: strerror(-n)))")
             }
-            execute(core.onTick(now: monotonicNanoseconds()), core: &core, fd: fd, buf: buf)
+            // With events off the dumps are all the source sees: every one the minimum allows.
+            let due = kernelEvents == 0 ? 0 : options.reconcileDue?()
+            execute(core.onTick(now: monotonicNanoseconds(), dueNanos: due), core: &core, fd: fd, buf: buf)
             publish(core)
         }
         lock.withLock { stats.running = false }

@@ -12,14 +12,23 @@ public struct ConntrackSourceCore: Sendable {
         public var maxBufferSize: Int
         /// Seconds between reconcile dumps (0: none). The dump catches what no event reports:
         /// entries created before the listener existed (`nf_conntrack_events=2` gives those no
-        /// event extension, so their destroy is never announced) and anything lost in between.
+        /// event extension, so their destroy is never announced) and anything lost in between,
+        /// and it is how timeouts are read (refreshes for the peers' copies).
+        /// With `reconcileMaxInterval` above it, this is the shortest time between them: a dump
+        /// then comes when `onTick`'s `dueNanos` (what the replication needs) says, at the latest
+        /// `reconcileMaxInterval` after the last one.
         public var reconcileInterval: Double
+        public var reconcileMaxInterval: Double
 
-        public init(bufferSize: Int = 4 << 20, maxBufferSize: Int = 64 << 20, reconcileInterval: Double = 60) {
+        public init(bufferSize: Int = 4 << 20, maxBufferSize: Int = 64 << 20, reconcileInterval: Double = 60,
+                    reconcileMaxInterval: Double = 0) {
             self.bufferSize = bufferSize
             self.maxBufferSize = max(bufferSize, maxBufferSize)
             self.reconcileInterval = reconcileInterval
+            self.reconcileMaxInterval = reconcileMaxInterval
         }
+
+        var adaptive: Bool { reconcileInterval > 0 && reconcileMaxInterval > reconcileInterval }
     }
 
     public enum DumpReason: String, Hashable, Sendable {
@@ -98,6 +107,8 @@ public struct ConntrackSourceCore: Sendable {
     /// Keys an event touched while a dump ran: the event is at least as new as the dump's view.
     private var touchedDuringDump: Set<KernelConnection.Key> = []
     private var nextReconcile: UInt64 = .max
+    /// With an adaptive interval: the latest the next reconcile may come.
+    private var latestReconcile: UInt64 = .max
     private var started = false
 
     public init(settings: Settings = Settings(), filter: ConntrackFilter = .all) {
@@ -245,18 +256,26 @@ public struct ConntrackSourceCore: Sendable {
         counters.dumpFailures += 1
         if reason != .reconcile { pendingDump = pendingDump ?? reason }
         nextReconcile = now   // retry at the next tick
+        latestReconcile = now
         return []
     }
 
-    public mutating func onTick(now: UInt64) -> [Action] {
+    /// - Parameter dueNanos: with an adaptive interval, when the replication next needs the
+    ///   table read (monotonic ns; nil or .max: nothing needs it before the latest reconcile).
+    public mutating func onTick(now: UInt64, dueNanos: UInt64? = nil) -> [Action] {
         guard started, dumping == nil else { return [] }
         if let next = pendingDump {
             pendingDump = nil
             return requestDump(next)
         }
-        guard settings.reconcileInterval > 0, now >= nextReconcile else { return [] }
+        guard settings.reconcileInterval > 0 else { return [] }
+        let due = settings.adaptive ? max(nextReconcile, min(dueNanos ?? .max, latestReconcile)) : nextReconcile
+        guard now >= due else { return [] }
         return requestDump(.reconcile)
     }
+
+    /// When the next reconcile comes if nothing asks for one sooner (monotonic ns).
+    public var latestReconcileNanos: UInt64 { settings.adaptive ? latestReconcile : nextReconcile }
 
     /// Whether the entry under `key` is one the sink wrote and the kernel has not changed since.
     public func isLearned(_ key: KernelConnection.Key) -> Bool { learned.contains(key) }
@@ -283,8 +302,9 @@ public struct ConntrackSourceCore: Sendable {
     }
 
     private mutating func scheduleReconcile(now: UInt64) {
-        guard settings.reconcileInterval > 0 else { nextReconcile = .max; return }
+        guard settings.reconcileInterval > 0 else { nextReconcile = .max; latestReconcile = .max; return }
         nextReconcile = now &+ UInt64(settings.reconcileInterval * 1e9)
+        latestReconcile = settings.adaptive ? now &+ UInt64(settings.reconcileMaxInterval * 1e9) : nextReconcile
     }
 
     private mutating func deliver(_ changes: [Change]) -> [Action] {

@@ -38,7 +38,11 @@ public final class KernelTableSync: Sendable {
         public var port: UInt16
         public var key: ClusterKey
         public var mode: ConntrackSinkCore.Mode
+        /// The shortest time between reconcile dumps, and the longest: in between, a dump comes
+        /// when the replication needs timeouts read (a flow's copies half through their
+        /// lifetime). A max not above the min gives a fixed interval.
         public var reconcileSeconds: Double
+        public var reconcileMaxSeconds: Double
         public var filter: ConntrackFilter
         /// The network namespace whose table is replicated (a path such as /run/netns/x); nil
         /// for the daemon's own. The sockets of the replication shell stay in the caller's.
@@ -52,7 +56,8 @@ public final class KernelTableSync: Sendable {
         public var beforeSourceBatch: (@Sendable () -> Void)?
 
         public init(selfAddress: IPv4Address, peers: [IPv4Address], port: UInt16, key: ClusterKey,
-                    mode: ConntrackSinkCore.Mode = .inject, reconcileSeconds: Double = 30, filter: ConntrackFilter = .all,
+                    mode: ConntrackSinkCore.Mode = .inject, reconcileSeconds: Double = 30, reconcileMaxSeconds: Double = 3600,
+                    filter: ConntrackFilter = .all,
                     netnsPath: String? = nil, netlinkBufferBytes: Int = 4 << 20, netlinkBufferMaxBytes: Int = 64 << 20,
                     beforeSourceBatch: (@Sendable () -> Void)? = nil) {
             self.netlinkBufferBytes = netlinkBufferBytes
@@ -64,6 +69,7 @@ public final class KernelTableSync: Sendable {
             self.key = key
             self.mode = mode
             self.reconcileSeconds = reconcileSeconds
+            self.reconcileMaxSeconds = reconcileMaxSeconds
             self.filter = filter
             self.netnsPath = netnsPath
         }
@@ -105,10 +111,19 @@ public final class KernelTableSync: Sendable {
         }
         let gate = PublishGate()
         let sync = KernelTableSync(sink: sink, shell: shell, gate: gate, logger: logger)
+        var sourceOptions = ConntrackSource.Options(
+            settings: .init(bufferSize: o.netlinkBufferBytes, maxBufferSize: o.netlinkBufferMaxBytes,
+                            reconcileInterval: o.reconcileSeconds, reconcileMaxInterval: o.reconcileMaxSeconds),
+            filter: o.filter, netnsPath: o.netnsPath, sinkPortID: sink.portID)
+        // Reading the whole kernel table is the dear part of holding it (about 2-6 s of CPU per
+        // million entries): read it when the replication needs timeouts, not on a fixed beat.
+        sourceOptions.reconcileDue = { [shell] in
+            let ms = shell.scanDueMillis
+            let (ns, overflow) = ms.multipliedReportingOverflow(by: 1_000_000)
+            return overflow ? nil : ns
+        }
         let source = ConntrackSource(
-            options: .init(settings: .init(bufferSize: o.netlinkBufferBytes, maxBufferSize: o.netlinkBufferMaxBytes,
-                                           reconcileInterval: o.reconcileSeconds),
-                           filter: o.filter, netnsPath: o.netnsPath, sinkPortID: sink.portID),
+            options: sourceOptions,
             logger: logger,
             onChanges: { [shell, gate, before = o.beforeSourceBatch] changes in
                 before?()

@@ -95,7 +95,7 @@ public enum ConntrackNodeRunner {
         do {
             kernelSync = try await KernelTableSync.start(
                 .init(selfAddress: r.selfAddress, peers: r.peers, port: plan.conntrack.port, key: key,
-                      mode: plan.conntrack.mode, reconcileSeconds: plan.conntrack.reconcileSeconds,
+                      mode: plan.conntrack.mode, reconcileSeconds: plan.conntrack.reconcileSeconds, reconcileMaxSeconds: plan.conntrack.reconcileMaxSeconds,
                       filter: plan.conntrack.filter, netlinkBufferBytes: plan.conntrack.netlinkBufferBytes,
                       netlinkBufferMaxBytes: plan.conntrack.netlinkBufferMaxBytes),
                 logger: logger)

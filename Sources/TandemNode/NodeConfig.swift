@@ -104,8 +104,12 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         public var mode: String?
         /// UDP and TCP port of the kernel table's replication, the same on every node (default 11115).
         public var syncPort: Int?
-        /// Seconds between dumps that reconcile the table with what events reported (default 30).
+        /// The shortest time between dumps that reconcile the table with what events reported
+        /// and read timeouts (default 30 s), and the longest (default 3600 s). In between, a dump
+        /// comes when a replicated entry's copies are half through their lifetime and need a
+        /// refresh; a quiet table of long-lived connections is read once per reconcileMaxSeconds.
         public var reconcileSeconds: Double?
+        public var reconcileMaxSeconds: Double?
         /// Which entries are replicated (protocols, address ranges, zones, marks, NAT kind).
         public var filter: ConntrackFilter.Config?
         /// The kernel event socket's receive buffer at start, bytes (default 4 MiB), and the cap
@@ -121,6 +125,7 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         public var port: UInt16
         public var mode: ConntrackSinkCore.Mode
         public var reconcileSeconds: Double
+        public var reconcileMaxSeconds: Double = 3600
         public var filter: ConntrackFilter
         public var netlinkBufferBytes: Int = 4 << 20
         public var netlinkBufferMaxBytes: Int = 64 << 20
@@ -377,6 +382,10 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         guard reconcile >= 1, reconcile <= 3600 else {
             throw ConfigError("conntrack: reconcileSeconds must be 1-3600, got \(reconcile)")
         }
+        let reconcileMax = ct.reconcileMaxSeconds ?? max(reconcile, 3600)
+        guard reconcileMax >= reconcile, reconcileMax <= 86400 else {
+            throw ConfigError("conntrack: reconcileMaxSeconds must be at least reconcileSeconds (\(reconcile)) and at most 86400, got \(reconcileMax)")
+        }
         let filter: ConntrackFilter
         do { filter = try ct.filter.map(ConntrackFilter.init(config:)) ?? .all } catch {
             throw ConfigError("conntrack: filter: \(error)")
@@ -389,8 +398,8 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         guard bufferMax >= buffer, bufferMax <= 1 << 30 else {
             throw ConfigError("conntrack: netlinkBufferMaxBytes must be at least netlinkBufferBytes (\(buffer)) and at most 1073741824, got \(bufferMax)")
         }
-        return ConntrackSettings(port: UInt16(port), mode: mode, reconcileSeconds: reconcile, filter: filter,
-                                 netlinkBufferBytes: buffer, netlinkBufferMaxBytes: bufferMax)
+        return ConntrackSettings(port: UInt16(port), mode: mode, reconcileSeconds: reconcile, reconcileMaxSeconds: reconcileMax,
+                                 filter: filter, netlinkBufferBytes: buffer, netlinkBufferMaxBytes: bufferMax)
     }
 
     /// Hold mode writes its entries into the kernel at a takeover; without an election there is

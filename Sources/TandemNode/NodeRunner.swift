@@ -269,7 +269,7 @@ public enum NodeRunner {
         var kernelSync: KernelTableSync?
         if let ct = conntrackSettings, let r = replicationSettings, let key = clusterKey {
             let options = KernelTableSync.Options(selfAddress: r.selfAddress, peers: r.peers, port: ct.port, key: key,
-                                                  mode: ct.mode, reconcileSeconds: ct.reconcileSeconds, filter: ct.filter,
+                                                  mode: ct.mode, reconcileSeconds: ct.reconcileSeconds, reconcileMaxSeconds: ct.reconcileMaxSeconds, filter: ct.filter,
                                                   netlinkBufferBytes: ct.netlinkBufferBytes,
                                                   netlinkBufferMaxBytes: ct.netlinkBufferMaxBytes)
             do { kernelSync = try await KernelTableSync.start(options, logger: logger) } catch {

@@ -108,6 +108,7 @@ public final class ReplicationShell<Entry: ReplicatedEntry>: @unchecked Sendable
     private var receivedActions: [ReplicationAction<Entry>] = []
     private var summarised = ReplicationCounters()
     private let inSyncBox = NIOLockedValueBox(false)
+    private let scanDueBox = NIOLockedValueBox(UInt64.max)
     private let stoppedBox = NIOLockedValueBox(false)
     /// Bulk-server connections open now, and those closed for the cap or a missing request.
     private let bulkServerBox = NIOLockedValueBox(BulkServerStats())
@@ -131,6 +132,9 @@ public final class ReplicationShell<Entry: ReplicatedEntry>: @unchecked Sendable
 
     /// Whether this node holds the cluster's table (readable from any thread).
     public var inSync: Bool { inSyncBox.withLockedValue { $0 } }
+    /// When the local table next needs a scan, on `clockMillis()` (`ReplicationCore.scanDueMillis`;
+    /// .max: nothing needs one). A source that reads its whole table to scan it asks this.
+    public var scanDueMillis: UInt64 { scanDueBox.withLockedValue { $0 } }
 
     // MARK: Lifecycle
 
@@ -388,6 +392,8 @@ public final class ReplicationShell<Entry: ReplicatedEntry>: @unchecked Sendable
 
     private func perform(_ actions: [ReplicationAction<Entry>]) {
         loop.assertInEventLoop()
+        let due = core.scanDueMillis
+        scanDueBox.withLockedValue { if $0 != due { $0 = due } }
         var installs: [Entry.Record] = []
         var removals: [Entry.Key] = []
         func applyDatapath() {

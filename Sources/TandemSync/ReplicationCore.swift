@@ -87,6 +87,15 @@ public struct ReplicationCore<Entry: ReplicatedEntry>: Sendable {
     private var nextRequestID: UInt32 = 1
     private var scanGeneration: UInt32 = 0
     private var scanStartedAt: UInt64 = 0
+    /// When the local table next needs a scan (monotonic ms; .max: nothing needs one): the
+    /// earliest point at which a flow this node replicates is due a refresh on its peers (its
+    /// copies have `refreshFraction` of their lifetime left), or a copy learned from a peer is as
+    /// far through its life (to adopt it if this node refreshes it, or to forget it once gone).
+    /// A source that can only see its table by reading all of it (the kernel's, by a dump) scans
+    /// when this says, not on a fixed beat, so a quiet table of long-lived flows costs nothing.
+    public private(set) var scanDueMillis: UInt64 = .max
+    /// The due time gathered over a `finishScan` pass in progress (nil: none in progress).
+    private var scanDueInPass: UInt64?
     /// Digest leaves that differ from a peer's, waiting to be pulled.
     private var leavesToPull: [UInt32: Set<UInt16>] = [:]
     /// Transfers in flight, by request id.
@@ -176,6 +185,7 @@ public struct ReplicationCore<Entry: ReplicatedEntry>: Sendable {
         let entry = table.recordLocal(deleted ? .delete : .upsert, r, clock: now.wallMicros, origin: config.selfID,
                                       now: now.monotonicMillis,
                                       peerDeadline: now.monotonicMillis &+ Entry.lifetimeMillis(of: r))
+        if !deleted { noteScanDue(now.monotonicMillis &+ dueOffset(lifetime: Entry.lifetimeMillis(of: r))) }
         sender.enqueue(entry)
         counters.deltasQueued += 1
         return []
@@ -267,9 +277,20 @@ public struct ReplicationCore<Entry: ReplicatedEntry>: Sendable {
     /// `finishScan` over some digest leaves: a big table is checked a slice of leaves at a time.
     public mutating func finishScan(leaves: Range<Int>, now: SyncTime) -> [Action] {
         var actions: [Action] = []
+        if leaves.lowerBound == 0 { scanDueInPass = .max }
+        defer {
+            if leaves.upperBound >= ReplicaLeaves.count, let due = scanDueInPass {
+                scanDueMillis = due
+                scanDueInPass = nil
+            }
+        }
         // Each record is read once; handling one changes only that record.
         for (k, rec) in table.records(inLeafRange: leaves) {
-            guard !rec.isTombstone, rec.scanned != scanGeneration, scanStartedAt >= rec.changedAt &+ 1000 else { continue }
+            if rec.isTombstone { continue }
+            guard rec.scanned != scanGeneration, scanStartedAt >= rec.changedAt &+ 1000 else {
+                noteScanDue(scanDue(of: rec), passOnly: true)
+                continue
+            }
             if rec.source == .local {
                 actions += onLocalChange(rec.entry.record, deleted: true, now: now)
             } else {
@@ -279,6 +300,27 @@ public struct ReplicationCore<Entry: ReplicatedEntry>: Sendable {
             }
         }
         return actions
+    }
+
+    /// How long after a copy is given `lifetime` it is due a look (`scanDueMillis`).
+    private func dueOffset(lifetime: UInt64) -> UInt64 {
+        UInt64(Double(lifetime) * max(0, min(1, 1 - config.refreshFraction)))
+    }
+
+    /// A kept record's due time: a local flow's when its peers' copies reach the refresh point,
+    /// a learned copy's when it is as far through the lifetime it was given.
+    private func scanDue(of rec: ReplicaRecord<Entry>) -> UInt64 {
+        let given = Entry.lifetimeMillis(of: rec.entry.record)
+        if rec.source == .local {
+            let keep = UInt64(Double(given) * max(0, min(1, config.refreshFraction)))
+            return rec.peerDeadline > keep ? rec.peerDeadline - keep : 0
+        }
+        return rec.changedAt &+ dueOffset(lifetime: given)
+    }
+
+    private mutating func noteScanDue(_ due: UInt64, passOnly: Bool = false) {
+        if !passOnly { scanDueMillis = min(scanDueMillis, due) }
+        if let d = scanDueInPass { scanDueInPass = min(d, due) }
     }
 
     /// Numbers and sends queued changes. The shell calls this after each burst of events.
@@ -396,6 +438,7 @@ public struct ReplicationCore<Entry: ReplicatedEntry>: Sendable {
         case .applied(let previous):
             counters.entriesApplied += 1
             if entry.operation == .upsert {
+                noteScanDue(now.monotonicMillis &+ dueOffset(lifetime: Entry.lifetimeMillis(of: entry.record)))
                 actions.append(.install(Entry.learnedFromPeer(entry.record)))
             } else if previous?.operation == .upsert {
                 actions.append(.remove(entry.key))

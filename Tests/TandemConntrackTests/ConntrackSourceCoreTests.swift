@@ -108,6 +108,33 @@ let sec: UInt64 = 1_000_000_000
         #expect(core.onTick(now: 22 * sec) == [.startDump(.reconcile)])
     }
 
+    /// With a max above the min, a reconcile comes when the replication says it needs the
+    /// table read, never sooner than the min after the last dump and never later than the max.
+    @Test func adaptiveReconcileFollowsTheReplicationsDueTime() {
+        var core = started(.init(bufferSize: 1 << 20, maxBufferSize: 1 << 20, reconcileInterval: 10,
+                                 reconcileMaxInterval: 100))
+        // Nothing needs it: no dump until the max.
+        #expect(core.onTick(now: 10 * sec, dueNanos: nil).isEmpty)
+        #expect(core.onTick(now: 99 * sec, dueNanos: nil).isEmpty)
+        #expect(core.latestReconcileNanos == 100 * sec)
+        #expect(core.onTick(now: 100 * sec, dueNanos: nil) == [.startDump(.reconcile)])
+        _ = core.onDump([], reason: .reconcile, now: 101 * sec)
+        // Due at once: still not before the min after the last dump.
+        #expect(core.onTick(now: 105 * sec, dueNanos: 0).isEmpty)
+        #expect(core.onTick(now: 111 * sec, dueNanos: 0) == [.startDump(.reconcile)])
+        _ = core.onDump([], reason: .reconcile, now: 111 * sec)
+        // Due in between: then.
+        #expect(core.onTick(now: 140 * sec, dueNanos: 150 * sec).isEmpty)
+        #expect(core.onTick(now: 150 * sec, dueNanos: 150 * sec) == [.startDump(.reconcile)])
+        // A failed dump is retried at the next tick whatever the due time.
+        _ = core.onDumpFailed(reason: .reconcile, now: 151 * sec)
+        #expect(core.onTick(now: 151 * sec, dueNanos: .max) == [.startDump(.reconcile)])
+        // Without a max above the min the due time is not asked: the fixed interval.
+        var fixed = started()
+        #expect(fixed.onTick(now: 5 * sec, dueNanos: 0).isEmpty)
+        #expect(fixed.onTick(now: 10 * sec, dueNanos: .max) == [.startDump(.reconcile)])
+    }
+
     @Test func reconcileDisabled() {
         var core = started(.init(bufferSize: 1 << 20, maxBufferSize: 1 << 20, reconcileInterval: 0))
         #expect(core.onTick(now: 1_000_000 * sec).isEmpty)

@@ -127,7 +127,9 @@ import TandemConntrack
           filter: {protocols: [tcp, udp], exclude: [10.9.0.0/16], nat: snat}
         """)
         let s = try #require(try c.conntrackSettings())
-        #expect(s.port == 11115 && s.mode == .hold && s.reconcileSeconds == 30)
+        #expect(s.port == 11115 && s.mode == .hold && s.reconcileSeconds == 30 && s.reconcileMaxSeconds == 3600)
+        let fixed = try NodeConfig.parse(yaml: cluster + "\nconntrack: {reconcileSeconds: 60, reconcileMaxSeconds: 60}")
+        #expect(try fixed.conntrackSettings()?.reconcileMaxSeconds == 60)
         #expect(s.netlinkBufferBytes == 4 << 20 && s.netlinkBufferMaxBytes == 64 << 20)
         #expect(s.filter.protocols == [6, 17] && s.filter.nat == .snat && s.filter.exclude.count == 1)
         #expect(try NodeConfig.parse(yaml: cluster).conntrackSettings() == nil)
@@ -142,6 +144,8 @@ import TandemConntrack
             (cluster + "\nconntrack: {syncPort: 11112}", "syncPort and cluster.syncPort must differ"),
             (cluster + "\nconntrack: {syncPort: 70000}", "1-65535"),
             (cluster + "\nconntrack: {reconcileSeconds: 0}", "reconcileSeconds"),
+            (cluster + "\nconntrack: {reconcileSeconds: 60, reconcileMaxSeconds: 30}", "reconcileMaxSeconds must be at least reconcileSeconds"),
+            (cluster + "\nconntrack: {reconcileMaxSeconds: 100000}", "at most 86400"),
             (cluster + "\nconntrack: {filter: {protocols: [sctpx]}}", "filter"),
             (cluster + "\nconntrack: {netlinkBufferBytes: 100}", "netlinkBufferBytes must be"),
             (cluster + "\nconntrack: {netlinkBufferBytes: 1048576, netlinkBufferMaxBytes: 65536}", "at least netlinkBufferBytes"),

@@ -44,6 +44,7 @@ import Testing
             ("xdp", c.xdp), ("stateFile", c.stateFile), ("datapath", c.datapath),
             ("conntrack.enabled", c.conntrack?.enabled), ("conntrack.mode", c.conntrack?.mode),
             ("conntrack.syncPort", c.conntrack?.syncPort), ("conntrack.reconcileSeconds", c.conntrack?.reconcileSeconds),
+            ("conntrack.reconcileMaxSeconds", c.conntrack?.reconcileMaxSeconds),
             ("conntrack.filter", c.conntrack?.filter), ("conntrack.netlinkBufferBytes", c.conntrack?.netlinkBufferBytes),
             ("conntrack.netlinkBufferMaxBytes", c.conntrack?.netlinkBufferMaxBytes),
             ("service.protocol", s.protocol), ("service.mode", s.mode), ("service.sel", s.sel), ("service.name", s.name),

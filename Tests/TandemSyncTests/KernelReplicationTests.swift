@@ -57,6 +57,38 @@ import Testing
         #expect(removed == [.remove(masquerade(7).key)])
     }
 
+    /// What the kernel source's reconcile waits for: the earliest point a replicated entry's
+    /// copies need a refresh (half their lifetime gone), or a learned copy is as far through.
+    @Test func theScanIsDueWhenTheShortestLivedCopyIsHalfThrough() {
+        var (a, b) = pair()
+        #expect(a.scanDueMillis == .max)   // an empty table needs no scan
+        let long = masquerade(1, timeout: 432_000), short = masquerade(2, timeout: 120)
+        _ = a.onLocalChange(long, deleted: false, now: time(1000))
+        #expect(a.scanDueMillis == 1000 + 216_000_000)
+        _ = a.onLocalChange(short, deleted: false, now: time(2000))
+        #expect(a.scanDueMillis == 2000 + 60_000)
+        // The standby: its learned copies are due at the same point of their lives.
+        _ = deliver(a.flush(now: time(2000)), to: &b, at: 2500)
+        #expect(b.scanDueMillis == 2500 + 60_000)
+        // A scan just after 62 s refreshes the short one (the kernel shows it refreshed to 120 s by
+        // traffic): the next due time is half through the refreshed copy's life.
+        var refreshed = short
+        refreshed.timeout = 120
+        var longNow = long
+        longNow.timeout = 432_000 - 62
+        _ = a.onLocalScan([(longNow, false), (refreshed, false)], now: time(62_500), readAtMillis: 62_500)
+        #expect(a.counters.refreshesSent == 1)
+        #expect(a.scanDueMillis == 62_500 + 60_000)
+        // The short flow ends: only the long one is left, due days from now.
+        _ = a.onLocalChange(refreshed, deleted: true, now: time(70_000))
+        _ = a.onLocalScan([(longNow, false)], now: time(80_000), readAtMillis: 80_000)
+        #expect(a.scanDueMillis == 1000 + 216_000_000)
+        // The table empties: nothing is due.
+        _ = a.onLocalChange(longNow, deleted: true, now: time(90_000))
+        _ = a.onLocalScan([], now: time(100_000), readAtMillis: 100_000)
+        #expect(a.scanDueMillis == .max)
+    }
+
     @Test func aCopyTimingOutOnTheStandbyIsNotAnnounced() {
         var (a, b) = pair()
         _ = a.onLocalChange(masquerade(1), deleted: false, now: time(1))
