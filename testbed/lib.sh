@@ -9,6 +9,10 @@
 #                       10.0.10.141  10.0.10.88  10.0.10.21  10.0.10.22  (nginx :80, echo :9000)
 #   floating IP 10.0.10.143/32: a route in the vcn ns to the owning node (tb_route_vip NODE).
 #
+# natgw.sh adds an "outside" network (TB_NATGW_OUTSIDE, host `out` 198.51.100.10 on v-out, not
+# made by tb_up) and, once $TB_STATE/natgw exists, tb_route_vip also points the vcn's policy
+# table TB_NATGW_TABLE (inside -> outside traffic) at the floating IP's owner.
+#
 # Everything is derived from TB (default "tdm", <= 6 chars of [a-z0-9]):
 #   namespaces  ${TB}-client ${TB}-vcn ${TB}-llb1 [${TB}-llb2] ${TB}-ep1 ${TB}-ep2
 #   state dir   /run/tandem-testbed/${TB}/      (pid files, nginx config/logs/temp, echo logs)
@@ -36,7 +40,13 @@ TB_VIP="10.0.10.143"
 TB_GW_HOSTS="10.0.10.1"     # gateway of 10.0.10.0/24
 TB_GW_CLIENT="10.0.20.1"    # gateway of 10.0.20.0/24
 TB_ECHO_PORT=9000
-TB_ALL_ROLES=(client vcn llb1 llb2 llb3 ep1 ep2)
+TB_ALL_ROLES=(client vcn llb1 llb2 llb3 ep1 ep2 out)
+# natgw.sh: the outside network beyond the NAT gateways, its gateway in the vcn, and the vcn's
+# policy-routing table that sends the inside hosts' traffic to the outside through the gateway
+# owning the floating IP.
+TB_NATGW_OUTSIDE="198.51.100.0/24"
+TB_GW_OUTSIDE="198.51.100.1"
+TB_NATGW_TABLE=143
 
 tb_log() { printf '[testbed %s] %s\n' "$TB" "$*" >&2; }
 tb_die() { printf '[testbed %s] error: %s\n' "$TB" "$*" >&2; return 1; }
@@ -74,12 +84,19 @@ tb_ip() {
         llb3) echo 10.0.10.89 ;;
         ep1) echo 10.0.10.21 ;;
         ep2) echo 10.0.10.22 ;;
+        out) echo 198.51.100.10 ;;
         vcn) echo "$TB_GW_HOSTS" ;;
         *) tb_die "unknown role '$1'" ;;
     esac
 }
 tb_prefix() { echo 24; }                  # every host has a /24 on eth0
-tb_gw() { if [[ "$1" == client ]]; then echo "$TB_GW_CLIENT"; else echo "$TB_GW_HOSTS"; fi; }
+tb_gw() {
+    case "$1" in
+        client) echo "$TB_GW_CLIENT" ;;
+        out) echo "$TB_GW_OUTSIDE" ;;
+        *) echo "$TB_GW_HOSTS" ;;
+    esac
+}
 
 tb_ns_exists() { ip netns list 2>/dev/null | awk '{print $1}' | grep -qx "$1"; }
 
@@ -93,10 +110,16 @@ tb_exists() {
 
 # Moves the floating IP's /32 in the vcn to NODE (llb1 or llb2). The fake OCI calls this.
 #   tb_route_vip NODE [IP]   (IP defaults to the VIP 10.0.10.143)
+# On a NAT-gateway bed (natgw.sh: $TB_STATE/natgw exists) the inside hosts' route to the outside
+# (policy table TB_NATGW_TABLE) follows the VIP to NODE too, as an OCI route rule targeting the
+# floating private IP would.
 tb_route_vip() {
     local node="$1" ip="${2:-$TB_VIP}"
     [[ "$node" == llb1 || "$node" == llb2 || "$node" == llb3 ]] || { tb_die "tb_route_vip: node must be llb1, llb2 or llb3"; return 1; }
     ip -n "$(tb_ns vcn)" route replace "$ip/32" via "$(tb_ip "$node")" dev "$(tb_link "$node")"
+    if [[ "$ip" == "$TB_VIP" && -f "$TB_STATE_ROOT/$TB/natgw" ]]; then
+        ip -n "$(tb_ns vcn)" route replace "$TB_NATGW_OUTSIDE" via "$(tb_ip "$node")" dev "$(tb_link "$node")" table "$TB_NATGW_TABLE"
+    fi
 }
 
 # Removes the floating IP's route (nobody owns it).
@@ -167,8 +190,8 @@ tb_create_vcn() {
     fi
 }
 
-# Whether a host role sits on the 10.0.10.0/24 segment (everything but the client).
-tb_on_segment() { [[ "$1" != client ]]; }
+# Whether a host role sits on the 10.0.10.0/24 segment (everything but the client and natgw.sh's out).
+tb_on_segment() { [[ "$1" != client && "$1" != out ]]; }
 
 # Creates host ROLE: its namespace, a veth pair (v-ROLE in vcn, eth0 in the host), addresses,
 # the host's default route and the vcn's /32 route to it.
