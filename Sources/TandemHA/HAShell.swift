@@ -59,6 +59,10 @@ public final class HAShell: @unchecked Sendable {
     private let jobs: AsyncStream<Job>.Continuation
     private let jobStream: AsyncStream<Job>
     private var runner: Task<Void, Never>?
+    /// The provider call of a takeover in progress, by instance, so a node that loses the term
+    /// while it runs can cancel it: left to finish, it would pull the floating IP away from the
+    /// node that won (seen: both nodes MASTER at start, the loser's OCI move landing last).
+    private let takeoversInFlight = NIOLockedValueBox([Int: (term: UInt64, task: Task<CloudTakeoverResult, Error>)]())
     private let stoppedBox = NIOLockedValueBox(false)
     private let started = ContinuousClock.now
 
@@ -175,6 +179,8 @@ public final class HAShell: @unchecked Sendable {
             return !stopped
         }
         guard first else { return nil }
+        // A leaving node's move still in flight would land after a peer has taken over.
+        if !restarting { takeoversInFlight.withLockedValue { for (_, t) in $0 { t.task.cancel() } } }
         let (released, resume): ([IPv4Address], GracefulExitRecord?) = (try? await loop.submit { [self] () -> ([IPv4Address], GracefulExitRecord?) in
             timer?.cancel()
             timer = nil
@@ -363,6 +369,7 @@ public final class HAShell: @unchecked Sendable {
 
     /// Stops answering at once (the gate), then releases through the provider.
     private func stepDown(_ i: Int) {
+        takeoversInFlight.withLockedValue { $0[i]?.task.cancel() }
         let before = activeVIPs
         applyGate()
         let dropped = before.subtracting(activeVIPs)
@@ -426,18 +433,34 @@ public final class HAShell: @unchecked Sendable {
             // The preparation may have taken a while: the node may have lost the term meanwhile.
             guard await stillMaster() else { return }
             let started = ContinuousClock.now
+            let move = Task { try await provider.takeover(vips: vips, term: term) }
+            shell.takeoversInFlight.withLockedValue { $0[instance] = (term, move) }
+            // Lost between the check above and the registration: cancel it now.
+            if !(await stillMaster()) { move.cancel() }
             let result: Result<CloudTakeoverResult, Error>
-            do { result = .success(try await provider.takeover(vips: vips, term: term)) } catch { result = .failure(error) }
+            do { result = .success(try await move.value) } catch { result = .failure(error) }
+            shell.takeoversInFlight.withLockedValue { if $0[instance]?.term == term { $0[instance] = nil } }
             let elapsed = ContinuousClock.now - started
-            shell.loop.execute { shell.takeoverFinished(instance: instance, term: term, result: result, elapsed: elapsed) }
+            let cancelled = move.isCancelled
+            shell.loop.execute {
+                shell.takeoverFinished(instance: instance, term: term, result: result, elapsed: elapsed, cancelled: cancelled)
+            }
         }
     }
 
     private func takeoverFinished(instance i: Int, term: UInt64, result: Result<CloudTakeoverResult, Error>,
-                                  elapsed: Duration) {
+                                  elapsed: Duration, cancelled: Bool = false) {
         let now = monotonicNanoseconds()
         let ms = milliseconds(elapsed)
         let name = config.instances[i].name
+        if cancelled {
+            // This node lost the term while its provider worked; the winner moves the IPs.
+            Counter(label: "tandem_takeovers_cancelled_total", dimensions: [("instance", name)]).increment()
+            logger.notice("takeover cancelled: this node lost the term while the provider worked",
+                          metadata: ["instance": "\(name)", "term": "\(term)", "ms": "\(String(format: "%.1f", ms))",
+                                     "outcome": "\((try? result.get()).map { "finished anyway: \($0.detail)" } ?? "stopped")"])
+            return
+        }
         switch result {
         case .success(let r):
             records[i].takeovers += 1

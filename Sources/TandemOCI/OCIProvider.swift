@@ -172,6 +172,9 @@ public final class OCIProvider: Sendable {
         while true {
             switch action {
             case .send(let request, let timeout):
+                // Cancelled: this node lost its term (HAShell); a move sent now would pull the IP
+                // from the node that won.
+                try Task.checkCancellation()
                 let event = try await api.perform(request, timeout: timeout)
                 action = machine.onResponse(event, now: start.duration(to: clock.now))
             case .sleep(let delay):

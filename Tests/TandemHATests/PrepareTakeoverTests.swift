@@ -22,6 +22,28 @@ import TandemSealing
         func release(vips: [IPv4Address]) async {}
     }
 
+    /// A provider call that takes until it is cancelled (or 10 s): a slow cloud API.
+    final class SlowProvider: CloudProvider, @unchecked Sendable {
+        let name = "slow"
+        let entered = NIOLockedValueBox(false)
+        let sawCancellation = NIOLockedValueBox(false)
+        let moved = NIOLockedValueBox(false)
+        func takeover(vips: [IPv4Address], term: UInt64) async throws -> CloudTakeoverResult {
+            entered.withLockedValue { $0 = true }
+            let end = ContinuousClock.now + .seconds(10)
+            while ContinuousClock.now < end {
+                if Task.isCancelled {
+                    sawCancellation.withLockedValue { $0 = true }
+                    throw CancellationError()
+                }
+                try? await Task.sleep(for: .milliseconds(5))
+            }
+            moved.withLockedValue { $0 = true }
+            return CloudTakeoverResult(provider: name, durationNanos: 0, detail: "moved \(vips)")
+        }
+        func release(vips: [IPv4Address]) async {}
+    }
+
     func waitFor(_ seconds: Double, _ check: () async -> Bool) async -> Bool {
         let end = Date().addingTimeInterval(seconds)
         while Date() < end {
@@ -31,7 +53,7 @@ import TandemSealing
         return false
     }
 
-    func startShell(provider: RecordingProvider,
+    func startShell(provider: any CloudProvider,
                     prepare: @escaping @Sendable ([IPv4Address], UInt64) async -> Void) async throws -> HAShell {
         let key = try #require(ClusterKey(bytes: (0..<32).map { _ in UInt8.random(in: 0...255) }))
         for _ in 0..<20 {
@@ -70,6 +92,24 @@ import TandemSealing
         let status = await ha.status()
         let prepareMs = try #require(status?.instances.first?.lastPrepareMs)
         #expect(prepareMs >= 300)
+        await ha.stop()
+    }
+
+    /// Both nodes claimed at start and this one lost: its provider call still running must stop
+    /// (a finished move would pull the floating IP from the winner), and it is neither counted
+    /// as a takeover nor as a failure (no FAULT).
+    @Test func aTermLostWhileTheProviderWorksCancelsTheMove() async throws {
+        let provider = SlowProvider()
+        let ha = try await startShell(provider: provider) { _, _ in }
+        try await ha.setExternal(instance: "llb-inst0", state: "MASTER")
+        #expect(await waitFor(30) { provider.entered.withLockedValue { $0 } })
+        try await ha.setExternal(instance: "llb-inst0", state: "BACKUP")
+        #expect(await waitFor(5) { provider.sawCancellation.withLockedValue { $0 } }, "the move was not cancelled")
+        #expect(!provider.moved.withLockedValue { $0 })
+        try await Task.sleep(for: .milliseconds(200))
+        let instance = try #require(await ha.status()?.instances.first)
+        #expect(instance.role == "BACKUP")
+        #expect(instance.takeovers == 0 && instance.takeoverFailures == 0, "\(instance)")
         await ha.stop()
     }
 
