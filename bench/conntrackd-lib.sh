@@ -20,6 +20,9 @@
 #       cost is taken over the burst: utime+stime of both conntrackd processes, and UDP payload
 #       bytes node 1 -> node 2 (bytes_per_entry; node 2's acks separately) from nftables counters.
 #       STATE_DIR defaults to the one given to the last ctd_setup in this shell.
+#       With CTD_IDLE_SECONDS > 0, then {"phase":"idle",...}: both daemons' CPU while they only
+#       hold the table, after NS1's table is filled to CTD_IDLE_TABLE entries (ctd_fill_table).
+#   ctd_fill_table NS1 NS2 TARGET FIRST   (below)
 #   ctd_pids STATE_DIR        prints the live conntrackd pids, node 1 first, on one line.
 #   ctd_teardown STATE_DIR    stops both daemons (by pid), removes the counters and STATE_DIR's
 #                             files. Safe to call twice and after a partial ctd_setup.
@@ -216,6 +219,28 @@ ctd_overruns() {
     conntrackd -C "$1" -s runtime 2>/dev/null | awk '/netlink overrun/ {for (i=1;i<=NF;i++) if ($i ~ /^[0-9]+$/) s+=$i} END {print s+0}'
 }
 
+# ctd_fill_table NS1 NS2 TARGET FIRST: fills NS1's table with tandem-ctbench's entries up to
+# TARGET (flow numbers from FIRST), then waits until NS2 holds as many, or has gained nothing for
+# 20 s, or 180 s have passed. Prints the next free flow number; progress on stderr.
+ctd_fill_table() {
+    local ns1=$1 ns2=$2 target=$3 next=$4 bin have n last=-1 tlast=$SECONDS t0=$SECONDS
+    bin="$(ctd_bin)"
+    have="$("$bin" count --ns "$ns1")"
+    if (( target > have )); then
+        "$bin" fill --ns "$ns1" --count $(( target - have )) --first "$next" >&2 || ctd_log "tandem-ctbench fill failed"
+        next=$(( next + target - have ))
+    fi
+    have="$("$bin" count --ns "$ns1")"
+    while (( SECONDS - t0 < 180 )); do
+        n="$("$bin" count --ns "$ns2")"
+        (( n >= have )) && break
+        if (( n != last )); then last=$n; tlast=$SECONDS; elif (( SECONDS - tlast > 20 )); then break; fi
+        sleep 1
+    done
+    ctd_log "table filled: $have entries in $ns1, $("$bin" count --ns "$ns2") in $ns2 after $(( SECONDS - t0 )) s"
+    echo "$next"
+}
+
 ctd_measure() {
     local ns1=$1 ns2=$2 rates=$3 duration=$4 burst=$5 dir=${6:-$CTD_STATE_DIR}
     local bin next r n pids c0 c1 a0 a1 k0 k1 b0 b1 l0 l1 hz line injected over1 over2 wait=${CTD_WAIT:-10}
@@ -269,12 +294,16 @@ EOF
     # Idle: both daemons holding the table, no new flows.
     local idle="${CTD_IDLE_SECONDS:-0}"
     if (( idle > 0 )); then
+        if (( ${CTD_IDLE_TABLE:-0} > 0 )); then
+            next="$(ctd_fill_table "$ns1" "$ns2" "$CTD_IDLE_TABLE" "$next")"
+            echo "$next" >"$dir/next"
+        fi
         # shellcheck disable=SC2086
         c0="$(ctd_cpu_ticks $pids)"
         sleep "$idle"
         # shellcheck disable=SC2086
         c1="$(ctd_cpu_ticks $pids)"
-        echo "{\"phase\":\"idle\",\"seconds\":$idle,\"connections\":$(ip netns exec "$ns1" conntrack -C 2>/dev/null || echo 0),\"cpu_percent\":$(python3 -c "print(round(($c1 - $c0) * 100 / $hz / $idle, 2))")}"
+        echo "{\"phase\":\"idle\",\"seconds\":$idle,\"connections\":$("$bin" count --ns "$ns1"),\"peer_connections\":$("$bin" count --ns "$ns2"),\"cpu_percent\":$(python3 -c "print(round(($c1 - $c0) * 100 / $hz / $idle, 2))")}"
     fi
     return 0
 }

@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Turns the replication benchmark's JSON lines into the README's markdown table.
 
-Usage: replication-report.py TANDEM.jsonl CONNTRACKD.jsonl "RATE RATE ..."
+Usage: replication-report.py TANDEM.jsonl CONNTRACKD.jsonl "RATE RATE ..." [KERNEL.jsonl]
+
+TANDEM is Tandem replicating its BPF table, KERNEL Tandem replicating the kernel conntrack table
+(conntrack-only nodes); with KERNEL rows a second table compares it with conntrackd on the same
+kernel entries.
 """
 import json
 import sys
@@ -87,7 +91,48 @@ def main():
                    f"{fmt(float(b['seconds']), ' s')} | not measured (a restarted conntrackd requests a resend, `-n`) | |")
     out.append("")
     out.append("Authenticated and encrypted: Tandem yes (ChaCha20-Poly1305, replay window); conntrackd no.")
+    kernel = load(sys.argv[4]) if len(sys.argv) > 4 else []
+    if kernel:
+        out.append("")
+        out.extend(kernel_table(kernel, ctd, rates))
     print("\n".join(out))
+
+
+def kernel_table(k, c, rates):
+    """Both systems replicate the same kernel entries, created by tandem-ctbench in node 1's table
+    and timed on their arrival in node 2's."""
+    out = ["Kernel conntrack table, the same entries: Tandem (conntrack-only nodes, inject) and conntrackd FTFW "
+           "(DisableExternalCache)", "",
+           "| Metric | Tandem | conntrackd FTFW | Tandem advantage |", "|---|---|---|---|"]
+    for r in rates:
+        t, d = by_phase(k, "rate", rate=r), by_phase(c, "rate", rate=r)
+        for q in ("p50", "p99"):
+            tv, dv = t and t.get(f"lag_{q}_ms"), d and d.get(f"lag_{q}_ms")
+            out.append(f"| lag {q} at {r:,} new flows/s | {fmt(tv, ' ms')} | {fmt(dv, ' ms')} | {ratio(tv, dv, True)} |")
+        tm = t and f"{t['replicated']:,}/{t['injected']:,}"
+        dm = d and f"{d['replicated']:,}/{d['injected']:,}"
+        out.append(f"| replicated/created at {r:,}/s | {tm or 'n/a'} | {dm or 'n/a'} | |")
+    t, d = by_phase(k, "burst"), by_phase(c, "burst")
+    tv, dv = t and float(t["entries_per_second"]), d and float(d["entries_per_second"])
+    out.append(f"| burst: entries/s until the peer holds all | {fmt(tv)} | {fmt(dv)} | {ratio(tv, dv, False)} |")
+    if t or d:
+        def counts(r):
+            return f"{r['replicated']:,}/{r['injected']:,}" if r else "n/a"
+        out.append(f"| burst: replicated/created | {counts(t)} | {counts(d)} | |")
+    t, d = by_phase(k, "cost"), by_phase(c, "cost")
+    tv, dv = t and t.get("bytes_per_entry"), d and d.get("bytes_per_entry")
+    out.append(f"| UDP payload bytes per entry (node 1 to node 2) | {fmt(tv)} | {fmt(dv)} | {ratio(tv, dv, True)} |")
+    tv, dv = t and t.get("cpu_ms_per_100k"), d and d.get("cpu_ms_per_100k")
+    out.append(f"| CPU ms per 100k entries (both nodes) | {fmt(tv)} | {fmt(dv)} | {ratio(tv, dv, True)} |")
+    t, d = by_phase(k, "idle"), by_phase(c, "idle")
+    if t or d:
+        tv, dv = t and float(t["cpu_percent"]), d and float(d["cpu_percent"])
+        held = " / ".join(f"{x['connections']:,} (peer {x.get('peer_connections', 0):,})" for x in (t, d) if x)
+        out.append(f"| idle CPU, % of one core (both nodes, tables of {held} entries, {(t or d)['seconds']} s, no new flows) | "
+                   f"{fmt(tv, ' %')} | {fmt(dv, ' %')} | {ratio(tv, dv, True)} |")
+    out.append("")
+    out.append("Authenticated and encrypted: Tandem yes (ChaCha20-Poly1305, replay window); conntrackd no.")
+    return out
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
 #   conntrackd  conntrack-tools in FTFW mode between the same two namespaces, straight into the
 #               peer's kernel table (DisableExternalCache), driven by tandem-ctbench through
 #               libnetfilter_conntrack (bench/conntrackd-lib.sh).
+#   kernel      Tandem replicating the same kernel entries: two conntrack-only nodes (datapath:
+#               false, conntrack mode inject) in the same namespaces, same driver, same filter.
 # Metrics: lag p50/p99/max at rising new-flow rates, entries/s in a burst, bytes on the wire per
 # entry, CPU per 100k entries (both daemons), and for Tandem the bulk resync time of a restarted
 # node for 100k and 1M connections. Markdown to stdout and bench/results/replication-latest.md.
@@ -18,7 +20,8 @@
 #   PIPELINE [200000]                flows queued in node 1 while its daemon is stopped, then released
 #   BULK ["100000 1000000"]          connections in node 1 when node 2 restarts
 #   IDLE_SECONDS [30]                CPU of both daemons holding the table after the burst, no new flows
-#   SYSTEMS ["tandem conntrackd"]    TB [random]     RESULTS [bench/results/replication-latest.md]
+#   IDLE_TABLE [1000000]             kernel rows: node 1's table filled to this many entries before the idle phase
+#   SYSTEMS ["tandem kernel conntrackd"]    TB [random]     RESULTS [bench/results/replication-latest.md]
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,7 +32,8 @@ BURST="${BURST:-100000}"
 PIPELINE="${PIPELINE:-200000}"  # flows queued in a stopped node 1, then released (the nodes get a 32 MiB event ring)
 BULK="${BULK:-100000 1000000}"
 IDLE_SECONDS="${IDLE_SECONDS:-30}"  # after the burst: both daemons' CPU while they only hold the table
-SYSTEMS="${SYSTEMS:-tandem conntrackd}"
+IDLE_TABLE="${IDLE_TABLE:-1000000}"  # kernel rows: node 1's conntrack table filled to this before the idle phase
+SYSTEMS="${SYSTEMS:-tandem kernel conntrackd}"
 RESULTS="${RESULTS:-$BENCH_DIR/results/replication-latest.md}"
 export TB="${TB:-r$(tr -dc 'a-z0-9' </dev/urandom | head -c 5)}" NODES=2
 
@@ -54,9 +58,11 @@ CT_SIZE=$(( (MAX_BULK + BURST + PIPELINE + 200000) * 2 + 65536 ))
 
 cleanup() {
     set +e
+    kt_stop llb2; kt_stop llb1
     tandem_stop llb2; tandem_stop llb1
     if declare -F ctd_teardown >/dev/null; then ctd_teardown "$OUT/ctd"; fi
     bash "$REPO/testbed/down.sh" >/dev/null 2>&1
+    if [[ -n "${SAVED_CT_MAX:-}" ]]; then echo "$SAVED_CT_MAX" >/proc/sys/net/netfilter/nf_conntrack_max; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -205,15 +211,112 @@ run_conntrackd() {
     # shellcheck source=bench/conntrackd-lib.sh
     source "$BENCH_DIR/conntrackd-lib.sh"
     ctd_setup "$(tb_ns llb1)" "$(tb_ip llb1)" "$(tb_ns llb2)" "$(tb_ip llb2)" "$OUT/ctd" || return 1
-    CTBENCH="$CTBENCH" CTD_IDLE_SECONDS="$IDLE_SECONDS" ctd_measure "$(tb_ns llb1)" "$(tb_ns llb2)" "$(echo "$RATES" | tr ' ' ,)" "$RATE_SECONDS" "$BURST" \
+    kernel_table_room
+    CTBENCH="$CTBENCH" CTD_IDLE_SECONDS="$IDLE_SECONDS" CTD_IDLE_TABLE="$IDLE_TABLE" ctd_measure "$(tb_ns llb1)" "$(tb_ns llb2)" "$(echo "$RATES" | tr ' ' ,)" "$RATE_SECONDS" "$BURST" \
         | tee -a "$OUT/conntrackd.jsonl"
     ctd_teardown "$OUT/ctd"
+}
+
+# ------------------------------------------------------------------------------------------
+# Tandem replicating the kernel conntrack table: two conntrack-only nodes (datapath: false) in
+# the same namespaces, on the same entries tandem-ctbench creates for conntrackd, with the same
+# filter (TCP, not the nodes' own addresses) and netlink buffer sizes as conntrackd's config.
+kt_config() { # ROLE PEER_ROLE
+    cat >"$OUT/kt-$1.yaml" <<YAML
+datapath: false   # a conntrack-only node: no BPF datapath, no services
+interfaces: [eth0]
+cluster:
+  peers: [$(tb_ip "$2")]
+  keyFile: $OUT/cluster.key
+  election: false   # replication only, as conntrackd's config here has no keepalived
+conntrack:
+  mode: inject      # as conntrackd's DisableExternalCache: straight into the peer's table
+  netlinkBufferBytes: 67108864      # conntrackd's NetlinkBufferSize here
+  netlinkBufferMaxBytes: 268435456  # and NetlinkBufferSizeMaxGrowth
+  filter:
+    protocols: [tcp]
+    exclude: [127.0.0.0/8, $(tb_ip "$1")/32, $(tb_ip "$2")/32]
+YAML
+}
+kt_start() { # ROLE
+    ip netns exec "$(tb_ns "$1")" "$TANDEM" node run --config "$OUT/kt-$1.yaml" --log-level warning --no-state \
+        </dev/null >"$OUT/kt-$1.log" 2>&1 &
+    echo $! >"$OUT/kt-$1.pid"
+}
+kt_stop() { # ROLE
+    local pid
+    pid="$(cat "$OUT/kt-$1.pid" 2>/dev/null || true)"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$OUT/kt-$1.pid"
+}
+kt_sync() { tb_exec "$1" "$TANDEM" get sync --conntrack -o json 2>/dev/null; }
+kt_wait_in_sync() { # ROLE TIMEOUT_S
+    local t0=$SECONDS
+    until [[ "$(kt_sync "$1" | jget '["inSync"]' 2>/dev/null)" == True ]]; do
+        (( SECONDS - t0 < $2 )) || return 1; sleep 0.05
+    done
+}
+kt_count() { "$CTBENCH" count --ns "$(tb_ns "$1")"; }
+
+run_kernel() {
+    [[ -x "$CTBENCH" ]] || { log "tandem-ctbench not built"; return 1; }
+    # shellcheck source=bench/conntrackd-lib.sh
+    source "$BENCH_DIR/conntrackd-lib.sh"
+    kernel_table_room
+    local n ns1 ns2 p1 p2 c0 c1 b0 b1 s0 s1 line next=0 hz
+    ns1="$(tb_ns llb1)"; ns2="$(tb_ns llb2)"; hz="$(getconf CLK_TCK)"
+    for n in llb1 llb2; do tb_exec "$n" conntrack -F >/dev/null 2>&1 || true; done
+    kt_config llb1 llb2; kt_config llb2 llb1
+    kt_start llb1; kt_start llb2
+    { kt_wait_in_sync llb1 20 && kt_wait_in_sync llb2 20; } || { log "tandem conntrack-only nodes did not come up"; tail "$OUT"/kt-llb*.log >&2; return 1; }
+    p1="$(cat "$OUT/kt-llb1.pid")"; p2="$(cat "$OUT/kt-llb2.pid")"
+    for r in $RATES; do
+        "$CTBENCH" rates --source-ns "$ns1" --watch-ns "$ns2" --rates "$r" --duration "$RATE_SECONDS" \
+            --first "$next" --wait 10 | tee -a "$OUT/kernel.jsonl" || log "tandem-ctbench rates $r failed"
+        next=$(( next + r * RATE_SECONDS ))
+    done
+    sleep 1
+    c0=$(( $(cpu_ticks "$p1") + $(cpu_ticks "$p2") ))
+    b0="$(kt_sync llb1 | jget '["bytesSent"]')"; s0="$(kt_sync llb1 | jget '["counters"]["entriesSent"]')"
+    line="$("$CTBENCH" burst --source-ns "$ns1" --watch-ns "$ns2" --count "$BURST" --first "$next" --wait 60)" \
+        || log "tandem-ctbench burst failed"
+    next=$(( next + BURST ))
+    [[ -n "$line" ]] && echo "$line" | tee -a "$OUT/kernel.jsonl"
+    sleep 1
+    c1=$(( $(cpu_ticks "$p1") + $(cpu_ticks "$p2") ))
+    b1="$(kt_sync llb1 | jget '["bytesSent"]')"; s1="$(kt_sync llb1 | jget '["counters"]["entriesSent"]')"
+    # Per created entry, as conntrackd's row: bytesSent is the sealed datagrams' UDP payload.
+    echo "{\"phase\":\"cost\",\"cpu_ms_per_100k\":$(( (c1 - c0) * 1000 * 100000 / hz / BURST )),\"bytes_per_entry\":$(python3 -c "print(round(($b1-$b0)/$BURST,1))"),\"entries_sent\":$(( s1 - s0 ))}" \
+        | tee -a "$OUT/kernel.jsonl"
+    next="$(ctd_fill_table "$ns1" "$ns2" "$IDLE_TABLE" "$next")"
+    if (( IDLE_SECONDS > 0 )); then
+        c0=$(( $(cpu_ticks "$p1") + $(cpu_ticks "$p2") ))
+        sleep "$IDLE_SECONDS"
+        c1=$(( $(cpu_ticks "$p1") + $(cpu_ticks "$p2") ))
+        echo "{\"phase\":\"idle\",\"seconds\":$IDLE_SECONDS,\"connections\":$(kt_count llb1),\"peer_connections\":$(kt_count llb2),\"cpu_percent\":$(python3 -c "print(round(($c1 - $c0) * 100 / $hz / $IDLE_SECONDS, 2))")}" \
+            | tee -a "$OUT/kernel.jsonl"
+    fi
+    kt_sync llb2 >"$OUT/kt-llb2-sync.json"
+    kt_stop llb2; kt_stop llb1
+    for n in llb1 llb2; do tb_exec "$n" conntrack -F >/dev/null 2>&1 || true; done
+}
+
+# The kernel's conntrack limit is global: room for IDLE_TABLE entries in each of the two tables
+# and the rate phases; restored on exit.
+kernel_table_room() {
+    local want=$(( IDLE_TABLE + BURST + 400000 ))
+    [[ -w /proc/sys/net/netfilter/nf_conntrack_max ]] || return 0
+    [[ -n "${SAVED_CT_MAX:-}" ]] || SAVED_CT_MAX="$(cat /proc/sys/net/netfilter/nf_conntrack_max)"
+    if (( $(cat /proc/sys/net/netfilter/nf_conntrack_max) < want )); then echo "$want" >/proc/sys/net/netfilter/nf_conntrack_max; fi
 }
 
 # CPU time the hypervisor took from this VM (the steal column of /proc/stat), and all CPU time.
 cpu_steal_total() { awk '/^cpu / {s=0; for (i=2;i<=NF;i++) s+=$i; print $9, s}' /proc/stat; }
 
-: >"$OUT/tandem.jsonl"; : >"$OUT/conntrackd.jsonl"
+: >"$OUT/tandem.jsonl"; : >"$OUT/conntrackd.jsonl"; : >"$OUT/kernel.jsonl"
 steal_notes=""
 for s in $SYSTEMS; do
     log "system: $s"
@@ -224,7 +327,7 @@ for s in $SYSTEMS; do
 done
 
 {
-    python3 "$BENCH_DIR/replication-report.py" "$OUT/tandem.jsonl" "$OUT/conntrackd.jsonl" "$RATES"
+    python3 "$BENCH_DIR/replication-report.py" "$OUT/tandem.jsonl" "$OUT/conntrackd.jsonl" "$RATES" "$OUT/kernel.jsonl"
     echo
     echo "CPU time taken by the hypervisor (steal) during each system's run: $steal_notes(both systems slow down together when it is high)."
 } | tee "$RESULTS"
