@@ -46,11 +46,13 @@ import TandemSealing
         defer { for fd in fds { close(fd) } }
         for _ in 0..<5 { fds.append(try LoopbackClient.connect(port: shell.config.port)) }
         // The two over the cap are closed at once, while the three admitted are still open.
-        let overCap = fds[3...].map { LoopbackClient.secondsUntilClosed($0, limit: 5) }
+        var overCap: [Double?] = []
+        for fd in fds[3...] { overCap.append(await LoopbackClient.waitSecondsUntilClosed(fd, limit: 5)) }
         #expect(overCap.allSatisfy { $0.map { $0 < 1.5 } == true }, "over the cap: \(overCap)")
         #expect(shell.bulkServerStats.open == 3)
         // The admitted ones are closed for their silence, after the request timeout.
-        let admitted = fds[..<3].map { LoopbackClient.secondsUntilClosed($0, limit: 10) }
+        var admitted: [Double?] = []
+        for fd in fds[..<3] { admitted.append(await LoopbackClient.waitSecondsUntilClosed(fd, limit: 10)) }
         #expect(admitted.allSatisfy { $0 != nil }, "admitted: \(admitted)")
         var stats = shell.bulkServerStats
         for _ in 0..<40 where stats.open != 0 {
@@ -65,7 +67,7 @@ import TandemSealing
         fds.append(again)
         try await Task.sleep(for: .milliseconds(200))
         #expect(shell.bulkServerStats.open == 1, "admitted again")
-        #expect(LoopbackClient.secondsUntilClosed(again, limit: 10) != nil)
+        #expect(await LoopbackClient.waitSecondsUntilClosed(again, limit: 10) != nil)
         await shell.stop()
     }
 }

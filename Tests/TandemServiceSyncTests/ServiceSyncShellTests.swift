@@ -42,7 +42,8 @@ import TandemStatus
         // An admitted connection is sent this node's digest first; one over the cap is closed
         // without a byte. So: the last two get EOF with nothing, the first two a frame, then EOF
         // after the exchange timeout. Order and bytes, not timings (the unit tests run in parallel).
-        let bytes = fds.map { LoopbackClient.bytesUntilClosed($0, limit: 10) }
+        var bytes: [Int?] = []
+        for fd in fds { bytes.append(await LoopbackClient.waitBytesUntilClosed(fd, limit: 10)) }
         #expect(bytes[0].map { $0 >= SyncWire.headerSize } == true && bytes[1].map { $0 >= SyncWire.headerSize } == true,
                 "admitted: \(bytes)")
         #expect(bytes[2] == 0 && bytes[3] == 0, "over the cap: \(bytes)")

@@ -18,6 +18,24 @@ public enum LoopbackClient {
         return fd
     }
 
+    /// `secondsUntilClosed` on a thread of its own: the blocking reads must not hold a thread of
+    /// the cooperative pool (two on a 2-core machine), which the servers under test and the other
+    /// tests running in parallel need (seen: a held pool made a server miss its own deadlines).
+    public static func waitSecondsUntilClosed(_ fd: Int32, limit: Double) async -> Double? {
+        await offPool { secondsUntilClosed(fd, limit: limit) }
+    }
+
+    /// `bytesUntilClosed` on a thread of its own (see `waitSecondsUntilClosed`).
+    public static func waitBytesUntilClosed(_ fd: Int32, limit: Double) async -> Int? {
+        await offPool { bytesUntilClosed(fd, limit: limit) }
+    }
+
+    static func offPool<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread { continuation.resume(returning: work()) }
+        }
+    }
+
     /// Seconds until the server closed `fd` (read returned 0 or an error), or nil within `limit`.
     public static func secondsUntilClosed(_ fd: Int32, limit: Double) -> Double? {
         let start = Date()
