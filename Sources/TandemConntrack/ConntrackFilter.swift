@@ -66,6 +66,19 @@ public struct ConntrackFilter: Hashable, Sendable {
         self.nat = nat
     }
 
+    /// This filter, also excluding what is each node's own: loopback (127.0.0.0/8) and the
+    /// cluster's node addresses. Such entries never cross a gateway, and a copy on a peer collides
+    /// with that peer's own entries: for the traffic between two nodes (their sync and gossip)
+    /// the peer tracks the same connection from its side, so the copy's tuples are already taken.
+    /// NATed flows masqueraded to a node address still pass: only original directions are tested.
+    public func excludingNodeTraffic(_ nodeAddresses: [IPv4Address]) -> ConntrackFilter {
+        var f = self
+        let own = [IPv4Prefix(address: IPv4Address(127, 0, 0, 0), length: 8)]
+            + nodeAddresses.map { IPv4Prefix(address: $0, length: 32) }
+        for p in own where !f.exclude.contains(p) { f.exclude.append(p) }
+        return f
+    }
+
     public func matches(_ c: KernelConnection) -> Bool {
         if let protocols, !protocols.contains(c.proto) { return false }
         if let zones, !zones.contains(c.zone) { return false }

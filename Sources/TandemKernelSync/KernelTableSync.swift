@@ -114,7 +114,8 @@ public final class KernelTableSync: Sendable {
         var sourceOptions = ConntrackSource.Options(
             settings: .init(bufferSize: o.netlinkBufferBytes, maxBufferSize: o.netlinkBufferMaxBytes,
                             reconcileInterval: o.reconcileSeconds, reconcileMaxInterval: o.reconcileMaxSeconds),
-            filter: o.filter, netnsPath: o.netnsPath, sinkPortID: sink.portID)
+            filter: o.filter.excludingNodeTraffic([o.selfAddress] + o.peers), netnsPath: o.netnsPath,
+            sinkPortID: sink.portID)
         // Reading the whole kernel table is the dear part of holding it (about 2-6 s of CPU per
         // million entries): read it when the replication needs timeouts, not on a fixed beat.
         sourceOptions.reconcileDue = { [shell] in

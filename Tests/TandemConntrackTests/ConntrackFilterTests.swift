@@ -29,6 +29,27 @@ import Testing
         #expect(incDst.matches(natTCP()))  // original destination (the VIP)
     }
 
+    /// What the kernel sync always leaves out: loopback and the nodes' own addresses (their sync,
+    /// gossip and management traffic), whatever the configured filter; NATed flows SNATed to a
+    /// node address (reply direction only) and port forwards on the VIP still pass.
+    @Test func eachNodesOwnTrafficIsLeftOut() throws {
+        let node = ip("10.0.10.141"), peer = ip("10.0.10.88")
+        let f = try ConntrackFilter(config: .init(protocols: ["tcp", "udp"])).excludingNodeTraffic([node, peer])
+        #expect(f.matches(natTCP()))   // reply to 10.0.10.141 (SNAT), original to the VIP
+        let sync = KernelConnection(original: .ports(17, peer, 11115, node, 11115), reply: .ports(17, node, 11115, peer, 11115),
+                                    status: [.confirmed], timeout: 30)
+        #expect(!f.matches(sync))
+        let api = KernelConnection(original: .ports(6, ip("127.0.0.1"), 40000, ip("127.0.0.1"), 11111),
+                                   reply: .ports(6, ip("127.0.0.1"), 11111, ip("127.0.0.1"), 40000),
+                                   tcp: TCPInfo(state: .established), status: [.confirmed], timeout: 300)
+        #expect(!f.matches(api))
+        let ssh = KernelConnection(original: .ports(6, ip("192.0.2.7"), 50000, node, 22), reply: .ports(6, node, 22, ip("192.0.2.7"), 50000),
+                                   tcp: TCPInfo(state: .established), status: [.confirmed], timeout: 300)
+        #expect(!f.matches(ssh))
+        #expect(f.protocols == [6, 17])   // the configured criteria stay
+        #expect(f.excludingNodeTraffic([node]).exclude.count == f.exclude.count)   // no duplicates
+    }
+
     @Test func zonesAndMarks() throws {
         let z = try ConntrackFilter(config: .init(zones: [3]))
         #expect(z.matches(natTCP()))
