@@ -47,39 +47,51 @@ def ratio(a, b, better_low):
     return f"{(b / a) if better_low else (a / b):.2f}x"
 
 
+def rate_rows(a, b, rates):
+    """Lag percentiles and counts per rate, then the burst: the rows both tables share."""
+    out = []
+    for r in rates:
+        t, c = by_phase(a, "rate", rate=r), by_phase(b, "rate", rate=r)
+        for q in ("p50", "p99"):
+            tv = t and t.get(f"lag_{q}_ms")
+            cv = c and c.get(f"lag_{q}_ms")
+            out.append(f"| lag {q} at {r:,} new flows/s | {fmt(tv, ' ms')} | {fmt(cv, ' ms')} | {ratio(tv, cv, True)} |")
+        out.append(f"| replicated/created at {r:,}/s | {counts(t)} | {counts(c)} | |")
+    t, c = by_phase(a, "burst"), by_phase(b, "burst")
+    tv, cv = t and float(t["entries_per_second"]), c and float(c["entries_per_second"])
+    out.append(f"| burst: entries/s until the peer holds all | {fmt(tv)} | {fmt(cv)} | {ratio(tv, cv, False)} |")
+    if t or c:
+        out.append(f"| burst: replicated/created | {counts(t)} | {counts(c)} | |")
+    return out
+
+
+def cost_rows(a, b, bytes_label):
+    t, c = by_phase(a, "cost"), by_phase(b, "cost")
+    tv, cv = t and t.get("bytes_per_entry"), c and c.get("bytes_per_entry")
+    out = [f"| {bytes_label} | {fmt(tv)} | {fmt(cv)} | {ratio(tv, cv, True)} |"]
+    tv, cv = t and t.get("cpu_ms_per_100k"), c and c.get("cpu_ms_per_100k")
+    out.append(f"| CPU ms per 100k entries (both nodes) | {fmt(tv)} | {fmt(cv)} | {ratio(tv, cv, True)} |")
+    return out
+
+
+def counts(r):
+    return f"{r['replicated']:,}/{r['injected']:,}" if r else "n/a"
+
+
 def main():
     tandem, ctd = load(sys.argv[1]), load(sys.argv[2])
     rates = [int(r) for r in sys.argv[3].split()]
     out = []
     out.append("| Metric | Tandem | conntrackd FTFW | Tandem advantage |")
     out.append("|---|---|---|---|")
-    for r in rates:
-        t, c = by_phase(tandem, "rate", rate=r), by_phase(ctd, "rate", rate=r)
-        for q in ("p50", "p99"):
-            tv = t and t.get(f"lag_{q}_ms")
-            cv = c and c.get(f"lag_{q}_ms")
-            out.append(f"| lag {q} at {r:,} new flows/s | {fmt(tv, ' ms')} | {fmt(cv, ' ms')} | {ratio(tv, cv, True)} |")
-        tm = t and f"{t['replicated']:,}/{t['injected']:,}"
-        cm = c and f"{c['replicated']:,}/{c['injected']:,}"
-        out.append(f"| replicated/created at {r:,}/s | {tm or 'n/a'} | {cm or 'n/a'} | |")
-    t, c = by_phase(tandem, "burst"), by_phase(ctd, "burst")
-    tv, cv = t and float(t["entries_per_second"]), c and float(c["entries_per_second"])
-    out.append(f"| burst: entries/s until the peer holds all | {fmt(tv)} | {fmt(cv)} | {ratio(tv, cv, False)} |")
-    def counts(r):
-        return f"{r['replicated']:,}/{r['injected']:,}" if r else "n/a"
-    if t or c:
-        out.append(f"| burst: replicated/created | {counts(t)} | {counts(c)} | |")
+    out.extend(rate_rows(tandem, ctd, rates))
     p = by_phase(tandem, "pipeline")
     if p:
         lost = by_phase(tandem, "pipeline-events-lost")
         out.append(f"| pipeline alone: {p['flows']:,} flows queued in a stopped node 1, entries/s once resumed "
                    f"({p['replicated']:,} arrived, {lost['lost'] if lost else '?'} events lost) | "
                    f"{fmt(float(p['entries_per_second']))} | not measured | |")
-    t, c = by_phase(tandem, "cost"), by_phase(ctd, "cost")
-    tv, cv = t and t.get("bytes_per_entry"), c and c.get("bytes_per_entry")
-    out.append(f"| UDP payload bytes per entry | {fmt(tv)} | {fmt(cv)} | {ratio(tv, cv, True)} |")
-    tv, cv = t and t.get("cpu_ms_per_100k"), c and c.get("cpu_ms_per_100k")
-    out.append(f"| CPU ms per 100k entries (both nodes) | {fmt(tv)} | {fmt(cv)} | {ratio(tv, cv, True)} |")
+    out.extend(cost_rows(tandem, ctd, "UDP payload bytes per entry"))
     t, c = by_phase(tandem, "idle"), by_phase(ctd, "idle")
     if t or c:
         tv, cv = t and float(t["cpu_percent"]), c and float(c["cpu_percent"])
@@ -104,26 +116,8 @@ def kernel_table(k, c, rates):
     out = ["Kernel conntrack table, the same entries: Tandem (conntrack-only nodes, inject) and conntrackd FTFW "
            "(DisableExternalCache)", "",
            "| Metric | Tandem | conntrackd FTFW | Tandem advantage |", "|---|---|---|---|"]
-    for r in rates:
-        t, d = by_phase(k, "rate", rate=r), by_phase(c, "rate", rate=r)
-        for q in ("p50", "p99"):
-            tv, dv = t and t.get(f"lag_{q}_ms"), d and d.get(f"lag_{q}_ms")
-            out.append(f"| lag {q} at {r:,} new flows/s | {fmt(tv, ' ms')} | {fmt(dv, ' ms')} | {ratio(tv, dv, True)} |")
-        tm = t and f"{t['replicated']:,}/{t['injected']:,}"
-        dm = d and f"{d['replicated']:,}/{d['injected']:,}"
-        out.append(f"| replicated/created at {r:,}/s | {tm or 'n/a'} | {dm or 'n/a'} | |")
-    t, d = by_phase(k, "burst"), by_phase(c, "burst")
-    tv, dv = t and float(t["entries_per_second"]), d and float(d["entries_per_second"])
-    out.append(f"| burst: entries/s until the peer holds all | {fmt(tv)} | {fmt(dv)} | {ratio(tv, dv, False)} |")
-    if t or d:
-        def counts(r):
-            return f"{r['replicated']:,}/{r['injected']:,}" if r else "n/a"
-        out.append(f"| burst: replicated/created | {counts(t)} | {counts(d)} | |")
-    t, d = by_phase(k, "cost"), by_phase(c, "cost")
-    tv, dv = t and t.get("bytes_per_entry"), d and d.get("bytes_per_entry")
-    out.append(f"| UDP payload bytes per entry (node 1 to node 2) | {fmt(tv)} | {fmt(dv)} | {ratio(tv, dv, True)} |")
-    tv, dv = t and t.get("cpu_ms_per_100k"), d and d.get("cpu_ms_per_100k")
-    out.append(f"| CPU ms per 100k entries (both nodes) | {fmt(tv)} | {fmt(dv)} | {ratio(tv, dv, True)} |")
+    out.extend(rate_rows(k, c, rates))
+    out.extend(cost_rows(k, c, "UDP payload bytes per entry (node 1 to node 2)"))
     t, d = by_phase(k, "idle"), by_phase(c, "idle")
     if t or d:
         tv, dv = t and float(t["cpu_percent"]), d and float(d["cpu_percent"])

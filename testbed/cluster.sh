@@ -32,14 +32,17 @@ services:
   - {externalIP: $TB_VIP, port: 56003, protocol: udp, mode: fullnat, sel: hash, name: echo-udp,
      endpoints: [{ip: $(tb_ip ep1), port: $TB_ECHO_PORT}, {ip: $(tb_ip ep2), port: $TB_ECHO_PORT}]}
 YAML
-    if [[ "$CLOUD" == oci ]]; then
-        cat >>"$TB_STATE/$node.yaml" <<YAML
+    if [[ "$CLOUD" == oci ]]; then oci_config_yaml "$node" >>"$TB_STATE/$node.yaml"; fi
+}
+
+# The oci: section of NODE's config, for the fake OCI that oci_up started (OCI_API).
+oci_config_yaml() {
+    cat <<YAML
 oci:
   config: $TB_STATE/oci/config
   apiEndpoint: $OCI_API
-  imdsEndpoint: $OCI_API/imds/$node
+  imdsEndpoint: $OCI_API/imds/$1
 YAML
-    fi
 }
 
 start_node() {

@@ -271,14 +271,7 @@ conntrack:
   mode: $MODE
   filter: $FILTER
 YAML
-    if [[ "$CLOUD" == oci ]]; then
-        cat >>"$TB_STATE/$node.yaml" <<YAML
-oci:
-  config: $TB_STATE/oci/config
-  apiEndpoint: $OCI_API
-  imdsEndpoint: $OCI_API/imds/$node
-YAML
-    fi
+    if [[ "$CLOUD" == oci ]]; then oci_config_yaml "$node" >>"$TB_STATE/$node.yaml"; fi
 }
 # "Reboot" NODE: cluster.sh's crash (SIGKILL, link down, VIP address gone), and the kernel
 # conntrack table, which a reboot empties. The ruleset stays (a boot loads the same one; its
