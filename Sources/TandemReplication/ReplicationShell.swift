@@ -132,8 +132,9 @@ public final class ReplicationShell<Entry: ReplicatedEntry>: @unchecked Sendable
 
     /// Whether this node holds the cluster's table (readable from any thread).
     public var inSync: Bool { inSyncBox.withLockedValue { $0 } }
-    /// When the local table next needs a scan, on `clockMillis()` (`ReplicationCore.scanDueMillis`;
-    /// .max: nothing needs one). A source that reads its whole table to scan it asks this.
+    /// When the local table next needs a scan, on `clockMillis()` (`ReplicationCore.scanDueMillis`
+    /// as of the last tick, at most 20 ms old; .max: nothing needs one). A source that reads its
+    /// whole table to scan it asks this.
     public var scanDueMillis: UInt64 { scanDueBox.withLockedValue { $0 } }
 
     // MARK: Lifecycle
@@ -382,6 +383,9 @@ public final class ReplicationShell<Entry: ReplicatedEntry>: @unchecked Sendable
         var actions = core.onTick(now: t)
         actions += core.flush(now: t)
         perform(actions)
+        // Published here, not per change: its reader (the kernel source) looks every 100 ms.
+        let due = core.scanDueMillis
+        scanDueBox.withLockedValue { $0 = due }
         timer = nil
         scheduleTick(in: core.wantsPromptTick ? config.tickMilliseconds : config.idleTickMilliseconds)
         if t.monotonicMillis >= lastSummary &+ 30_000 {
@@ -392,8 +396,6 @@ public final class ReplicationShell<Entry: ReplicatedEntry>: @unchecked Sendable
 
     private func perform(_ actions: [ReplicationAction<Entry>]) {
         loop.assertInEventLoop()
-        let due = core.scanDueMillis
-        scanDueBox.withLockedValue { if $0 != due { $0 = due } }
         var installs: [Entry.Record] = []
         var removals: [Entry.Key] = []
         func applyDatapath() {
