@@ -58,7 +58,7 @@ CT_SIZE=$(( (MAX_BULK + BURST + PIPELINE + 200000) * 2 + 65536 ))
 
 cleanup() {
     set +e
-    kt_stop llb2; kt_stop llb1
+    tandem_stop kt-llb2; tandem_stop kt-llb1
     tandem_stop llb2; tandem_stop llb1
     if declare -F ctd_teardown >/dev/null; then ctd_teardown "$OUT/ctd"; fi
     bash "$REPO/testbed/down.sh" >/dev/null 2>&1
@@ -115,12 +115,12 @@ tandem_stop() { # ROLE
     rm -f "$OUT/$1.pid"
 }
 
-sync_json() { tb_exec "$1" "$TANDEM" get sync -o json 2>/dev/null; }
+sync_json() { tb_exec "$1" "$TANDEM" get sync "${@:2}" -o json 2>/dev/null; }   # ROLE [--conntrack]
 jget() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval('d'+sys.argv[1]))" "$1"; }
-in_sync() { [[ "$(sync_json "$1" | jget '["inSync"]' 2>/dev/null)" == True ]]; }
-wait_in_sync() { # ROLE TIMEOUT_S
+in_sync() { [[ "$(sync_json "$@" | jget '["inSync"]' 2>/dev/null)" == True ]]; }
+wait_in_sync() { # ROLE TIMEOUT_S [--conntrack]
     local t0=$SECONDS
-    until in_sync "$1"; do (( SECONDS - t0 < $2 )) || return 1; sleep 0.05; done
+    until in_sync "$1" "${@:3}"; do (( SECONDS - t0 < $2 )) || return 1; sleep 0.05; done
 }
 prog_id() { tb_exec "$1" bpftool -j net show dev eth0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["tc"][0]["id"])'; }
 ct_map_id() {
@@ -220,7 +220,7 @@ run_conntrackd() {
 # ------------------------------------------------------------------------------------------
 # Tandem replicating the kernel conntrack table: two conntrack-only nodes (datapath: false) in
 # the same namespaces, on the same entries tandem-ctbench creates for conntrackd, with the same
-# filter (TCP, not the nodes' own addresses) and netlink buffer sizes as conntrackd's config.
+# filter (TCP, not loopback or the nodes' own addresses) and netlink buffer sizes as conntrackd's.
 kt_config() { # ROLE PEER_ROLE
     cat >"$OUT/kt-$1.yaml" <<YAML
 datapath: false   # a conntrack-only node: no BPF datapath, no services
@@ -233,9 +233,7 @@ conntrack:
   mode: inject      # as conntrackd's DisableExternalCache: straight into the peer's table
   netlinkBufferBytes: 67108864      # conntrackd's NetlinkBufferSize here
   netlinkBufferMaxBytes: 268435456  # and NetlinkBufferSizeMaxGrowth
-  filter:
-    protocols: [tcp]
-    exclude: [127.0.0.0/8, $(tb_ip "$1")/32, $(tb_ip "$2")/32]
+  filter: {protocols: [tcp]}   # loopback and the nodes' addresses Tandem leaves out itself
 YAML
 }
 kt_start() { # ROLE
@@ -243,22 +241,7 @@ kt_start() { # ROLE
         </dev/null >"$OUT/kt-$1.log" 2>&1 &
     echo $! >"$OUT/kt-$1.pid"
 }
-kt_stop() { # ROLE
-    local pid
-    pid="$(cat "$OUT/kt-$1.pid" 2>/dev/null || true)"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$OUT/kt-$1.pid"
-}
-kt_sync() { tb_exec "$1" "$TANDEM" get sync --conntrack -o json 2>/dev/null; }
-kt_wait_in_sync() { # ROLE TIMEOUT_S
-    local t0=$SECONDS
-    until [[ "$(kt_sync "$1" | jget '["inSync"]' 2>/dev/null)" == True ]]; do
-        (( SECONDS - t0 < $2 )) || return 1; sleep 0.05
-    done
-}
+kt_sync() { sync_json "$1" --conntrack; }
 kt_count() { "$CTBENCH" count --ns "$(tb_ns "$1")"; }
 
 run_kernel() {
@@ -271,7 +254,7 @@ run_kernel() {
     for n in llb1 llb2; do tb_exec "$n" conntrack -F >/dev/null 2>&1 || true; done
     kt_config llb1 llb2; kt_config llb2 llb1
     kt_start llb1; kt_start llb2
-    { kt_wait_in_sync llb1 20 && kt_wait_in_sync llb2 20; } || { log "tandem conntrack-only nodes did not come up"; tail "$OUT"/kt-llb*.log >&2; return 1; }
+    { wait_in_sync llb1 20 --conntrack && wait_in_sync llb2 20 --conntrack; } || { log "tandem conntrack-only nodes did not come up"; tail "$OUT"/kt-llb*.log >&2; return 1; }
     p1="$(cat "$OUT/kt-llb1.pid")"; p2="$(cat "$OUT/kt-llb2.pid")"
     for r in $RATES; do
         "$CTBENCH" rates --source-ns "$ns1" --watch-ns "$ns2" --rates "$r" --duration "$RATE_SECONDS" \
@@ -300,7 +283,7 @@ run_kernel() {
             | tee -a "$OUT/kernel.jsonl"
     fi
     kt_sync llb2 >"$OUT/kt-llb2-sync.json"
-    kt_stop llb2; kt_stop llb1
+    tandem_stop kt-llb2; tandem_stop kt-llb1
     for n in llb1 llb2; do tb_exec "$n" conntrack -F >/dev/null 2>&1 || true; done
 }
 

@@ -250,9 +250,9 @@ if ((NO_SYNC)); then
     # The control: an address no entry has, so the filter matches nothing and nothing replicates.
     FILTER="{include: [192.0.2.1/32]}"
 else
-    # The nodes' own traffic (gossip, sync, and on loopback the API calls this script makes) stays
-    # out; every flow through the gateway replicates.
-    FILTER="{protocols: [tcp, udp], exclude: [127.0.0.0/8, $(tb_ip llb1)/32, $(tb_ip llb2)/32]}"
+    # Every TCP and UDP flow through the gateway replicates; the nodes' own traffic (gossip, sync,
+    # and on loopback the API calls this script makes) Tandem always leaves out itself.
+    FILTER="{protocols: [tcp, udp]}"
 fi
 write_natgw_config() {
     local node="$1" prio=100
