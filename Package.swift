@@ -100,6 +100,11 @@ let package = Package(
         .target(name: "TandemCloud",
                 dependencies: ["TandemCore", "CLibMnl", "TandemOCI", .product(name: "Logging", package: "swift-log")],
                 path: "Sources/TandemCloud"),
+        // BGP through the node's own BIRD 2 (Debian bird2): config generation, the control-socket
+        // protocol, which VIPs to announce (a pure core), and the `cloud: bgp` provider.
+        .target(name: "TandemBGP",
+                dependencies: ["TandemCore", "TandemCloud", "TandemStatus", .product(name: "Logging", package: "swift-log")],
+                path: "Sources/TandemBGP"),
         // The HA shell: SWIM and elections on one SwiftNIO loop (gossip over UDP, sealed with the
         // cluster key), carrying out role changes through the datapath gate and a cloud provider.
         .target(name: "TandemHA",
@@ -154,7 +159,7 @@ let package = Package(
         .target(name: "TandemNode",
                 dependencies: ["TandemCore", "TandemDatapath", "TandemAPI", "TandemAPIModels", "TandemSync", "TandemSyncWire", "TandemSealing", "TandemStatus", "TandemReplication",
                                "TandemServiceSync", "TandemHealth", "TandemHA", "TandemCloud", "TandemOCI", "TandemElection", "TandemMetrics",
-                               "TandemConntrack", "TandemKernelSync",
+                               "TandemConntrack", "TandemKernelSync", "TandemBGP",
                                .product(name: "NIOPosix", package: "swift-nio"),
                                .product(name: "Yams", package: "Yams"),
                                .product(name: "Logging", package: "swift-log"),
@@ -208,13 +213,14 @@ let package = Package(
         .target(name: "TandemTestSupport", dependencies: ["TandemCore", "TandemSyncWire", "TandemSealing"],
                 path: "Tests/TandemTestSupport"),
         .testTarget(name: "TandemCoreTests", dependencies: ["TandemCore"], path: "Tests/TandemCoreTests"),
+        .testTarget(name: "TandemBGPTests", dependencies: ["TandemBGP", "TandemCore"], path: "Tests/TandemBGPTests"),
         .testTarget(name: "TandemAPITests",
                     dependencies: ["TandemAPI", "TandemAPIModels", "TandemCore", "TandemStatus", "TandemServiceSync",
                                    .product(name: "Hummingbird", package: "hummingbird"),
                                    .product(name: "NIOEmbedded", package: "swift-nio")],
                     path: "Tests/TandemAPITests"),
         .testTarget(name: "TandemNodeTests",
-                    dependencies: ["TandemNode", "TandemAPI", "TandemAPIModels", "TandemCore", "TandemHA", "TandemDatapath", "TandemConntrack"],
+                    dependencies: ["TandemNode", "TandemAPI", "TandemAPIModels", "TandemCore", "TandemHA", "TandemDatapath", "TandemConntrack", "TandemBGP"],
                     path: "Tests/TandemNodeTests"),
         .testTarget(name: "TandemMetricsTests",
                     dependencies: ["TandemMetrics", "TandemAPI", "TandemAPIModels", "TandemStatus", "TandemCore", "TandemHA", "TandemSync",

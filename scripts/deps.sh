@@ -13,6 +13,7 @@ packages=(
     dpkg-dev binutils systemd libcap2-bin man-db                                   # make package and its test
     python3-matplotlib                                                             # timeline plots (failover, restart, health.sh --plot)
     python3-cryptography                                                           # proto/vectors/verify.py: the vectors opened by a second implementation
+    bird2                                                                          # BGP: each node's speaker, and the test bed's router
 )
 
 missing=()
@@ -29,8 +30,8 @@ if ((${#missing[@]})); then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# nginx, conntrackd and keepalived from Debian start system instances on install; the test bed and the
+# nginx, conntrackd, keepalived and bird from Debian start system instances on install; the test bed and the
 # benchmark run their own per namespace.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx conntrackd keepalived >/dev/null 2>&1 || true; fi
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx conntrackd keepalived bird >/dev/null 2>&1 || true; fi
 command -v swift >/dev/null || { echo "deps: swift 6 toolchain not found on PATH" >&2; exit 1; }
 echo "deps: ok"

@@ -136,6 +136,27 @@ public enum OpenAPIDocument {
         }
       }
     },
+    "/netlox/v1/bgp": {
+      "get": {
+        "summary": "The node's BGP speaker (BIRD): mode, sessions with their state, announced VIPs, drain state, connections created",
+        "responses": {
+          "200": {"description": "BGP status", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "404": {"description": "No bgp section in the node's config", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}}
+        }
+      }
+    },
+    "/netlox/v1/node/drain": {
+      "post": {
+        "summary": "Withdraw every BGP announcement of this node (drain true, the default) or announce again (drain false)",
+        "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object",
+          "properties": {"drain": {"type": "boolean"}}}}}},
+        "responses": {
+          "200": {"description": "BGP status after the change", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "Malformed body", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
+          "404": {"description": "No bgp section in the node's config", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}}
+        }
+      }
+    },
     "/netlox/v1/status": {
       "get": {"summary": "Datapath counters", "responses": {"200": {"description": "Counters",
         "content": {"application/json": {"schema": {"type": "object", "additionalProperties": {"type": "integer"}}}}}}}

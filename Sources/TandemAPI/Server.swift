@@ -66,6 +66,11 @@ public protocol LoadBalancerController: Sendable {
     /// Stops the daemon after the answer: `release` detaches the datapath and leaves the cluster
     /// (peers elect at once); otherwise, with a pinned datapath, a graceful restart's exit.
     func stopNode(release: Bool) async throws
+    /// The BGP speaker; nil when the node has no bgp section.
+    func bgp() async -> BGPStatus?
+    /// Withdraws (true) or restores (false) every BGP announcement; throws APIError.notFound
+    /// without BGP.
+    func drain(_ on: Bool) async throws -> BGPStatus
 }
 
 extension LoadBalancerController {
@@ -85,6 +90,10 @@ extension LoadBalancerController {
     public func sync() async -> ReplicationStatus? { nil }
     public func kernelSync() async -> ReplicationStatus? { nil }
     public func cluster() async -> HAStatus? { nil }
+    public func bgp() async -> BGPStatus? { nil }
+    public func drain(_ on: Bool) async throws -> BGPStatus {
+        throw APIError.notFound("this node does not speak BGP (no bgp section in its config)")
+    }
     public func serviceSync() async -> ServiceSyncStatus? { nil }
     public func setEndpointHostState(_ entry: EndpointHostStateEntry) async throws {
         throw APIError.notFound("endpoint host states are not kept by this controller")
@@ -295,6 +304,28 @@ public enum APIServer {
                 }
                 try await controller.stopNode(release: entry.release)
                 return try json(APIErrorBody.success)
+            }
+        }
+        router.post(RouterPath(APIRoutes.nodeDrain)) { request, _ -> Response in
+            await answer {
+                let body = try await collect(request)
+                var entry = NodeDrainEntry(drain: true)
+                if !body.isEmpty {
+                    do { entry = try JSONDecoder().decode(NodeDrainEntry.self, from: body) } catch let e as DecodingError {
+                        throw APIError.badRequest("invalid node drain body: \(describe(e))")
+                    } catch {
+                        throw APIError.badRequest("invalid node drain body: \(error)")
+                    }
+                }
+                return try json(try await controller.drain(entry.drain))
+            }
+        }
+        router.get(RouterPath(APIRoutes.bgp)) { _, _ -> Response in
+            await answer {
+                guard let s = await controller.bgp() else {
+                    throw APIError.notFound("this node does not speak BGP (no bgp section in its config)")
+                }
+                return try json(s)
             }
         }
         // Prometheus text: what swift-metrics recorded (HA role changes, takeovers) plus the node's

@@ -150,6 +150,10 @@ public enum APIRoutes {
     public static let endpointHostState = "/netlox/v1/config/endpointhoststate"
     /// Tandem's own: stop the daemon (body {"release": bool}).
     public static let nodeStop = "/netlox/v1/node/stop"
+    /// Tandem's own: withdraw every BGP announcement (body {"drain": bool}); answers BGPStatus.
+    public static let nodeDrain = "/netlox/v1/node/drain"
+    /// Tandem's own: the BGP speaker, its sessions and announcements (BGPStatus).
+    public static let bgp = "/netlox/v1/bgp"
 
     public static func deletePath(_ k: ServiceKey) -> String {
         "\(loadBalancer)/externalipaddress/\(k.vip)/port/\(k.port)/protocol/\(k.proto)"

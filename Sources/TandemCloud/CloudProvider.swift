@@ -54,6 +54,9 @@ public enum CloudKind: String, Sendable, CaseIterable, Codable {
     case l2
     /// Oracle Cloud: the VIP is a secondary private IP moved between VNICs through the API.
     case oci
+    /// BGP (master-backup): the MASTER announces the VIP with the better attributes through the
+    /// node's own speaker (TandemBGP); only a running node has one.
+    case bgp
 
     /// Parses a user's spelling (case-insensitive), with a message naming the choices.
     public static func parse(_ text: String) throws(CloudError) -> CloudKind {
@@ -83,6 +86,8 @@ public enum CloudProviders {
             return L2Provider(interface: interface, logger: logger)
         case .oci:
             return OCICloudProvider(options: oci, logger: logger)
+        case .bgp:
+            throw CloudError("the bgp cloud announces through the running node's BGP speaker (bgp: in its config); there is nothing to move by hand: use tandem node drain or tandem set cistate")
         }
     }
 }

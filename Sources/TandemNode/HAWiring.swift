@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import TandemBGP
 import TandemCloud
 import TandemCore
 import TandemDatapath
@@ -47,11 +48,15 @@ enum HAWiring {
 extension HAWiring {
     /// The cloud provider the config asks for. OCI's config and key are checked here, so a broken
     /// setup stops the node before it touches the kernel.
-    static func makeProvider(_ h: NodeConfig.HASettings, config: NodeConfig, logger: Logger) async throws(ConfigError)
-        -> any CloudProvider
+    static func makeProvider(_ h: NodeConfig.HASettings, config: NodeConfig, bgp: BGPAnnouncer? = nil,
+                             logger: Logger) async throws(ConfigError) -> any CloudProvider
     {
         let kind: CloudKind
         do { kind = try CloudKind.parse(h.cloud) } catch { throw ConfigError("cluster: \(error.message)") }
+        if kind == .bgp {
+            guard let bgp else { throw ConfigError("cluster: cloud bgp needs a bgp section (docs/bgp.md)") }
+            return BGPCloudProvider(announcer: bgp, logger: logger)
+        }
         let o = config.oci
         var options = OCIProviderOptions(configPath: o?.config, profile: o?.profile, apiEndpoint: o?.apiEndpoint,
                                          vnicId: o?.vnicId)

@@ -1,4 +1,5 @@
 import Foundation
+import TandemBGP
 import TandemConntrack
 import TandemCore
 import TandemElection
@@ -91,6 +92,51 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         public var instances: [HAInstanceConfig]
         /// cluster.restartHoldSeconds, in nanoseconds.
         public var restartHoldNanos: UInt64 = 10_000_000_000
+    }
+
+    /// BGP through the node's own BIRD 2 (docs/bgp.md): the node announces its service VIPs as
+    /// /32 routes to its routers, all nodes alike (active-active, ECMP) or the MASTER preferred
+    /// (master-backup, `cluster.cloud: bgp`).
+    public struct BGP: Decodable, Sendable, Equatable {
+        public struct Neighbor: Decodable, Sendable, Equatable {
+            public var address: String
+            public var asn: UInt32
+            public var port: Int?
+            public var password: String?
+            public var multihop: Int?
+        }
+        public struct Attributes: Decodable, Sendable, Equatable {
+            public var localPref: UInt32?
+            public var med: UInt32?
+            public var prepend: Int?
+        }
+        public var asn: UInt32?
+        public var routerId: String?
+        /// The address the sessions come from (default: nodeIP).
+        public var sourceAddress: String?
+        public var mode: String?
+        public var neighbors: [Neighbor]?
+        public var holdSeconds: Int?
+        public var bfd: Bool?
+        public var bfdIntervalMillis: Int?
+        public var bfdMultiplier: Int?
+        public var communities: [String]?
+        /// Attributes of the MASTER's (and every active-active node's) announcements.
+        public var primary: Attributes?
+        /// Attributes of the BACKUPs' announcements (master-backup).
+        public var backup: Attributes?
+        /// BIRD's binary (default /usr/sbin/bird) and the directory of its config, socket and log
+        /// (default /run/tandem/bgp-<nodeIP>).
+        public var speaker: String?
+        public var runDirectory: String?
+        public init() {}
+    }
+
+    /// BGP settings, validated.
+    public struct BGPConfigSettings: Sendable, Equatable {
+        public var settings: BGPSettings
+        public var speaker: String
+        public var runDirectory: String
     }
 
     /// Kernel conntrack sync: the node also replicates the kernel's connection tracking table
@@ -193,6 +239,7 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
     public var services: [ServiceConfig]?
     public var oci: OCI?
     public var conntrack: Conntrack?
+    public var bgp: BGP?
     /// false: a conntrack-only node (NAT gateways, stateful firewalls): no BPF datapath and no
     /// services; it replicates the kernel conntrack table (`conntrack:`) and holds the floating
     /// IPs its HA instances list. Default true.
@@ -426,8 +473,11 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         guard (1...65535).contains(port) else { throw ConfigError("cluster: gossipPort must be 1-65535, got \(port)") }
         guard port != (c.syncPort ?? 11112) else { throw ConfigError("cluster: gossipPort and syncPort must differ (both \(port))") }
         let cloud = (c.cloud ?? "none").lowercased()
-        guard ["l2", "oci", "none"].contains(cloud) else {
-            throw ConfigError("cluster: cloud '\(c.cloud ?? "")' is unknown; use l2, oci or none")
+        guard ["l2", "oci", "none", "bgp"].contains(cloud) else {
+            throw ConfigError("cluster: cloud '\(c.cloud ?? "")' is unknown; use l2, oci, bgp or none")
+        }
+        if cloud == "bgp", bgp == nil {
+            throw ConfigError("cluster: cloud bgp needs a bgp section (asn, neighbors; docs/bgp.md)")
         }
         let l2 = c.l2Interface ?? interfaces.first
         if cloud == "l2", l2 == nil { throw ConfigError("cluster: cloud l2 needs an interface (l2Interface or --interface)") }
@@ -465,6 +515,84 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         }
         return HASettings(gossipPort: UInt16(port), cloud: cloud, l2Interface: l2, instances: instances,
                           restartHoldNanos: hold)
+    }
+
+    /// The BGP settings; nil without a bgp section. The mode must agree with the cluster: cloud bgp
+    /// is master-backup, no election (or no cluster) is active-active.
+    public func bgpSettings(nodeIP: IPv4Address) throws(ConfigError) -> BGPConfigSettings? {
+        guard let b = bgp else { return nil }
+        let electing = (cluster?.peers?.isEmpty == false) && (cluster?.election ?? true)
+        let cloud = (cluster?.cloud ?? "none").lowercased()
+        guard let asn = b.asn, asn != 0 else { throw ConfigError("bgp: asn is required (1-4294967295)") }
+        var routerID = nodeIP
+        if let t = b.routerId {
+            guard let a = IPv4Address(t) else { throw ConfigError("bgp: routerId '\(t)' is not an IPv4 address") }
+            routerID = a
+        }
+        var source = nodeIP
+        if let t = b.sourceAddress {
+            guard let a = IPv4Address(t) else { throw ConfigError("bgp: sourceAddress '\(t)' is not an IPv4 address") }
+            source = a
+        }
+        let defaultMode: BGPMode = electing ? .masterBackup : .activeActive
+        let modeText = b.mode ?? defaultMode.rawValue
+        guard let mode = BGPMode(rawValue: modeText) else {
+            throw ConfigError("bgp: mode must be \(BGPMode.allCases.map(\.rawValue).joined(separator: " or ")), got '\(modeText)'")
+        }
+        switch mode {
+        case .masterBackup where cloud != "bgp" || !electing:
+            throw ConfigError("bgp: mode master-backup follows the election: set cluster.cloud: bgp with cluster.peers (and election on)")
+        case .activeActive where electing:
+            throw ConfigError("bgp: mode active-active has every node serve every VIP; set cluster.election: false (or use mode master-backup with cluster.cloud: bgp)")
+        default: break
+        }
+        guard let list = b.neighbors, !list.isEmpty else { throw ConfigError("bgp: neighbors is empty; list the routers to peer with") }
+        var neighbors: [BGPNeighbor] = []
+        for (i, n) in list.enumerated() {
+            let at = "bgp.neighbors[\(i)]"
+            guard let a = IPv4Address(n.address) else { throw ConfigError("\(at): address '\(n.address)' is not an IPv4 address") }
+            guard !neighbors.contains(where: { $0.address == a }) else { throw ConfigError("\(at): \(a) is listed twice") }
+            guard n.asn != 0 else { throw ConfigError("\(at): asn must be 1-4294967295") }
+            let port = n.port ?? 179
+            guard (1...65535).contains(port) else { throw ConfigError("\(at): port must be 1-65535, got \(port)") }
+            if let p = n.password, !BGPSettings.isValidPassword(p) {
+                throw ConfigError("\(at): password must be 1-80 printable ASCII characters without quotes or backslashes")
+            }
+            if let h = n.multihop, !(1...255).contains(h) { throw ConfigError("\(at): multihop must be 1-255, got \(h)") }
+            neighbors.append(BGPNeighbor(address: a, asn: n.asn, port: UInt16(port), password: n.password, multihop: n.multihop))
+        }
+        let hold = b.holdSeconds ?? 9
+        guard (3...65535).contains(hold) else { throw ConfigError("bgp: holdSeconds must be 3-65535, got \(hold)") }
+        let interval = b.bfdIntervalMillis ?? 100
+        guard (10...10000).contains(interval) else { throw ConfigError("bgp: bfdIntervalMillis must be 10-10000, got \(interval)") }
+        let multiplier = b.bfdMultiplier ?? 3
+        guard (1...255).contains(multiplier) else { throw ConfigError("bgp: bfdMultiplier must be 1-255, got \(multiplier)") }
+        var communities: [BGPCommunity] = []
+        for t in b.communities ?? [] {
+            guard let c = BGPCommunity(t) else {
+                throw ConfigError("bgp: community '\(t)' is neither a:b (16-bit numbers) nor a:b:c (32-bit numbers)")
+            }
+            communities.append(c)
+        }
+        func attributes(_ a: BGP.Attributes?, _ d: BGPAttributes, _ name: String) throws(ConfigError) -> BGPAttributes {
+            let prepend = a?.prepend ?? d.prepend
+            guard (0...16).contains(prepend) else { throw ConfigError("bgp: \(name).prepend must be 0-16, got \(prepend)") }
+            return BGPAttributes(localPref: a?.localPref ?? d.localPref, med: a?.med ?? d.med, prepend: prepend)
+        }
+        let primary = try attributes(b.primary, .primary, "primary")
+        let backup = try attributes(b.backup, .backup, "backup")
+        if mode == .masterBackup, primary == backup {
+            throw ConfigError("bgp: primary and backup attributes are equal, so routers could not tell the MASTER")
+        }
+        let speaker = b.speaker ?? "/usr/sbin/bird"
+        let dir = b.runDirectory ?? "/run/tandem/bgp-\(nodeIP)"
+        guard dir.hasPrefix("/"), dir.utf8.count <= 90 else {
+            throw ConfigError("bgp: runDirectory must be an absolute path of at most 90 bytes (it holds BIRD's control socket)")
+        }
+        let s = BGPSettings(asn: asn, routerID: routerID, sourceAddress: source, mode: mode, neighbors: neighbors,
+                            holdSeconds: hold, bfd: b.bfd ?? false, bfdIntervalMillis: interval, bfdMultiplier: multiplier,
+                            communities: communities, primary: primary, backup: backup)
+        return BGPConfigSettings(settings: s, speaker: speaker, runDirectory: dir)
     }
 
     static func describe(_ e: DecodingError) -> String {

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import TandemAPI
 import TandemAPIModels
+import TandemBGP
 import TandemCore
 import TandemDatapath
 import TandemHA
@@ -515,6 +516,39 @@ public actor NodeController: LoadBalancerController {
     public func ciStates() async -> [CIStateEntry]? {
         guard let s = await ha?.status() else { return nil }
         return s.instances.map { CIStateEntry(instance: $0.name, state: $0.role, vip: $0.vips.first ?? "0.0.0.0") }
+    }
+
+    private var bgpAnnouncer: BGPAnnouncer?
+
+    func attach(bgp announcer: BGPAnnouncer) {
+        bgpAnnouncer = announcer
+    }
+
+    /// Per service VIP: whether a service on it has an endpoint in rotation (what BGP may announce).
+    func servingVIPs() -> [IPv4Address: Bool] {
+        var out: [IPv4Address: Bool] = [:]
+        for svc in table.services.values {
+            let up = downIndices(svc).count < svc.endpoints.count
+            out[svc.key.vip] = (out[svc.key.vip] ?? false) || up
+        }
+        return out
+    }
+
+    public func bgp() async -> BGPStatus? {
+        guard let a = bgpAnnouncer else { return nil }
+        var s = await a.speaker.status()
+        s.draining = await a.isDraining
+        s.newConnections = (ringEventCounts()["new"] ?? 0) + (eventCounts["new"] ?? 0)
+        return s
+    }
+
+    public func drain(_ on: Bool) async throws -> BGPStatus {
+        guard let a = bgpAnnouncer else {
+            throw APIError.notFound("this node does not speak BGP (no bgp section in its config)")
+        }
+        logger.notice(on ? "drain: withdrawing every BGP announcement" : "drain ended: announcing again")
+        await a.setDraining(on)
+        return await bgp() ?? BGPStatus(mode: "", running: false, pid: nil, restarts: 0, announced: [], sessions: [], applyFailures: 0)
     }
 
     /// Set by NodeRunner: asks the running node to exit (release or graceful restart).

@@ -5,6 +5,7 @@ import ServiceLifecycle
 import TandemAPI
 import TandemAPIModels
 import TandemCore
+import TandemBGP
 import TandemCloud
 import TandemDatapath
 import TandemHA
@@ -145,7 +146,12 @@ public enum NodeRunner {
     /// persistDatapath, detach everything it attached; SIGTERM with persistDatapath is a graceful
     /// restart: the datapath stays pinned and forwarding, peers are told to hold their fire.
     public static func run(_ o: NodeOptions, logger: Logger) async throws {
-        if o.config.datapath == false { return try await ConntrackNodeRunner.run(o, logger: logger) }
+        if o.config.datapath == false {
+            if o.config.bgp != nil {
+                throw ConfigError("bgp: a conntrack-only node (datapath: false) does not speak BGP yet; use cloud l2 or oci")
+            }
+            return try await ConntrackNodeRunner.run(o, logger: logger)
+        }
         let hup = ConfigReloader.Trap(logger: logger)  // SIGHUP would end the process until then
         let (settings, services, replicationSettings, clusterKey, haSettings) = try preflight(o)
         // Checked here, before the datapath loads: a probe that does not parse stops the node.
@@ -157,8 +163,13 @@ public enum NodeRunner {
         TandemMetrics.bootstrap()
         // Built before the datapath loads, so a broken provider setup (a missing OCI key, say)
         // stops the node before it touches the kernel.
+        let bgpConfig = try o.config.bgpSettings(nodeIP: settings.nodeIP)
+        let announcer = bgpConfig.map { b in
+            BGPAnnouncer(speaker: BIRDSpeaker(settings: b.settings, directory: b.runDirectory, birdPath: b.speaker, logger: logger),
+                         logger: logger)
+        }
         var provider: (any CloudProvider)?
-        if let h = haSettings { provider = try await HAWiring.makeProvider(h, config: o.config, logger: logger) }
+        if let h = haSettings { provider = try await HAWiring.makeProvider(h, config: o.config, bgp: announcer, logger: logger) }
         let pinDirectory = o.persistDatapath
             ? pinDirectory(base: o.config.pinDirectory, interface: o.interfaces[0], nodeIP: settings.nodeIP) : nil
         let datapath: Datapath
@@ -280,6 +291,23 @@ public enum NodeRunner {
             }
             if let kernelSync { await controller.attach(kernelSync: kernelSync) }
         }
+        // The speaker starts before the election, so a takeover can announce at once; it announces
+        // nothing until the node's view says what it can serve.
+        var bgpTask: Task<Void, Never>?
+        if let announcer {
+            await announcer.attach(view: { [shell] in
+                BGPNodeView(serving: await controller.servingVIPs(), inSync: shell?.inSync ?? true)
+            })
+            do { try await announcer.speaker.start() } catch {
+                await kernelSync?.stop()
+                await sharing?.stop()
+                await shell?.stop()
+                await datapath.close()
+                throw ConfigError(error.message)
+            }
+            await controller.attach(bgp: announcer)
+            bgpTask = Task { await announcer.run() }
+        }
         var ha: HAShell?
         if let h = haSettings, let r = replicationSettings, let key = clusterKey, let provider {
             let haShell = HAWiring.makeShell(h, replication: r, key: key, provider: provider, datapath: datapath,
@@ -331,10 +359,15 @@ public enum NodeRunner {
         do {
             try await group.run()
         } catch {
+            bgpTask?.cancel()
+            await announcer?.speaker.stop()
             await kernelSync?.stop()
             await dpService.shutdown(release: true)
             throw error
         }
+        // Routes go first: routers move the traffic away before the datapath stops serving.
+        bgpTask?.cancel()
+        await announcer?.speaker.stop()
         await hup.stop()
         await kernelSync?.stop()
         let release = exit.release

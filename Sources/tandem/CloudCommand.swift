@@ -121,6 +121,9 @@ struct Cloud: AsyncParsableCommand {
                 results = L2Preflight.run(interface: options.interface ?? "", vip: vip)
             case .oci:
                 results = await OCIPreflight.run(options: options.ociOptions, vip: vip, logger: options.logger())
+            case .bgp:
+                print("cloud bgp: the running node's speaker announces the VIP; see its sessions with tandem get bgp")
+                return
             }
             print(OCIPreflight.render(results))
             guard OCIPreflight.passed(results) else { throw ExitCode(1) }

@@ -72,7 +72,7 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
 
 struct Node: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run a load-balancer node.",
-                                                    subcommands: [Run.self, Stop.self, Layout.self])
+                                                    subcommands: [Run.self, Stop.self, Drain.self, Layout.self])
 
     struct Layout: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -147,6 +147,61 @@ struct Node: AsyncParsableCommand {
             let body = try JSONEncoder().encode(NodeStopEntry(release: release))
             _ = try await api.client().send("POST", APIRoutes.nodeStop, body: body)
             print(release ? "node stopping: datapath released" : "node stopping for a restart")
+        }
+    }
+
+    struct Drain: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Withdraw the node's BGP announcements and wait until no new connections arrive.",
+            discussion: """
+                Every VIP's route is withdrawn at once; the routers send new flows to the other nodes \
+                while established ones carry on here (and on the peers that replicate them). The \
+                command then watches the connections this node's datapath creates and returns once \
+                none arrived for --quiet seconds (exit 0), or after --timeout (exit 1). --undo \
+                announces again.
+                """)
+        @OptionGroup var api: APIOptions
+        @Flag(name: .long, help: "End a drain: announce the VIPs again.") var undo = false
+        @Option(name: .long, help: "Seconds without a new connection that count as drained.") var quiet: Double = 2
+        @Option(name: .long, help: "Give up after this many seconds.") var timeout: Double = 60
+        @Flag(name: .long, help: "Return once the routes are withdrawn.") var noWait = false
+
+        func run() async throws {
+            let client = try api.client()
+            let body = try JSONEncoder().encode(NodeDrainEntry(drain: !undo))
+            let first = try JSONDecoder().decode(BGPStatus.self, from: try await client.send("POST", APIRoutes.nodeDrain, body: body))
+            if undo {
+                print("drain ended: announcing \(first.announced.isEmpty ? "(nothing yet)" : first.announced.joined(separator: ", "))")
+                return
+            }
+            print("drain: every route withdrawn (\(first.announced.isEmpty ? "none left" : "still announced: " + first.announced.joined(separator: ", ")))")
+            if noWait { return }
+            let start = ContinuousClock.now
+            var last = first.newConnections
+            var lastChange = start
+            var seen: UInt64 = 0
+            while true {
+                try await Task.sleep(for: .milliseconds(200))
+                let s = try JSONDecoder().decode(BGPStatus.self, from: try await client.send("GET", APIRoutes.bgp))
+                if s.newConnections != last {
+                    seen += s.newConnections &- last
+                    last = s.newConnections
+                    lastChange = ContinuousClock.now
+                }
+                let quietFor = ContinuousClock.now - lastChange
+                if quietFor >= .milliseconds(Int(quiet * 1000)) {
+                    let after = lastChange - start
+                    let secs = Double(after.components.seconds) + Double(after.components.attoseconds) / 1e18
+                    print(seen == 0 ? String(format: "drained: no new connection after the withdrawal (%.1f s watched)", quiet)
+                          : String(format: "drained: %llu new connection(s) after the withdrawal, the last %.1f s in; none for %.1f s since",
+                                   seen, secs, quiet))
+                    return
+                }
+                if ContinuousClock.now - start >= .milliseconds(Int(timeout * 1000)) {
+                    print("drain: new connections still arrive after \(timeout) s (\(seen) since the withdrawal); routes stay withdrawn")
+                    throw ExitCode(1)
+                }
+            }
         }
     }
 
@@ -382,7 +437,7 @@ struct Delete: AsyncParsableCommand {
 }
 
 struct Get: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show objects.", subcommands: [LB.self, EP.self, CT.self, Sync.self, ClusterState.self])
+    static let configuration = CommandConfiguration(abstract: "Show objects.", subcommands: [LB.self, EP.self, CT.self, Sync.self, ClusterState.self, BGP.self])
 
     struct LB: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "lb", abstract: "Show load-balancer services.")
@@ -453,6 +508,26 @@ struct Get: AsyncParsableCommand {
                 text += "\n\n" + TableRenderer.serviceSync(s, wide: output == .wide)
             }
             print(text)
+        }
+    }
+
+    struct BGP: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "bgp",
+                                                        abstract: "Show the BGP speaker: sessions and announced VIPs.")
+        @Option(name: .shortAndLong, help: "table | wide | json") var output: OutputFormat = .table
+        @OptionGroup var apiOptions: APIOptions
+
+        func run() async throws {
+            let data = try await apiOptions.client().send("GET", APIRoutes.bgp)
+            if output == .json { print(String(decoding: data, as: UTF8.self)); return }
+            let s = try JSONDecoder().decode(BGPStatus.self, from: data)
+            var lines = ["mode \(s.mode)  speaker \(s.running ? "running (pid \(s.pid ?? 0))" : "not running")  restarts \(s.restarts)  draining \(s.draining)",
+                         "announced: \(s.announced.isEmpty ? "nothing" : s.announced.joined(separator: ", "))", "",
+                         "NEIGHBOR         ASN         STATE  INFO"]
+            for n in s.sessions {
+                lines.append("\(n.neighbor.padding(toLength: 16, withPad: " ", startingAt: 0)) \(String(n.asn).padding(toLength: 11, withPad: " ", startingAt: 0)) \(n.state.padding(toLength: 6, withPad: " ", startingAt: 0)) \(n.info)")
+            }
+            print(lines.joined(separator: "\n"))
         }
     }
 

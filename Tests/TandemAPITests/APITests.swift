@@ -71,6 +71,8 @@ import TandemStatus
         #expect(paths[APIRoutes.endpointHostState] != nil)
         #expect(paths[APIRoutes.endpoint] != nil)
         #expect(paths[APIRoutes.endpoint + "/epipaddress/{ip}"] != nil)
+        #expect(paths[APIRoutes.bgp] != nil)
+        #expect(paths[APIRoutes.nodeDrain] != nil)
     }
 }
 
