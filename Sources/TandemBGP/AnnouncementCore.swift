@@ -42,6 +42,9 @@ public struct AnnouncementCore: Sendable {
     public let mode: BGPMode
     public let primary: BGPAttributes
     public let backup: BGPAttributes
+    /// active-active: this node's fullnat source address and its peers' (`BGPSettings`).
+    public let snatAddress: IPv4Address?
+    public let peerSNATAddresses: [IPv4Address]
     /// How long after a refused set the core asks again.
     public let retryNanos: UInt64
     /// What the speaker holds (nil until the first set is accepted).
@@ -51,17 +54,31 @@ public struct AnnouncementCore: Sendable {
     public private(set) var failures: UInt64 = 0
 
     public init(mode: BGPMode, primary: BGPAttributes = .primary, backup: BGPAttributes = .backup,
+                snatAddress: IPv4Address? = nil, peerSNATAddresses: [IPv4Address] = [],
                 retryNanos: UInt64 = 1_000_000_000) {
         self.mode = mode
+        self.snatAddress = snatAddress
+        self.peerSNATAddresses = peerSNATAddresses
         self.primary = primary
         self.backup = backup
         self.retryNanos = retryNanos
     }
 
     /// The routes these inputs call for, sorted by VIP.
+    ///
+    /// Source addresses (active-active) wait for the sync like the VIPs: a node that comes back
+    /// must not draw the replies of flows its peers carried meanwhile before it holds them. A
+    /// drain keeps the node's own (its established flows still get their replies) and gives up
+    /// its peers'.
     public func desired(_ inputs: Inputs) -> [BGPRoute] {
-        guard !inputs.draining else { return [] }
         var routes: [BGPRoute] = []
+        if mode == .activeActive, inputs.inSync {
+            if let own = snatAddress { routes.append(BGPRoute(vip: own, attributes: primary)) }
+            if !inputs.draining {
+                for a in peerSNATAddresses { routes.append(BGPRoute(vip: a, attributes: backup)) }
+            }
+        }
+        guard !inputs.draining else { return routes.sorted() }
         for (vip, state) in inputs.vips where state.serving {
             switch mode {
             case .activeActive:

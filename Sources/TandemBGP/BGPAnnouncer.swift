@@ -28,7 +28,8 @@ public actor BGPAnnouncer {
     public init(speaker: BIRDSpeaker, logger: Logger = Logger(label: "tandem.bgp")) {
         self.speaker = speaker
         let s = speaker.settings
-        core = AnnouncementCore(mode: s.mode, primary: s.primary, backup: s.backup)
+        core = AnnouncementCore(mode: s.mode, primary: s.primary, backup: s.backup, snatAddress: s.snatAddress,
+                                peerSNATAddresses: s.peerSNATAddresses)
         self.logger = logger
     }
 

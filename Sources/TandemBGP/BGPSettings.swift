@@ -94,6 +94,13 @@ public struct BGPSettings: Hashable, Sendable {
     public var communities: [BGPCommunity]
     public var primary: BGPAttributes
     public var backup: BGPAttributes
+    /// active-active: this node's own fullnat source address, announced with the primary
+    /// attributes, so replies come back to the node that made the flow (not wherever the
+    /// router's hash sends them, which may be a node its entry has not reached yet).
+    public var snatAddress: IPv4Address?
+    /// The other nodes' source addresses, announced with the backup attributes: when a node
+    /// goes, replies to its address reach the nodes that hold its flows by replication.
+    public var peerSNATAddresses: [IPv4Address] = []
 
     public init(asn: UInt32, routerID: IPv4Address, sourceAddress: IPv4Address? = nil, mode: BGPMode,
                 neighbors: [BGPNeighbor], holdSeconds: Int = 9, bfd: Bool = false, bfdIntervalMillis: Int = 100,

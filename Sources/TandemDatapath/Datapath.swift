@@ -20,6 +20,9 @@ public struct DatapathSettings: Equatable, Sendable {
     /// The node's interfaces do not forward IPv4, so the datapath skips the FIB lookup (the kernel
     /// would refuse it) and redirects through the neighbour table out of the ingress interface.
     public var skipFIB: Bool
+    /// The fullnat source of services that set none (default: the VIP itself). Active-active
+    /// BGP gives each node its own, so replies return to the node that made the flow.
+    public var defaultSNAT: IPv4Address?
 
     public init(nodeIP: IPv4Address, hashSeed: UInt32 = 0x7461_6e64, portSlice: PortSlice = PortSlice(low: 32768, high: 65535),
                 timeouts: Timeouts = Timeouts(), answerICMP: Bool = true, emitEvents: Bool = true, gateVIPs: Bool = false,
@@ -95,6 +98,8 @@ public actor Datapath {
     private let xdpProgramFD: Int32
     private let logger: Logger
     private var closed = false
+    /// `DatapathSettings.defaultSNAT`, for the services installed after `apply(settings:)`.
+    private var defaultSNAT: IPv4Address?
     /// How this start found the pin directory (`.fresh` without persistence).
     public nonisolated let adoption: DatapathAdoption
     /// What the previous run's graceful exit left (adopted starts only).
@@ -452,6 +457,7 @@ public actor Datapath {
         c.gate_vips = s.gateVIPs ? 1 : 0
         c.skip_fib = s.skipFIB ? 1 : 0
         try maps.config.update(UInt32(0), c)
+        defaultSNAT = s.defaultSNAT
     }
 
     /// Makes `vips` exactly the set this node answers for (with `gateVIPs`). Additions are written
@@ -518,7 +524,7 @@ public actor Datapath {
         v.id = slot
         v.flags = (sourceKeys.isEmpty ? 0 : UInt8(TDM_SVC_F_SOURCES))
             | (svc.resetOnEndpointDown ? UInt8(TDM_SVC_F_RESET_DOWN) : 0)
-        v.snat_ip = svc.snatIP?.networkOrder ?? 0
+        v.snat_ip = (svc.snatIP ?? defaultSNAT)?.networkOrder ?? 0
         v.persist_timeout_s = svc.persistTimeout
         v.endpoint_count = UInt16(svc.endpoints.count)
         v.sched_len = UInt16(schedule.count)

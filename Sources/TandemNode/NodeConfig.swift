@@ -129,6 +129,10 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         /// (default /run/tandem/bgp-<nodeIP>).
         public var speaker: String?
         public var runDirectory: String?
+        /// active-active: one fullnat source address per node, in nodeIndex order, the same list
+        /// on every node. Each node sources its fullnat flows from its own and announces it; the
+        /// others announce it as backup (docs/bgp.md).
+        public var snatAddresses: [String]?
         public init() {}
     }
 
@@ -589,9 +593,32 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
         guard dir.hasPrefix("/"), dir.utf8.count <= 90 else {
             throw ConfigError("bgp: runDirectory must be an absolute path of at most 90 bytes (it holds BIRD's control socket)")
         }
-        let s = BGPSettings(asn: asn, routerID: routerID, sourceAddress: source, mode: mode, neighbors: neighbors,
+        var s = BGPSettings(asn: asn, routerID: routerID, sourceAddress: source, mode: mode, neighbors: neighbors,
                             holdSeconds: hold, bfd: b.bfd ?? false, bfdIntervalMillis: interval, bfdMultiplier: multiplier,
                             communities: communities, primary: primary, backup: backup)
+        if let list = b.snatAddresses {
+            guard mode == .activeActive else {
+                throw ConfigError("bgp: snatAddresses are for mode active-active (in master-backup replies follow the VIP to the MASTER)")
+            }
+            _ = try portSlice()  // nodeIndex within the node count
+            let count = cluster?.nodeCount ?? ((cluster?.peers?.count).map { $0 + 1 } ?? 1)
+            guard list.count == count else {
+                throw ConfigError("bgp: snatAddresses needs one address per node (\(count), in nodeIndex order), got \(list.count)")
+            }
+            var addresses: [IPv4Address] = []
+            let vips = Set((services ?? []).compactMap { IPv4Address($0.externalIP) })
+            for t in list {
+                guard let a = IPv4Address(t), !a.isUnspecified, !a.isMulticastOrBroadcast, !a.isLoopback else {
+                    throw ConfigError("bgp: snatAddresses: '\(t)' is not a unicast IPv4 address")
+                }
+                guard !addresses.contains(a) else { throw ConfigError("bgp: snatAddresses: \(a) is listed twice") }
+                guard !vips.contains(a) else { throw ConfigError("bgp: snatAddresses: \(a) is a service VIP") }
+                addresses.append(a)
+            }
+            let index = cluster?.nodeIndex ?? cluster?.selfIndex ?? 0
+            s.snatAddress = addresses[index]
+            s.peerSNATAddresses = addresses.enumerated().filter { $0.offset != index }.map(\.element)
+        }
         return BGPConfigSettings(settings: s, speaker: speaker, runDirectory: dir)
     }
 

@@ -153,7 +153,8 @@ public enum NodeRunner {
             return try await ConntrackNodeRunner.run(o, logger: logger)
         }
         let hup = ConfigReloader.Trap(logger: logger)  // SIGHUP would end the process until then
-        let (settings, services, replicationSettings, clusterKey, haSettings) = try preflight(o)
+        let (preflightSettings, services, replicationSettings, clusterKey, haSettings) = try preflight(o)
+        var settings = preflightSettings
         // Checked here, before the datapath loads: a probe that does not parse stops the node.
         let serviceOptions = try o.config.validatedServiceOptions()
         let (state, security) = try preflightControlPlane(o, logger: logger)
@@ -164,6 +165,7 @@ public enum NodeRunner {
         // Built before the datapath loads, so a broken provider setup (a missing OCI key, say)
         // stops the node before it touches the kernel.
         let bgpConfig = try o.config.bgpSettings(nodeIP: settings.nodeIP)
+        settings.defaultSNAT = bgpConfig?.settings.snatAddress
         let announcer = bgpConfig.map { b in
             BGPAnnouncer(speaker: BIRDSpeaker(settings: b.settings, directory: b.runDirectory, birdPath: b.speaker, logger: logger),
                          logger: logger)

@@ -169,6 +169,20 @@ private func settings(mode: BGPMode = .activeActive, bfd: Bool = false, multihop
         #expect(core.desired(.init(vips: vips, inSync: false)) == [BGPRoute(vip: vip1, attributes: .primary)])
     }
 
+    @Test func sourceAddressesWaitForTheSyncAndTheOwnOneSurvivesADrain() {
+        let own = IPv4Address(10, 0, 10, 201), peer = IPv4Address(10, 0, 10, 202)
+        let core = AnnouncementCore(mode: .activeActive, snatAddress: own, peerSNATAddresses: [peer])
+        let vips = [vip1: AnnouncementCore.VIPState(serving: true)]
+        #expect(core.desired(.init(vips: vips, inSync: false)) == [])
+        #expect(core.desired(.init(vips: vips, inSync: true)) ==
+                [BGPRoute(vip: vip1, attributes: .primary), BGPRoute(vip: own, attributes: .primary),
+                 BGPRoute(vip: peer, attributes: .backup)])
+        // Withdrawn VIP and peers' addresses; its own flows still get their replies.
+        #expect(core.desired(.init(vips: vips, inSync: true, draining: true)) == [BGPRoute(vip: own, attributes: .primary)])
+        // Every endpoint down: the VIP goes, the source addresses stay (established flows).
+        #expect(core.desired(.init(vips: [vip1: .init(serving: false)], inSync: true)).map(\.vip) == [own, peer])
+    }
+
     @Test func aRefusedSetIsRetriedAfterTheBackoff() {
         var core = AnnouncementCore(mode: .activeActive, retryNanos: 1_000)
         let inputs = AnnouncementCore.Inputs(vips: [vip1: .init(serving: true)], inSync: true)

@@ -69,6 +69,23 @@ import Testing
         }
     }
 
+    @Test func sourceAddressesOnePerNodeByIndex() throws {
+        let yaml = """
+            cluster: {peers: [10.0.10.88, 10.0.10.89], keyFile: /k, election: false, nodeIndex: 1}
+            bgp: {asn: 65001, neighbors: [{address: 10.0.10.1, asn: 65000}], snatAddresses: [10.0.10.201, 10.0.10.202, 10.0.10.203]}
+            """
+        let b = try #require(try settings(yaml))
+        #expect(b.settings.snatAddress == IPv4Address(10, 0, 10, 202))
+        #expect(b.settings.peerSNATAddresses == [IPv4Address(10, 0, 10, 201), IPv4Address(10, 0, 10, 203)])
+        #expect(message(yaml.replacingOccurrences(of: ", 10.0.10.203]", with: "]")).contains("one address per node (3"))
+        #expect(message(yaml.replacingOccurrences(of: "10.0.10.203]", with: "10.0.10.201]")).contains("listed twice"))
+        #expect(message(yaml.replacingOccurrences(of: "10.0.10.203]", with: "127.0.0.1]")).contains("not a unicast"))
+        #expect(message("""
+            cluster: {peers: [10.0.10.88], keyFile: /k, cloud: bgp}
+            bgp: {asn: 65001, neighbors: [{address: 10.0.10.1, asn: 65000}], snatAddresses: [10.0.10.201, 10.0.10.202]}
+            """).contains("for mode active-active"))
+    }
+
     @Test func cloudBGPWithoutABGPSectionIsRefused() {
         do {
             _ = try NodeConfig.parse(yaml: "cluster: {peers: [10.0.10.88], keyFile: /k, cloud: bgp}").ha(interfaces: ["eth0"])

@@ -96,6 +96,7 @@ extension Privileged {
               holdSeconds: 3
               neighbors: [{address: 10.0.10.1, asn: 65000}]
               communities: ["65000:100"]
+            \(masterBackup ? "" : "  snatAddresses: [10.0.10.201, 10.0.10.202]")
               runDirectory: \(FileManager.default.temporaryDirectory.path)/\(bed.name)-bird-\(role)
             """)
         }
@@ -152,6 +153,28 @@ extension Privileged {
             try bed.exec("llb2", ["nft", "delete table ip tdmbgp"])
             #expect(waitFor(20) { try router.nextHops() == ["10.0.10.141", "10.0.10.88"] } != nil, "after sync: \(String(describing: try? router.nextHops()))")
             #expect(try inSync(llb2))
+
+            // Each node's fullnat source address: its own route preferred (MED 10), the peer's as
+            // backup (MED 20), so replies return to the node that made the flow.
+            #expect(waitFor(10) { try router.nextHops("10.0.10.201") == ["10.0.10.141"] && router.nextHops("10.0.10.202") == ["10.0.10.88"] } != nil,
+                    "snat routes: \((try? router.birdc(["show", "route", "all"])) ?? "")")
+            let snatRIB = try router.birdc(["show", "route", "10.0.10.201/32", "all"])
+            #expect(snatRIB.contains("BGP.med: 10") && snatRIB.contains("BGP.med: 20"), "\(snatRIB)")
+            // New connections spread by the router's L4 hash over both nodes, each sourced from
+            // its node's address; none waits for a retransmitted SYN-ACK.
+            var slowest = 0.0
+            for _ in 0..<24 {
+                let r = try bed.exec("client", ["curl", "-s", "-o", "/dev/null", "-m", "3", "-w", "%{time_total}", "http://10.0.10.143:56002/"])
+                #expect(r.ok, "curl: \(r.stderr)")
+                slowest = max(slowest, Double(r.stdout) ?? 9)
+            }
+            #expect(slowest < 0.9, "slowest connection \(slowest) s")
+            for (node, snat) in [(llb1, "10.0.10.201"), (llb2, "10.0.10.202")] {
+                let r = try node.cli(["get", "ct", "-o", "json"])
+                let own = try JSONDecoder().decode(ConntrackList.self, from: Data(r.stdout.utf8)).ctAttr.filter { !$0.learnedFromPeer }
+                #expect(!own.isEmpty, "\(node.role) made no flow: ECMP did not spread")
+                #expect(own.allSatisfy { $0.conntrackAct.hasPrefix("fsnat-\(snat),") }, "\(node.role): \(own.map(\.conntrackAct))")
+            }
 
             // Every endpoint down: both nodes withdraw (host states reach both); up again: back.
             try hostState(llb1, "10.0.10.21", "red")
