@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Two-node Tandem cluster in the test bed: configs, daemons, roles. Source after lib.sh; needs
-# TANDEM, KEY (cluster key file), CLOUD (l2 | oci | none) and, for oci, OCI_API. PERSIST=1 with
+# TANDEM, KEY (cluster key file), CLOUD (l2 | oci | bgp | none) and, for oci, OCI_API; for bgp,
+# bgp-lib.sh sourced. PERSIST=1 with
 # PIN_DIR (from tb_bpffs) runs the daemons with a pinned datapath (graceful restarts).
 
 KEY="${KEY:-$TB_STATE/cluster.key}"
@@ -33,6 +34,7 @@ services:
      endpoints: [{ip: $(tb_ip ep1), port: $TB_ECHO_PORT}, {ip: $(tb_ip ep2), port: $TB_ECHO_PORT}]}
 YAML
     if [[ "$CLOUD" == oci ]]; then oci_config_yaml "$node" >>"$TB_STATE/$node.yaml"; fi
+    if [[ "$CLOUD" == bgp ]]; then bgp_node_yaml "$node" master-backup >>"$TB_STATE/$node.yaml"; fi
 }
 
 # The oci: section of NODE's config, for the fake OCI that oci_up started (OCI_API).

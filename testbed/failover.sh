@@ -5,9 +5,13 @@
 # reboot would wipe (its TC programs and, for l2, the VIP address) is flushed. The BACKUP must take
 # the floating IP and keep every flow going; the old master comes back later as BACKUP and resyncs.
 #
-#   testbed/failover.sh [--tcp 200] [--udp 50] [--rounds 1] [--cloud l2|oci] [--down 3] [--victim master|backup]
+#   testbed/failover.sh [--tcp 200] [--udp 50] [--rounds 1] [--cloud l2|oci|bgp] [--down 3] [--victim master|backup]
 #                       [--slow-start] [--plot FILE.svg|FILE.png]
 #
+# --cloud bgp is the master-backup form over BGP (issue 17): a BIRD router in the vcn (bgp-lib.sh,
+# BFD 100 ms x 3 unless BGP_BFD=0) peers with both nodes; each node's own BIRD announces the VIP,
+# the MASTER with MED 10, the BACKUP with MED 20, so the router's FIB holds the MASTER only. The
+# floating IP has moved once the router's FIB sends the VIP to the survivor alone ("route moved").
 # --plot writes a timeline of the first round (every flow's stalls as bars, the kill, death
 # declared, election, floating IP moved, the return marked) with matplotlib, installed if missing.
 # --victim backup reboots the BACKUP instead: the MASTER must keep its role and every flow.
@@ -40,7 +44,7 @@ while (($#)); do
         *) echo "failover: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-[[ "$CLOUD" == l2 || "$CLOUD" == oci ]] || { echo "failover: --cloud must be l2 or oci" >&2; exit 2; }
+[[ "$CLOUD" == l2 || "$CLOUD" == oci || "$CLOUD" == bgp ]] || { echo "failover: --cloud must be l2, oci or bgp" >&2; exit 2; }
 [[ "$VICTIM" == master || "$VICTIM" == backup ]] || { echo "failover: --victim must be master or backup" >&2; exit 2; }
 for n in "$TCP_FLOWS" "$UDP_FLOWS" "$ROUNDS" "$DOWN_SECONDS" "$LATE_TCP" "$INTERVAL_MS"; do
     [[ "$n" =~ ^[0-9]+$ ]] || { echo "failover: counts must be whole numbers" >&2; exit 2; }
@@ -56,6 +60,11 @@ FAKE_OCI="${FAKE_OCI:-$BIN/fake-oci}"
 source "$REPO/testbed/lib.sh"
 # shellcheck source=testbed/cluster.sh
 source "$REPO/testbed/cluster.sh"
+if [[ "$CLOUD" == bgp ]]; then
+    export BGP_BFD="${BGP_BFD:-1}"
+    # shellcheck source=testbed/bgp-lib.sh
+    source "$REPO/testbed/bgp-lib.sh"
+fi
 
 [[ $EUID -eq 0 ]] || { echo "failover: must run as root" >&2; exit 1; }
 for b in "$TANDEM" "$TANDEM_ECHO"; do [[ -x "$b" ]] || { echo "failover: $b not built (make build)" >&2; exit 1; }; done
@@ -71,6 +80,7 @@ cleanup() {
         [[ -f "$TB_STATE/$n.pid" ]] && kill -TERM "$(cat "$TB_STATE/$n.pid")" 2>/dev/null || true
     done
     sleep 0.5
+    if [[ "$CLOUD" == bgp ]]; then bgp_router_down; fi
     if ((rc != 0)); then
         for n in llb1 llb2; do echo "--- $n log (tail)" >&2; tail -n 25 "$TB_STATE/$n.log" >&2 2>/dev/null || true; done
         echo "--- flows log (tail)" >&2; tail -n 15 "$TB_STATE"/flows-*.log >&2 2>/dev/null || true
@@ -105,6 +115,7 @@ if [[ "$CLOUD" == oci ]]; then
     log "tandem cloud check passes; unknown profile and a VIP outside every subnet fail clearly, nothing moved"
 fi
 
+if [[ "$CLOUD" == bgp ]]; then bgp_router_up llb1 llb2; fi
 for n in llb1 llb2; do write_config "$n"; start_node "$n"; done
 log "waiting for a MASTER and an in-sync BACKUP"
 wait_settled 30
@@ -132,6 +143,10 @@ for ((round = 1; round <= ROUNDS; round++)); do
     kill -USR1 "$FLOWS_PID"          # late flows, opened 50 ms before the kill
     sleep 0.05
     t_kill="$(now_ms)"
+    # Over BGP the link goes first: a daemon killed first takes its BIRD along, whose closing
+    # socket tells the router at once; a machine that loses power tells nobody (BFD or the hold
+    # timer must notice).
+    if [[ "$CLOUD" == bgp ]]; then tb_exec "$KILLED" ip link set eth0 down; fi
     crash_node "$KILLED"
     log "round $round: $KILLED rebooted (killed, link down)"
     took_over() { api "$SURV" | python3 -c 'import json,sys; i=json.load(sys.stdin)["instances"][0]; sys.exit(0 if i["role"] == "MASTER" and (i.get("lastTakeoverAtUnixMs") or 0) >= int(sys.argv[1]) else 1)' "$t_kill"; }
@@ -155,6 +170,18 @@ take = inst["lastTakeoverAtUnixMs"] - t_kill if (inst.get("lastTakeoverAtUnixMs"
 print(dead, elected, take, round(inst.get("lastTakeoverMs") or -1, 1))
 PY
 )
+    if [[ "$CLOUD" == bgp && "$VICTIM" == master ]]; then
+        # The provider has the survivor's primary route with BIRD; the move is done when the
+        # router's FIB sends the VIP to the survivor alone (the dead node's path gone by BFD or
+        # the hold timer, the survivor's MED 10 route best).
+        route_alone() { [[ "$(bgp_nexthops)" == "$(tb_ip "$SURV")" ]]; }
+        if tb_wait_for 20 "the router's route to the VIP to reach $SURV alone" route_alone; then
+            takeover_ms=$(( $(now_ms) - t_kill ))
+        else
+            takeover_ms=-1; all_ok=0
+        fi
+        log "round $round: router: $(bgp_routes "$TB_VIP" | tr '\n' ';')"
+    fi
     log "round $round: $SURV is MASTER; $KILLED declared dead ${dead_ms} ms after the kill, elected ${detect_ms} ms, floating IP moved ${takeover_ms} ms after the kill (provider ${provider_ms} ms)"
     sleep "$DOWN_SECONDS"
     log "round $round: bringing $KILLED back"

@@ -174,7 +174,8 @@ struct Node: AsyncParsableCommand {
                 print("drain ended: announcing \(first.announced.isEmpty ? "(nothing yet)" : first.announced.joined(separator: ", "))")
                 return
             }
-            print("drain: every route withdrawn (\(first.announced.isEmpty ? "none left" : "still announced: " + first.announced.joined(separator: ", ")))")
+            print("drain: every VIP withdrawn" + (first.announced.isEmpty ? ""
+                : "; still announced: \(first.announced.joined(separator: ", ")) (this node's fullnat source address: its established flows' replies)"))
             if noWait { return }
             let start = ContinuousClock.now
             var last = first.newConnections

@@ -199,6 +199,25 @@ extension Privileged {
             #expect(Date().timeIntervalSince(t0) < 5)
         }
 
+        /// testbed/ecmp.sh, short: three active-active nodes behind the router's ECMP; a node's
+        /// death, its return and another's drain, every flow kept.
+        @Test func ecmpKeepsEveryFlowThroughADeathAReturnAndADrain() throws {
+            let name = "t" + String(UUID().uuidString.lowercased().filter { $0.isLetter || $0.isNumber }.prefix(5))
+            let r = try run(["bash", Env.repo.appendingPathComponent("testbed/ecmp.sh").path, "--tcp", "60", "--udp", "12", "--down", "2"],
+                            env: ["TB": name, "TANDEM_BIN": Env.bin.path], timeout: 150)
+            defer { _ = try? run(["bash", Env.repo.appendingPathComponent("testbed/down.sh").path], env: ["TB": name]) }
+            let line = r.stdout.split(separator: "\n").last.map(String.init) ?? ""
+            let s = try #require((try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any],
+                                 "ecmp.sh printed no summary (exit \(r.status)): \(r.stderr.suffix(3000))")
+            #expect(r.status == 0 && s["ok"] as? Bool == true, "ecmp.sh: \(r.stderr.suffix(3000))")
+            for proto in ["tcp", "udp"] {
+                let p = s[proto] as? [String: Any]
+                #expect((p?["survived"] as? NSNumber)?.intValue == (p?["total"] as? NSNumber)?.intValue, "\(proto): \(String(describing: p))")
+            }
+            let dropped = (s["killRouteDroppedMs"] as? NSNumber)?.intValue ?? -1
+            #expect(dropped >= 0 && dropped < 1500, "route dropped \(dropped) ms after the kill (BFD 3 x 100 ms)")
+        }
+
         @Test func masterBackupPrefersTheMasterAndFollowsATakeover() throws {
             let bed = try TestBed(nodes: 2)
             defer { bed.down() }

@@ -81,6 +81,16 @@ extension Privileged {
             #expect(take >= 0 && take < 2000, "OCI takeover \(take) ms after the kill")
         }
 
+        /// The master-backup form over BGP: a BIRD router in the vcn, BFD; the MASTER's MED 10 route
+        /// gives way to the survivor's once BFD drops the dead node's session.
+        @Test func rebootTheMasterThroughBGP() throws {
+            let s = try failover(["--tcp", "30", "--udp", "10", "--rounds", "1", "--cloud", "bgp", "--down", "2"])
+            checkAllSurvived(s)
+            let round = (s["perRound"] as? [[String: Any]])?.first ?? [:]
+            let take = (round["takeoverMs"] as? NSNumber)?.intValue ?? -1
+            #expect(take >= 0 && take < 2000, "BGP route moved \(take) ms after the kill")
+        }
+
         /// testbed/restart.sh, short: graceful restarts of the MASTER and the BACKUP change no role
         /// and lose no flow; a crash of the MASTER's daemon is a failover that loses no flow.
         @Test func gracefulRestartsChangeNoRoleAndLoseNoFlow() throws {
