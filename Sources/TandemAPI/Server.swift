@@ -106,7 +106,7 @@ extension LoadBalancerController {
     }
     public func ciStates() async -> [CIStateEntry]? { nil }
     public func setCIState(_ entry: CIStateEntry) async throws {
-        throw APIError.notFound("this node is not clustered (no cluster peers)")
+        throw APIError.notFound("this node runs no election (no cluster peers, or cluster.election: false); replication is shown by tandem get sync")
     }
 }
 
@@ -226,7 +226,7 @@ public enum APIServer {
         router.get(RouterPath(APIRoutes.cluster)) { _, _ -> Response in
             await answer {
                 guard let s = await controller.cluster() else {
-                    throw APIError.notFound("this node is not clustered (no cluster peers)")
+                    throw APIError.notFound("this node runs no election (no cluster peers, or cluster.election: false); replication is shown by tandem get sync")
                 }
                 return try json(s)
             }
@@ -242,7 +242,7 @@ public enum APIServer {
         router.get(RouterPath(APIRoutes.ciStateAll)) { _, _ -> Response in
             await answer {
                 guard let s = await controller.ciStates() else {
-                    throw APIError.notFound("this node is not clustered (no cluster peers)")
+                    throw APIError.notFound("this node runs no election (no cluster peers, or cluster.election: false); replication is shown by tandem get sync")
                 }
                 let flows = await controller.sync()?.inSync ?? true
                 let kernel = await controller.kernelSync()?.inSync ?? true

@@ -262,7 +262,15 @@ public struct NodeConfig: Decodable, Sendable, Equatable {
 
     public static func parse(yaml text: String) throws(ConfigError) -> NodeConfig {
         do {
-            return try YAMLDecoder().decode(NodeConfig.self, from: text)
+            let config = try YAMLDecoder().decode(NodeConfig.self, from: text)
+            // A misspelt key would be ignored and its default used without a word.
+            let unknown = ConfigKeyCheck.unknownKeys(NodeConfig.self, yaml: text)
+            if !unknown.isEmpty {
+                throw ConfigError("config: unknown key\(unknown.count == 1 ? "" : "s") \(unknown.map { "'\($0)'" }.joined(separator: ", ")) (misspelt? docs/cli.md lists the keys)")
+            }
+            return config
+        } catch let e as ConfigError {
+            throw e
         } catch let e as DecodingError {
             throw ConfigError("config: \(describe(e))")
         } catch {

@@ -565,7 +565,7 @@ public actor NodeController: LoadBalancerController {
     }
 
     public func setCIState(_ entry: CIStateEntry) async throws {
-        guard let ha else { throw APIError.notFound("this node is not clustered (no cluster peers)") }
+        guard let ha else { throw APIError.notFound("this node runs no election (no cluster peers, or cluster.election: false); replication is shown by tandem get sync") }
         do { try await ha.setExternal(instance: entry.instance, state: entry.state) } catch {
             throw APIError.badRequest(error.description)
         }

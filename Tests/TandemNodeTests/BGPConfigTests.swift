@@ -95,3 +95,54 @@ import Testing
         }
     }
 }
+
+@Suite struct UnknownConfigKeyTests {
+    func message(_ yaml: String) -> String {
+        do { _ = try NodeConfig.parse(yaml: yaml); return "" } catch { return error.message }
+    }
+
+    @Test func aMisspeltKeyIsRefusedWithItsPath() {
+        #expect(message("bgp: {asn: 65001, holdSecs: 3, neighbors: [{address: 10.0.10.1, asn: 65000}]}")
+            .contains("unknown key 'bgp.holdSecs'"))
+        #expect(message("bgp: {asn: 65001, neighbors: [{address: 10.0.10.1, asn: 65000, pasword: x}]}")
+            .contains("'bgp.neighbors[0].pasword'"))
+        #expect(message("interfaces: [eth0]\nbgpp: {asn: 1}\ncluster: {peers: [10.0.10.88], keyFile: /k, cloudd: l2}")
+            .contains("unknown keys 'bgpp', 'cluster.cloudd'"))
+        #expect(message("""
+            services:
+              - {externalIP: 10.0.10.143, port: 80, endpoints: [{ip: 10.0.10.21, port: 80, wieght: 2}]}
+            """).contains("'services[0].endpoints[0].wieght'"))
+        #expect(message("conntrack: {filter: {protocol: [tcp]}}").contains("'conntrack.filter.protocol'"))
+    }
+
+    @Test func everyDocumentedKeyIsKnown() throws {
+        // The keys the test bed, the package and the docs use, renamed ones (self) included.
+        let yaml = """
+            interfaces: [eth0]
+            nodeIP: 10.0.10.141
+            api: {address: 127.0.0.1, port: 11111, tokenFile: /t, tlsCertificate: /c, tlsKey: /k}
+            cluster: {seed: 1, nodeIndex: 0, nodeCount: 2, self: 0, peers: [10.0.10.88], syncAddress: 10.0.10.141,
+                      syncPort: 11112, keyFile: /k, gossipPort: 11113, cloud: l2, l2Interface: eth0, priority: 110,
+                      instances: [{name: llb-inst0, priority: 100, vips: [10.0.10.143]}], election: true,
+                      shareServices: true, configSyncPort: 11114, restartHoldSeconds: 10}
+            timeouts: {tcpSyn: 1, tcpEstablished: 2, tcpFin: 3, tcpClosed: 4, udp: 5, udpNew: 6, icmp: 7}
+            connectionTableSize: 262144
+            eventRingBytes: 4194304
+            answerICMP: true
+            xdp: false
+            services:
+              - {externalIP: 10.0.10.143, port: 80, protocol: tcp, mode: fullnat, sel: rr, name: web, snatIP: 10.0.10.9,
+                 persistTimeout: 60, inactiveTimeOut: 30, allowedSources: [10.0.0.0/8], resetOnEndpointDown: true,
+                 monitor: true, probe: "http:/:200", endpoints: [{ip: 10.0.10.21, port: 80, weight: 1}]}
+            oci: {config: /c, profile: DEFAULT, apiEndpoint: http://x, imdsEndpoint: http://y, vnicId: v}
+            conntrack: {enabled: true, mode: inject, syncPort: 11115, reconcileSeconds: 30, reconcileMaxSeconds: 3600,
+                        filter: {protocols: [tcp], include: [10.0.0.0/8], exclude: [10.0.10.141/32], zones: [0], marks: ["0x1/0xff"], nat: any},
+                        netlinkBufferBytes: 4194304, netlinkBufferMaxBytes: 67108864}
+            datapath: true
+            stateFile: /s
+            persistDatapath: false
+            pinDirectory: /sys/fs/bpf/tandem
+            """
+        _ = try NodeConfig.parse(yaml: yaml)
+    }
+}
