@@ -7,7 +7,7 @@ BPF_OBJS := bpf/obj/tandem_lb.o bpf/obj/testbed_xdp_pass.o
 SWIFT ?= swift
 SWIFT_FLAGS ?=
 
-.PHONY: all deps bpf build test unit-test privileged-test demo bench bench-datapath bench-cost bench-replication bench-failover release package package-test clean
+.PHONY: all deps bpf build test unit-test privileged-test demo bench bench-datapath bench-cost bench-replication bench-failover bench-ecmp release package package-test clean
 
 all: build
 
@@ -50,7 +50,7 @@ release: bpf
 	$(SWIFT) build -c release --product tandem-ctbench
 	$(SWIFT) build -c release --product fake-oci
 
-bench: bench-datapath bench-cost bench-replication bench-failover
+bench: bench-datapath bench-cost bench-replication bench-failover bench-ecmp
 
 bench-datapath: deps build release
 	bash bench/datapath.sh
@@ -69,6 +69,11 @@ bench-failover: deps build release
 	bash bench/failover-compare.sh --rounds 5
 	TANDEM_BIN=$(CURDIR)/.build/release bash testbed/failover.sh --rounds 10 --cloud l2 > bench/results/failover-l2-latest.json
 	TANDEM_BIN=$(CURDIR)/.build/release bash testbed/failover.sh --rounds 10 --cloud oci > bench/results/failover-oci-latest.json
+
+# ECMP: three Tandem nodes against three nftables nodes (conntrack, no state sync) behind the same
+# BGP router, the same flows and phases (testbed/ecmp.sh --system tandem, then nftables).
+bench-ecmp: deps build release
+	TANDEM_BIN=$(CURDIR)/.build/release bash bench/ecmp.sh
 
 clean:
 	rm -rf bpf/obj .build dist

@@ -7,6 +7,7 @@
 #
 #   testbed/ecmp.sh [--tcp 300] [--udp 60] [--down 5] [--bfd | --no-bfd] [--hold 3]
 #                   [--interval-ms 20] [--stall-limit 5] [--vip-source]
+#                   [--system tandem|nftables] [--expect-breaks]
 #
 # Long-lived flows (tandem-echo flows: every flow sends every --interval-ms from its own source
 # port and checks every echoed byte; UDP flows also check they stay on one endpoint) from the
@@ -33,16 +34,31 @@
 # and a dead node's replies to the survivors); --vip-source keeps the VIP as the source, so the
 # router hashes replies over the nodes like requests.
 #
+# --system nftables (bench/ecmp.sh's alternative): the same bed, router, flows and phases, but each
+# node is what a user would build without Tandem: nftables fullnat in the node's namespace (DNAT to
+# ep1/ep2 by a jhash of the client's address and port with a fixed seed, so every node picks the
+# same endpoint for a flow; SNAT to the node's own source address 10.0.10.201-203; kernel
+# conntrack, tcp_loose on, no state sync between the nodes) and a BIRD per node started by this
+# script with the announcements Tandem makes (static /32 blackhole routes for the VIP with MED 10,
+# the node's own source address with MED 10 and its peers' with MED 20, the same community, hold
+# time and BFD). The kill takes the link down, SIGKILLs that BIRD and wipes the ruleset and the
+# conntrack table (a reboot); the return loads both again and starts BIRD (no sync to wait for);
+# the drain is `birdc disable vips` (the VIP and the peers' source addresses, as Tandem's drain
+# gives up, the node's own source address stays). --expect-breaks: flows that fail are the
+# measured outcome, not a failure of the test (every other check still counts).
+#
 # A readable summary on stderr, one JSON line on stdout; exit status 0 only if every flow survived
-# every phase and nothing else failed (spread, timings found, drain, BIRD's death). On failure (or
-# with KEEP_LOGS=1) the logs, configs, the router's view and rulesets are kept in
-# /tmp/ecmp-$TB-logs; KEEP=1 leaves the bed up (tear down with TB=... testbed/down.sh).
+# every phase (unless --expect-breaks) and nothing else failed (spread, timings found, drain,
+# BIRD's death). On failure (or with KEEP_LOGS=1) the logs, configs, the router's view and
+# rulesets are kept in /tmp/ecmp-$TB-logs; KEEP=1 leaves the bed up (tear down with TB=...
+# testbed/down.sh).
 # Functions below are called through traps and tb_wait_for, which shellcheck 0.9 cannot follow.
 # shellcheck disable=SC2317
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 TCP_FLOWS=300 UDP_FLOWS=60 DOWN_SECONDS=5 BFD=1 HOLD=3 INTERVAL_MS=20 STALL_LIMIT=5 VIP_SOURCE=0
+SYSTEM=tandem EXPECT_BREAKS=0
 while (($#)); do
     case "$1" in
         --tcp) TCP_FLOWS="$2"; shift 2 ;;
@@ -54,7 +70,9 @@ while (($#)); do
         --interval-ms) INTERVAL_MS="$2"; shift 2 ;;
         --stall-limit) STALL_LIMIT="$2"; shift 2 ;;
         --vip-source) VIP_SOURCE=1; shift ;;
-        -h|--help) sed -n 2,40p "$0"; exit 0 ;;
+        --system) SYSTEM="$2"; shift 2 ;;
+        --expect-breaks) EXPECT_BREAKS=1; shift ;;
+        -h|--help) sed -n 2,54p "$0"; exit 0 ;;
         *) echo "ecmp: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -64,6 +82,8 @@ done
 ((TCP_FLOWS + UDP_FLOWS > 0)) || { echo "ecmp: no flows" >&2; exit 2; }
 ((HOLD >= 3 && HOLD <= 65535)) || { echo "ecmp: --hold must be 3-65535 (BGP)" >&2; exit 2; }
 ((STALL_LIMIT >= 1 && INTERVAL_MS >= 1)) || { echo "ecmp: --stall-limit and --interval-ms must be at least 1" >&2; exit 2; }
+[[ "$SYSTEM" == tandem || "$SYSTEM" == nftables ]] || { echo "ecmp: --system must be tandem or nftables" >&2; exit 2; }
+((VIP_SOURCE)) && [[ "$SYSTEM" == nftables ]] && { echo "ecmp: --vip-source is for --system tandem" >&2; exit 2; }
 [[ $EUID -eq 0 ]] || { echo "ecmp: must run as root" >&2; exit 1; }
 
 # A test bed name of its own (<= 6 chars), unless TB is given.
@@ -96,8 +116,13 @@ source "$REPO/testbed/lib.sh"
 source "$REPO/testbed/cluster.sh"
 # shellcheck source=testbed/bgp-lib.sh disable=SC1091
 source "$REPO/testbed/bgp-lib.sh"
-for b in "$TANDEM" "$TANDEM_ECHO"; do [[ -x "$b" ]] || { echo "ecmp: $b not built (make build)" >&2; exit 1; }; done
-"$TANDEM" get bgp --help >/dev/null 2>&1 || { echo "ecmp: $TANDEM has no BGP support (no 'tandem get bgp'): build the current tree" >&2; exit 1; }
+[[ -x "$TANDEM_ECHO" ]] || { echo "ecmp: $TANDEM_ECHO not built (make build)" >&2; exit 1; }
+if [[ "$SYSTEM" == tandem ]]; then
+    [[ -x "$TANDEM" ]] || { echo "ecmp: $TANDEM not built (make build)" >&2; exit 1; }
+    "$TANDEM" get bgp --help >/dev/null 2>&1 || { echo "ecmp: $TANDEM has no BGP support (no 'tandem get bgp'): build the current tree" >&2; exit 1; }
+else
+    command -v conntrack >/dev/null || { echo "ecmp: conntrack not installed (conntrack; make deps)" >&2; exit 1; }
+fi
 for c in bird birdc nft python3 timeout ss; do
     command -v "$c" >/dev/null || { echo "ecmp: $c not installed (bird2, nftables, iproute2; make deps)" >&2; exit 1; }
 done
@@ -140,8 +165,14 @@ cleanup() {
         ip -n "$VCN" route >"$LOGDIR/vcn-routes.txt" 2>&1 || true
         tb_exec vcn nft list ruleset >"$LOGDIR/vcn.nft" 2>&1 || true
         for n in "${ALL[@]}"; do
-            api_bgp "$n" >"$LOGDIR/$n-bgp.json" 2>&1 || true
-            api_sync "$n" >"$LOGDIR/$n-sync.json" 2>&1 || true
+            if [[ "$SYSTEM" == tandem ]]; then
+                api_bgp "$n" >"$LOGDIR/$n-bgp.json" 2>&1 || true
+                api_sync "$n" >"$LOGDIR/$n-sync.json" 2>&1 || true
+            else
+                { nft_birdc "$n" show protocols all; nft_birdc "$n" show route all; } >"$LOGDIR/$n-bird-view.txt" 2>&1 || true
+                tb_exec "$n" nft list ruleset >"$LOGDIR/$n.nft" 2>&1 || true
+                tb_exec "$n" conntrack -L >"$LOGDIR/$n-conntrack.txt" 2>&1 || true
+            fi
         done
     fi
     for n in "${ALL[@]}"; do
@@ -152,7 +183,11 @@ cleanup() {
         # Everything of the bed's state dir but sockets and the BPF filesystem.
         tar -C "$TB_STATE" --exclude=./bpffs -cf - . 2>/dev/null | tar -C "$LOGDIR" -xf - 2>/dev/null || true
         if ((rc != 0)); then
-            for n in "${ALL[@]}"; do echo "--- $n log (tail)" >&2; tail -n 15 "$TB_STATE/$n.log" >&2 2>/dev/null || true; done
+            for n in "${ALL[@]}"; do
+                echo "--- $n log (tail)" >&2
+                if [[ "$SYSTEM" == tandem ]]; then tail -n 15 "$TB_STATE/$n.log" >&2 2>/dev/null || true
+                else tail -n 15 "$TB_STATE/$n-bird/bird.log" >&2 2>/dev/null || true; fi
+            done
             echo "--- router log (tail)" >&2; tail -n 15 "$BGP_LOG" >&2 2>/dev/null || true
             echo "--- flows log (tail)" >&2; tail -n 12 "$TB_STATE/flows.log" >&2 2>/dev/null || true
         fi
@@ -252,8 +287,121 @@ node_birds() {
     return 0
 }
 
-for n in "${ALL[@]}"; do write_ecmp_config "$n"; start_ecmp_node "$n"; done
-log "test bed $TB: 3 active-active nodes, BGP router in $VCN (AS $BGP_ROUTER_ASN, $( ((BFD)) && echo "BFD ${BGP_BFD_MS} ms x $BGP_BFD_MULT" || echo "no BFD"), hold ${HOLD} s); $TANDEM, $TANDEM_ECHO; waiting for every session and route"
+# ---------------------------------------------------------------------------------------------
+# --system nftables: a node without Tandem. The kernel does the fullnat (nftables + conntrack), a
+# BIRD of its own (config and process from here, files in $TB_STATE/NODE-bird/) announces what a
+# Tandem node announces, with the same attributes and timers as Tandem's generated BIRD config.
+SNAT_ADDRS=(10.0.10.201 10.0.10.202 10.0.10.203)
+# A fixed seed: the kernel draws a random one per rule otherwise, and each node would hash a flow
+# to its own choice of endpoint.
+NFT_SEED=0x54444d31
+nft_bird_dir() { echo "$TB_STATE/$1-bird"; }
+nft_birdc() { local node="$1"; shift; timeout 5 birdc -s "$(nft_bird_dir "$node")/bird.ctl" "$@"; }
+nft_node_ruleset() {
+    local node="$1" own eps
+    own="${SNAT_ADDRS[$(node_index "$node")]}"
+    eps="0 : $(tb_ip ep1), 1 : $(tb_ip ep2)"
+    cat <<EOF
+table ip ecmp_lb {
+  chain prerouting {
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr $VIP tcp dport 56004 dnat ip to jhash ip saddr . th sport mod 2 seed $NFT_SEED map { $eps } : $TB_ECHO_PORT
+    ip daddr $VIP udp dport 56003 dnat ip to jhash ip saddr . th sport mod 2 seed $NFT_SEED map { $eps } : $TB_ECHO_PORT
+  }
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    ct status dnat ip daddr { $(tb_ip ep1), $(tb_ip ep2) } snat ip to $own
+  }
+  # A reply to a source address this node holds no NAT state for (another node's, or its own
+  # from before a reboot) would go back to the router and loop between the nodes: drop it.
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    ip daddr { ${SNAT_ADDRS[0]}, ${SNAT_ADDRS[1]}, ${SNAT_ADDRS[2]} } drop
+  }
+}
+EOF
+}
+nft_node_bird_conf() {
+    local node="$1" own a peers=() c="${COMMUNITY%%:*},${COMMUNITY#*:}"
+    own="${SNAT_ADDRS[$(node_index "$node")]}"
+    for a in "${SNAT_ADDRS[@]}"; do [[ "$a" == "$own" ]] || peers+=("$a"); done
+    cat <<EOF
+# Generated by testbed/ecmp.sh --system nftables: $node's BIRD, as Tandem's would be.
+router id $(tb_ip "$node");
+log "$(nft_bird_dir "$node")/bird.log" all;
+timeformat protocol "%FT%T";
+protocol device { scan time 10; }
+# What a drain gives up: the VIP and the backup routes of the peers' source addresses.
+protocol static vips {
+  ipv4;
+  route $VIP/32 blackhole;
+  route ${peers[0]}/32 blackhole;
+  route ${peers[1]}/32 blackhole;
+}
+# This node's own source address: its established flows' replies.
+protocol static own_source {
+  ipv4;
+  route $own/32 blackhole;
+}
+filter ecmp_export {
+  if net = $VIP/32 then { bgp_med = 10; bgp_community.add(($c)); accept; }
+  if net = $own/32 then { bgp_med = 10; bgp_community.add(($c)); accept; }
+  if net = ${peers[0]}/32 || net = ${peers[1]}/32 then { bgp_med = 20; bgp_community.add(($c)); accept; }
+  reject;
+}
+EOF
+    ((BFD)) && cat <<EOF
+protocol bfd {
+  interface "*" { interval ${BGP_BFD_MS} ms; multiplier ${BGP_BFD_MULT}; };
+}
+EOF
+    cat <<EOF
+protocol bgp upstream {
+  local as $BGP_NODE_ASN;
+  neighbor $TB_GW_HOSTS as $BGP_ROUTER_ASN;
+  hold time $HOLD;
+  keepalive time $((HOLD / 3 > 1 ? HOLD / 3 : 1));
+  connect delay time 0;
+  connect retry time 1;
+  error wait time 1, 16;
+  $( ((BFD)) && echo "bfd on;" )
+  ipv4 { import none; export filter ecmp_export; next hop self; };
+}
+EOF
+}
+# Boots an nftables node: forwarding, the ruleset, an empty conntrack table, its BIRD.
+start_nft_node() {
+    local node="$1" dir
+    dir="$(nft_bird_dir "$node")"
+    mkdir -p "$dir"
+    nft_node_ruleset "$node" >"$TB_STATE/$node-lb.nft"
+    tb_exec "$node" nft -f "$TB_STATE/$node-lb.nft"
+    # (the conntrack sysctls exist once the ruleset's NAT has conntrack loaded in the namespace)
+    tb_sysctl "$node" net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.eth0.rp_filter=0 \
+        net.netfilter.nf_conntrack_tcp_loose=1
+    tb_exec "$node" conntrack -F >/dev/null 2>&1 || true
+    nft_node_bird_conf "$node" >"$dir/bird.conf"
+    bird -p -c "$dir/bird.conf" || { log "BIRD refuses $dir/bird.conf"; return 1; }
+    rm -f "$dir/bird.ctl"
+    tb_exec "$node" bird -c "$dir/bird.conf" -s "$dir/bird.ctl" -P "$dir/bird.pid" </dev/null >>"$dir/bird.out" 2>&1
+}
+# A reboot of an nftables node: its BIRD dies (SIGKILL), the ruleset and the conntrack table go.
+crash_nft_node() {
+    local node="$1" p
+    for p in $(node_birds "$node"); do kill -KILL "$p" 2>/dev/null || true; done
+    rm -f "$(nft_bird_dir "$node")/bird.pid"
+    tb_exec "$node" nft flush ruleset
+    tb_exec "$node" conntrack -F >/dev/null 2>&1 || true
+}
+
+if [[ "$SYSTEM" == tandem ]]; then
+    for n in "${ALL[@]}"; do write_ecmp_config "$n"; start_ecmp_node "$n"; done
+    nodes_desc="3 active-active Tandem nodes"
+else
+    for n in "${ALL[@]}"; do start_nft_node "$n"; done
+    nodes_desc="3 nftables nodes (conntrack, no state sync)"
+fi
+log "test bed $TB: $nodes_desc, BGP router in $VCN (AS $BGP_ROUTER_ASN, $( ((BFD)) && echo "BFD ${BGP_BFD_MS} ms x $BGP_BFD_MULT" || echo "no BFD"), hold ${HOLD} s); $( [[ "$SYSTEM" == tandem ]] && echo "$TANDEM, " )$TANDEM_ECHO; waiting for every session and route"
 all_announced() {
     local n
     for n in "${ALL[@]}"; do
@@ -262,13 +410,15 @@ all_announced() {
     done
 }
 if ! tb_wait_for 90 "every node's session Established and its route to $VIP in the vcn" all_announced; then
-    for n in "${ALL[@]}"; do log "  $n: session $(bgp_session_state "$n") $(bgp_session_error "$n"), in sync $(sync_state "$n")"; done
+    for n in "${ALL[@]}"; do log "  $n: session $(bgp_session_state "$n") $(bgp_session_error "$n")$( [[ "$SYSTEM" == tandem ]] && echo ", in sync $(sync_state "$n")")"; done
     log "the nodes never all announced $VIP"; exit 1
 fi
-for n in "${ALL[@]}"; do
-    s="$(sync_state "$n")"
-    [[ "$s" != false ]] || { log "$n announces $VIP but says it is not in sync"; exit 1; }
-done
+if [[ "$SYSTEM" == tandem ]]; then
+    for n in "${ALL[@]}"; do
+        s="$(sync_state "$n")"
+        [[ "$s" != false ]] || { log "$n announces $VIP but says it is not in sync"; exit 1; }
+    done
+fi
 log "router: $(bgp_nexthops "$VIP" | wc -l) next hops for $VIP ($(bgp_nexthops "$VIP" | tr '\n' ' '))"
 bgp_routes "$VIP" >"$TB_STATE/routes-initial.txt"
 problems=()
@@ -323,17 +473,24 @@ log "initial spread: $(spread_line initial)"
 
 # ---------------------------------------------------------------------------------------------
 # 1. Kill: a silent death (link down first, so no FIN or Cease reaches the router), then the
-#    daemon; its BIRD must go with it.
+#    daemon; its BIRD must go with it. (nftables: the link, then BIRD, ruleset and conntrack.)
 
 birds_before="$(node_birds "$KILLED" | tr '\n' ' ')"
 [[ -n "${birds_before// /}" ]] || problems+=("no BIRD process in $KILLED's namespace before the kill")
-pid="$(cat "$TB_STATE/$KILLED.pid")"
-t_kill="$(now_ms)"
-tb_exec "$KILLED" ip link set eth0 down
-kill -KILL "$pid" 2>/dev/null || true
-while tb_alive "$pid"; do sleep 0.01; done
-rm -f "$TB_STATE/$KILLED.pid"
-log "kill: $KILLED's link down, daemon (pid $pid) SIGKILLed"
+if [[ "$SYSTEM" == tandem ]]; then
+    pid="$(cat "$TB_STATE/$KILLED.pid")"
+    t_kill="$(now_ms)"
+    tb_exec "$KILLED" ip link set eth0 down
+    kill -KILL "$pid" 2>/dev/null || true
+    while tb_alive "$pid"; do sleep 0.01; done
+    rm -f "$TB_STATE/$KILLED.pid"
+    log "kill: $KILLED's link down, daemon (pid $pid) SIGKILLed"
+else
+    t_kill="$(now_ms)"
+    tb_exec "$KILLED" ip link set eth0 down
+    crash_nft_node "$KILLED"
+    log "kill: $KILLED's link down, its BIRD (pid ${birds_before% }) SIGKILLed, ruleset and conntrack table flushed"
+fi
 bird_outlived=false
 bird_death_ms=-1
 deadline=$(( $(now_ms) + 2000 ))
@@ -389,25 +546,35 @@ sleep_until_ms $(( t_kill + DOWN_SECONDS * 1000 ))
 tb_exec "$KILLED" ip link set eth0 up
 tb_exec "$KILLED" ip route replace default via "$TB_GW_HOSTS" dev eth0
 t_back="$(now_ms)"
-start_ecmp_node "$KILLED"
-log "return: $KILLED's link up, daemon started"
+if [[ "$SYSTEM" == tandem ]]; then
+    start_ecmp_node "$KILLED"
+    log "return: $KILLED's link up, daemon started"
+else
+    start_nft_node "$KILLED"
+    log "return: $KILLED's link up, ruleset loaded, BIRD started (nothing to sync)"
+fi
 t_route="" t_sync="" sync_at_route="" early=false
 back_deadline=$(( t_back + 90000 ))
 while (($(now_ms) < back_deadline)); do
     if bgp_has_nexthop "$VIP" "$KILLED"; then
         t_route="$(now_ms)"
+        [[ "$SYSTEM" == tandem ]] || break
         # Asked after the route was seen: "false" now means it announced before it was in sync.
         sync_at_route="$(sync_state "$KILLED")"
         [[ "$sync_at_route" == false ]] && early=true
         [[ -z "$t_sync" && "$sync_at_route" == true ]] && t_sync="$t_route"
         break
     fi
-    if [[ -z "$t_sync" && "$(sync_state "$KILLED")" == true ]]; then t_sync="$(now_ms)"; fi
+    if [[ "$SYSTEM" == tandem && -z "$t_sync" && "$(sync_state "$KILLED")" == true ]]; then t_sync="$(now_ms)"; fi
     sleep 0.05
 done
 if [[ -n "$t_route" ]]; then
     announce_ms=$((t_route - t_back))
-    log "return: the router routes $VIP to $KILLED again ${announce_ms} ms after its start (in sync seen at $( [[ -n "$t_sync" ]] && echo "$((t_sync - t_back)) ms" || echo never); in sync when the route appeared: $sync_at_route)"
+    if [[ "$SYSTEM" == tandem ]]; then
+        log "return: the router routes $VIP to $KILLED again ${announce_ms} ms after its start (in sync seen at $( [[ -n "$t_sync" ]] && echo "$((t_sync - t_back)) ms" || echo never); in sync when the route appeared: $sync_at_route)"
+    else
+        log "return: the router routes $VIP to $KILLED again ${announce_ms} ms after its start (no sync: its conntrack table is empty)"
+    fi
 else
     announce_ms=-1
     problems+=("$KILLED never announced $VIP again within 90 s of its return (session $(bgp_session_state "$KILLED"))")
@@ -423,7 +590,11 @@ phase_end return "$t_back" kill
 
 t_drain="$(now_ms)"
 drain_pkts0="$(link_packets "$DRAINED")"
-timeout 90 ip netns exec "$(tb_ns "$DRAINED")" "$TANDEM" node drain >"$TB_STATE/drain.out" 2>&1 &
+if [[ "$SYSTEM" == tandem ]]; then
+    timeout 90 ip netns exec "$(tb_ns "$DRAINED")" "$TANDEM" node drain >"$TB_STATE/drain.out" 2>&1 &
+else
+    nft_birdc "$DRAINED" disable vips >"$TB_STATE/drain.out" 2>&1 &
+fi
 drain_pid=$!
 # One loop watches the router's route, the drained link's counter and the command: the route must
 # go, and the flows' packets to the drained node stop (its link's counter still for 1 s).
@@ -442,7 +613,11 @@ drain_rc=0
 wait "$drain_pid" || drain_rc=$?
 drain_out="$(tr '\n' ' ' <"$TB_STATE/drain.out")"
 drain_cmd=ok
-if ((drain_rc != 0)); then
+if ((drain_rc != 0)) && [[ "$SYSTEM" == nftables ]]; then
+    drain_cmd=failed
+    problems+=("birdc disable vips on $DRAINED exited $drain_rc: $drain_out")
+    log "drain: 'birdc disable vips' on $DRAINED exited $drain_rc: $drain_out"
+elif ((drain_rc != 0)); then
     if ! timeout 10 "$TANDEM" node --help 2>/dev/null | grep -qw drain; then
         drain_cmd=missing
         problems+=("tandem node drain: this build has no such command ($TANDEM)")
@@ -453,7 +628,7 @@ if ((drain_rc != 0)); then
         log "drain: 'tandem node drain' on $DRAINED exited $drain_rc: $drain_out"
     fi
 else
-    log "drain: tandem node drain on $DRAINED: $drain_out"
+    log "drain: $( [[ "$SYSTEM" == tandem ]] && echo "tandem node drain" || echo "birdc disable vips") on $DRAINED: $drain_out"
 fi
 if [[ -n "$t_withdrawn" ]]; then
     withdrawn_ms=$((t_withdrawn - t_drain))
@@ -486,12 +661,15 @@ tail -n 1 "$TB_STATE/flows.json" >"$TB_STATE/flows.last.json" 2>/dev/null || tru
 [[ -s "$TB_STATE/flows.last.json" ]] || echo '{}' >"$TB_STATE/flows.last.json"
 
 set +e
-VIP_SOURCE="$VIP_SOURCE" python3 - "$TB_STATE" "$flows_rc" "$TCP_FLOWS" "$UDP_FLOWS" "$BFD" "$HOLD" "$t_ready" "$((t_ready - t_flows))" \
+VIP_SOURCE="$VIP_SOURCE" SYSTEM="$SYSTEM" EXPECT_BREAKS="$EXPECT_BREAKS" python3 - "$TB_STATE" "$flows_rc" "$TCP_FLOWS" "$UDP_FLOWS" "$BFD" "$HOLD" "$t_ready" "$((t_ready - t_flows))" \
     "$KILLED" "$DRAINED" "${phases_json[@]}" <<'PY' 3<<<"$(printf '%s\n' "${problems[@]}")"
 import json, os, sys
 state, flows_rc, tcp_n, udp_n, bfd, hold, t_ready, est_ms, killed, drained = sys.argv[1:11]
 phases = [json.loads(x) for x in sys.argv[11:]]
 problems = [p for p in os.fdopen(3).read().split("\n") if p]
+system = os.environ.get("SYSTEM", "tandem")
+expect_breaks = os.environ.get("EXPECT_BREAKS") == "1"
+breaks = []   # flows lost: a failure, or with --expect-breaks the measured outcome
 tcp_n, udp_n = int(tcp_n), int(udp_n)
 nodes = ["llb1", "llb2", "llb3"]
 def load(name):
@@ -534,7 +712,7 @@ for ph in phases:
     within = [s[3] - s[2] for s in stalls if s[3] > ph["fromUnixMs"] and s[2] < ph["toUnixMs"]]
     lost = ph["lostTcp"] + ph["lostUdp"]
     if lost:
-        problems.append(f"{name}: {ph['lostTcp']} TCP and {ph['lostUdp']} UDP flows failed")
+        (breaks if expect_breaks else problems).append(f"{name}: {ph['lostTcp']} TCP and {ph['lostUdp']} UDP flows failed")
     out_phases.append(dict(phase=name, **ph["extra"], nexthops=ph["nexthops"].split(), survived={"tcp": ph["liveTcp"], "udp": ph["liveUdp"]},
                            lost={"tcp": ph["lostTcp"], "udp": ph["lostUdp"]},
                            longestStallMs=round(max(within), 1) if within else None,
@@ -543,38 +721,50 @@ for ph in phases:
 tcp = rep.get("tcp", {}); udp = rep.get("udp", {})
 if not rep:
     problems.append("no report from the flows")
-ok = (not problems and flows_rc == "0" and tcp.get("survived") == tcp_n and udp.get("survived") == udp_n
-      and all(p["lost"]["tcp"] == 0 and p["lost"]["udp"] == 0 for p in out_phases))
+if expect_breaks:
+    # Broken flows are the result; the flows client must still have run and reported (exit 1 means
+    # flows failed, 2 a client that could not run).
+    ok = not problems and flows_rc in ("0", "1") and bool(rep)
+else:
+    ok = (not problems and flows_rc == "0" and tcp.get("survived") == tcp_n and udp.get("survived") == udp_n
+          and all(p["lost"]["tcp"] == 0 and p["lost"]["udp"] == 0 for p in out_phases))
 ph = {p["phase"]: p for p in out_phases}
 g = lambda name, key: ph.get(name, {}).get(key)
-out = {"test": "ecmp", "ok": ok, "nodes": 3, "bfd": bfd == "1", "holdSeconds": int(hold),
+out = {"test": "ecmp", "system": system, "expectBreaks": expect_breaks, "ok": ok, "nodes": 3, "bfd": bfd == "1", "holdSeconds": int(hold),
        "source": "vip" if os.environ.get("VIP_SOURCE") == "1" else "per-node",
        "tcp": {"survived": tcp.get("survived", 0), "total": tcp_n}, "udp": {"survived": udp.get("survived", 0), "total": udp_n},
        "longestStallMs": rep.get("longestStallMs"), "flowsEstablishedMs": int(est_ms),
        "killRouteDroppedMs": g("kill", "routeDroppedMs"), "detectedBy": g("kill", "detectedBy"),
        "returnAnnouncedMs": g("return", "announcedMs"), "drainWithdrawnMs": g("drain", "withdrawnMs"),
        "drainLastPacketMs": g("drain", "lastPacketMs"),
-       "spreadInitial": initial, "phases": out_phases, "problems": problems,
+       "spreadInitial": initial, "phases": out_phases, "problems": problems, "breaks": breaks,
        "flowsClient": {k: rep.get(k) for k in ("loopLagMs", "loopCpuPercent", "sendRatePercent", "udpEndpoints")}}
 fmt = lambda c: " ".join(f"{n} {v['total']} ({v['tcp']}/{v['udp']})" for n, v in c.items())
 st = lambda v: "-" if v is None else f"{v} ms"
 ms = lambda v: "never" if v is None or v < 0 else f"{v} ms"
-lines = [f"\necmp summary (3 active-active nodes, BGP {'with BFD 100 ms x 3' if bfd == '1' else 'without BFD'}, hold {hold} s):",
+nodes_desc = "3 active-active Tandem nodes" if system == "tandem" else "3 nftables nodes, conntrack without state sync"
+lines = [f"\necmp summary ({nodes_desc}, BGP {'with BFD 100 ms x 3' if bfd == '1' else 'without BFD'}, hold {hold} s):",
          f"  flows survived: TCP {out['tcp']['survived']}/{tcp_n}, UDP {out['udp']['survived']}/{udp_n}; longest stall {rep.get('longestStallMs')} ms; "
          f"established through the VIP in {est_ms} ms",
          f"  spread per node (flows: tcp/udp): initial {fmt(initial)}"]
 for p in out_phases:
     extra = {"kill": lambda p: f"{p['node']} killed: route dropped after {ms(p['routeDroppedMs'])} ({p['detectedBy']}: {p['cause'] or '-'}); "
                                f"its BIRD {'OUTLIVED it' if p['birdOutlived'] else 'died with it'}",
-             "return": lambda p: f"{p['node']} back: announced {ms(p['announcedMs'])} after its start (in sync seen at {st(p['inSyncSeenMs'])}, "
-                                 f"{'BEFORE in sync' if p['announcedBeforeSync'] else 'in sync'})",
+             "return": lambda p: (f"{p['node']} back: announced {ms(p['announcedMs'])} after its start (in sync seen at {st(p['inSyncSeenMs'])}, "
+                                  f"{'BEFORE in sync' if p['announcedBeforeSync'] else 'in sync'})" if system == "tandem" else
+                                  f"{p['node']} back: announced {ms(p['announcedMs'])} after its start (no state to sync)"),
              "drain": lambda p: f"{p['node']} drained (command {p['command']}): route withdrawn {ms(p['withdrawnMs'])} after the command, "
                                 f"last packet to it at {ms(p['lastPacketMs'])}; session {p['sessionAfter']}"}[p["phase"]](p)
     lines.append(f"  {p['phase']}: {extra}")
     lines.append(f"    flows lost TCP {p['lost']['tcp']} UDP {p['lost']['udp']}; longest stall {st(p['longestStallMs'])}; "
                  f"spread {fmt(p['spreadBefore'])} -> {fmt(p['spreadAfter'])}; {p['flowsMoved']} flows changed node")
 lines += [f"  problem: {x}" for x in problems]
-lines.append(f"  {'PASS' if ok else 'FAIL'}: {'every flow survived' if ok else 'FLOWS LOST OR A CHECK FAILED'}")
+lines += [f"  flows broke (expected, measured): {x}" for x in breaks]
+if expect_breaks:
+    lost_t, lost_u = tcp_n - out["tcp"]["survived"], udp_n - out["udp"]["survived"]
+    lines.append(f"  {'PASS' if ok else 'FAIL'}: {f'{lost_t} TCP and {lost_u} UDP flows broke (--expect-breaks: measured, not a failure)' if ok else 'A CHECK FAILED'}")
+else:
+    lines.append(f"  {'PASS' if ok else 'FAIL'}: {'every flow survived' if ok else 'FLOWS LOST OR A CHECK FAILED'}")
 if rep and (rep.get("sendRatePercent", 100) < 95 or rep.get("loopLagMs", 0) > 50):
     lines.append(f"  note: the flows client was overloaded ({rep.get('sendRatePercent')} % of its send ticks ran, timers up to "
                  f"{rep.get('loopLagMs')} ms late): its stall figures include its own delays")
