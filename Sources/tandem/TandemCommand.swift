@@ -258,7 +258,7 @@ struct Node: AsyncParsableCommand {
         @Option(name: .long, help: "UDP/TCP sync port, the same on every node (default 11112).") var syncPort: Int?
         @Option(name: .long, help: "This node's index in the cluster, 0-based (cuts the SNAT port space into per-node slices).")
         var `self`: Int?
-        @Option(name: .long, help: "How the floating IP moves: l2 (address + gratuitous ARP), oci (private-IP move), none.")
+        @Option(name: .long, help: "How the floating IP moves: l2 (address + gratuitous ARP), oci (private-IP move), bgp (the MASTER announces it preferred; needs the bgp section), none.")
         var cloud: String?
         @Option(name: .long, help: "UDP gossip port (membership and election), the same on every node (default 11113).")
         var gossipPort: Int?
