@@ -7,14 +7,7 @@ extension Privileged {
     @Suite(.timeLimit(.minutes(10))) struct Failover {
         /// Runs testbed/failover.sh under a unique test-bed name; returns its JSON summary.
         func failover(_ args: [String], timeout: TimeInterval = 240) throws -> [String: Any] {
-            let name = "t" + String(UUID().uuidString.lowercased().filter { $0.isLetter || $0.isNumber }.prefix(5))
-            let r = try run(["bash", Env.repo.appendingPathComponent("testbed/failover.sh").path] + args,
-                            env: ["TB": name, "TANDEM_BIN": Env.bin.path], timeout: timeout)
-            defer { _ = try? run(["bash", Env.repo.appendingPathComponent("testbed/down.sh").path], env: ["TB": name]) }
-            let line = r.stdout.split(separator: "\n").last.map(String.init) ?? ""
-            guard let summary = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] else {
-                throw TestFailure("failover.sh printed no summary (exit \(r.status), timed out \(r.timedOut)): \(r.stderr.suffix(4000))")
-            }
+            let (r, summary) = try runBedScript("testbed/failover.sh", args, timeout: timeout)
             #expect(r.status == 0, "failover.sh failed: \(r.stderr.suffix(4000))")
             return summary
         }

@@ -20,13 +20,6 @@ extension Privileged {
         static let addresses = ["llb1": "10.0.10.141", "llb2": "10.0.10.88", "llb3": "10.0.10.89"]
 
         /// A cluster key file with mode 0600, removed by the caller.
-        func keyFile(_ bed: TestBed) throws -> String {
-            let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(bed.name).key").path
-            let hex = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
-            try (hex + "\n").write(toFile: path, atomically: true, encoding: .utf8)
-            chmod(path, 0o600)
-            return path
-        }
 
         /// A node config: the fullnat TCP service of the seed, a UDP echo service, long timeouts so
         /// finished connections stay in the table while the test compares tables.
@@ -107,7 +100,7 @@ extension Privileged {
         @Test func flowsThroughNodeOneAppearInNodeTwoEvenWithLossAndAfterARestart() throws {
             let bed = try TestBed(nodes: 2)
             defer { bed.down() }
-            let key = try keyFile(bed)
+            let key = try clusterKeyFile(bed)
             defer { try? FileManager.default.removeItem(atPath: key) }
             let n1 = try start(bed, "llb1", peers: ["llb2"], key: key)
             defer { n1.stop() }
@@ -163,7 +156,7 @@ extension Privileged {
         @Test func aNodeCutOffFromTheDeltaStreamConvergesThroughAntiEntropy() throws {
             let bed = try TestBed(nodes: 3)
             defer { bed.down() }
-            let key = try keyFile(bed)
+            let key = try clusterKeyFile(bed)
             defer { try? FileManager.default.removeItem(atPath: key) }
             let n1 = try start(bed, "llb1", peers: ["llb2", "llb3"], key: key)
             defer { n1.stop() }

@@ -11,13 +11,6 @@ extension Privileged {
     @Suite(.timeLimit(.minutes(4))) struct ServiceSharing {
         static let addresses = ["llb1": "10.0.10.141", "llb2": "10.0.10.88"]
 
-        func keyFile(_ bed: TestBed) throws -> String {
-            let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(bed.name)-share.key").path
-            let hex = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
-            try (hex + "\n").write(toFile: path, atomically: true, encoding: .utf8)
-            chmod(path, 0o600)
-            return path
-        }
 
         func config(_ role: String, key: String, share: Bool = true) -> String {
             let peer = role == "llb1" ? "llb2" : "llb1"
@@ -48,19 +41,10 @@ extension Privileged {
             (try? status(node)).map { "\($0)" } ?? "no status"
         }
 
-        func waitFor(_ seconds: Double, _ check: () throws -> Bool) -> Double? {
-            let start = Date()
-            while Date().timeIntervalSince(start) < seconds {
-                if (try? check()) == true { return Date().timeIntervalSince(start) }
-                Thread.sleep(forTimeInterval: 0.05)
-            }
-            return nil
-        }
-
         @Test func aServiceWrittenOnOneNodeReachesTheOtherAndDriftIsShown() throws {
             let bed = try TestBed(nodes: 2)
             defer { bed.down() }
-            let key = try keyFile(bed)
+            let key = try clusterKeyFile(bed, tag: "share")
             defer { try? FileManager.default.removeItem(atPath: key) }
             let cp = ControlPlane()
             let n1 = try NodeDaemon(bed: bed, role: "llb1", config: config("llb1", key: key))
@@ -132,7 +116,7 @@ extension Privileged {
         @Test func withSharingOffEachNodeKeepsItsOwnServices() throws {
             let bed = try TestBed(nodes: 2)
             defer { bed.down() }
-            let key = try keyFile(bed)
+            let key = try clusterKeyFile(bed, tag: "share")
             defer { try? FileManager.default.removeItem(atPath: key) }
             let cp = ControlPlane()
             let n1 = try NodeDaemon(bed: bed, role: "llb1", config: config("llb1", key: key, share: false))

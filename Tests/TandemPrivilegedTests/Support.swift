@@ -225,6 +225,39 @@ final class NodeDaemon {
     }
 }
 
+/// A cluster key file (64 hex characters, mode 0600) named after the bed; the caller removes it.
+func clusterKeyFile(_ bed: TestBed, tag: String = "") throws -> String {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(bed.name)\(tag.isEmpty ? "" : "-" + tag).key").path
+    let hex = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+    try (hex + "\n").write(toFile: path, atomically: true, encoding: .utf8)
+    chmod(path, 0o600)
+    return path
+}
+
+/// Polls `check` (a throw counts as not yet) until it holds; the seconds it took, or nil after `seconds`.
+func waitFor(_ seconds: Double, _ check: () throws -> Bool) -> Double? {
+    let start = Date()
+    while Date().timeIntervalSince(start) < seconds {
+        if (try? check()) == true { return Date().timeIntervalSince(start) }
+        Thread.sleep(forTimeInterval: 0.05)
+    }
+    return nil
+}
+
+/// Runs a test-bed script (testbed/failover.sh, testbed/ecmp.sh) under a unique bed name, tears the
+/// bed down after it, and returns its result with the JSON summary its last stdout line holds.
+func runBedScript(_ script: String, _ args: [String], timeout: TimeInterval) throws -> (result: CommandResult, summary: [String: Any]) {
+    let name = "t" + String(UUID().uuidString.lowercased().filter { $0.isLetter || $0.isNumber }.prefix(5))
+    let r = try run(["bash", Env.repo.appendingPathComponent(script).path] + args,
+                    env: ["TB": name, "TANDEM_BIN": Env.bin.path], timeout: timeout)
+    defer { _ = try? run(["bash", Env.repo.appendingPathComponent("testbed/down.sh").path], env: ["TB": name]) }
+    let line = r.stdout.split(separator: "\n").last.map(String.init) ?? ""
+    guard let summary = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] else {
+        throw TestFailure("\(script) printed no summary (exit \(r.status), timed out \(r.timedOut)): \(r.stderr.suffix(4000))")
+    }
+    return (r, summary)
+}
+
 struct TestFailure: Error, CustomStringConvertible {
     var description: String
     init(_ d: String) { description = d }

@@ -16,13 +16,6 @@ extension Privileged {
         /// The node's default hash seed (cluster.seed unset).
         static let seed: UInt32 = 0x7461_6e64
 
-        func keyFile(_ bed: TestBed) throws -> String {
-            let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(bed.name)-verdicts.key").path
-            let hex = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
-            try (hex + "\n").write(toFile: path, atomically: true, encoding: .utf8)
-            chmod(path, 0o600)
-            return path
-        }
 
         /// Both nodes serve the same Maglev service, probed with tcp connects to the echo port (9000)
         /// so dropping probes does not touch the service's own port. llb1 has the higher priority.
@@ -123,7 +116,7 @@ extension Privileged {
         @Test func theBackupMirrorsTheMastersVerdictAndFollowsItsOwnAfterATakeover() throws {
             let bed = try TestBed(nodes: 2)
             defer { bed.down() }
-            let key = try keyFile(bed)
+            let key = try clusterKeyFile(bed, tag: "verdicts")
             defer { try? FileManager.default.removeItem(atPath: key) }
             defer { liftDrop(bed) }
             let master = try NodeDaemon(bed: bed, role: "llb1", config: config("llb1", key: key))
