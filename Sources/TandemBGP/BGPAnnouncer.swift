@@ -123,9 +123,7 @@ public struct BGPCloudProvider: CloudProvider {
                 if !s.withheld.isEmpty {
                     detail += "; withheld \(s.withheld.map(\.description).joined(separator: ", ")) (no endpoint in rotation, or draining)"
                 }
-                let d = ContinuousClock.now - start
-                let nanos = UInt64(max(0, d.components.seconds)) * 1_000_000_000 + UInt64(max(0, d.components.attoseconds) / 1_000_000_000)
-                return CloudTakeoverResult(provider: name, durationNanos: nanos, detail: detail)
+                return CloudTakeoverResult(provider: name, durationNanos: elapsedNanos(since: start), detail: detail)
             }
             try Task.checkCancellation()
             try? await Task.sleep(for: .milliseconds(20))

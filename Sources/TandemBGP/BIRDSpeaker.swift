@@ -118,7 +118,7 @@ public final class BIRDSpeaker: Sendable {
         for (i, n) in settings.neighbors.enumerated() {
             let row = rows.first { $0.name == BIRDConfig.protocolName(i) }
             sessions.append(.init(neighbor: n.address.description, asn: n.asn,
-                                  state: row.map { "\($0.state)" } ?? "unknown",
+                                  state: row?.state ?? "unknown",
                                   info: row?.info ?? "", since: row?.since ?? ""))
         }
         return BGPStatus(mode: settings.mode.rawValue, running: s.pid != nil, pid: s.pid, restarts: s.restarts,

@@ -114,7 +114,7 @@ public struct NoneProvider: CloudProvider {
 }
 
 /// Nanoseconds since `start` on the continuous clock.
-func elapsedNanos(since start: ContinuousClock.Instant) -> UInt64 {
+public func elapsedNanos(since start: ContinuousClock.Instant) -> UInt64 {
     let d = ContinuousClock.now - start
     let (s, atto) = d.components
     return UInt64(max(s, 0)) &* 1_000_000_000 &+ UInt64(max(atto, 0) / 1_000_000_000)

@@ -95,6 +95,11 @@ enum ConfigKeyCheck {
         }
     }
 
+    /// YAML's null: a plain `~`, `null` or nothing.
+    static func isNull(_ node: Node) -> Bool {
+        node.scalar.map { ["", "~", "null", "Null", "NULL"].contains($0.string) && $0.style == .plain } ?? false
+    }
+
     static func cast<T, U>(_ value: U) throws -> T {
         guard let v = value as? T else { throw Failure() }
         return v
@@ -117,7 +122,7 @@ enum ConfigKeyCheck {
 
         func decodeNil(forKey key: Key) throws -> Bool {
             guard let v = value(key) else { return true }
-            return v.scalar.map { ["", "~", "null", "Null", "NULL"].contains($0.string) && $0.style == .plain } ?? false
+            return ConfigKeyCheck.isNull(v)
         }
 
         func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
@@ -181,7 +186,7 @@ enum ConfigKeyCheck {
         let path: [String]
         let recorder: Recorder
         var codingPath: [any CodingKey] { [] }
-        func decodeNil() -> Bool { node.scalar.map { ["", "~", "null"].contains($0.string) } ?? false }
+        func decodeNil() -> Bool { ConfigKeyCheck.isNull(node) }
         func decode<T: Decodable>(_ type: T.Type) throws -> T {
             try ConfigKeyCheck.scalar(type, node, path: path, recorder: recorder)
         }

@@ -536,6 +536,10 @@ public actor NodeController: LoadBalancerController {
 
     public func bgp() async -> BGPStatus? {
         guard let a = bgpAnnouncer else { return nil }
+        return await bgpStatus(a)
+    }
+
+    private func bgpStatus(_ a: BGPAnnouncer) async -> BGPStatus {
         var s = await a.speaker.status()
         s.draining = await a.isDraining
         s.newConnections = (ringEventCounts()["new"] ?? 0) + (eventCounts["new"] ?? 0)
@@ -548,7 +552,7 @@ public actor NodeController: LoadBalancerController {
         }
         logger.notice(on ? "drain: withdrawing every BGP announcement" : "drain ended: announcing again")
         await a.setDraining(on)
-        return await bgp() ?? BGPStatus(mode: "", running: false, pid: nil, restarts: 0, announced: [], sessions: [], applyFailures: 0)
+        return await bgpStatus(a)
     }
 
     /// Set by NodeRunner: asks the running node to exit (release or graceful restart).
