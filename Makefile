@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ARCH := $(shell uname -m)
 BPF_CLANG ?= $(firstword $(wildcard /usr/bin/clang-14 /usr/bin/clang) clang)
 BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -mcpu=v3 -I bpf/include -I/usr/include/$(ARCH)-linux-gnu
-BPF_OBJS := bpf/obj/tandem_lb.o bpf/obj/testbed_xdp_pass.o
+BPF_OBJS := bpf/obj/tandem_lb.o bpf/obj/testbed_xdp_pass.o bpf/obj/bench_arrivals.o
 SWIFT ?= swift
 SWIFT_FLAGS ?=
 

@@ -2,7 +2,10 @@
 # Replication benchmark: a connection created in node 1's table -> present in node 2's table.
 #   tandem      two `tandem node run` daemons (llb1, llb2) on a test bed. tandem-syncbench creates
 #               flows by running llb1's own loaded datapath over synthetic SYNs (BPF_PROG_TEST_RUN:
-#               the same entries and ring-buffer events real traffic makes) and polls llb2's tdm_ct.
+#               the same entries and ring-buffer events real traffic makes) and times each flow's
+#               arrival in llb2's tdm_ct when llb2's daemon has just written its tables (syscall
+#               tracepoints, bpf/bench_arrivals.c), as the kernel rows' driver hears of entries
+#               from ctnetlink NEW events, rather than polling on an interval.
 #   conntrackd  conntrack-tools in FTFW mode between the same two namespaces, straight into the
 #               peer's kernel table (DisableExternalCache), driven by tandem-ctbench through
 #               libnetfilter_conntrack (bench/conntrackd-lib.sh).
@@ -42,6 +45,7 @@ pick() { if [[ -x "$REPO/.build/release/$1" ]]; then echo "$REPO/.build/release/
 TANDEM="$(pick tandem)"
 SYNCBENCH="$(pick tandem-syncbench)"
 CTBENCH="$(pick tandem-ctbench)"
+ARRIVALS="$REPO/bpf/obj/bench_arrivals.o"   # times node 2's map writes for tandem-syncbench
 export TANDEM_ECHO="${TANDEM_ECHO:-$(pick tandem-echo)}"
 for b in "$TANDEM" "$SYNCBENCH" "$TANDEM_ECHO"; do
     [[ -x "$b" ]] || { echo "replication.sh: $b not built (make build)" >&2; exit 1; }
@@ -70,6 +74,8 @@ trap 'exit 143' TERM
 
 bash "$REPO/testbed/up.sh" >/dev/null
 mkdir -p "$OUT"
+# tandem-syncbench attaches to syscall tracepoints, which libbpf finds through tracefs.
+mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
 "$TANDEM" cluster keygen >"$OUT/cluster.key"
 chmod 600 "$OUT/cluster.key"
 
@@ -145,14 +151,14 @@ run_tandem() {
     prog="$(prog_id llb1)"; watch="$(ct_map_id llb2)"
     log "tandem: llb1 program $prog, llb2 tdm_ct map $watch"
     for r in $RATES; do
-        "$SYNCBENCH" rates --prog "$prog" --watch "$watch" --rates "$r" --duration "$RATE_SECONDS" --first "$next" \
+        "$SYNCBENCH" rates --prog "$prog" --watch "$watch" --arrivals "$ARRIVALS" --watch-pid "$(daemon_pid llb2)" --rates "$r" --duration "$RATE_SECONDS" --first "$next" \
             | tee -a "$OUT/tandem.jsonl"
         next=$(( next + r * RATE_SECONDS ))
     done
     p1="$(daemon_pid llb1)"; p2="$(daemon_pid llb2)"
     c1="$(cpu_ticks "$p1")"; c2="$(cpu_ticks "$p2")"
     b0="$(sync_json llb1 | jget '["bytesSent"]')"; s0="$(sync_json llb1 | jget '["counters"]["entriesSent"]')"
-    "$SYNCBENCH" burst --prog "$prog" --watch "$watch" --count "$BURST" --first "$next" | tee -a "$OUT/tandem.jsonl"
+    "$SYNCBENCH" burst --prog "$prog" --watch "$watch" --arrivals "$ARRIVALS" --watch-pid "$(daemon_pid llb2)" --count "$BURST" --first "$next" | tee -a "$OUT/tandem.jsonl"
     next=$(( next + BURST ))
     sleep 0.5
     b1="$(sync_json llb1 | jget '["bytesSent"]')"; s1="$(sync_json llb1 | jget '["counters"]["entriesSent"]')"

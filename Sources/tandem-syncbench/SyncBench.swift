@@ -22,6 +22,16 @@ struct Target: ParsableArguments {
     @Option(help: "VIP the synthetic flows go to.") var vip: String = "10.0.10.143"
     @Option(help: "Service port.") var port: UInt16 = 56002
     @Option(help: "First flow number (keeps runs from reusing tuples).") var first: Int = 0
+    @Option(help: "Process id of node 2's daemon (its table writes wake the arrival checks).")
+    var watchPID: Int32
+    @Option(help: "bench_arrivals.o, which reports node 2's table writes (default: the repository's bpf/obj).")
+    var arrivals: String = Target.defaultArrivalsObject
+
+    /// The executable as run from .build/<configuration>/ of the repository (the symlink, not its target).
+    static var defaultArrivalsObject: String {
+        URL(fileURLWithPath: CommandLine.arguments[0])
+            .deletingLastPathComponent().appendingPathComponent("../../bpf/obj/bench_arrivals.o").standardized.path
+    }
 }
 
 // MARK: Commands
@@ -155,6 +165,7 @@ final class Pending: @unchecked Sendable {
 struct Bench {
     let progFD: Int32
     let watchFD: Int32
+    let arrivals: ArrivalWatch
     let vip: UInt32
     let port: UInt16
 
@@ -166,12 +177,14 @@ struct Bench {
         guard let v = ipv4(t.vip) else { throw ValidationError("bad --vip") }
         vip = v
         port = t.port
+        arrivals = try ArrivalWatch(objectPath: t.arrivals, pid: t.watchPID)
     }
 
-    /// Opens the flows (paced when a rate is given) while a second thread polls node 2's map.
+    /// Opens the flows (paced when a rate is given) while a second thread times their writes to node 2's map.
     func run(flows: Range<Int>, ratePerSecond: Int, timeout: Double) -> BenchResult {
         let pending = Pending()
         let box = ResultBox()
+        let arrivals = self.arrivals
         let watch = watchFD
         let inOrder = ratePerSecond == 0
         let poller = Thread {
@@ -182,24 +195,30 @@ struct Bench {
             let deadlineAfterFinish = UInt64(timeout * 1e9)
             var finishedAt: UInt64?
             var value = [UInt8](repeating: 0, count: 88)
+            func found(_ key: tdm_flow_key) -> Bool {
+                var k = key
+                return value.withUnsafeMutableBytes { v in bpf_map_lookup_elem(watch, &k, v.baseAddress) } == 0
+            }
+            func arrived(_ w: (key: tdm_flow_key, at: UInt64)) {
+                // Timed after the lookup found it, so never before its write.
+                let now = monotonicNanos()
+                let lag = now > w.at ? (now - w.at) / 1000 : 0
+                lags.append(lag)
+                timeline.append((w.at, lag))
+                last = now
+            }
             while true {
                 // Read `finished` before taking, so nothing added before finish() is missed.
                 let finished = pending.finished
                 waiting += pending.take()
-                let now = monotonicNanos()
                 if inOrder {
                     // A burst: check from the oldest flow forward and stop at the first missing
-                    // one, so a poll costs a lookup per arrival rather than one per waiting flow
-                    // (a hundred thousand syscalls every 200 us would take a core from the
-                    // daemons). A flow that overtook an older one is recorded when the older one
-                    // lands: its lag can only be overstated.
+                    // one, so a check costs a lookup per arrival rather than one per waiting flow.
+                    // A flow that overtook an older one is recorded when the older one lands:
+                    // its lag can only be overstated.
                     var i = 0
-                    while i < waiting.count {
-                        var k = waiting[i].key
-                        guard value.withUnsafeMutableBytes({ v in bpf_map_lookup_elem(watch, &k, v.baseAddress) }) == 0 else { break }
-                        lags.append((now - waiting[i].at) / 1000)
-                        timeline.append((waiting[i].at, (now - waiting[i].at) / 1000))
-                        last = now
+                    while i < waiting.count, found(waiting[i].key) {
+                        arrived(waiting[i])
                         i += 1
                     }
                     waiting.removeFirst(i)
@@ -207,24 +226,19 @@ struct Bench {
                     var kept: [(key: tdm_flow_key, at: UInt64)] = []
                     kept.reserveCapacity(waiting.count)
                     for w in waiting {
-                        var k = w.key
-                        let found = value.withUnsafeMutableBytes { v in bpf_map_lookup_elem(watch, &k, v.baseAddress) } == 0
-                        if found {
-                            lags.append((now - w.at) / 1000)
-                            timeline.append((w.at, (now - w.at) / 1000))
-                            last = now
-                        } else {
-                            kept.append(w)
-                        }
+                        if found(w.key) { arrived(w) } else { kept.append(w) }
                     }
                     waiting = kept
                 }
                 if finished {
+                    let now = monotonicNanos()
                     if finishedAt == nil { finishedAt = now }
                     if waiting.isEmpty { break }
                     if let f = finishedAt, now > f + deadlineAfterFinish { break }
                 }
-                usleep(200)
+                // Until node 2 writes; the timeout catches flows injected meanwhile that were
+                // already written (their write woke this thread before they were taken).
+                _ = arrivals.wait(timeoutMilliseconds: 5)
             }
             if ProcessInfo.processInfo.environment["SYNCBENCH_TIMELINE"] == "1", let t0 = timeline.map(\.0).min() {
                 var worst: [Int: UInt64] = [:]
