@@ -1,3 +1,4 @@
+#include <sys/prctl.h>
 #include "tandem_shim.h"
 #include <bpf/libbpf.h>
 #include <bpf/bpf.h>
@@ -194,4 +195,9 @@ int tdm_is_bpffs(const char *path)
     if (statfs(path, &st) != 0)
         return -errno;
     return st.f_type == TDM_BPF_FS_MAGIC;
+}
+
+int tdm_set_thread_timer_slack(unsigned long nanoseconds)
+{
+    return prctl(PR_SET_TIMERSLACK, nanoseconds, 0, 0, 0);
 }

@@ -32,6 +32,10 @@ uint64_t tdm_layout_fingerprint(struct bpf_object *obj);
 
 void tdm_set_libbpf_verbosity(int level);
 
+/* Timer slack of the calling thread in nanoseconds (prctl PR_SET_TIMERSLACK; prctl is variadic,
+ * which Swift cannot call). The default 50 us is added to every short sleep. */
+int tdm_set_thread_timer_slack(unsigned long nanoseconds);
+
 /* A sequentially consistent store into memory shared with BPF programs (an mmapped map value). */
 static inline void tdm_atomic_store_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
 
