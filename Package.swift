@@ -238,7 +238,7 @@ let package = Package(
         .testTarget(name: "TandemSyncTests", dependencies: ["TandemSync", "TandemSyncWire", "TandemStatus", "TandemCore", "TandemTestSupport"],
                     path: "Tests/TandemSyncTests"),
         .testTarget(name: "TandemReplicationTests",
-                    dependencies: ["TandemReplication", "TandemSync", "TandemSealing", "TandemCore", "TandemTestSupport",
+                    dependencies: ["TandemReplication", "TandemSync", "TandemSealing", "TandemCore", "TandemTestSupport", "TandemShellSupport",
                                    .product(name: "Logging", package: "swift-log")],
                     path: "Tests/TandemReplicationTests"),
         .testTarget(name: "TandemServiceSyncTests",

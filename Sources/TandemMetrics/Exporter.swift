@@ -163,6 +163,7 @@ final class Exporter: Sendable {
             counter("\(prefix)_sent_bytes_total", [], r.bytesSent)
             counter("\(prefix)_install_failures_total", [], r.installFailures)
             if let n = r.socketRebinds { counter("\(prefix)_socket_rebinds_total", [], n) }
+            if let n = r.sendErrors { counter("\(prefix)_send_errors_total", [], n) }
             for (reason, n) in r.dropped {
                 counter("\(prefix)_dropped_messages_total", [("reason", snake(reason))], n)
             }

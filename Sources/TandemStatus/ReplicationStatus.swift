@@ -38,11 +38,14 @@ public struct ReplicationStatus: Sendable, Codable, Hashable {
     public var lagMaxMicros: UInt64
     /// Times the UDP socket was bound again after the kernel refused a send.
     public var socketRebinds: UInt64?
+    /// Datagrams of local changes the kernel refused to send from the submitting thread (a
+    /// firewall's EPERM, no route): dropped, then repaired by the peers' nacks and keepalives.
+    public var sendErrors: UInt64?
 
     public init(nodeID: UInt32, epoch: UInt64, inSync: Bool, entries: Int, liveEntries: Int, nextSequence: UInt64,
                 retransmitWindow: Int, peers: [Peer], counters: ReplicationCounters, dropped: [String: UInt64],
                 datagramsSent: UInt64, datagramsReceived: UInt64, bytesSent: UInt64, installFailures: UInt64,
-                lagP50Micros: UInt64, lagP99Micros: UInt64, lagMaxMicros: UInt64, socketRebinds: UInt64? = nil) {
+                lagP50Micros: UInt64, lagP99Micros: UInt64, lagMaxMicros: UInt64, socketRebinds: UInt64? = nil, sendErrors: UInt64? = nil) {
         self.nodeID = nodeID
         self.epoch = epoch
         self.inSync = inSync
@@ -61,6 +64,7 @@ public struct ReplicationStatus: Sendable, Codable, Hashable {
         self.lagP99Micros = lagP99Micros
         self.lagMaxMicros = lagMaxMicros
         self.socketRebinds = socketRebinds
+        self.sendErrors = sendErrors
     }
 }
 
