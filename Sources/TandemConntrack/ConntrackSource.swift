@@ -150,13 +150,29 @@ public final class ConntrackSource: @unchecked Sendable {
         publish(core)
         ready.signal()
         while !shouldStop {
-            let n = tct_recv(fd, buf.baseAddress, bufSize, options.pollMillis)
+            var n = tct_recv(fd, buf.baseAddress, bufSize, options.pollMillis)
             if n >= 0 {
+                // Every event already queued goes in one batch (the kernel sends one datagram per
+                // event): a burst then leaves in full datagrams, a lone event alone and at once.
                 var changes: [(KernelConnection, deleted: Bool)] = []
-                readEvents(UnsafeRawBufferPointer(rebasing: buf[0..<Int(n)]), core: &core, into: &changes)
+                var reads = 0
+                while n >= 0 {
+                    readEvents(UnsafeRawBufferPointer(rebasing: buf[0..<Int(n)]), core: &core, into: &changes)
+                    reads += 1
+                    guard reads < Self.readsPerBatch else { break }
+                    n = tct_recv(fd, buf.baseAddress, bufSize, -1)
+                }
                 if !changes.isEmpty {
                     publish(core)
                     onChanges(changes)
+                }
+                // An overrun met while draining is handled as if it came first (its resync
+                // covers what was just delivered too).
+                if n == -ENOBUFS {
+                    logger.notice("conntrack event socket overrun (ENOBUFS) at \(core.bufferSize) bytes: resynchronising from a dump")
+                    execute(core.onOverrun(), core: &core, fd: fd, buf: buf)
+                } else if n == -EMSGSIZE {
+                    core.countMalformed()
                 }
             } else if n == -ENOBUFS {
                 logger.notice("conntrack event socket overrun (ENOBUFS) at \(core.bufferSize) bytes: resynchronising from a dump")
@@ -274,6 +290,10 @@ public final class ConntrackSource: @unchecked Sendable {
     private func dump(buf: UnsafeMutableRawBufferPointer) -> Result<([KernelConnection], Int), ConntrackSourceError> {
         ConntrackDump.ipv4(buf: buf)
     }
+
+    /// Datagrams read per wakeup before the batch is handed on (bounds a batch's latency in a
+    /// long burst: 256 events are about a millisecond of the source's work).
+    static var readsPerBatch: Int { 256 }
 
     static func readKernelEventsSetting() -> Int? {
         guard let s = try? String(contentsOfFile: "/proc/sys/net/netfilter/nf_conntrack_events", encoding: .utf8) else { return nil }
