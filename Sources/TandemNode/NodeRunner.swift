@@ -166,6 +166,10 @@ public enum NodeRunner {
         // stops the node before it touches the kernel.
         let bgpConfig = try o.config.bgpSettings(nodeIP: settings.nodeIP)
         settings.defaultSNAT = bgpConfig?.settings.snatAddress
+        // Connection events feed replication and a BGP node's count of new connections; a node
+        // with neither only counted them, and each cost the datapath a ring-buffer record and,
+        // while the reader slept, a wakeup from inside the program.
+        settings.emitEvents = replicationSettings != nil || bgpConfig != nil
         let announcer = bgpConfig.map { b in
             BGPAnnouncer(speaker: BIRDSpeaker(settings: b.settings, directory: b.runDirectory, birdPath: b.speaker, logger: logger),
                          logger: logger)
