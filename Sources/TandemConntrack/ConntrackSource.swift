@@ -166,20 +166,15 @@ public final class ConntrackSource: @unchecked Sendable {
                     publish(core)
                     onChanges(changes)
                 }
-                // An overrun met while draining is handled as if it came first (its resync
-                // covers what was just delivered too).
-                if n == -ENOBUFS {
-                    logger.notice("conntrack event socket overrun (ENOBUFS) at \(core.bufferSize) bytes: resynchronising from a dump")
-                    execute(core.onOverrun(), core: &core, fd: fd, buf: buf)
-                } else if n == -EMSGSIZE {
-                    core.countMalformed()
-                }
-            } else if n == -ENOBUFS {
+            }
+            // The first read's failure, or the one that ended the drain: an overrun met while
+            // draining is handled after the batch (its resync covers that batch too).
+            if n == -ENOBUFS {
                 logger.notice("conntrack event socket overrun (ENOBUFS) at \(core.bufferSize) bytes: resynchronising from a dump")
                 execute(core.onOverrun(), core: &core, fd: fd, buf: buf)
             } else if n == -EMSGSIZE {
                 core.countMalformed()
-            } else if n != -EAGAIN && n != -EINTR {
+            } else if n < 0 && n != -EAGAIN && n != -EINTR {
                 core.countMalformed()
                 logger.debug("conntrack event socket: \(String(cString: strerror(-n)))")
             }
