@@ -328,15 +328,17 @@ public final class ReplicationShell<Entry: ReplicatedEntry>: @unchecked Sendable
                 }
                 actions += lockedCore.flush(now: t)
                 for a in actions {
+                    let (message, only): (SyncMessage, UInt32?)
                     switch a {
-                    case .broadcast(let m):
-                        let bytes = lockedSealer.seal(m, channel: Entry.datagramChannel)
-                        for p in d.peers { if !d.send(bytes, to: p) { refused.append((bytes, p.id)) } }
-                    case .send(let m, let to):
-                        let bytes = lockedSealer.seal(m, channel: Entry.datagramChannel)
-                        for p in d.peers where p.id == to { if !d.send(bytes, to: p) { refused.append((bytes, p.id)) } }
+                    case .broadcast(let m): (message, only) = (m, nil)
+                    case .send(let m, let to): (message, only) = (m, to)
                     default:
                         handOver.append(a)
+                        continue
+                    }
+                    let bytes = lockedSealer.seal(message, channel: Entry.datagramChannel)
+                    for p in d.peers where only == nil || p.id == only {
+                        if !d.send(bytes, to: p) { refused.append((bytes, p.id)) }
                     }
                 }
                 direct = d
